@@ -1,0 +1,227 @@
+"""Autoregressive generation with a KV cache: greedy, temperature, top-k, top-p, stop criteria.
+
+Follows the sampling order of transformers' `generate` (temperature → top-k → top-p → sample) and
+its output convention (a stop token is kept as the last generated token). A batch of prompts is
+left-padded; each row's RoPE positions count only its real tokens and an explicit boolean mask
+hides the pad keys, so a row's tokens do not depend on what else is in the batch. A finished row
+is dropped from the batch and from the cache, so long and short answers cost what they each need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from kollm.model.transformer import CausalLM, KVCache
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    do_sample: bool = False  # False: greedy (argmax)
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    seed: int | None = None  # sampling seed; None draws from torch's global RNG
+    stop_token_ids: list[int] = field(default_factory=list)
+    stop_strings: list[str] = field(default_factory=list)  # need a `decode` function
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            problems.append(f"temperature must be > 0 (use greedy instead of 0), got {self.temperature}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if problems:
+            raise ValueError("invalid GenerationConfig: " + "; ".join(problems))
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits per row (ties at the k-th value are kept), the rest → -inf."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter (Holtzman et al.): keep the smallest set of most likely tokens whose
+    probability mass is >= p; the most likely token is always kept."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
+    drop_sorted = mass_before >= p
+    drop_sorted[..., 0] = False
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def next_tokens(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) logits of the last position → (B,) chosen token ids."""
+    if not cfg.do_sample:
+        return logits.argmax(dim=-1)
+    logits = top_p_filter(top_k_filter(logits.float() / cfg.temperature, cfg.top_k), cfg.top_p)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: CausalLM,
+    prompts: Sequence[Sequence[int]],
+    cfg: GenerationConfig,
+    decode: Callable[[list[int]], str] | None = None,
+) -> list[list[int]]:
+    """Generate a continuation of each prompt; returns the new token ids per prompt (a stop
+    token, if one ended the row, is included). `decode` (token ids → text) is needed for
+    `cfg.stop_strings`: a row stops once its generated text contains one."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt and every prompt needs at least one token")
+    vocab = model.config.vocab_size
+    for i, p in enumerate(prompts):
+        if min(p) < 0 or max(p) >= vocab:
+            raise ValueError(f"prompt {i} has token ids outside the model's vocabulary [0, {vocab})")
+    if cfg.stop_strings and decode is None:
+        raise ValueError("stop_strings need a decode function (token ids -> text)")
+    was_training = model.training
+    model.eval()  # also keeps the MTP head idle
+    try:
+        return _decode(model, prompts, cfg, decode)
+    finally:
+        model.train(was_training)
+
+
+def _decode(model: CausalLM, prompts, cfg: GenerationConfig, decode) -> list[list[int]]:
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    B, L = len(prompts), max(len(p) for p in prompts)
+    total = L + cfg.max_new_tokens
+    ids = torch.zeros(B, L, dtype=torch.long, device=device)  # left padding: id 0, never attended to
+    valid = torch.zeros(B, total, dtype=torch.bool, device=device)  # key j of row b is a real token
+    for b, p in enumerate(prompts):
+        ids[b, L - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        valid[b, L - len(p):L] = True
+    generator = None
+    if cfg.do_sample and cfg.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    stop_ids = set(cfg.stop_token_ids)
+
+    positions = (valid[:, :L].long().cumsum(-1) - 1).clamp(min=0)
+    causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+    # A pad query may see only itself: an empty softmax row would put NaN into the cache.
+    mask = (causal & valid[:, None, :L]) | torch.eye(L, dtype=torch.bool, device=device)
+    cache = KVCache(model.config, B, total, device, dtype)
+    logits = model(ids, position_ids=positions, attn_mask=mask[:, None], cache=cache, last_only=True).logits[:, -1]
+    next_pos = positions[:, -1] + 1
+    rows = list(range(B))  # prompt index of each live batch row
+    out: list[list[int]] = [[] for _ in range(B)]
+    for step in range(cfg.max_new_tokens):
+        tok = next_tokens(logits, cfg, generator)
+        keep = []
+        for j, (r, t) in enumerate(zip(rows, tok.tolist())):
+            out[r].append(t)
+            stopped = t in stop_ids or (cfg.stop_strings and any(s in decode(out[r]) for s in cfg.stop_strings))
+            if not stopped:
+                keep.append(j)
+        if not keep or step == cfg.max_new_tokens - 1:
+            break
+        if len(keep) < len(rows):
+            sel = torch.tensor(keep, device=device)
+            cache.select(sel)
+            rows, tok, valid, next_pos = [rows[j] for j in keep], tok[sel], valid[sel], next_pos[sel]
+        S = cache.pos + 1
+        valid[:, S - 1] = True
+        logits = model(tok[:, None], position_ids=next_pos[:, None], attn_mask=valid[:, None, None, :S],
+                       cache=cache).logits[:, -1]
+        next_pos = next_pos + 1
+    return out
+
+
+def encode_prompt(tokenizer, prompt: str, chat: bool = True) -> list[int]:
+    """Prompt text → ids; wrapped as one user message when the tokenizer has a chat template."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has its own BOS
+    return tokenizer(prompt)["input_ids"]
+
+
+def generate_text(model: CausalLM, tokenizer, prompts: Sequence[str], cfg: GenerationConfig,
+                  chat: bool = True) -> list[tuple[str, list[int]]]:
+    """Text in, (completion text, generated ids) out; the text is cut before the first stop string."""
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    outs = generate(model, [encode_prompt(tokenizer, p, chat) for p in prompts], cfg, decode)
+    results = []
+    for ids in outs:
+        text = decode(ids)
+        cuts = [text.find(s) for s in cfg.stop_strings if s in text]
+        results.append((text[: min(cuts)] if cuts else text, ids))
+    return results
+
+
+def _stop_ids(model_dir: Path) -> list[int]:
+    # Same source as transformers' generate: generation_config.json, else config.json.
+    for name in ("generation_config.json", "config.json"):
+        f = model_dir / name
+        if f.is_file():
+            eos = json.loads(f.read_text()).get("eos_token_id")
+            if eos is not None:
+                return [eos] if isinstance(eos, int) else list(eos)
+    return []
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="kollm generate", description="Generate a completion from a Hugging Face "
+                                "checkpoint directory (KV cache; greedy or sampling).")
+    p.add_argument("--model", required=True, help="checkpoint directory (config.json, safetensors, tokenizer)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--greedy", action="store_true", help="argmax decoding (default: sampling)")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], metavar="S", help="stop string (repeatable)")
+    p.add_argument("--raw", action="store_true", help="do not wrap the prompt in the chat template")
+    p.add_argument("--json", action="store_true", help="print {completion, token_ids} as JSON")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+    if args.greedy and any(v is not None for v in sampling.values()):
+        p.error("--greedy excludes --temperature/--top-k/--top-p/--seed")
+
+    from transformers import AutoTokenizer
+
+    from kollm.model.hf import TOKENIZER_FILES, load_hf
+
+    model_dir = Path(args.model)
+    if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{model_dir}: no tokenizer files (tokenizer.json, tokenizer_config.json, ...)")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = load_hf(model_dir, device=args.device)
+    cfg = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=not args.greedy,
+        **{k: v for k, v in sampling.items() if v is not None},
+        stop_token_ids=_stop_ids(model_dir),
+        stop_strings=args.stop,
+    )
+    [(text, ids)] = generate_text(model, tokenizer, [args.prompt], cfg, chat=not args.raw)
+    print(json.dumps({"completion": text, "token_ids": ids}, ensure_ascii=False) if args.json else text)
+    return 0
+
+
+__all__ = ["GenerationConfig", "generate", "generate_text", "encode_prompt", "next_tokens", "top_k_filter",
+           "top_p_filter"]

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from kollm.recipe import load_recipe, run_recipe
+
+
+def _write(tmp_path, stages):
+    import yaml
+
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({"workdir": str(tmp_path / "w"), "stages": stages}))
+    return p
+
+
+def test_stages_run_then_skip_then_cascade(tmp_path):
+    stages = [
+        {"name": "a", "run": "model info", "args": ["tiny", "--json"]},
+        {"name": "b", "run": "model info", "args": ["tiny", "--seq-len", "64"]},
+    ]
+    r = load_recipe(_write(tmp_path, stages))
+    assert run_recipe(r, log=lambda *_: None) == [("a", "ran"), ("b", "ran")]
+    assert run_recipe(r, log=lambda *_: None) == [("a", "skipped"), ("b", "skipped")]
+    meta = json.loads((tmp_path / "w" / "b" / "run.json").read_text())
+    assert meta["argv"] == ["model", "info", "tiny", "--seq-len", "64"]
+    stages[0]["args"] = ["tiny"]  # upstream change re-runs everything after it
+    r = load_recipe(_write(tmp_path, stages))
+    assert run_recipe(r, log=lambda *_: None) == [("a", "ran"), ("b", "ran")]
+
+
+def test_placeholders_resolve_to_stage_dirs(tmp_path):
+    stages = [
+        {"name": "a", "run": "model info", "args": ["tiny"]},
+        {"name": "b", "run": "model info", "args": ["tiny", "--seq-len", "{stages.a}"]},
+    ]
+    r = load_recipe(_write(tmp_path, stages))
+    # {stages.a} became a/'s directory, which is not an int: argparse rejects it, the stage fails.
+    with pytest.raises(RuntimeError, match=r"stage 'b' failed with exit code 2: .*--seq-len .*/w/a"):
+        run_recipe(r, log=lambda *_: None)
+    assert not (tmp_path / "w" / "b" / "run.json").exists()
+    stages[1]["args"] = ["{stages.nope}"]
+    with pytest.raises(ValueError, match="unresolved placeholder"):
+        run_recipe(load_recipe(_write(tmp_path, stages)), log=lambda *_: None)
+
+
+def test_bad_recipe_names_the_key(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("workdir: x\nstagez: []\n")
+    with pytest.raises(ValueError, match="unknown recipe key.*stagez"):
+        load_recipe(p)
+    p.write_text("stages:\n  - run: model info\n")
+    with pytest.raises(ValueError, match=r"stages\[0\] needs 'name'"):
+        load_recipe(p)
