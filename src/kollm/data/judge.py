@@ -1,0 +1,242 @@
+"""`kollm data judge`: LLM-as-judge educational-quality scores (0-5) for a sample of documents.
+
+Trillion 7B §2 scores a sample of one million documents per language with Qwen-72B-Instruct and
+distils the scores into a small classifier (`kollm data classifier`). The prompt follows the
+additive 5-point rubric FineWeb-Edu used with Llama-3-70B, in English and in Korean (a Korean
+document is judged with the Korean prompt, every other one with the English prompt). The judge is
+any OpenAI-compatible `/v1/chat/completions` server (vLLM, SGLang, a hosted API). Requests run
+`concurrency` at a time, retry with exponential backoff on 429/5xx/network errors, and every answer
+is appended to an on-disk cache before it counts, so an interrupted run resumes where it stopped.
+An answer without a parsable score is counted and left out, never guessed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from kollm.data.documents import iter_rows, resolve_inputs
+from kollm.data.langid import LanguageIdentifier
+
+PROMPT_VERSION = "edu-v1"  # part of the cache key: changing a prompt must not reuse old answers
+
+PROMPT_EN = """Below is an extract from a web page. Evaluate whether the page has a high educational value and \
+could be useful in an educational setting for teaching from primary school to grade school levels, using \
+the additive 5-point scoring system described below. Points accumulate for each criterion met:
+
+- Add 1 point if the extract provides some basic information relevant to educational topics, even if it \
+includes some irrelevant or non-academic content like advertisements and promotional material.
+- Add another point if the extract addresses certain elements pertinent to education but does not align \
+closely with educational standards. It might mix educational content with non-educational material.
+- Award a third point if the extract is appropriate for educational use and introduces key concepts \
+relevant to school curricula. It is coherent though it may not be comprehensive.
+- Grant a fourth point if the extract is highly relevant and beneficial for educational purposes, with a \
+clear and consistent writing style. It is similar to a chapter from a textbook or a tutorial.
+- Bestow a fifth point if the extract is outstanding in its educational value, perfectly suited for \
+teaching either at primary school or grade school, with detailed reasoning and no non-educational content.
+
+Give 0 points if none of the criteria is met.
+
+The extract:
+<extract>
+{text}
+</extract>
+
+After examining the extract, briefly justify your total score in up to 100 words, then conclude with the \
+score in the format: "Educational score: <total points>"."""
+
+PROMPT_KO = """아래는 웹 페이지에서 발췌한 글입니다. 이 글이 초등학교부터 중·고등학교 수준의 교육에 유용한 \
+교육적 가치를 지니는지, 아래의 누적식 5점 채점 기준으로 평가하십시오. 충족하는 기준마다 점수가 더해집니다.
+
+- 광고나 홍보 문구처럼 교육과 무관한 내용이 섞여 있더라도, 교육적 주제와 관련된 기본 정보를 제공하면 1점을 더합니다.
+- 교육과 관련된 요소를 다루지만 교육 기준에 잘 맞지 않거나 비교육적 내용이 섞여 있으면 1점을 더 줍니다.
+- 교육용으로 적절하고 교과 과정의 핵심 개념을 소개하며, 포괄적이지 않더라도 글이 일관되면 세 번째 점수를 줍니다.
+- 교육 목적에 매우 적합하고 유익하며, 문체가 명확하고 일관되어 교과서의 한 장이나 강의 자료와 비슷하면 네 번째 점수를 줍니다.
+- 교육적 가치가 탁월하여 초·중등 교육에 그대로 쓸 수 있고, 상세한 설명이 있으며 비교육적 내용이 없으면 다섯 번째 점수를 줍니다.
+
+어떤 기준도 충족하지 않으면 0점을 줍니다.
+
+발췌문:
+<extract>
+{text}
+</extract>
+
+발췌문을 검토한 뒤 총점의 근거를 100단어 이내로 간단히 설명하고, 마지막 줄에 반드시 다음 형식으로 점수를 쓰십시오: \
+"Educational score: <총점>\""""
+
+# The last "score: N" wins (a rationale may quote the rubric's "1 point" first).
+_SCORE = re.compile(r"(?:educational score|교육\s*점수|score|점수|총점)\s*[:：]?\s*\**\s*([0-5])(?![0-9.])", re.I)
+
+
+def parse_score(answer: str) -> int | None:
+    found = _SCORE.findall(answer or "")
+    return int(found[-1]) if found else None
+
+
+def build_messages(text: str, lang: str, max_chars: int) -> list[dict]:
+    prompt = PROMPT_KO if lang == "ko" else PROMPT_EN
+    return [{"role": "user", "content": prompt.format(text=text[:max_chars])}]
+
+
+@dataclass
+class JudgeConfig:
+    endpoint: str  # base URL, e.g. http://localhost:8000/v1 ; /chat/completions is appended
+    model: str
+    api_key: str | None = None
+    concurrency: int = 8
+    max_retries: int = 6
+    backoff_s: float = 1.0  # first retry waits ~1 s, then 2, 4, ... (capped at 60 s, with jitter)
+    timeout_s: float = 120.0
+    temperature: float = 0.0
+    max_tokens: int = 512
+    max_chars: int = 6000  # documents are cut before prompting (FineWeb-Edu used ~2k tokens)
+
+
+class JudgeClient:
+    """Minimal OpenAI chat-completions client (stdlib only, so judging needs no SDK)."""
+
+    def __init__(self, cfg: JudgeConfig):
+        self.cfg = cfg
+        self.url = cfg.endpoint.rstrip("/") + ("" if cfg.endpoint.rstrip("/").endswith("/chat/completions")
+                                               else "/chat/completions")
+
+    def complete(self, messages: list[dict]) -> str:
+        c = self.cfg
+        body = json.dumps({"model": c.model, "messages": messages, "temperature": c.temperature,
+                           "max_tokens": c.max_tokens}).encode()
+        headers = {"Content-Type": "application/json"}
+        if c.api_key:
+            headers["Authorization"] = f"Bearer {c.api_key}"
+        for attempt in range(c.max_retries + 1):
+            wait = min(60.0, c.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
+            try:
+                req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=c.timeout_s) as resp:
+                    data = json.loads(resp.read().decode("utf-8"))
+                return data["choices"][0]["message"]["content"] or ""
+            except urllib.error.HTTPError as e:
+                if e.code != 429 and e.code < 500:
+                    raise RuntimeError(f"judge endpoint {self.url} answered HTTP {e.code}: {e.read()[:200]!r}") from e
+                retry_after = e.headers.get("Retry-After") if e.headers else None
+                if retry_after and retry_after.replace(".", "", 1).isdigit():
+                    wait = float(retry_after)
+                err: Exception = e
+            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError, KeyError,
+                    IndexError) as e:
+                err = e
+            if attempt < c.max_retries:
+                time.sleep(wait)
+        raise RuntimeError(f"judge endpoint {self.url} failed after {c.max_retries + 1} tries: {err}")
+
+
+def sample_documents(inputs: list[str], per_language: int, seed: int = 0) -> tuple[list[dict], dict]:
+    """Reservoir-sample up to `per_language` rows per language (the row's `lang`, else detected)."""
+    rng = random.Random(seed)
+    lid = LanguageIdentifier()
+    reservoirs: dict[str, list[dict]] = {}
+    seen: dict[str, int] = {}
+    malformed = 0
+    for path in resolve_inputs(inputs):
+        for line, row, _reason in iter_rows(path):
+            if row is None:
+                malformed += 1
+                continue
+            lang = row.get("lang") or lid.predict(row["text"])[0]
+            doc = {"id": str(row.get("id", f"{path}:{line}")), "text": row["text"], "lang": lang,
+                   "source": f"{path}:{line}"}
+            n = seen[lang] = seen.get(lang, 0) + 1
+            res = reservoirs.setdefault(lang, [])
+            if len(res) < per_language:
+                res.append(doc)
+            elif (j := rng.randrange(n)) < per_language:
+                res[j] = doc
+    docs = [d for lang in sorted(reservoirs) for d in sorted(reservoirs[lang], key=lambda d: d["source"])]
+    return docs, {"seen_per_language": seen, "malformed_rows": malformed}
+
+
+def cache_key(cfg: JudgeConfig, doc: dict) -> str:
+    text = doc["text"][: cfg.max_chars]
+    return hashlib.sha256(f"{PROMPT_VERSION}\0{cfg.model}\0{doc['lang'] == 'ko'}\0{text}".encode()).hexdigest()
+
+
+def load_cache(path: Path) -> dict[str, str]:
+    cache: dict[str, str] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+                cache[entry["key"]] = entry["answer"]
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line cut by an interrupted write: that document is asked again
+    return cache
+
+
+def judge_documents(docs: list[dict], cfg: JudgeConfig, cache_path: Path) -> tuple[list[dict], dict]:
+    """Score `docs`; returns (rows with "score", summary). Answers go to `cache_path` as they come."""
+    cache = load_cache(cache_path)
+    client = JudgeClient(cfg)
+    lock = threading.Lock()
+    todo = [d for d in docs if cache_key(cfg, d) not in cache]
+    failed: list[str] = []
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache_path, "a", encoding="utf-8") as out:
+        if out.tell() and not cache_path.read_bytes().endswith(b"\n"):
+            out.write("\n")  # end a line cut by an interrupted write, or the next entry joins it
+
+        def work(doc: dict) -> None:
+            try:
+                answer = client.complete(build_messages(doc["text"], doc["lang"], cfg.max_chars))
+            except RuntimeError as e:
+                with lock:
+                    failed.append(f"{doc['source']}: {e}")
+                return
+            key = cache_key(cfg, doc)
+            with lock:
+                cache[key] = answer
+                out.write(json.dumps({"key": key, "answer": answer}, ensure_ascii=False) + "\n")
+                out.flush()
+
+        with ThreadPoolExecutor(max_workers=max(1, cfg.concurrency)) as pool:
+            list(pool.map(work, todo))
+    rows, unparsable = [], []
+    for d in docs:
+        answer = cache.get(cache_key(cfg, d))
+        if answer is None:
+            continue
+        score = parse_score(answer)
+        if score is None:
+            unparsable.append({"source": d["source"], "answer": answer[:300]})
+            continue
+        rows.append({**d, "score": score})
+    summary = {"documents": len(docs), "requested": len(todo), "from_cache": len(docs) - len(todo),
+               "scored": len(rows), "unparsable": len(unparsable), "failed": len(failed),
+               "unparsable_examples": unparsable[:20], "failed_examples": failed[:20],
+               "score_histogram": {str(s): sum(r["score"] == s for r in rows) for s in range(6)}}
+    return rows, summary
+
+
+def run_judge(inputs: list[str], output: str, cfg: JudgeConfig, per_language: int, seed: int = 0) -> dict:
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    docs, sample_info = sample_documents(inputs, per_language, seed)
+    rows, summary = judge_documents(docs, cfg, out / "cache.jsonl")
+    with open(out / "judged.jsonl", "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    summary.update(sample_info, model=cfg.model, endpoint=cfg.endpoint, prompt_version=PROMPT_VERSION)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    return summary
+
+
+def api_key_from_env(name: str | None) -> str | None:
+    return os.environ.get(name) if name else None

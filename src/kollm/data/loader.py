@@ -1,0 +1,114 @@
+"""Stateful, data-parallel, resumable pretraining loader over token shards (torchtitan's
+stateful-dataloader protocol: `state_dict()` / `load_state_dict()` saved with the checkpoint).
+
+Batches are dicts of int64 tensors of shape (B, T): `input_ids`, `labels` (= input_ids, −100 on
+padding; the loss shifts), `doc_ids` (per sequence 0, 1, ...; < 0 would be padding) and
+`lang_ids` (indices into `loader.langs`). Each rank packs its own disjoint share of every
+language's documents (see xlda.py), so ranks never see the same document in an epoch and no rank
+packs sequences it throws away.
+
+The trainer switches phase at a step with `set_phase(PhaseData(...))` (stable → anneal →
+long-context: mixture, sequence length, quality threshold, long/short split). The state is a few
+integers per stream, the phase and the numpy bit-generator state, all JSON-serialisable; restoring
+it reproduces exactly the batches an uninterrupted run would have produced, per rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from kollm.data.mixture import language_probs
+from kollm.data.shards import LanguageCorpus, ShardReader, open_shards
+from kollm.data.xlda import PackSpec, XLDAPacker
+
+STATE_VERSION = 1
+
+
+@dataclass
+class PhaseData:
+    """The data side of one training phase. Unknown keys in `from_dict` are errors."""
+
+    name: str = "stable"
+    seq_len: int = 4096
+    batch_size: int = 8  # sequences per rank per batch
+    alpha: float = 1.0  # eq. 2: weight of the corpus-size distribution
+    beta: dict[str, float] = field(default_factory=dict)  # eq. 2: upsampling distribution
+    rho: float = 0.0  # XLDA mixing probability: fraction of cross-lingual sequences
+    anchor: str = "en"
+    quality_threshold: float | None = None
+    long_fraction: float = 0.0  # long-context phases: 0.6 in Trillion (after ProLong)
+    short_max_len: int = 4096  # documents up to this length are "short"
+
+    def __post_init__(self) -> None:
+        for f in ("seq_len", "batch_size", "short_max_len"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"phase {self.name!r}: {f} must be a positive integer, got {v!r}")
+        for f in ("alpha", "rho", "long_fraction"):
+            v = getattr(self, f)
+            if not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"phase {self.name!r}: {f} must be a number in [0, 1], got {v!r}")
+        if self.quality_threshold is not None and not isinstance(self.quality_threshold, int | float):
+            raise ValueError(f"phase {self.name!r}: quality_threshold must be a number or null, "
+                             f"got {self.quality_threshold!r}")
+        if not isinstance(self.beta, dict):
+            raise ValueError(f"phase {self.name!r}: beta must be a mapping language -> weight, got {self.beta!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> PhaseData:
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in names:
+                raise KeyError(f"phase: unknown key {key!r} (known: {', '.join(sorted(names))})")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class PretrainLoader:
+    def __init__(self, shards: str | Path | Mapping[str, list[ShardReader]], phase: PhaseData, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, block_size: int = 4096):
+        readers = open_shards(shards) if isinstance(shards, str | Path) else shards
+        self.corpora = {lang: LanguageCorpus(r) for lang, r in readers.items()}
+        self.packer = XLDAPacker(self.corpora, seed=seed, rank=rank, world_size=world_size, block_size=block_size)
+        self.langs: list[str] = self.packer.langs
+        self.sizes = {lang: c.num_tokens for lang, c in self.corpora.items()}
+        self.set_phase(phase)
+
+    def set_phase(self, phase: PhaseData) -> None:
+        """Switch mixture / length / filters from the next batch on (streams keep their place).
+        Setting the phase already in force changes nothing, so a trainer may set it after a resume."""
+        if phase == getattr(self, "phase", None):
+            return
+        probs = language_probs(self.sizes, phase.alpha, phase.beta or None)
+        self.packer.configure(PackSpec(probs, phase.seq_len, phase.rho, phase.anchor, phase.quality_threshold,
+                                       phase.long_fraction, phase.short_max_len))
+        self.phase = phase
+        self.probs = probs
+
+    def next_batch(self, batch_size: int | None = None) -> dict[str, torch.Tensor]:
+        """One (B, T) batch; B defaults to the phase's batch_size (a batch-size ramp passes its own)."""
+        seqs = self.packer.pack(batch_size or self.phase.batch_size)
+        labels = seqs["tokens"].copy()
+        labels[seqs["doc_ids"] < 0] = -100
+        return {"input_ids": torch.from_numpy(seqs["tokens"]), "labels": torch.from_numpy(labels),
+                "doc_ids": torch.from_numpy(seqs["doc_ids"]), "lang_ids": torch.from_numpy(seqs["lang_ids"])}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "phase": self.phase.to_dict(), "packer": self.packer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data state: version {state.get('version')!r}, this kollm reads {STATE_VERSION}")
+        self.set_phase(PhaseData.from_dict(state["phase"]))
+        self.packer.load_state_dict(state["packer"])

@@ -1,0 +1,308 @@
+"""`kollm data curate`: the curation pipeline as four datatrove stages.
+
+1. prepare (N tasks): read → normalize → langid → filters → quality → write prepared Parquet
+   (+ text hash) → MinHash signatures.                                    [datatrove + ours]
+2. buckets (num_buckets tasks): datatrove's MinhashDedupBuckets finds signature matches.
+3. decide (1 task): exact groups and MinHash clusters keep their smallest `source`; then the
+   per-language top fraction by quality survives (Trillion: 80 % en / 50 % others).
+4. write (N tasks): apply the decisions, write `<output>/data/<task>.parquet`.
+Every decision is keyed on documents' `source` ("path:line"), never on task numbers, so 1 and N
+tasks give the same documents. The same stages run under datatrove's Local, Slurm or Ray executor
+(`executor:` in the config; docs/curation.md); finished tasks are skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datatrove.data import DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
+
+from kollm.data.dedup import DedupConfig, decide_duplicates, read_duplicate_pairs, signature_step, text_hash
+from kollm.data.documents import DocumentReader, ParquetDocWriter, read_parquet_documents
+from kollm.data.filters import HeuristicFilter, default_filter_configs, make_filter_config
+from kollm.data.langid import LangIdConfig, LanguageId
+from kollm.data.normalize import Normalize
+from kollm.data.quality import QualityConfig, QualityScore, select_top
+from kollm.data.stats import build_report, quality_bin, render_markdown
+
+STEPS = ("normalize", "langid", "filters", "quality", "dedup", "keep")
+REASONS = ("exact_dup", "near_dup", "quality_percentile")
+STAGES = ("prepare", "buckets", "decide", "write")
+
+
+def _strict(cls, data: dict | None, where: str):
+    data = data or {}
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in names:
+            raise KeyError(f"{where}: unknown key {key!r} (known: {sorted(names)})")
+    return cls(**data)
+
+
+@dataclass
+class LangIdSection:
+    keep: list[str] | None = None
+    min_score: float = 0.0
+    detector: dict = field(default_factory=dict)  # LangIdConfig fields
+
+
+@dataclass
+class CurateConfig:
+    inputs: list[str]
+    output: str
+    executor: str = "local"  # local | slurm | ray
+    workers: int = 1
+    tasks: int | None = None  # tasks for the prepare and write stages; default = workers
+    executor_options: dict = field(default_factory=dict)  # passed to datatrove's Slurm/Ray executor
+    steps: list[str] = field(default_factory=lambda: list(STEPS))
+    normalize: dict = field(default_factory=dict)
+    langid: dict = field(default_factory=dict)
+    filters: dict = field(default_factory=dict)  # {lang | "all": {FilterConfig overrides}}
+    dedup: dict = field(default_factory=dict)
+    quality: dict = field(default_factory=dict)
+    limit: int = -1  # documents per task (debugging)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inputs, str):
+            self.inputs = [self.inputs]
+        if self.executor not in ("local", "slurm", "ray"):
+            raise ValueError(f"executor must be local|slurm|ray, got {self.executor!r}")
+        for s in self.steps:
+            if s not in STEPS:
+                raise ValueError(f"steps: unknown step {s!r} (known: {list(STEPS)})")
+        if self.workers < 1 or (self.tasks is not None and self.tasks < 1):
+            raise ValueError("workers and tasks must be >= 1")
+        self.n_tasks = self.tasks or self.workers
+        self.langid_cfg = _strict(LangIdSection, self.langid, "langid")
+        self.detector_cfg = _strict(LangIdConfig, self.langid_cfg.detector, "langid.detector")
+        self.dedup_cfg = _strict(DedupConfig, self.dedup, "dedup")
+        self.quality_cfg = _strict(QualityConfig, self.quality, "quality")
+        if set(self.normalize) - {"fold_fullwidth"}:
+            raise KeyError(f"normalize: unknown key {sorted(set(self.normalize) - {'fold_fullwidth'})[0]!r}")
+        self.filter_cfgs = default_filter_configs()
+        common = self.filters.get("all", {})
+        for lang in set(self.filter_cfgs) | set(self.filters) - {"all"}:
+            base = self.filter_cfgs.get(lang, self.filter_cfgs["other"])
+            self.filter_cfgs[lang] = make_filter_config({**common, **self.filters.get(lang, {})}, base)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CurateConfig:
+        return _strict(cls, data, "curate config")
+
+
+def load_config(path: str | None, overrides: dict | None = None) -> CurateConfig:
+    """YAML config (optional) with top-level overrides (None values are ignored)."""
+    data: dict = {}
+    if path:
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"curate config not found: {path}")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key in ("inputs", "output"):
+        if not data.get(key):
+            raise ValueError(f"curate: {key!r} is required (in the config or as a flag)")
+    return CurateConfig.from_dict(data)
+
+
+class _PrepareWriter(ParquetDocWriter):
+    """Prepared Parquet plus the exact-dedup hash; its row order is the MinHash doc index."""
+
+    name = "write prepared"
+
+    def __init__(self, folder: str):
+        super().__init__(folder, extra_columns={"text_hash": pa.uint64()})
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        def hashed():
+            for doc in data:
+                doc.metadata["text_hash"] = text_hash(doc.text)
+                yield doc
+
+        yield from super().run(hashed(), rank, world_size)
+
+
+class Decide(PipelineStep):
+    """Stage 3 (one task): dedup clusters and the per-language percentile keep, written as
+    `<work>/decisions/<task>.npz` (doc index, reason code) and `keep_thresholds.json`."""
+
+    type = "kollm"
+    name = "decide"
+
+    def __init__(self, work: str, n_tasks: int, dedup: DedupConfig, keep: dict[str, float] | None):
+        super().__init__()
+        self.work, self.n_tasks, self.dedup, self.keep = work, n_tasks, dedup, keep
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        work = Path(self.work)
+        cols = [pq.read_table(work / "prepared" / f"{t:05d}.parquet",
+                              columns=["source", "lang", "quality", "text_hash"]).to_pydict()
+                for t in range(self.n_tasks)]
+        sources = [c["source"] for c in cols]
+        hashes = [c["text_hash"] for c in cols] if self.dedup.exact else None
+        pairs = read_duplicate_pairs(str(work / "minhash" / "buckets")) if self.dedup.near else []
+        drops = decide_duplicates(sources, hashes, pairs)
+        thresholds = {}
+        if self.keep is not None:
+            by_lang: dict[str, list[tuple[float, str, int, int]]] = {}
+            for t, c in enumerate(cols):
+                for i, (src, lang, q) in enumerate(zip(c["source"], c["lang"], c["quality"])):
+                    if (t, i) not in drops and q is not None:
+                        by_lang.setdefault(lang or "und", []).append((q, src, t, i))
+            for lang, items in sorted(by_lang.items()):
+                frac = self.keep.get(lang, self.keep["default"])
+                kept = select_top([(q, s) for q, s, _, _ in items], frac)
+                for _, s, t, i in items:
+                    if s not in kept:
+                        drops[(t, i)] = "quality_percentile"
+                kept_q = [q for q, s, _, _ in items if s in kept]
+                thresholds[lang] = {"fraction": frac, "candidates": len(items), "kept": len(kept_q),
+                                    "min_kept_quality": min(kept_q) if kept_q else None}
+        (work / "decisions").mkdir(parents=True, exist_ok=True)
+        for t in range(self.n_tasks):
+            mine = sorted((i, REASONS.index(r)) for (tt, i), r in drops.items() if tt == t)
+            np.savez(work / "decisions" / f"{t:05d}.npz", index=np.array([i for i, _ in mine], dtype=np.int64),
+                     reason=np.array([r for _, r in mine], dtype=np.uint8))
+        (work / "keep_thresholds.json").write_text(json.dumps(thresholds, indent=2))
+        for r in drops.values():
+            self.stat_update(r)
+        return
+        yield  # a generator with no output, as datatrove expects of a step
+
+
+class ApplyDecisions(PipelineStep):
+    """Stage 4: stream this task's prepared documents, drop the decided ones, pass on the rest."""
+
+    type = "kollm"
+    name = "apply decisions"
+
+    def __init__(self, work: str):
+        super().__init__()
+        self.work = work
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        work = Path(self.work)
+        dec = np.load(work / "decisions" / f"{rank:05d}.npz")
+        drops = dict(zip(dec["index"].tolist(), dec["reason"].tolist()))
+        for i, doc in enumerate(read_parquet_documents(str(work / "prepared" / f"{rank:05d}.parquet"))):
+            doc.metadata.pop("text_hash", None)
+            lang, nbytes = doc.metadata.get("lang", "und"), len(doc.text.encode("utf-8"))
+            self.stat_update(f"docs_in/{lang}")
+            self.stat_update(f"bytes_in/{lang}", value=nbytes)
+            if i in drops:
+                self.stat_update(f"drop/{REASONS[drops[i]]}/{lang}")
+                continue
+            self.stat_update(f"docs_out/{lang}")
+            self.stat_update(f"bytes_out/{lang}", value=nbytes)
+            if doc.metadata.get("quality") is not None:
+                self.stat_update(f"quality_bin/{lang}/{quality_bin(doc.metadata['quality'])}")
+            yield doc
+
+
+def build_stages(cfg: CurateConfig) -> dict[str, list[PipelineStep]]:
+    out = Path(cfg.output).resolve()
+    work = out / "work"
+    steps = set(cfg.steps)
+    prepare: list[PipelineStep] = [DocumentReader(cfg.inputs, errors_folder=str(work / "errors"), limit=cfg.limit)]
+    if "normalize" in steps:
+        prepare.append(Normalize(**cfg.normalize))
+    if "langid" in steps:
+        prepare.append(LanguageId(cfg.detector_cfg, cfg.langid_cfg.keep, cfg.langid_cfg.min_score))
+    if "filters" in steps:
+        prepare.append(HeuristicFilter(cfg.filter_cfgs))
+    if "quality" in steps:
+        prepare.append(QualityScore(cfg.quality_cfg))
+    prepare.append(_PrepareWriter(str(work / "prepared")))
+    dedup = dataclasses.replace(cfg.dedup_cfg, exact=cfg.dedup_cfg.exact and "dedup" in steps,
+                                near=cfg.dedup_cfg.near and "dedup" in steps)
+    stages: dict[str, list[PipelineStep]] = {"prepare": prepare}
+    if dedup.near:
+        prepare.append(signature_step(str(work / "minhash" / "sigs"), dedup))
+        stages["buckets"] = [MinhashDedupBuckets(input_folder=str(work / "minhash" / "sigs"),
+                                                 output_folder=str(work / "minhash" / "buckets"),
+                                                 config=dedup.minhash())]
+    keep = cfg.quality_cfg.fractions if {"keep", "quality"} <= steps else None
+    stages["decide"] = [Decide(str(work), cfg.n_tasks, dedup, keep)]
+    stages["write"] = [ApplyDecisions(str(work)), ParquetDocWriter(str(out / "data"))]
+    return stages
+
+
+def _executor(cfg: CurateConfig, name: str, pipeline: list[PipelineStep], tasks: int, depends):
+    logging_dir = str(Path(cfg.output).resolve() / "logs" / name)
+    if cfg.executor == "local":
+        from datatrove.executor import LocalPipelineExecutor
+
+        return LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(cfg.workers, tasks),
+                                     logging_dir=logging_dir, depends=depends)
+    if cfg.executor == "slurm":
+        from datatrove.executor import SlurmPipelineExecutor
+
+        return SlurmPipelineExecutor(pipeline, tasks=tasks, workers=min(cfg.workers, tasks), logging_dir=logging_dir,
+                                     depends=depends, job_name=f"kollm-curate-{name}", **cfg.executor_options)
+    from datatrove.executor import RayPipelineExecutor
+
+    return RayPipelineExecutor(pipeline, tasks=tasks, workers=cfg.workers, logging_dir=logging_dir,
+                               depends=depends, **cfg.executor_options)
+
+
+def write_report(output: str) -> dict:
+    """Merge the stages' stats and the malformed-row log into report.json / report.md."""
+    out = Path(output)
+    examples = []
+    for path in sorted((out / "work" / "errors").glob("*.jsonl")):
+        examples += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    report = build_report({s: out / "logs" / s for s in STAGES}, examples)
+    thresholds = out / "work" / "keep_thresholds.json"
+    report["keep_thresholds"] = json.loads(thresholds.read_text()) if thresholds.is_file() else {}
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    return report
+
+
+def _fingerprint(cfg: CurateConfig, files: list[str]) -> str:
+    from kollm import __version__
+
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("workers", "executor",
+                                                                                               "executor_options")}
+    stat = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    return hashlib.sha256(json.dumps([__version__, fields, stat], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _claim_output(cfg: CurateConfig, files: list[str]) -> None:
+    """Finished tasks are skipped on a rerun (resume), but only for the same config and inputs:
+    a changed config or input clears this directory's stale stages first."""
+    out = Path(cfg.output)
+    record, fingerprint = out / "curate.json", _fingerprint(cfg, files)
+    if record.is_file() and json.loads(record.read_text()).get("fingerprint") != fingerprint:
+        for sub in ("work", "logs", "data"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"fingerprint": fingerprint, "inputs": files}, indent=2))
+
+
+def run_curation(cfg: CurateConfig) -> dict | None:
+    """Run (local) or submit (slurm/ray) the stages; returns the report when it ran locally."""
+    stages = build_stages(cfg)
+    _claim_output(cfg, stages["prepare"][0].files)
+    executor = None
+    for name, pipeline in stages.items():
+        tasks = cfg.dedup_cfg.num_buckets if name == "buckets" else 1 if name == "decide" else cfg.n_tasks
+        executor = _executor(cfg, name, pipeline, tasks, executor)
+    executor.run()
+    return write_report(cfg.output) if cfg.executor == "local" else None
+
