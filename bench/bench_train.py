@@ -1,0 +1,136 @@
+"""Training tokens/s and peak memory: kollm's Trainer against a plain AdamW loop on transformers'
+LlamaForCausalLM. CPU, fp32, preset `small-20m` (~19M parameters), sequence 512.
+
+Both sides get the same config, the same initial weights and the same batches, and do the same
+work per step: forward, token-mean cross entropy, backward, clip to 1.0, AdamW (0.9, 0.95), wd 0.1.
+Each side runs in its own subprocess (peak RSS is per process), sides alternate over rounds so that
+machine noise hits both; tokens/s is the median over the timed steps of all rounds.
+
+    .venv/bin/python bench/bench_train.py [--batch 8 --seq 512 --steps 5 --warmup 2 --rounds 2 --threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+class RandomTokens:
+    """The trainer's data-source protocol over a fixed stream of random token batches."""
+
+    def __init__(self, vocab: int, seq: int, seed: int = 0):
+        self.gen, self.vocab, self.seq = torch.Generator().manual_seed(seed), vocab, seq
+
+    def next_batch(self, batch_size: int | None = None) -> dict[str, torch.Tensor]:
+        ids = torch.randint(0, self.vocab, (batch_size, self.seq), generator=self.gen)
+        zeros = torch.zeros_like(ids)
+        return {"input_ids": ids, "labels": ids.clone(), "doc_ids": zeros, "lang_ids": zeros}
+
+    def set_phase(self, phase) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def kollm_side(args) -> list[float]:
+    from kollm.model import build_model, get_preset
+    from kollm.train.config import config_from_dict
+    from kollm.train.trainer import LMObjective, Trainer
+
+    torch.manual_seed(0)
+    model = build_model(get_preset("small-20m"))
+    with tempfile.TemporaryDirectory() as out:
+        cfg = config_from_dict({
+            "output_dir": out, "batch": {"tokens": args.batch * args.seq},
+            "optimizer": {"lr": 3e-4, "weight_decay": 0.1, "grad_clip": 1.0},
+            "schedule": {"warmup_steps": 0}, "logging": {"progress": False},
+            "checkpoint": {"export_hf": False},
+            "phases": [{"name": "bench", "steps": args.warmup + args.steps,
+                        "data": {"seq_len": args.seq, "batch_size": args.batch}}]})
+        trainer = Trainer(cfg, model, LMObjective("causal"), RandomTokens(model.config.vocab_size, args.seq))
+        trainer.save = lambda: None  # timing only: no checkpoint at the end
+        history = trainer.fit()
+    return [h["tokens_per_s"] for h in history[args.warmup:]]
+
+
+def hf_side(args) -> list[float]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kollm.model import build_model, get_preset
+
+    torch.manual_seed(0)
+    ref = build_model(get_preset("small-20m"))  # the same initial weights as the kollm side
+    c = ref.config
+    hf = LlamaForCausalLM(LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.ffn_dim, num_hidden_layers=c.n_layers,
+        num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads, rms_norm_eps=c.norm_eps,
+        rope_theta=c.rope_theta, max_position_embeddings=c.max_seq_len, attn_implementation="sdpa"))
+    hf.load_state_dict(ref.state_dict(), strict=True)
+    del ref
+    hf.train()
+    opt = torch.optim.AdamW(hf.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    data = RandomTokens(c.vocab_size, args.seq)
+    rates = []
+    for step in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        ids = data.next_batch(args.batch)["input_ids"]
+        logits = hf(input_ids=ids).logits
+        F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step >= args.warmup:
+            rates.append(args.batch * args.seq / (time.perf_counter() - t0))
+    return rates
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--side", choices=["kollm", "hf"], help=argparse.SUPPRESS)  # child process
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.side:
+        rates = (kollm_side if args.side == "kollm" else hf_side)(args)
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"rates": rates, "peak_rss_mb": peak_mb}))
+        return
+    results: dict[str, dict] = {"kollm": {"rates": [], "peak": []}, "hf": {"rates": [], "peak": []}}
+    for _ in range(args.rounds):
+        for side in ("kollm", "hf"):
+            cmd = [sys.executable, __file__, "--side", side] + [
+                f"--{k}={getattr(args, k)}" for k in ("batch", "seq", "steps", "warmup", "threads")]
+            out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+            results[side]["rates"] += out["rates"]
+            results[side]["peak"].append(out["peak_rss_mb"])
+    k, h = (statistics.median(results[s]["rates"]) for s in ("kollm", "hf"))
+    kp, hp = (max(results[s]["peak"]) for s in ("kollm", "hf"))
+    print(f"small-20m, batch {args.batch} x seq {args.seq}, fp32 CPU, {args.threads} threads, "
+          f"{args.rounds} rounds x {args.steps} timed steps")
+    print(f"  kollm Trainer          {k:10,.0f} tokens/s   peak RSS {kp:8,.0f} MB")
+    print(f"  transformers + AdamW   {h:10,.0f} tokens/s   peak RSS {hp:8,.0f} MB")
+    print(f"  ratio kollm / transformers: {k / h:.2f}x tokens/s, {kp / hp:.2f}x peak RSS")
+    for side in ("kollm", "hf"):  # the spread: a shared machine makes single steps noisy
+        print(f"  {side} steps (tokens/s): {', '.join(f'{r:,.0f}' for r in results[side]['rates'])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Resumable training checkpoints with torch.distributed.checkpoint (DCP), torchtitan-style.
+
+`ROOT/step-00000100/` holds the DCP shards of the model and optimizer (each rank writes its own
+part: FSDP shards, ZeRO-1 optimizer shards), plus small JSON files: `trainer.json` (step, tokens,
+phase, run config, model config) and `rank-<r>.json` per rank (data-loader state and the torch
+RNG state, base64). Nothing is pickled by kollm; the scheduler is a pure function of the step.
+
+Writes are atomic: everything goes to `.tmp-step-…`, all ranks meet at a barrier, then rank 0
+renames it into place, so a crash never leaves a half checkpoint that `latest()` would pick.
+Only the last `keep` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.checkpoint.stateful import Stateful
+
+from kollm.train.parallel import unwrap
+
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+class ModelState(Stateful):
+    """The model's parameters under their plain (HF) names, whatever wrapper or sharding it has."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def state_dict(self) -> dict:
+        return get_model_state_dict(self.model)
+
+    def load_state_dict(self, state: dict) -> None:
+        set_model_state_dict(self.model, state)
+
+
+class OptimizerState(Stateful):
+    """AdamW moments keyed by parameter name (DCP's distributed state-dict API; FSDP shards included).
+
+    ZeRO-1 keeps each rank's moments for its own shard of parameters in a local AdamW, which the
+    state-dict API does not model; its states are saved by name directly, so every rank writes a
+    disjoint set of keys and the hyper-parameters (set by the trainer every step) are not saved.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+        self.local = getattr(optimizer, "optim", None)  # ZeRO-1's per-rank AdamW
+
+    def _local_params(self) -> list[tuple[str, torch.Tensor]]:
+        names = {p: n for n, p in unwrap(self.model).named_parameters()}
+        return [(names[p], p) for g in self.local.param_groups for p in g["params"]]
+
+    def state_dict(self) -> dict:
+        if self.local is None:
+            return get_optimizer_state_dict(self.model, self.optimizer)
+        out = {}
+        for name, p in self._local_params():
+            st = self.local.state.get(p) or {  # a template to load into before the first step
+                "step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            out[name] = dict(st)
+        return {"zero1": out}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.local is None:
+            set_optimizer_state_dict(self.model, self.optimizer, state)
+            return
+        for name, p in self._local_params():
+            self.local.state[p] = dict(state["zero1"][name])
+
+
+# One process without a process group is a supported DCP mode; its warning would fire every save.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def rng_state() -> str:
+    return base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
+
+
+def set_rng_state(state: str) -> None:
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state)), dtype=torch.uint8))
+
+
+def step_dirs(root: str | Path) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name))
+
+
+def latest(root: str | Path) -> Path | None:
+    dirs = step_dirs(root)
+    return dirs[-1] if dirs else None
+
+
+def save(root: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+         trainer_state: dict, rank_state: dict, keep: int = 3) -> Path:
+    """Write checkpoint `step` under `root` from every rank; returns its final path."""
+    root = Path(root)
+    final, tmp = root / f"step-{step:08d}", root / f".tmp-step-{step:08d}"
+    if final.exists():
+        return final
+    rank = _rank()
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a crash
+        tmp.mkdir(parents=True)
+    _barrier()
+    dcp.save({"model": ModelState(model), "optim": OptimizerState(model, optimizer)}, checkpoint_id=str(tmp))
+    (tmp / f"rank-{rank}.json").write_text(json.dumps({**rank_state, "rng": rng_state()}))
+    _barrier()
+    if rank == 0:
+        (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "step": step}, indent=2) + "\n")
+        tmp.rename(final)
+        for old in step_dirs(root)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def read_trainer_state(path: str | Path) -> dict:
+    f = Path(path) / "trainer.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{path}: not a kollm checkpoint (no trainer.json)")
+    return json.loads(f.read_text())
+
+
+def load(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict]:
+    """Restore model (and optimizer) in place from every rank; returns (trainer state, this rank's state)."""
+    path = Path(path)
+    rank = _rank()
+    for f in ("trainer.json", f"rank-{rank}.json"):
+        if not (path / f).is_file():
+            raise FileNotFoundError(f"{path}: not a complete kollm checkpoint (no {f}; "
+                                    "was it written with a different number of ranks?)")
+    state: dict = {"model": ModelState(model)}
+    if optimizer is not None:
+        state["optim"] = OptimizerState(model, optimizer)
+    dcp.load(state, checkpoint_id=str(path))
+    rank_state = json.loads((path / f"rank-{rank}.json").read_text())
+    set_rng_state(rank_state.pop("rng"))
+    return json.loads((path / "trainer.json").read_text()), rank_state
+
+
+def load_model_only(path: str | Path, model: nn.Module) -> None:
+    """Fill an unsharded model from a checkpoint in one process (export); any world size wrote it."""
+    sd = get_model_state_dict(model, options=StateDictOptions())
+    dcp.load({"model": sd}, checkpoint_id=str(path), no_dist=True)
+    set_model_state_dict(model, sd)
+
+
+__all__ = ["save", "load", "load_model_only", "latest", "step_dirs", "ModelState", "OptimizerState"]

@@ -1,0 +1,237 @@
+"""Typed run configuration for the trainer: YAML → dataclasses (torchtitan's JobConfig idea).
+
+Every section is a dataclass; an unknown key anywhere is an error naming its full path
+(`phases[1].dataa`), so a typo never silently falls back to a default. Counts may be written
+the way the reports write them: `2T`, `1.8T`, `60B`, `2M` tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+_SUFFIX = {"K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+
+
+def parse_count(value, where: str) -> int:
+    """2T, 1.8T, 60B, 2M, 4096 or 1.0e+12 → int."""
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: expected a count, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMBGT]?)\s*", str(value))
+    if not m:
+        raise ValueError(f"{where}: expected a count like 4096, 2M, 60B or 1.8T, got {value!r}")
+    return int(round(float(m.group(1)) * _SUFFIX.get(m.group(2), 1)))
+
+
+@dataclass
+class ModelSection:
+    preset: str | None = None  # kollm.model.config preset; with init_from: only for a dry run without it
+    init_from: str | None = None  # Hugging Face directory: continual pretraining (DNA 1.0)
+    overrides: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {mtp: true}
+    vocab_size: int | None = None  # extended vocabulary: new rows start at the mean embedding
+    tokenizer: str | None = None  # directory copied next to the exported weights
+
+
+@dataclass
+class DataSection:
+    shards: str = ""  # root of token shards (kollm data tokenize)
+    mask_policy: str = "xlda"  # causal | document | xlda
+    restart_positions: bool = False  # RoPE positions restart per isolated document
+    block_size: int = 4096  # documents per stream block (kollm.data.xlda)
+
+
+@dataclass
+class BatchSection:
+    """Global batch in tokens; ramped linearly from `ramp_from` over the first `ramp_tokens`."""
+
+    tokens: int = 2**21
+    ramp_from: int | None = None
+    ramp_tokens: int = 0
+
+
+@dataclass
+class OptimSection:
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+
+
+@dataclass
+class ScheduleSection:
+    kind: str = "wsd"  # wsd | cosine | linear
+    warmup_steps: int = 2000
+    decay_fraction: float = 0.1  # wsd: the last 10 % of the schedule decays
+    final_lr_ratio: float = 0.1  # every kind ends at final_lr_ratio · peak
+
+
+@dataclass
+class PhaseSection:
+    """One phase of the run; exactly one of `tokens` / `steps` sets its length."""
+
+    name: str
+    tokens: int | None = None
+    steps: int | None = None
+    data: dict = field(default_factory=dict)  # kollm.data.loader.PhaseData fields
+    weight_decay: float | None = None  # None: optimizer.weight_decay
+    mtp_alpha: float = 0.0
+    rope_theta: float | None = None  # base-frequency change for context extension
+    lr: float | None = None  # a fixed LR: the phase runs after the schedule, outside it
+
+
+@dataclass
+class ParallelSection:
+    mode: str = "single"  # single | ddp | zero1 | fsdp
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 0  # steps between checkpoints; 0 = only at the end
+    keep: int = 3  # keep the last k
+    export_hf: bool = True  # write a Hugging Face directory at the end of the run
+    export_dtype: str = "bfloat16"
+
+
+@dataclass
+class LoggingSection:
+    every: int = 1
+    progress: bool = True
+    peak_flops: float | None = None  # per device, for MFU; None: H100 bf16 on CUDA, no MFU on CPU
+    tensorboard: bool = False  # only if the tensorboard package is installed
+    wandb_project: str | None = None  # only if wandb is installed
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    output_dir: str = "runs/run"
+    seed: int = 0
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    batch: BatchSection = field(default_factory=BatchSection)
+    optimizer: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    phases: list[PhaseSection] = field(default_factory=list)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.phases:
+            problems.append("phases: at least one phase is required")
+        seen_fixed = False
+        for i, p in enumerate(self.phases):
+            if (p.tokens is None) == (p.steps is None):
+                problems.append(f"phases[{i}] ({p.name}): give exactly one of tokens / steps")
+            if p.lr is None and seen_fixed:
+                problems.append(f"phases[{i}] ({p.name}): a scheduled phase cannot follow a fixed-lr phase")
+            seen_fixed |= p.lr is not None
+        if len({p.name for p in self.phases}) != len(self.phases):
+            problems.append("phases: names must be unique")
+        if self.schedule.kind not in ("wsd", "cosine", "linear"):
+            problems.append(f"schedule.kind: wsd | cosine | linear, got {self.schedule.kind!r}")
+        if not 0 < self.schedule.final_lr_ratio <= 1:
+            problems.append(f"schedule.final_lr_ratio must be in (0, 1], got {self.schedule.final_lr_ratio}")
+        if not 0 <= self.schedule.decay_fraction <= 1:
+            problems.append(f"schedule.decay_fraction must be in [0, 1], got {self.schedule.decay_fraction}")
+        if self.parallel.mode not in ("single", "ddp", "zero1", "fsdp"):
+            problems.append(f"parallel.mode: single | ddp | zero1 | fsdp, got {self.parallel.mode!r}")
+        if self.data.mask_policy not in ("causal", "document", "xlda"):
+            problems.append(f"data.mask_policy: causal | document | xlda, got {self.data.mask_policy!r}")
+        if self.batch.tokens <= 0:
+            problems.append("batch.tokens must be positive")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    @property
+    def scheduled_phases(self) -> list[PhaseSection]:
+        return [p for p in self.phases if p.lr is None]
+
+
+_COUNTS = {("BatchSection", "tokens"), ("BatchSection", "ramp_from"), ("BatchSection", "ramp_tokens"),
+           ("PhaseSection", "tokens"), ("PhaseSection", "steps")}
+
+
+def _build(cls, raw, where: str):
+    """Strict dict → dataclass: unknown keys, missing required keys and wrong types name their path."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        raise KeyError(f"{where + '.' if where else ''}{unknown[0]}: unknown key "
+                       f"(known: {', '.join(fields)})")
+    kwargs = {}
+    for name, value in raw.items():
+        path = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(hints[name], value, path, (cls.__name__, name) in _COUNTS)
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{where or 'config'}: missing required key {missing[0]!r}")
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, path: str, is_count: bool):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{path}: expected a list")
+        return [_coerce(args[0], v, f"{path}[{i}]", is_count) for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ValueError(f"{path}: expected a list of {len(args)} values")
+        return tuple(_coerce(a, v, f"{path}[{i}]", False) for i, (a, v) in enumerate(zip(args, value)))
+    if is_count:
+        return parse_count(value, path)
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML reads 2e-4 (no dot) as a string
+        except ValueError:
+            raise ValueError(f"{path}: expected a number, got {value!r}") from None
+    if tp in (int, str, bool, dict) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ValueError(f"{path}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def config_from_dict(raw: dict) -> TrainConfig:
+    return _build(TrainConfig, raw, "")
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such training config")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: invalid YAML: {e}") from None
+    try:
+        return config_from_dict(raw)
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if e.args else e
+        raise type(e)(f"{path}: {msg}") from None
+
+
+__all__ = ["TrainConfig", "PhaseSection", "config_from_dict", "load_config", "parse_count"]

@@ -1,0 +1,168 @@
+"""Parallelism applied from outside the model (torchtitan's `parallelize_llama` idea).
+
+Modes under `torchrun` (gloo on CPU, NCCL on GPU, the same code):
+- `single`: one process, no wrapper.
+- `ddp`:    DistributedDataParallel, gradients all-reduced (averaged) across ranks.
+- `zero1`:  DDP + ZeroRedundancyOptimizer: each rank keeps AdamW states for its share of the
+            parameters only (Trillion §3.6: "we sharded optimizer states only").
+- `fsdp`:   FSDP2 `fully_shard` on every block, the MTP block and the root; parameters in bf16
+            and gradient reduction in fp32 on GPU (MixedPrecisionPolicy), fp32 on CPU.
+Activation checkpointing wraps each block (recompute in backward), before any sharding.
+
+AdamW weight decay follows nanoGPT / Megatron-LM: matrices (including the embedding and the
+LM head) decay, norms and biases do not. (torchtitan decays every parameter.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from kollm.train.config import OptimSection
+
+MODES = ("single", "ddp", "zero1", "fsdp")
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+
+def init_distributed() -> DistInfo:
+    """Join the `torchrun` process group if there is one: NCCL with CUDA, gloo without."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local, device)
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+
+    layers = model.model.layers
+    for i, block in enumerate(layers):
+        layers[i] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+    if getattr(model, "mtp", None) is not None:
+        model.mtp.block = checkpoint_wrapper(model.mtp.block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+
+
+def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpointing: bool = False) -> nn.Module:
+    """Wrap `model` for `mode`; returns the module the training loop calls."""
+    if mode not in MODES:
+        raise ValueError(f"parallel.mode: unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode != "single" and not info.distributed:
+        raise ValueError(f"parallel.mode {mode!r} needs torch.distributed: launch with torchrun")
+    if mode == "single" and info.world > 1:
+        raise ValueError(f"parallel.mode 'single' with WORLD_SIZE={info.world}: pick ddp, zero1 or fsdp")
+    if activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if mode == "single":
+        return model
+    if mode in ("ddp", "zero1"):
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if info.device.type == "cuda" else MixedPrecisionPolicy()
+    blocks = list(model.model.layers) + ([model.mtp.block] if getattr(model, "mtp", None) is not None else [])
+    for block in blocks:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def materialize(model: nn.Module, device: torch.device) -> None:
+    """Allocate a model built on the meta device (after sharding: each rank only its shard) and
+    initialise it; how an 8B model is trained under FSDP without a full copy per rank."""
+    model.to_empty(device=device)
+    with torch.no_grad():
+        unwrap(model).reset_parameters()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The CausalLM under a DDP wrapper (FSDP2 shards in place, nothing to unwrap)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for _, p in unwrap(model).named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, mode: str, cfg: OptimSection) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps}
+    if mode == "zero1":
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        zero = ZeroRedundancyOptimizer(groups[0]["params"], optimizer_class=torch.optim.AdamW,
+                                       weight_decay=cfg.weight_decay, **kwargs)
+        zero.add_param_group(groups[1])
+        return zero
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def set_weight_decay(opt: torch.optim.Optimizer, weight_decay: float) -> None:
+    """Phase change (anneal: 0.1 → 0.033) on the decaying group; ZeRO's local shard included."""
+    for o in (opt, getattr(opt, "optim", None)):
+        if o is not None:
+            for g in o.param_groups:
+                if g["weight_decay"] != 0.0:
+                    g["weight_decay"] = weight_decay
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for o in (opt, getattr(opt, "optim", None)):
+        if o is not None:
+            for g in o.param_groups:
+                g["lr"] = lr
+
+
+def grad_sync(model: nn.Module, mode: str, sync: bool):
+    """Context for one micro-batch's backward: reduce gradients across ranks only when `sync`
+    (the last micro-batch of an accumulation), as DDP's no_sync and FSDP2's gradient-sync switch do."""
+    if mode == "fsdp":
+        model.set_requires_gradient_sync(sync)
+    if mode in ("ddp", "zero1") and not sync:
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Global gradient norm (clipped to max_norm if > 0); works for DTensor (FSDP2) gradients."""
+    grads = [p.grad for p in unwrap(model).parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    if hasattr(norm, "full_tensor"):  # FSDP2: each rank holds a partial norm
+        norm = norm.full_tensor()
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(grads, max_norm, norm, foreach=True)
+    return norm
+
+
+__all__ = ["DistInfo", "init_distributed", "parallelize", "build_optimizer", "clip_grad_norm", "MODES"]

@@ -1,0 +1,151 @@
+"""`kollm pretrain CONFIG [--dry-run] [--resume]`: pretraining (Trillion 7B) or continual
+pretraining from a Hugging Face checkpoint (DNA 1.0 on Llama 3.1 8B) with XLDA packing.
+
+Under `torchrun` the same command trains on every rank (gloo on CPU, NCCL on GPU). `--dry-run`
+builds the model on the meta device and prints the plan: parameters, steps and tokens per
+phase, FLOPs, and GPU-hours at a given MFU and peak FLOP/s. At the end the last checkpoint is
+exported as a Hugging Face directory `OUTPUT_DIR/hf` (checkpoint.export_hf).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kollm.model.config import ModelConfig, get_preset
+from kollm.model.transformer import CausalLM, build_model
+from kollm.train.config import TrainConfig, load_config
+
+
+def model_config(cfg: TrainConfig) -> ModelConfig:
+    m = cfg.model
+    if m.init_from and m.overrides:
+        raise ValueError("model.overrides: not supported with init_from (the checkpoint fixes the shapes)")
+    if m.init_from and (Path(m.init_from) / "config.json").is_file():
+        from kollm.model.hf import config_from_hf, read_config
+
+        mc = config_from_hf(read_config(m.init_from))
+    elif m.preset:  # (with init_from: a dry run of a continual-pretraining recipe without the checkpoint)
+        mc = get_preset(m.preset, **m.overrides)
+    elif m.init_from:
+        raise FileNotFoundError(f"model.init_from: {m.init_from}: no config.json (not a Hugging Face directory)")
+    else:
+        raise ValueError("model: give a preset or init_from")
+    if m.vocab_size is not None:
+        if m.vocab_size < mc.vocab_size:
+            raise ValueError(f"model.vocab_size: {m.vocab_size} is smaller than the model's {mc.vocab_size}")
+        mc = mc.replace(vocab_size=m.vocab_size)
+    return mc
+
+
+def extend_vocab(model: CausalLM, vocab_size: int) -> CausalLM:
+    """Grow the embedding (and an untied LM head) to `vocab_size`; new rows are the mean of the old
+    ones, so new tokens start as an "average token" rather than noise (Hewitt 2021)."""
+    old = model.config.vocab_size
+    if vocab_size == old:
+        return model
+    emb = model.model.embed_tokens.weight.data
+    new_emb = nn.Embedding(vocab_size, emb.shape[1], device=emb.device, dtype=emb.dtype)
+    new_emb.weight.data[:old] = emb
+    new_emb.weight.data[old:] = emb.mean(0)
+    model.model.embed_tokens = new_emb
+    if model.config.tie_embeddings:
+        model.lm_head = nn.Linear(emb.shape[1], vocab_size, bias=False, device=emb.device, dtype=emb.dtype)
+        model.lm_head.weight = new_emb.weight
+    else:
+        head = model.lm_head.weight.data
+        model.lm_head = nn.Linear(head.shape[1], vocab_size, bias=False, device=head.device, dtype=head.dtype)
+        model.lm_head.weight.data[:old] = head
+        model.lm_head.weight.data[old:] = head.mean(0)
+    model.config.vocab_size = vocab_size
+    return model
+
+
+def build_run_model(cfg: TrainConfig, device: torch.device) -> CausalLM:
+    """Fresh (seeded) or from init_from, extended vocabulary applied, fp32 master weights."""
+    torch.manual_seed(cfg.seed)
+    if cfg.model.init_from:
+        from kollm.model.hf import load_hf
+
+        model = load_hf(cfg.model.init_from, device=device, dtype=torch.float32)
+        if cfg.model.vocab_size is not None:
+            if cfg.model.vocab_size < model.config.vocab_size:
+                raise ValueError(f"model.vocab_size: {cfg.model.vocab_size} is smaller than the checkpoint's "
+                                 f"{model.config.vocab_size}")
+            extend_vocab(model, cfg.model.vocab_size)
+        return model
+    # FSDP: shapes only here; each rank allocates and initialises its shard after sharding.
+    return build_model(model_config(cfg), device="meta" if cfg.parallel.mode == "fsdp" else device)
+
+
+def dry_run(cfg: TrainConfig, world: int, mfu: float, peak_flops: float) -> str:
+    from kollm.train.flops import format_plan, make_plan
+
+    return format_plan(make_plan(cfg, model_config(cfg), world), mfu, peak_flops)
+
+
+def main(argv: list[str]) -> int:
+    from kollm.train.flops import H100_BF16_DENSE
+
+    p = argparse.ArgumentParser(prog="kollm pretrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="training config (YAML), e.g. recipes/tiny-pretrain.yaml")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (meta device) and exit")
+    p.add_argument("--peak-flops", type=float, default=H100_BF16_DENSE,
+                   help="dry run: peak FLOP/s per GPU (default: H100 bf16 dense, 989e12)")
+    p.add_argument("--mfu", type=float, default=0.4, help="dry run: model FLOPs utilisation (default 0.4)")
+    p.add_argument("--world-size", type=int, default=None,
+                   help="dry run: ranks the steps are planned for (default: WORLD_SIZE or 1)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config)
+
+    if args.dry_run:
+        import os
+
+        world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+        print(dry_run(cfg, world, args.mfu, args.peak_flops))
+        return 0
+
+    import torch.distributed as dist
+
+    from kollm.data.loader import PretrainLoader
+    from kollm.train.export import export_checkpoint
+    from kollm.train.parallel import init_distributed
+    from kollm.train.schedules import phase_data
+    from kollm.train.trainer import LMObjective, Trainer, TrainingDiverged
+
+    if not cfg.data.shards:
+        raise ValueError(f"{args.config}: data.shards is required to train (a `kollm data tokenize` output)")
+    info = init_distributed()
+    try:
+        model = build_run_model(cfg, info.device)
+        data = PretrainLoader(cfg.data.shards, phase_data(cfg.phases[0]), seed=cfg.seed, rank=info.rank,
+                              world_size=info.world, block_size=cfg.data.block_size)
+        objective = LMObjective(cfg.data.mask_policy, cfg.data.restart_positions)
+        trainer = Trainer(cfg, model, objective, data, info)
+        try:
+            trainer.fit(resume=args.resume)
+        except TrainingDiverged as e:
+            print(f"kollm pretrain: {e}", file=sys.stderr)
+            return 3
+        if cfg.checkpoint.export_hf and info.is_main:
+            from kollm.model.hf import DTYPES
+
+            out = trainer.run_dir / "hf" / trainer.last_checkpoint.name
+            if not out.exists():  # a resumed, already finished run exported it before
+                export_checkpoint(trainer.last_checkpoint, out, dtype=DTYPES[cfg.checkpoint.export_dtype])
+            print(f"kollm pretrain: Hugging Face export in {out}", file=sys.stderr)
+        if info.distributed:
+            dist.barrier()
+    finally:
+        if info.distributed:
+            dist.destroy_process_group()
+    return 0
+
+
+__all__ = ["main", "model_config", "build_run_model", "extend_vocab", "dry_run"]

@@ -1,0 +1,119 @@
+"""Learning-rate schedules, the batch-size ramp and the step plan of a multi-phase run.
+
+Warmup–stable–decay (Trillion §3.4, after Hu et al. 2024 / Hägele et al. 2024): linear warmup,
+a constant peak, then over the last `decay_fraction` of the schedule the inverse-proportional
+decay `lr = peak / (1 + k·s)`, s ∈ [0, 1], with k = 1/final_lr_ratio − 1 (k = 9 ends at 10 % of
+peak). Cosine and linear decay to the same floor are the usual baselines.
+
+Batch-size ramp (Trillion: 1 M → 2 M tokens over the first 1 T tokens): the global batch in tokens
+grows linearly with tokens seen; each rank takes `round(global / (seq_len · world))` sequences per
+step, split into micro-batches of at most the phase's `batch_size` (gradient accumulation). The
+plan is a pure function of the config and the world size, so a resumed run and the dry run see
+the same phase boundaries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from kollm.train.config import BatchSection, PhaseSection, ScheduleSection, TrainConfig
+
+
+def lr_at(step: int, total_steps: int, peak: float, cfg: ScheduleSection) -> float:
+    """LR for optimizer step `step` (0-based) of a schedule that is `total_steps` long."""
+    final = peak * cfg.final_lr_ratio
+    warmup = min(cfg.warmup_steps, total_steps)
+    # Progress counts the update being made, so the last step of warmup is at peak and the last
+    # step of the schedule is at the floor.
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if step >= total_steps:
+        return final
+    if cfg.kind == "wsd":
+        start = max(total_steps - round(cfg.decay_fraction * total_steps), warmup)
+        if step < start:
+            return peak
+        s = (step + 1 - start) / (total_steps - start)
+        k = 1.0 / cfg.final_lr_ratio - 1.0
+        return peak / (1.0 + k * s)
+    p = (step + 1 - warmup) / (total_steps - warmup)
+    if cfg.kind == "cosine":
+        return final + (peak - final) * 0.5 * (1.0 + math.cos(math.pi * p))
+    if cfg.kind == "linear":
+        return peak + (final - peak) * p
+    raise ValueError(f"schedule.kind: unknown schedule {cfg.kind!r}")
+
+
+def global_batch_tokens(batch: BatchSection, tokens_seen: int) -> int:
+    if batch.ramp_from is None or batch.ramp_tokens <= 0 or tokens_seen >= batch.ramp_tokens:
+        return batch.tokens
+    return round(batch.ramp_from + (batch.tokens - batch.ramp_from) * tokens_seen / batch.ramp_tokens)
+
+
+def micro_batches(batch: BatchSection, tokens_seen: int, seq_len: int, micro_bs: int, world: int) -> list[int]:
+    """Sequences per micro-batch on each rank for the next step (all ranks take the same)."""
+    per_rank = max(1, round(global_batch_tokens(batch, tokens_seen) / (seq_len * world)))
+    n_micro = math.ceil(per_rank / micro_bs)
+    sizes = [per_rank // n_micro] * n_micro  # as even as possible: equal cost per micro-step
+    for i in range(per_rank % n_micro):
+        sizes[i] += 1
+    return sizes
+
+
+@dataclass
+class PhasePlan:
+    name: str
+    start_step: int
+    steps: int
+    tokens: int
+    seq_len: int
+    first_batch_tokens: int  # global batch at the phase's first and last step
+    last_batch_tokens: int
+
+    @property
+    def end_step(self) -> int:
+        return self.start_step + self.steps
+
+
+def phase_data(phase: PhaseSection):
+    """The loader's view of a phase (kollm.data.loader.PhaseData); its defaults are the defaults."""
+    from kollm.data.loader import PhaseData
+
+    if "name" in phase.data:
+        raise KeyError(f"phase {phase.name!r}: data.name is set from the phase's name; remove it")
+    try:
+        return PhaseData.from_dict({**phase.data, "name": phase.name})
+    except KeyError as e:
+        raise KeyError(f"phase {phase.name!r}: data: {e.args[0]}") from None
+
+
+def plan_phases(cfg: TrainConfig, world: int) -> list[PhasePlan]:
+    """Steps and tokens of every phase; with a ramp the steps are simulated until it ends."""
+    plans, step, seen = [], 0, 0
+    for phase in cfg.phases:
+        d = phase_data(phase)
+        start, start_seen, first, last = step, seen, 0, 0
+        while (step - start < phase.steps) if phase.steps is not None else (seen - start_seen < phase.tokens):
+            per_step = sum(micro_batches(cfg.batch, seen, d.seq_len, d.batch_size, world)) * d.seq_len * world
+            first, last = first or per_step, per_step
+            if cfg.batch.ramp_from is not None and seen < cfg.batch.ramp_tokens:
+                step, seen = step + 1, seen + per_step
+                continue
+            # Constant batch from here on: jump to the end of the phase.
+            n = (phase.steps - (step - start)) if phase.steps is not None else \
+                math.ceil((phase.tokens - (seen - start_seen)) / per_step)
+            step, seen = step + n, seen + n * per_step
+        plans.append(PhasePlan(phase.name, start, step - start, seen - start_seen, d.seq_len, first, last))
+    return plans
+
+
+def phase_at(plans: list[PhasePlan], step: int) -> int:
+    """Index of the phase that optimizer step `step` belongs to (the last one past the end)."""
+    for i, p in enumerate(plans):
+        if step < p.end_step:
+            return i
+    return len(plans) - 1
+
+
+__all__ = ["lr_at", "global_batch_tokens", "micro_batches", "plan_phases", "phase_at", "phase_data", "PhasePlan"]

@@ -1,0 +1,94 @@
+"""Training config: YAML → dataclasses; unknown keys and bad values are errors naming their path;
+counts read the way the reports write them; every shipped recipe loads."""
+
+from pathlib import Path
+
+import pytest
+
+from kollm.train.config import config_from_dict, load_config, parse_count
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+PHASE = {"name": "stable", "steps": 2}
+
+
+def test_counts():
+    assert parse_count("1.8T", "x") == 1_800_000_000_000
+    assert parse_count("60B", "x") == 60_000_000_000
+    assert parse_count("2M", "x") == 2_000_000
+    assert parse_count("4096", "x") == 4096
+    assert parse_count(1.0e12, "x") == 10**12
+    with pytest.raises(ValueError, match="phases\\[0\\].tokens"):
+        config_from_dict({"phases": [{"name": "a", "tokens": "lots"}]})
+
+
+@pytest.mark.parametrize("raw, path", [
+    ({"optimizer": {"lrr": 1.0}}, "optimizer.lrr"),
+    ({"phases": [{**PHASE, "weight_decayy": 0.1}]}, "phases[0].weight_decayy"),
+    ({"modell": {}}, "modell"),
+])
+def test_unknown_key_names_its_path(raw, path):
+    with pytest.raises(KeyError, match=path.replace("[", "\\[").replace("]", "\\]")):
+        config_from_dict({"phases": [PHASE], **raw})
+
+
+@pytest.mark.parametrize("raw, what", [
+    ({"phases": [{"name": "a"}]}, "exactly one of tokens / steps"),
+    ({"phases": [{"name": "a", "steps": 1, "tokens": 5}]}, "exactly one of tokens / steps"),
+    ({"phases": [{"name": "a", "steps": 1, "lr": 1e-5}, {"name": "b", "steps": 1}]}, "cannot follow a fixed-lr"),
+    ({"phases": [PHASE], "parallel": {"mode": "tp"}}, "parallel.mode"),
+    ({"phases": [PHASE], "schedule": {"kind": "step"}}, "schedule.kind"),
+    ({"phases": [PHASE], "optimizer": {"lr": "fast"}}, "optimizer.lr: expected a number"),
+    ({"phases": [PHASE], "seed": "zero"}, "seed: expected int"),
+    ({"phases": [{"steps": 1}]}, "missing required key 'name'"),
+    ({"phases": []}, "at least one phase"),
+])
+def test_bad_values(raw, what):
+    with pytest.raises(ValueError, match=what):
+        config_from_dict(raw)
+
+
+def test_yaml_numbers_and_file_errors(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optimizer: {lr: 2e-4, betas: [0.9, 0.95]}\nphases: [{name: s, tokens: 1.8T}]\n")
+    cfg = load_config(f)
+    assert cfg.optimizer.lr == 2e-4 and cfg.optimizer.betas == (0.9, 0.95)  # YAML reads 2e-4 as a string
+    assert cfg.phases[0].tokens == 1_800_000_000_000
+    f.write_text("phases: [{name: s, steps: 1, dat: {}}]\n")
+    with pytest.raises(KeyError, match=f"{f}: phases\\[0\\].dat"):
+        load_config(f)
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("name", ["tiny-pretrain", "trillion-7b", "dna-8b-cpt"])
+def test_recipes_load(name):
+    cfg = load_config(RECIPES / f"{name}.yaml")
+    assert cfg.name == name and cfg.phases
+
+
+def test_trillion_recipe_is_the_report():
+    cfg = load_config(RECIPES / "trillion-7b.yaml")
+    o, s = cfg.optimizer, cfg.schedule
+    assert (o.lr, o.betas, o.weight_decay, s.warmup_steps) == (2e-4, (0.9, 0.95), 0.1, 2000)
+    assert (s.kind, s.decay_fraction, s.final_lr_ratio) == ("wsd", 0.1, 0.1)
+    stable, anneal, long = cfg.phases
+    assert stable.tokens + anneal.tokens == 2 * 10**12 and anneal.tokens / 2e12 == s.decay_fraction
+    assert (stable.mtp_alpha, anneal.mtp_alpha, anneal.weight_decay) == (0.2, 0.1, 0.033)
+    assert stable.data["seq_len"] == anneal.data["seq_len"] == 4096
+    assert (long.tokens, long.data["seq_len"], long.rope_theta, long.data["long_fraction"]) == (60e9, 32768, 1e6, 0.6)
+    assert (cfg.batch.ramp_from, cfg.batch.tokens, cfg.batch.ramp_tokens) == (2**20, 2**21, 10**12)
+    assert cfg.parallel.mode == "zero1"
+
+
+def test_model_source(tmp_path):
+    from kollm.train.pretrain import model_config
+
+    with pytest.raises(ValueError, match="give a preset or init_from"):
+        model_config(config_from_dict({"phases": [PHASE]}))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        model_config(config_from_dict({"phases": [PHASE], "model": {"init_from": str(tmp_path)}}))
+    cpt = config_from_dict({"phases": [PHASE], "model": {"init_from": str(tmp_path), "preset": "tiny",
+                                                           "vocab_size": 600}})
+    assert model_config(cpt).vocab_size == 600  # dry run without the checkpoint: the preset's shapes
+    with pytest.raises(ValueError, match="smaller than the model's"):
+        model_config(config_from_dict({"phases": [PHASE], "model": {"preset": "tiny", "vocab_size": 100}}))

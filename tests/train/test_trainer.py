@@ -1,0 +1,146 @@
+"""The training loop, in process on the synthetic source: mask policies reach attention, gradient
+accumulation is exact, phases change what they should, resume from a checkpoint reproduces the
+uninterrupted run bit for bit, a NaN stops the run naming the step and checkpoint, and continual
+pretraining extends a Hugging Face model's vocabulary."""
+
+import json
+
+import pytest
+import torch
+from synthetic import SyntheticLoader
+
+from kollm.model.config import get_preset
+from kollm.model.hf import save_hf
+from kollm.model.transformer import build_model
+from kollm.train.config import config_from_dict
+from kollm.train.pretrain import build_run_model
+from kollm.train.schedules import lr_at
+from kollm.train.trainer import LMObjective, Trainer, TrainingDiverged
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+
+
+def make_cfg(tmp_path, steps=4, micro=2, seqs=8, **extra):
+    phases = extra.pop("phases", [{"name": "stable", "steps": steps, "mtp_alpha": 0.2,
+                                   "data": {"seq_len": 32, "batch_size": micro}}])
+    return config_from_dict({
+        "output_dir": str(tmp_path), "batch": {"tokens": seqs * 32}, "optimizer": {"lr": 3e-3},
+        "schedule": {"warmup_steps": 2}, "logging": {"progress": False},
+        "checkpoint": {"every": 0, "export_hf": False}, "phases": phases, **extra})
+
+
+def run(tmp_path, policy="xlda", preset="tiny-sandwich-mtp", resume=False, trainer_hook=None, dtype=torch.float32,
+        **kw):
+    torch.manual_seed(0)
+    model = build_model(get_preset(preset), dtype=dtype)
+    t = Trainer(make_cfg(tmp_path, **kw), model, LMObjective(policy), SyntheticLoader())
+    if trainer_hook:
+        trainer_hook(t)
+    return t, [h["loss"] for h in t.fit(resume=resume)]
+
+
+def test_mask_policies_reach_attention(tmp_path):
+    losses = {p: run(tmp_path / p, p, steps=1)[1][0] for p in ("causal", "document", "xlda")}
+    assert len(set(losses.values())) == 3, losses  # same data and weights, three different losses
+    # one document per sequence: the three policies are the same mask, so the same loss
+    single = {}
+    for p in ("causal", "document", "xlda"):
+        torch.manual_seed(0)
+        model = build_model(get_preset("tiny"))
+        batch = SyntheticLoader().next_batch(2)
+        batch["doc_ids"].zero_()
+        obj = LMObjective(p)
+        single[p] = obj(model, batch, obj.targets(batch)).loss.item()
+    assert single["causal"] == single["document"] == single["xlda"]
+
+
+def test_gradient_accumulation_is_exact(tmp_path):
+    # float64 weights (lm_loss's cross entropy is still fp32, ~1e-7): the split into micro-batches
+    # must not change the step, MTP term included, whose target count differs per micro-batch.
+    # Weighting MTP by NTP counts instead was off by 2e-6 in the loss and 1e-5 in the gradient norm.
+    t1, one = run(tmp_path / "a", micro=8, dtype=torch.float64)  # 1 micro-batch of 8
+    t4, four = run(tmp_path / "b", micro=2, dtype=torch.float64)  # 4 micro-batches of 2
+    t3, three = run(tmp_path / "c", micro=3, dtype=torch.float64)  # 3, 3, 2: uneven
+    assert [t.history[0]["micro_batches"] for t in (t1, t4, t3)] == [1, 4, 3]
+    for other, t in ((four, t4), (three, t3)):
+        torch.testing.assert_close(torch.tensor(one), torch.tensor(other), rtol=3e-7, atol=0)
+        torch.testing.assert_close(torch.tensor([h["grad_norm"] for h in t1.history]),
+                                   torch.tensor([h["grad_norm"] for h in t.history]), rtol=3e-7, atol=0)
+
+
+def test_phases_apply_their_settings(tmp_path):
+    phases = [
+        {"name": "stable", "steps": 3, "mtp_alpha": 0.2, "data": {"seq_len": 32, "batch_size": 4}},
+        {"name": "anneal", "steps": 2, "mtp_alpha": 0.1, "weight_decay": 0.033, "data": {"seq_len": 32, "batch_size": 4}},
+        {"name": "long", "steps": 2, "rope_theta": 1e6, "lr": 1e-4, "data": {"seq_len": 64, "batch_size": 2}},
+    ]
+    seen = []
+
+    def hook(t):
+        step = t.train_step
+
+        def spy():
+            decay = [g["weight_decay"] for g in t.optimizer.param_groups]
+            seen.append((t.cfg.phases[t.phase_idx].name, t.objective.mtp_alpha, decay, t.model_config.rope_theta,
+                         t.data.seq_len))
+            return step()
+        t.train_step = spy
+
+    t, _ = run(tmp_path, phases=phases, trainer_hook=hook)
+    assert seen[0] == ("stable", 0.2, [0.1, 0.0], 1e5, 32)
+    assert seen[3] == ("anneal", 0.1, [0.033, 0.0], 1e5, 32)
+    assert seen[5] == ("long", 0.0, [0.1, 0.0], 1e6, 64)
+    assert t.data.phases == ["stable", "anneal", "long"]
+    lrs = [h["lr"] for h in t.history]
+    assert lrs[:5] == [lr_at(s, 5, 3e-3, t.cfg.schedule) for s in range(5)] and lrs[5:] == [1e-4, 1e-4]
+    assert "mtp_loss" in t.history[0] and "mtp_loss" not in t.history[-1]  # α = 0 in the last phase
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 8))
+    assert {"loss", "ntp_loss", "lr", "grad_norm", "tokens_per_s", "peak_mem_mb", "phase"} <= set(rows[0])
+
+
+def test_resume_is_bit_exact(tmp_path):
+    _, full = run(tmp_path / "full", steps=6, checkpoint={"every": 3, "export_hf": False})
+
+    def stop_at_3(t):
+        t.total_steps = 3
+    run(tmp_path / "cut", steps=6, checkpoint={"every": 3, "export_hf": False}, trainer_hook=stop_at_3)
+    t, rest = run(tmp_path / "cut", steps=6, checkpoint={"every": 3, "export_hf": False}, resume=True)
+    assert t.history[0]["step"] == 4
+    assert rest == full[3:]  # exact float equality
+
+
+def test_nan_stops_the_run(tmp_path):
+    class NaNAt3(LMObjective):
+        calls = 0
+
+        def __call__(self, model, batch, totals):
+            out = super().__call__(model, batch, totals)
+            self.calls += 1
+            if self.calls > 4:  # step 3's first micro-batch (2 per step)
+                out.loss = out.loss * float("nan")
+            return out
+
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny"))
+    cfg = make_cfg(tmp_path, steps=5, micro=4, checkpoint={"every": 2, "export_hf": False})
+    t = Trainer(cfg, model, NaNAt3("xlda"), SyntheticLoader())
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss \(nan\) at step 3; last good checkpoint: .*step-00000002"):
+        t.fit()
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad update was not applied
+
+
+def test_continual_pretraining_extends_the_vocabulary(tmp_path):
+    torch.manual_seed(1)
+    base = build_model(get_preset("tiny"))
+    save_hf(base, tmp_path / "hf")
+    cfg = make_cfg(tmp_path, model={"preset": None, "init_from": str(tmp_path / "hf"), "vocab_size": 600})
+    model = build_run_model(cfg, torch.device("cpu"))
+    emb, old = model.model.embed_tokens.weight, base.model.embed_tokens.weight
+    assert emb.shape == (600, 64) and model.lm_head.weight.shape == (600, 64) and model.config.vocab_size == 600
+    torch.testing.assert_close(emb[:512], old)
+    torch.testing.assert_close(emb[512:], old.mean(0).expand(88, 64))
+    ids = torch.randint(0, 512, (2, 16))
+    torch.testing.assert_close(model(ids).logits[..., :512], base(ids).logits, rtol=1e-5, atol=1e-5)
+    t = Trainer(cfg, model, LMObjective("document"), SyntheticLoader(vocab=600))
+    assert t.fit()[-1]["step"] == 4
