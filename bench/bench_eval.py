@@ -1,0 +1,165 @@
+"""Multiple-choice evaluation speed: kollm's harness against lm-evaluation-harness's Hugging Face
+back-end, same model, same rows, same prompts (lm-eval's own KoBEST task configs pointed at
+local parquet files), items/s and the ratio, plus the largest per-request log-likelihood gap.
+
+    .venv/bin/python bench/bench_eval.py [--tasks kobest_copa,kobest_hellaswag,kobest_boolq] [--limit 200]
+        [--dim 512 --layers 8] [--device cpu] [--threads 1] [--repeats 2]
+
+Needs the `bench` extra (lm_eval, accelerate) and the shared dev data. The model is a random
+Llama of the given size with a byte-level BPE trained on the KoBEST train split, written once
+to a temp dir; both harnesses load it from there. Each harness's time includes its model load
+and its own request building (what a user waits for); lm-eval imports and its one-time warm-up
+are excluded; runs are interleaved and the best of `--repeats` is kept (shared machines drift).
+"ratio" is wall time lm-eval / kollm; "cpu ratio" the same with process CPU time, which other
+jobs on a shared machine disturb less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval-dev" / "kobest"
+HF_NAMES = {"kobest_boolq": "boolq", "kobest_copa": "copa", "kobest_hellaswag": "hellaswag",
+            "kobest_sentineg": "sentineg", "kobest_wic": "wic"}
+
+
+def build_model(out: Path, dim: int, layers: int) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+    texts = []
+    for task in ("BoolQ", "COPA", "HellaSwag"):
+        with open(SHARED / task / "train.tsv", encoding="utf-8", newline="") as f:
+            texts += ["\t".join(r) for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=8000, special_tokens=["<pad>", "<s>", "</s>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=dim, intermediate_size=dim * 8 // 3,
+                      num_hidden_layers=layers, num_attention_heads=dim // 64, num_key_value_heads=dim // 128,
+                      max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def hf_layout(task: str, limit: int, out: Path) -> Path:
+    """The KoBEST dev rows in skt/kobest_v1's schema as one parquet file (what lm-eval reads)."""
+    from kollm.eval.task import get_task
+
+    items = get_task(task).load(SHARED.parent)[:limit]
+    name = HF_NAMES[task]
+    rows = {
+        "boolq": lambda it: {"paragraph": it["paragraph"], "question": it["question"], "label": it["gold"]},
+        "copa": lambda it: {"premise": it["premise"], "question": it["question"], "alternative_1": it["choices"][0],
+                            "alternative_2": it["choices"][1], "label": it["gold"]},
+        "hellaswag": lambda it: {"context": it["context"], **{f"ending_{i + 1}": c for i, c in enumerate(it["choices"])},
+                                 "label": it["gold"]},
+        "sentineg": lambda it: {"sentence": it["sentence"], "label": it["gold"]},
+        "wic": lambda it: {"word": it["word"], "context_1": it["context_1"], "context_2": it["context_2"],
+                           "label": it["gold"]},
+    }[name]
+    path = out / "kobest_v1" / name / "test-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist([rows(it) for it in items]), path)
+    return path
+
+
+def lm_eval_yaml(task: str, parquet: Path, include_dir: Path) -> str:
+    import lm_eval
+
+    src = Path(lm_eval.__file__).parent / "tasks" / "kobest" / f"{task}.yaml"
+    (include_dir / f"{task}_local.yaml").write_text(
+        f"include: {src}\ntask: {task}_local\ndataset_path: parquet\ndataset_name: null\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {parquet}\nvalidation_split: null\ntraining_split: null\n"
+        "tag: []\n", encoding="utf-8")
+    return f"{task}_local"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--tasks", default="kobest_copa,kobest_hellaswag,kobest_boolq")
+    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--lm-eval-batch", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads for both harnesses (1: least disturbed by other jobs on a shared box)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from kollm.eval.harness import EvalConfig, evaluate
+    from kollm.eval.models import LocalLM
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_eval_"))
+    model_dir = tmp / "model"
+    build_model(model_dir, args.dim, args.layers)
+    inc = tmp / "lm_eval_tasks"
+    inc.mkdir()
+    print(f"model: Llama d={args.dim} L={args.layers}, device {args.device}, threads {torch.get_num_threads()}")
+    print(f"{'task':<18} {'items':>5} {'kollm it/s':>11} {'rows it/s':>10} {'lm-eval it/s':>13} {'ratio':>6} "
+          f"{'cpu ratio':>8} {'max|dLL|':>9} {'acc k/l':>13}")
+    warmed = False
+    for task in args.tasks.split(","):
+        parquet = hf_layout(task, args.limit, tmp)
+        name = lm_eval_yaml(task, parquet, inc)
+        tm = TaskManager(include_path=str(inc))
+        if not warmed:  # lm-eval's one-time costs (metric registry look-ups, first model load) out of the timing
+            simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=[name],
+                            task_manager=tm, num_fewshot=0, batch_size=args.lm_eval_batch, device=args.device,
+                            limit=4, verbosity="ERROR")
+            warmed = True
+        timings: dict[str, list[float]] = {"lm-eval": [], "packed": [], "rows": []}
+        cpu: dict[str, list[float]] = {"lm-eval": [], "packed": [], "rows": []}
+        runs = {}
+        for _ in range(args.repeats):  # interleaved, best of N: the machine's load drifts between runs
+            t0, c0 = time.perf_counter(), time.process_time()
+            ref = simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=[name],
+                                  task_manager=tm, num_fewshot=0, batch_size=args.lm_eval_batch, device=args.device,
+                                  log_samples=True, verbosity="ERROR")
+            timings["lm-eval"].append(time.perf_counter() - t0)
+            cpu["lm-eval"].append(time.process_time() - c0)
+            for mode in ("packed", "rows"):
+                t0, c0 = time.perf_counter(), time.process_time()
+                lm = LocalLM(model_dir, device=args.device, mode=mode)
+                runs[mode] = evaluate(lm, [task], EvalConfig(data_dir=str(tmp), num_fewshot=0), log=lambda m: None)
+                timings[mode].append(time.perf_counter() - t0)
+                cpu[mode].append(time.process_time() - c0)
+        best = {k: min(v) for k, v in timings.items()}
+        best_cpu = {k: min(v) for k, v in cpu.items()}
+        ours = runs["packed"]
+        n = ours["results"][task]["n"]
+        samples = sorted(ref["samples"][name], key=lambda s: s["doc_id"])
+        ref_ll = [r[0] for s in samples for r in s["filtered_resps"]]
+        our_ll = [r[0] for rec in ours["samples"][task] for r in rec["responses"]]
+        dmax = max(abs(a - b) for a, b in zip(ref_ll, our_ll))
+        acc_k = ours["results"][task]["metrics"]["acc"]["value"]
+        acc_l = ref["results"][name]["acc,none"]
+        print(f"{task:<18} {n:>5} {n / best['packed']:>11.1f} {n / best['rows']:>10.1f} "
+              f"{n / best['lm-eval']:>13.1f} {best['lm-eval'] / best['packed']:>6.2f} "
+              f"{best_cpu['lm-eval'] / best_cpu['packed']:>8.2f} {dmax:>9.2e} {acc_k:>6.4f}/{acc_l:.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

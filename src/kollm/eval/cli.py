@@ -1,0 +1,83 @@
+"""`kollm eval`: run tasks or suites on a checkpoint directory or an OpenAI-compatible endpoint,
+write results.json, print a table (or the JSON), and optionally cross-lingual consistency.
+
+    kollm eval --model out/ckpt --tasks kobest_boolq,mmlu:5 --data-dir data/eval --out runs/eval
+    kollm eval --model http://127.0.0.1:8000 --endpoint-model m --tasks gsm8k_cot --data-dir D --json
+    kollm eval --model M --tasks global_mmlu_en,global_mmlu_ko --consistency global_mmlu_en:global_mmlu_ko
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from kollm.eval.consistency import consistency, lang_of
+from kollm.eval.harness import EvalConfig, evaluate, no_nan, summary_table, write_results
+from kollm.eval.suites import SUITES, expand
+from kollm.eval.task import task_names
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="kollm eval", description="Evaluate a model on benchmarks → results.json.")
+    p.add_argument("--model", help="checkpoint directory (Hugging Face layout) or http(s)://host:port endpoint")
+    p.add_argument("--tasks", help=f"comma-separated tasks or suites ({', '.join(SUITES)}); task:shots sets shots")
+    p.add_argument("--data-dir", help="folder holding the benchmarks' files (HF layouts or original releases)")
+    p.add_argument("--out", help="directory for results.json")
+    p.add_argument("--num-fewshot", type=int, help="shots for every task (default: the task's or suite's)")
+    p.add_argument("--limit", type=int, help="first N items per task")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the checkpoint's")
+    p.add_argument("--batch-tokens", type=int, help="tokens per log-likelihood forward (default: 512 CPU, 16384 GPU)")
+    p.add_argument("--endpoint-model", default="default", help="model name sent to the endpoint")
+    p.add_argument("--consistency", action="append", default=[], metavar="SRC_TASK:TGT_TASK",
+                   help="cross-lingual consistency between two parallel tasks (repeatable)")
+    p.add_argument("--metric", default=None, help="correctness metric for --consistency (default: acc or exact_match)")
+    p.add_argument("--json", action="store_true", help="print results (without per-item records) as JSON")
+    p.add_argument("--list", action="store_true", help="list tasks and suites")
+    args = p.parse_args(argv)
+
+    if args.list:
+        print("tasks: " + ", ".join(task_names()))
+        for name, entries in SUITES.items():
+            print(f"suite {name}: {', '.join(entries)}")
+        return 0
+    if not args.model or not args.tasks:
+        p.error("--model and --tasks are required")
+    tasks = expand(args.tasks, set(task_names()), log=lambda m: print(m, file=sys.stderr))
+
+    import torch
+
+    from kollm.eval.models import load_model
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    kw = {"dtype": dtype, "batch_tokens": args.batch_tokens} if not args.model.startswith("http") else {}
+    model = load_model(args.model, device=device, endpoint_model=args.endpoint_model, **kw)
+    cfg = EvalConfig(num_fewshot=args.num_fewshot, limit=args.limit, seed=args.seed, data_dir=args.data_dir)
+    results = evaluate(model, tasks, cfg)
+
+    if args.consistency:
+        results["consistency"] = {}
+        for spec in args.consistency:
+            src, _, tgt = spec.partition(":")
+            for t in (src, tgt):
+                if t not in results["samples"]:
+                    raise KeyError(f"--consistency {spec}: task {t!r} was not run (add it to --tasks)")
+            metric = args.metric or next(m for m in ("acc", "exact_match", "exact_match_flexible")
+                                         if m in results["results"][src]["metrics"])
+            results["consistency"][spec] = consistency(results["samples"][src], results["samples"][tgt], metric,
+                                                       lang_of(src), lang_of(tgt))
+    if args.out:
+        path = write_results(results, args.out)
+        print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(no_nan({k: v for k, v in results.items() if k != "samples"}), ensure_ascii=False, indent=1))
+    else:
+        print(summary_table(results))
+        for spec, c in results.get("consistency", {}).items():
+            print(f"consistency {spec}: " + ", ".join(
+                f"{k}={v['value']:.4f} ({v['count']}/{v['of']})" for k, v in c.items() if isinstance(v, dict)
+                and "value" in v))
+    return 0

@@ -1,0 +1,147 @@
+"""The evaluation loop: tasks → requests → one batched model call per request kind → per-item
+metrics → aggregates with standard errors → results.json.
+
+Follows lm-evaluation-harness's `simple_evaluate` flow: every task's requests are built first,
+all log-likelihood requests go to the model in one call (so it can batch and share contexts
+across items and tasks), generations likewise, then each task scores its items. Few-shot
+examples are drawn per task with a fixed seed (lm-eval's 1234) from the task's train/dev pool.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kollm.eval.task import Request, Task, get_task
+
+
+@dataclass
+class EvalConfig:
+    num_fewshot: int | None = None  # None: each task's default
+    limit: int | None = None  # first N items per task (smoke runs)
+    seed: int = 1234
+    bootstrap_iters: int = 1000
+    data_dir: str | None = None
+
+
+@dataclass
+class TaskRun:
+    task: Task
+    items: list[dict]
+    n_shot: int = 0
+    requests: list[list[Request]] = field(default_factory=list)
+    results: list[list[Any]] = field(default_factory=list)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: EvalConfig | None = None,
+             log=lambda msg: print(msg, file=sys.stderr)) -> dict:
+    """Run `tasks` on `model` (a back-end from kollm.eval.models, or anything with
+    `loglikelihood(pairs)` and `generate(requests)`). A task may come with its own shot count
+    as (name, shots), as suites give them; `cfg.num_fewshot` overrides both. Returns the
+    results.json dict."""
+    cfg = cfg or EvalConfig()
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else None
+    runs: list[TaskRun] = []
+    for t in tasks:
+        t, shots = t if isinstance(t, tuple) else (t, None)
+        task = get_task(t) if isinstance(t, str) else t
+        items = task.load(data_dir)
+        if cfg.limit is not None:
+            items = items[: cfg.limit]
+        k = cfg.num_fewshot if cfg.num_fewshot is not None else shots if shots is not None else task.num_fewshot
+        pool = task.few_shot_items(data_dir) if k > 0 else []
+        if k > 0 and not pool:
+            log(f"{task.name}: no train/dev split found; running 0-shot")
+        rng = random.Random(cfg.seed)
+        run = TaskRun(task, items)
+        for item in items:
+            shots = task.select_fewshot(item, pool, k, rng) if pool else []
+            run.requests.append(task.requests(item, shots))
+        run.n_shot = k if pool else 0
+        runs.append(run)
+        bad = getattr(task, "bad_rows", [])
+        log(f"{task.name}: {len(items)} items, {k if pool else 0}-shot"
+            + (f", {len(bad)} malformed rows skipped (first: {bad[0]})" if bad else ""))
+
+    t0 = time.perf_counter()
+    for kind in ("loglikelihood", "generate"):
+        flat = [(ri, ii, qi) for ri, r in enumerate(runs) for ii, reqs in enumerate(r.requests)
+                for qi, q in enumerate(reqs) if q.kind == kind]
+        if not flat:
+            continue
+        reqs = [runs[ri].requests[ii][qi] for ri, ii, qi in flat]
+        log(f"{kind}: {len(reqs)} requests")
+        answers = model.loglikelihood([q.args for q in reqs]) if kind == "loglikelihood" else model.generate(reqs)
+        for r in runs:
+            if not r.results:
+                r.results = [[None] * len(q) for q in r.requests]
+        for (ri, ii, qi), a in zip(flat, answers):
+            runs[ri].results[ii][qi] = a
+    elapsed = time.perf_counter() - t0
+
+    out: dict[str, Any] = {"model": getattr(model, "name", type(model).__name__), "config": asdict(cfg),
+                           "model_seconds": round(elapsed, 3), "results": {}, "samples": {}}
+    for r in runs:
+        per_item, records = [], []
+        for i, (item, reqs, res) in enumerate(zip(r.items, r.requests, r.results or [[]] * len(r.items))):
+            m = r.task.process(item, res)
+            per_item.append(m)
+            records.append({
+                "index": i, "where": item.get("_where"),
+                **({"pair_id": item.get(r.task.parallel_key)} if r.task.parallel_key else {}),
+                "metrics": {k: _jsonable(v) for k, v in m.items()},
+                "target": item.get("gold", item.get("answer")),
+                "responses": [_jsonable(x) for x in res],
+                "prompt": reqs[0].args[0] if reqs else None,
+                **({"continuations": [q.args[1] for q in reqs]} if reqs and reqs[0].kind == "loglikelihood" else {}),
+            })
+        agg = r.task.aggregate(per_item, cfg.bootstrap_iters, cfg.seed)
+        out["results"][r.task.name] = {
+            "metrics": agg, "n": len(r.items), "num_fewshot": r.n_shot,
+            "output_type": r.task.output_type, "bad_rows": len(getattr(r.task, "bad_rows", [])),
+        }
+        out["samples"][r.task.name] = records
+    return out
+
+
+def no_nan(v: Any) -> Any:
+    # NaN (stderr of one item, ratio of an empty set) is not JSON: written as null
+    if isinstance(v, float) and v != v:
+        return None
+    if isinstance(v, dict):
+        return {k: no_nan(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [no_nan(x) for x in v]
+    return v
+
+
+def write_results(results: dict, out_dir: str | Path) -> Path:
+    """`out_dir/results.json` (summary + per-item records; NaN written as null)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(no_nan(results), ensure_ascii=False, indent=1, default=str, allow_nan=False),
+                   encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def summary_table(results: dict) -> str:
+    lines = [f"{'task':<24} {'metric':<22} {'value':>8} {'± stderr':>9} {'n':>6}"]
+    for name, r in results["results"].items():
+        for metric, v in r["metrics"].items():
+            lines.append(f"{name:<24} {metric:<22} {v['value']:>8.4f} {v['stderr']:>9.4f} {v['n']:>6}")
+    return "\n".join(lines)

@@ -1,0 +1,249 @@
+"""LLM-as-judge chat benchmarks: MT-Bench and KO-MT-Bench (FastChat's single-answer grading, 1-10)
+and LogicKor (its own Korean judge prompt, 0-10), through OpenAI-compatible endpoints.
+
+Flow, as FastChat `gen_model_answer` + `gen_judgment --mode single` and LogicKor `generator` +
+`evaluator`: the answering model gets turn 1, then turn 2 with the turn-1 exchange as history
+(greedy, temperature 0 for every category; FastChat samples creative categories at 0.7); the judge
+grades turn 1 alone and turn 2 in the context of the whole conversation, with the reference answer
+where the benchmark has one (FastChat: math, reasoning, coding). Ratings are parsed as FastChat
+does (`[[N]]`, else `[N]`) or as LogicKor does (`점수: N` after removing `*`). A judgment without a
+parsable rating is retried (`judge_retries` more times) and, if it never parses, counted in
+`unparsable` and left out of the means -- never guessed (FastChat records -1, LogicKor 0).
+At most `concurrency` requests are in flight at once, answers and judgments together.
+
+Scores: MT-Bench = mean over all judged turns (FastChat's `show_result`), also per turn and per
+category; LogicKor = mean of single-turn and multi-turn scores, per category (추론, 수학, 글쓰기,
+코딩, 이해, 문법) and overall.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from kollm.data.judge import JudgeClient, JudgeConfig
+
+# FastChat llm_judge/data/judge_prompts.jsonl: single-v1, single-math-v1 and their multi-turn forms
+_RATE = ('you must rate the response on a scale of 1 to 10 by strictly following this format: "[[rating]]", '
+         'for example: "Rating: [[5]]".')
+FASTCHAT = {
+    "single": ("You are a helpful assistant.",
+               "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by "
+               "an AI assistant to the user question displayed below. Your evaluation should consider factors such as "
+               "the helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. Begin "
+               "your evaluation by providing a short explanation. Be as objective as possible. After providing your "
+               f"explanation, {_RATE}\n\n[Question]\n{{question}}\n\n[The Start of Assistant's Answer]\n{{answer}}\n"
+               "[The End of Assistant's Answer]"),
+    "single-math": ("You are a helpful assistant.",
+                    "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided "
+                    "by an AI assistant to the user question displayed below. Your evaluation should consider "
+                    "correctness and helpfulness. You will be given a reference answer and the assistant's answer. "
+                    "Begin your evaluation by comparing the assistant's answer with the reference answer. Identify and "
+                    "correct any mistakes. Be as objective as possible. After providing your explanation, "
+                    f"{_RATE}\n\n[Question]\n{{question}}\n\n[The Start of Reference Answer]\n{{ref_answer_1}}\n"
+                    "[The End of Reference Answer]\n\n[The Start of Assistant's Answer]\n{answer}\n"
+                    "[The End of Assistant's Answer]"),
+    "multi": ("Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant "
+              "to the user question displayed below. Your evaluation should consider factors such as the "
+              "helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. You "
+              "evaluation should focus on the assistant's answer to the second user question. Begin your evaluation "
+              f"by providing a short explanation. Be as objective as possible. After providing your explanation, "
+              f"{_RATE}\n\n",
+              "<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question_1}\n\n### Assistant A:\n"
+              "{answer_1}\n\n### User:\n{question_2}\n\n### Assistant A:\n{answer_2}\n\n"
+              "<|The End of Assistant A's Conversation with User|>"),
+    "multi-math": ("Please act as an impartial judge and evaluate the quality of the response provided by an AI "
+                   "assistant to the user question. Your evaluation should consider correctness and helpfulness. You "
+                   "will be given a reference answer and the assistant's answer. You evaluation should focus on the "
+                   "assistant's answer to the second question. Begin your evaluation by comparing the assistant's "
+                   "answer with the reference answer. Identify and correct any mistakes. Be as objective as possible. "
+                   f"After providing your explanation, {_RATE}\n\n",
+                   "<|The Start of Reference Answer|>\n\n### User:\n{question_1}\n\n### Reference answer:\n"
+                   "{ref_answer_1}\n\n### User:\n{question_2}\n\n### Reference answer:\n{ref_answer_2}\n\n"
+                   "<|The End of Reference Answer|>\n\n\n<|The Start of Assistant A's Conversation with User|>\n\n"
+                   "### User:\n{question_1}\n\n### Assistant A:\n{answer_1}\n\n### User:\n{question_2}\n\n"
+                   "### Assistant A:\n{answer_2}\n\n<|The End of Assistant A's Conversation with User|>"),
+}
+NEED_REF_CATS = ("math", "reasoning", "coding", "arena-hard-200")  # FastChat common.py
+
+# LogicKor templates.py JUDGE_TEMPLATE (single_turn / multi_turn system prompts)
+_LK_RULES = """1. 질문의 요구사항을 충분히 반영하였는지 상세히 분석할 것.
+2. 답변 과정에서 누락되었거나 포함되지 못하여 아쉬운 부분에 대하여 상세히 분석할 것.
+3. 답변의 길이가 평가 결과에 영향을 미치지 않도록 할 것.
+4. Additional Reference가 제공된다면 평가 시 해당 정보를 참고할 것."""
+_LK_TAIL = """
+
+# 언어 요구사항
+- 모델은 반드시 한국어로 답변해야 하며, 다른 언어로의 답변은 절대 허용되지 않는다.
+- 예외적으로 질문이 영어로 답변할 것을 요구할 때에만 영어 답변이 허용된다.
+- 한국어로 답변하지 않을 경우, 점수는 0점 처리된다.
+- 언어 요구사항을 충족하는 것은 필수적이나, 이 요구사항의 충족이 답변의 질적 평가에 추가 점수로 이어지지는 않는다.
+
+# 평가 출력 방식
+**주어진 Question에 집중하여** Model's Response에 대한 평가와 1~10의 점수를 부여한다. 답변에 대한 평가는 4~5 문장으로 규칙을 참고하여 상세히 작성한다.
+
+# 출력 형식
+평가: 평가 내용
+점수: 숫자"""
+LOGICKOR = {
+    "single_turn": "너는 질문에 대한 한국어 언어 모델의 답변을 매우 꼼꼼히 평가할 것이다. 공정한 평가를 위해 아래의 규칙을 "
+                   "준수한다.\n\n# 기본 규칙\n" + _LK_RULES + _LK_TAIL,
+    "multi_turn": "너는 대화 후 이어지는 후속 질문에 대한 한국어 언어 모델의 답변을 매우 꼼꼼히 평가할 것이다. 공정한 평가를 "
+                  "위해 아래의 규칙을 준수한다.\n\n# 기본 규칙\n" + _LK_RULES
+                  + "\n5. 후속 질문에 대한 답변이 이전 대화 맥락과 일치하는지 확인할 것." + _LK_TAIL,
+}
+LOGICKOR_CATEGORIES = ("추론", "수학", "글쓰기", "코딩", "이해", "문법")
+
+
+def parse_fastchat(judgment: str) -> float | None:
+    m = re.search(r"\[\[(\d+\.?\d*)\]\]", judgment) or re.search(r"\[(\d+\.?\d*)\]", judgment)
+    return float(m.group(1)) if m else None
+
+
+def parse_logickor(judgment: str) -> float | None:
+    m = re.search(r"점수:\s*(\d+(\.\d+)?)", judgment.replace("*", ""))
+    return float(m.group(1)) if m else None
+
+
+@dataclass
+class ChatItem:
+    """One two-turn question: MT-Bench `question.jsonl` (`question_id, category, turns, reference`) or
+    LogicKor `questions.jsonl` (`id, category, questions, references`)."""
+
+    qid: str
+    category: str
+    turns: list[str]
+    references: list[str | None]
+
+    @classmethod
+    def from_row(cls, row: dict) -> ChatItem:
+        turns = row.get("turns", row.get("questions"))
+        if not isinstance(turns, list) or len(turns) < 2 or not all(isinstance(t, str) for t in turns[:2]):
+            raise ValueError("needs two question turns in 'turns' (MT-Bench) or 'questions' (LogicKor)")
+        refs = list(row.get("reference") or row.get("references") or [])
+        refs = (refs + [None, None])[:2]
+        qid = row.get("question_id", row.get("id"))
+        if qid is None:
+            raise KeyError("missing 'question_id' / 'id'")
+        # LogicKor writes "추론(Reasoning)"; keep the Korean name its report uses
+        return cls(str(qid), str(row.get("category", "")).split("(")[0].strip(), list(turns[:2]), refs)
+
+
+class Limited:
+    """A chat client behind a shared semaphore (the concurrency limit) -- `complete(messages)`."""
+
+    def __init__(self, client: JudgeClient, sem: threading.Semaphore):
+        self.client, self.sem = client, sem
+
+    def complete(self, messages: list[dict]) -> str:
+        with self.sem:
+            return self.client.complete(messages)
+
+
+def fastchat_messages(item: ChatItem, answers: Sequence[str], turn: int) -> list[dict]:
+    ref = item.category in NEED_REF_CATS and item.references[0] is not None
+    q1, q2 = item.turns
+    if turn == 1:
+        system, tmpl = FASTCHAT["single-math" if ref else "single"]
+        user = tmpl.format(question=q1, answer=answers[0], ref_answer_1=item.references[0])
+    else:
+        system, tmpl = FASTCHAT["multi-math" if ref else "multi"]
+        user = tmpl.format(question_1=q1, question_2=q2, answer_1=answers[0], answer_2=answers[1],
+                           ref_answer_1=item.references[0], ref_answer_2=item.references[1] or "")
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def logickor_messages(item: ChatItem, answers: Sequence[str], turn: int) -> list[dict]:
+    """LogicKor evaluator.create_answers: the single-turn prompt shows Q1/A1; the multi-turn one adds
+    the follow-up Q2/A2; references go after their question as **Additional Reference**."""
+    p = ("아래의 내용을 주어진 평가 기준들을 충실히 반영하여 평가해라. 특히 모델 답변이 언어 요구사항을 준수하는지 반드시 "
+         f"확인해야 한다.\n\n**Question**\n{item.turns[0]}")
+    if item.references[0]:
+        p += f"\n\n**Additional Reference**\n{item.references[0]}"
+    p += f"\n\n**Model's Response**\n{answers[0]}"
+    if turn == 2:
+        p += f"\n\n**Follow-up Question.**\n{item.turns[1]}"
+        if item.references[1]:
+            p += f"\n\n**Additional Reference**\n{item.references[1]}"
+        p += f"\n\n**Model's Response**\n{answers[1]}"
+    p += "\n\n[[대화 종료. 평가 시작.]]"
+    return [{"role": "system", "content": LOGICKOR["multi_turn" if turn == 2 else "single_turn"]},
+            {"role": "user", "content": p}]
+
+
+STYLES: dict[str, tuple[Callable, Callable[[str], float | None]]] = {
+    "fastchat": (fastchat_messages, parse_fastchat), "logickor": (logickor_messages, parse_logickor)}
+
+
+def answer_two_turns(model, item: ChatItem) -> list[str]:
+    """Turn 1, then turn 2 with the first exchange as history (FastChat / LogicKor generators)."""
+    msgs = [{"role": "user", "content": item.turns[0]}]
+    a1 = model.complete(msgs)
+    a2 = model.complete(msgs + [{"role": "assistant", "content": a1}, {"role": "user", "content": item.turns[1]}])
+    return [a1, a2]
+
+
+def judge_turn(judge, messages: list[dict], parse: Callable[[str], float | None],
+               retries: int) -> tuple[float | None, list[str]]:
+    """The rating and every judgment text asked for (1 + retries at most while unparsable)."""
+    texts = []
+    for _ in range(retries + 1):
+        texts.append(judge.complete(messages))
+        score = parse(texts[-1])
+        if score is not None:
+            return score, texts
+    return None, texts
+
+
+def run_chat_benchmark(items: Sequence[ChatItem], judge_cfg: JudgeConfig, style: str = "fastchat",
+                       model_cfg: JudgeConfig | None = None, answers: dict[str, list[str]] | None = None,
+                       concurrency: int = 4, judge_retries: int = 2) -> dict:
+    """Answer (with `model_cfg`'s endpoint, unless `answers` maps qid → [a1, a2]) and judge every item.
+    Returns {"records": [...], "metrics": {...}}."""
+    if style not in STYLES:
+        raise ValueError(f"judge style {style!r}: one of {sorted(STYLES)}")
+    if answers is None and model_cfg is None:
+        raise ValueError("give the answering model's endpoint (model_cfg) or precomputed answers")
+    build, parse = STYLES[style]
+    sem = threading.Semaphore(max(1, concurrency))
+    judge = Limited(JudgeClient(judge_cfg), sem)
+    model = Limited(JudgeClient(model_cfg), sem) if model_cfg else None
+
+    def one(item: ChatItem) -> dict:
+        ans = answers[item.qid] if answers is not None else answer_two_turns(model, item)
+        rec = {"qid": item.qid, "category": item.category, "answers": ans, "scores": [], "judgments": []}
+        for turn in (1, 2):
+            score, texts = judge_turn(judge, build(item, ans, turn), parse, judge_retries)
+            rec["scores"].append(score)
+            rec["judgments"].append(texts)
+        return rec
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        records = list(pool.map(one, items))
+    return {"records": records, "metrics": summarize(records, style)}
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def summarize(records: Sequence[dict], style: str = "fastchat") -> dict:
+    """Means over parsed ratings only; `unparsable` counts the turns left out."""
+    turn = {1: [], 2: []}
+    by_cat: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        for t, s in zip((1, 2), r["scores"]):
+            if s is not None:
+                turn[t].append(s)
+                by_cat[r["category"]].append(s)
+    name = "single" if style == "logickor" else "turn1"
+    out = {"score": _mean(turn[1] + turn[2]), name: _mean(turn[1]),
+           "multi" if style == "logickor" else "turn2": _mean(turn[2]),
+           "unparsable": sum(s is None for r in records for s in r["scores"]),
+           "judge_calls": sum(len(j) for r in records for j in r["judgments"]),
+           "categories": {c: _mean(v) for c, v in sorted(by_cat.items())}}
+    return out

@@ -1,0 +1,40 @@
+"""Named task suites: `--tasks trillion` expands to the Trillion 7B report's evaluation table
+(Table 3: task, shots), `dna` to the DNA 1.0 report's (KMMLU, KoBEST, MMLU, GSM8K, BBH, MATH),
+`korean` to the Korean benchmarks, `quick` to a minutes-long smoke set. An entry is
+`task` or `task:shots`. Tasks not installed (part of an optional module) are dropped with a note.
+"""
+
+from __future__ import annotations
+
+KOBEST = ["kobest_boolq", "kobest_copa", "kobest_hellaswag", "kobest_sentineg", "kobest_wic"]
+
+SUITES: dict[str, list[str]] = {
+    "trillion": [
+        "hellaswag:0", "truthfulqa_mc1:0", "truthfulqa_mc2:0", "arc_challenge:0", "haerae:3",
+        *[f"{t}:5" for t in KOBEST], "bbh_cot:0", "xwinograd_en:0", "xwinograd_jp:0", "xwinograd_zh:0",
+        "kmmlu:5", "mmlu:5", "global_mmlu_en:5", "global_mmlu_ko:5", "global_mmlu_ja:5", "global_mmlu_zh:5",
+        "gpqa_main:4", "gsm8k_cot:0", "math_cot:0", "hrm8k_ko:0",
+        "mbpp", "humaneval", "ifeval", "ko_ifeval", "mt_bench", "ko_mt_bench", "logickor",
+    ],
+    "dna": ["kmmlu:5", *[f"{t}:5" for t in KOBEST], "mmlu:5", "gsm8k:5", "bbh:0", "math:4"],
+    "korean": ["kmmlu:5", *[f"{t}:5" for t in KOBEST], "haerae:3", "global_mmlu_ko:5", "hrm8k_ko:0",
+               "ko_ifeval", "ko_mt_bench", "logickor"],
+    "quick": [*[f"{t}:0" for t in KOBEST], "mmlu:0", "gsm8k:0"],
+}
+
+
+def expand(spec: str, known: set[str], log=print) -> list[tuple[str, int | None]]:
+    """`"trillion,gsm8k:3"` → [(task, shots or None), ...], suites expanded, unknown suite-only
+    tasks dropped with a note; an unknown task named directly is an error."""
+    out: list[tuple[str, int | None]] = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        entries, from_suite = (SUITES[part], True) if part in SUITES else ([part], False)
+        for e in entries:
+            name, _, shots = e.partition(":")
+            if name not in known:
+                if from_suite:
+                    log(f"suite {part}: task {name} is not installed here; skipped")
+                    continue
+                raise KeyError(f"unknown task or suite {name!r}; suites: {', '.join(SUITES)}")
+            out.append((name, int(shots) if shots else None))
+    return out

@@ -1,0 +1,215 @@
+"""The evaluation task interface: what a benchmark is to the harness, and the task registry.
+
+Follows lm-evaluation-harness's split of a task into *documents → requests → per-item metrics →
+aggregate*: a task loads its items from local files (the benchmark's Hugging Face layout or its
+original release), turns each item into requests the model answers (`loglikelihood` of a
+continuation given a context, or `generate` until a stop sequence), scores the answers into a
+per-item metrics dict, and the harness aggregates every metric as a mean with a standard error
+(lm-eval's `mean` + `mean_stderr`, or a bootstrap for metrics that are not means).
+
+A task in ten lines:
+
+    @register_task("toy_yesno")
+    class ToyYesNo(Task):
+        output_type = "multiple_choice"
+        def load(self, data_dir):  # -> list of item dicts
+            return [{"q": "Is 2 > 1?", "choices": [" no", " yes"], "gold": 1}]
+        def requests(self, item):
+            return [Request("loglikelihood", (f"Q: {item['q']}\\nA:", c)) for c in item["choices"]]
+        def process(self, item, results):
+            return mc_metrics(results, item["choices"], item["gold"])
+
+`kollm.eval.harness.evaluate(model, ["toy_yesno"])` then runs it. Tasks are found by name
+through `get_task`; a task module registers itself on import, and `kollm.eval.tasks` imports
+every built-in one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+RequestKind = Literal["loglikelihood", "generate"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One question to the model.
+
+    loglikelihood: args = (context, continuation) → result (logprob: float, is_greedy: bool).
+    generate: args = (context,) and `stop`, `max_new_tokens` → result: the generated text
+    (stop sequence not included). `chat` asks an instruction-tuned back-end to wrap the context
+    as a user message (ignored by base-model back-ends that score raw text).
+    """
+
+    kind: RequestKind
+    args: tuple[str, ...]
+    stop: tuple[str, ...] = ()
+    max_new_tokens: int = 256
+    chat: bool = False
+
+    def __post_init__(self) -> None:
+        want = {"loglikelihood": 2, "generate": 1}.get(self.kind)
+        if want is None:
+            raise ValueError(f"unknown request kind {self.kind!r} (loglikelihood | generate)")
+        if len(self.args) != want:
+            raise ValueError(f"{self.kind} request takes {want} args, got {len(self.args)}")
+
+
+class Task:
+    """Base class. Subclasses set `name` (by `register_task`) and `output_type`, and implement
+    `load`, `requests` and `process`. `few_shot_items` and `aggregate` have sensible defaults."""
+
+    name: str = ""
+    output_type: Literal["multiple_choice", "generate"] = "multiple_choice"
+    num_fewshot: int = 0  # the default shot count; the harness may override per run
+    # metric name -> aggregation ("mean" or a callable list[float] -> float); None: mean of all
+    aggregations: dict[str, str | Callable[[list[float]], float]] | None = None
+    # set by a parallel task (same items in several languages): the key that pairs items
+    parallel_key: str | None = None
+
+    def __init__(self, **options: Any) -> None:
+        if options:
+            raise ValueError(f"task {self.name}: unknown option(s) {sorted(options)}")
+
+    def load(self, data_dir: Path | None) -> list[dict]:
+        """The evaluation items (test split, or dev where that is what the benchmark scores)."""
+        raise NotImplementedError
+
+    def few_shot_items(self, data_dir: Path | None) -> list[dict]:
+        """Items few-shot examples are drawn from (train/dev split). Default: none."""
+        return []
+
+    def select_fewshot(self, item: dict, pool: Sequence[dict], k: int, rng: random.Random) -> list[dict]:
+        """k shots for `item` from `pool`. Default: lm-eval's random sampler (never the item itself)."""
+        if k <= 0 or not pool:
+            return []
+        own = any(p == item for p in pool)  # pool is the evaluated split: draw one more, drop the item
+        picked = rng.sample(list(pool), min(k + own, len(pool)))
+        return [p for p in picked if p != item][:k]
+
+    def requests(self, item: dict, fewshot: Sequence[dict] = ()) -> list[Request]:
+        raise NotImplementedError
+
+    def process(self, item: dict, results: list[Any]) -> dict[str, Any]:
+        """Results of `requests(item)` (same order) → metrics for this one item (floats; a metric
+        with its own aggregation may use any value, e.g. (gold, pred) pairs for F1)."""
+        raise NotImplementedError
+
+    def aggregate(self, per_item: list[dict[str, float]], bootstrap_iters: int = 1000,
+                  seed: int = 1234) -> dict[str, dict[str, float]]:
+        """Per-item metrics → {metric: {"value", "stderr", "n"}}."""
+        out: dict[str, dict[str, float]] = {}
+        names = sorted({k for m in per_item for k in m})
+        for name in names:
+            xs = [m[name] for m in per_item if name in m and m[name] is not None]
+            agg = (self.aggregations or {}).get(name, "mean")
+            if agg == "mean":
+                out[name] = {"value": mean(xs), "stderr": mean_stderr(xs), "n": len(xs)}
+            else:
+                out[name] = {"value": agg(xs), "stderr": bootstrap_stderr(agg, xs, bootstrap_iters, seed),
+                             "n": len(xs)}
+        return out
+
+
+# --- aggregation helpers (lm-eval's definitions) ------------------------------------------------
+
+def mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def mean_stderr(xs: Sequence[float]) -> float:
+    """Standard error of the mean with the sample (n−1) standard deviation, as lm-eval does."""
+    n = len(xs)
+    if n < 2:
+        return float("nan")
+    mu = mean(xs)
+    var = sum((x - mu) ** 2 for x in xs) / (n - 1)
+    return math.sqrt(var / n)
+
+
+def bootstrap_stderr(fn: Callable[[list[float]], float], xs: Sequence[float], iters: int = 1000,
+                     seed: int = 1234) -> float:
+    """Standard deviation of `fn` over `iters` resamples with replacement."""
+    if len(xs) < 2:
+        return float("nan")
+    rng = random.Random(seed)
+    xs = list(xs)
+    stats = [fn(rng.choices(xs, k=len(xs))) for _ in range(iters)]
+    return math.sqrt(mean_var(stats))
+
+
+def mean_var(xs: Sequence[float]) -> float:
+    mu = mean(xs)
+    return sum((x - mu) ** 2 for x in xs) / (len(xs) - 1)
+
+
+def mc_metrics(results: Sequence[tuple[float, bool]], choices: Sequence[str], gold: int) -> dict[str, float]:
+    """acc, acc_norm (log-likelihood per character, as lm-eval) and acc_bytes (per UTF-8 byte:
+    a Hangul syllable is 1 character but 3 bytes, so the two normalisations disagree on Korean)."""
+    lls = [r[0] for r in results]
+    by_chars = [ll / max(len(c), 1) for ll, c in zip(lls, choices)]
+    by_bytes = [ll / max(len(c.encode("utf-8")), 1) for ll, c in zip(lls, choices)]
+    return {"acc": float(argmax(lls) == gold), "acc_norm": float(argmax(by_chars) == gold),
+            "acc_bytes": float(argmax(by_bytes) == gold)}
+
+
+def argmax(xs: Sequence[float]) -> int:
+    """First index of the maximum (numpy's tie rule, which lm-eval inherits)."""
+    return max(range(len(xs)), key=lambda i: (xs[i], -i))
+
+
+# --- registry ------------------------------------------------------------------------------------
+
+_TASKS: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(*names: str):
+    """Class decorator: register a Task class (or factory) under one or more names. The first
+    name becomes the class's `name` unless it already has one set by a factory."""
+
+    def deco(cls):
+        for n in names:
+            if n in _TASKS:
+                raise ValueError(f"task {n!r} registered twice")
+            _TASKS[n] = _named(cls, n)
+        return cls
+
+    return deco
+
+
+def _named(cls, name: str) -> Callable[..., Task]:
+    def make(**options: Any) -> Task:
+        task = cls(**options)
+        task.name = name
+        return task
+
+    return make
+
+
+def get_task(name: str, **options: Any) -> Task:
+    import kollm.eval.tasks  # noqa: F401  (registers the built-in tasks)
+
+    if name not in _TASKS:
+        raise KeyError(f"unknown task {name!r}; known: {', '.join(sorted(_TASKS))}")
+    return _TASKS[name](**options)
+
+
+def task_names() -> list[str]:
+    import kollm.eval.tasks  # noqa: F401
+
+    return sorted(_TASKS)
+
+
+@dataclass
+class ItemRecord:
+    """What results.json keeps per item."""
+
+    index: int
+    metrics: dict[str, float]
+    requests: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,163 @@
+"""The code-execution sandbox: correct programs pass, wrong ones fail, hostile ones are contained
+and reported as failures while this process carries on; HumanEval/MBPP rows in the HF layout."""
+
+import json
+import os
+import socket
+import threading
+
+import pytest
+
+from kollm.eval.code_exec import (
+    SandboxConfig,
+    active_layers,
+    humaneval_program,
+    mbpp_program,
+    run_many,
+    run_program,
+)
+from kollm.eval.task import get_task
+
+CFG = SandboxConfig(timeout_s=3, memory_mb=512)
+
+HUMANEVAL = [
+    {"task_id": "HumanEval/0",
+     "prompt": "from typing import List\n\n\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
+               '    """ Check if in given list of numbers, are any two numbers closer to each other than\n'
+               "    given threshold.\n    >>> has_close_elements([1.0, 2.0, 3.0], 0.5)\n    False\n"
+               '    >>> has_close_elements([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3)\n    True\n    """\n',
+     "canonical_solution": "    for idx, elem in enumerate(numbers):\n        for idx2, elem2 in enumerate(numbers):\n"
+                           "            if idx != idx2:\n                distance = abs(elem - elem2)\n"
+                           "                if distance < threshold:\n                    return True\n\n    return False\n",
+     "test": "\n\nMETADATA = {\n    'author': 'jt',\n    'dataset': 'test'\n}\n\n\ndef check(candidate):\n"
+             "    assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True\n"
+             "    assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.05) == False\n"
+             "    assert candidate([1.0, 2.0, 5.9, 4.0, 5.0], 0.95) == True\n"
+             "    assert candidate([1.1, 2.2, 3.1, 4.1, 5.1], 1.0) == True\n",
+     "entry_point": "has_close_elements"},
+    {"task_id": "HumanEval/53", "prompt": 'def add(x: int, y: int):\n    """Add two numbers x and y\n    >>> add(2, 3)\n'
+                                          '    5\n    """\n',
+     "canonical_solution": "    return x + y\n",
+     "test": "\n\nMETADATA = {}\n\n\ndef check(candidate):\n    import random\n\n    assert candidate(0, 1) == 1\n"
+             "    assert candidate(5, 7) == 12\n    for i in range(100):\n        x, y = random.randint(0, 1000), "
+             "random.randint(0, 1000)\n        assert candidate(x, y) == x + y\n",
+     "entry_point": "add"},
+]
+MBPP = [
+    {"task_id": 11, "text": "Write a python function to remove first and last occurrence of a given character "
+                            "from the string.",
+     "code": "def remove_Occ(s,ch): \r\n    for i in range(len(s)): \r\n        if (s[i] == ch): \r\n"
+             "            s = s[0 : i] + s[i + 1:] \r\n            break\r\n    for i in range(len(s) - 1,-1,-1):  \r\n"
+             "        if (s[i] == ch): \r\n            s = s[0 : i] + s[i + 1:] \r\n            break\r\n    return s ",
+     "test_list": ['assert remove_Occ("hello","l") == "heo"', 'assert remove_Occ("abcda","a") == "bcd"',
+                   'assert remove_Occ("PHP","P") == "H"'], "test_setup_code": "", "challenge_test_list": []},
+    {"task_id": 17, "text": "Write a function to find the perimeter of a square.",
+     "code": "def square_perimeter(a):\r\n  perimeter=4*a\r\n  return perimeter",
+     "test_list": ["assert square_perimeter(10)==40", "assert square_perimeter(5)==20",
+                   "assert square_perimeter(4)==16"], "test_setup_code": "", "challenge_test_list": []},
+]
+
+
+def test_canonical_solutions_pass_and_wrong_ones_fail():
+    right = [humaneval_program(r, r["canonical_solution"]) for r in HUMANEVAL]
+    right += [mbpp_program(r, r["code"]) for r in MBPP]
+    wrong = [humaneval_program(HUMANEVAL[0], "    return False\n"), humaneval_program(HUMANEVAL[1], "    return x - y\n"),
+             humaneval_program(HUMANEVAL[1], "    return x +\n"),  # syntax error
+             mbpp_program(MBPP[0], MBPP[0]["code"].replace("break", "pass")),
+             mbpp_program(MBPP[1], "def square_perimeter(a):\n  return 2*a")]
+    res = run_many(right + wrong, CFG, workers=2)
+    assert [r.passed for r in res] == [True] * 4 + [False] * 5
+    assert "AssertionError" in res[4].stderr and "SyntaxError" in res[6].stderr
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["all-layers", "no-namespaces"])
+def test_hostile_programs_are_contained(tmp_path, isolate):
+    # without namespaces (a non-root user, or no unshare) the audit hook and rlimits must still hold
+    cfg = SandboxConfig(timeout_s=3, memory_mb=512, isolate=isolate)
+    keep = tmp_path / "keep.txt"
+    keep.write_text("precious")
+    victim = tmp_path / "victim.txt"
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(5)
+    port = server.getsockname()[1]
+    hits = []
+    threading.Thread(target=lambda: _accept(server, hits), daemon=True).start()
+    hostile = {
+        "write_outside": f"open({str(victim)!r}, 'w').write('pwned')",
+        "os_open_outside": f"import os; os.open({str(victim)!r}, os.O_WRONLY | os.O_CREAT)",
+        "delete_outside": f"import os; os.remove({str(keep)!r})",
+        "rename_outside": f"import os; os.rename({str(keep)!r}, 'stolen.txt')",
+        "rmtree_outside": f"import shutil; shutil.rmtree({str(tmp_path)!r})",
+        "socket": f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'x')",
+        "subprocess": f"import subprocess; subprocess.run(['rm', {str(keep)!r}])",
+        "fork_bomb": "import os\nwhile True:\n    os.fork()",
+        "alloc_10gb": "x = bytearray(10 * 2**30)",
+        "loop_forever": "while True:\n    pass",
+        "ctypes_escape": "import ctypes; ctypes.CDLL(None).system(b'touch /tmp/kollm-escaped')",
+        # fork_exec raises no audit event of its own: the module must not be importable
+        "posixsubprocess_escape": "import _posixsubprocess",
+    }
+    res = dict(zip(hostile, run_many(list(hostile.values()), cfg, workers=2)))
+    for name, r in res.items():
+        assert not r.passed, (name, r)
+    assert keep.read_text() == "precious" and not victim.exists() and tmp_path.exists()
+    assert not os.path.exists("/tmp/kollm-escaped")
+    assert res["loop_forever"].status == "timeout"
+    assert "MemoryError" in res["alloc_10gb"].stderr
+    for name in ("write_outside", "delete_outside", "socket", "fork_bomb", "subprocess", "ctypes_escape",
+                 "posixsubprocess_escape"):
+        assert "PermissionError: sandbox" in res[name].stderr, (name, res[name].stderr)
+    server.close()
+    assert hits == []  # nothing reached the test's socket
+
+
+def _accept(server, hits):
+    try:
+        hits.append(server.accept())
+    except OSError:
+        pass
+
+
+def test_reading_and_writing_inside_scratch_is_allowed():
+    code = ("import os, json\nopen('out.txt', 'w').write('ok')\nos.mkdir('d'); os.remove('out.txt')\n"
+            "print(json.dumps({'cwd_files': sorted(os.listdir('.')), 'passwd': open('/etc/passwd').read()[:4],"
+            " 'env': sorted(os.environ)}))")
+    r = run_program(code, CFG)
+    assert r.passed, r.stderr
+    got = json.loads(r.stdout)
+    assert "d" in got["cwd_files"] and "program.py" in got["cwd_files"] and got["passwd"] == "root"
+    assert set(got["env"]) <= {"PATH", "HOME", "TMPDIR", "LANG", "LC_CTYPE"}  # stripped environment
+
+
+def test_network_namespace_when_root():
+    if "netns+pidns" not in active_layers(CFG):
+        pytest.skip("not root or no unshare: the audit hook alone blocks sockets")
+    # the namespace itself, independent of the audit hook: /proc/self/net lists the child's
+    # network namespace, which has a loopback interface and nothing else
+    r = run_program("print([ln.split(':')[0].strip() for ln in open('/proc/self/net/dev').readlines()[2:]])", CFG)
+    assert r.passed and r.stdout.strip() == "['lo']", r
+
+
+def test_humaneval_and_mbpp_tasks_load_hf_layout_and_score(tmp_path):
+    (tmp_path / "openai_humaneval").mkdir()
+    (tmp_path / "openai_humaneval" / "test.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in HUMANEVAL) + "\n{not json\n")
+    (tmp_path / "mbpp" / "full").mkdir(parents=True)
+    (tmp_path / "mbpp" / "full" / "test.jsonl").write_text("\n".join(json.dumps(r) for r in MBPP) + "\n")
+    he = get_task("humaneval")
+    items = he.load(tmp_path)
+    assert len(items) == 2 and len(he.bad_rows) == 1 and "test.jsonl:3" in he.bad_rows[0]
+    req = he.requests(items[0])[0]
+    assert req.args == (HUMANEVAL[0]["prompt"],) and "\ndef" in req.stop
+    assert he.score_batch(items, [r["canonical_solution"] for r in HUMANEVAL]) == [1.0, 1.0]
+    assert he.process(items[1], ["    return x * y\n"]) == {"pass@1": 0.0}
+    mb = get_task("mbpp")
+    items = mb.load(tmp_path)
+    shots = mb.select_fewshot(items[0], mb.few_shot_items(tmp_path), 3, None)
+    prompt = mb.requests(items[1], shots)[0].args[0]
+    assert prompt.startswith("You are an expert Python programmer, and here is your task: Write a function to find "
+                             "the similar elements")
+    assert prompt.count("[DONE]\n\n") == 3 and prompt.endswith("assert square_perimeter(4)==16\n[BEGIN]\n")
+    assert mb.score_batch(items, [r["code"] for r in MBPP]) == [1.0, 1.0]

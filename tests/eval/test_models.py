@@ -1,0 +1,167 @@
+"""Back-ends: kollm's packed log-likelihoods equal transformers' per-pair log-probs, batching
+and packing change nothing, the lm-eval tokenization boundary is kept, greedy generation equals
+transformers' generate, and the OpenAI-compatible client talks to a real local HTTP server."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from kollm.eval.models import LocalLM, OpenAIEndpoint, load_model, split_pair
+from kollm.eval.task import Request
+
+PAIRS = [
+    ("전쟁이 시작되었다.  그래서", " 병사들이 집으로 돌아왔다."),
+    ("전쟁이 시작되었다.  그래서", " 병사들이 전투에 파견되었다."),
+    ("Question: 2+2?\nAnswer:", " 4"),
+    ("Question: 2+2?\nAnswer:", " five"),
+    ("Question: 2+2?\nAnswer:", " A much longer wrong answer that spans many tokens"),
+    ("문장: 만족입니다 긍부정: ", "긍정"),  # trailing space moves into the continuation
+    ("", "서울은 대한민국의 수도이다."),  # empty context: BOS prefix
+]
+
+
+def reference(model_dir, lm, pairs):
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out = []
+    for c, x in pairs:
+        ctx, cont = lm.encode_pair(c, x)
+        with torch.no_grad():
+            lp = torch.log_softmax(hf(torch.tensor([ctx + cont])).logits[0].float(), -1)
+        rows = lp[len(ctx) - 1: len(ctx) - 1 + len(cont)]
+        tgt = torch.tensor(cont)
+        out.append((rows.gather(-1, tgt[:, None]).sum().item(), bool((rows.argmax(-1) == tgt).all())))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["packed", "rows"])
+def test_loglikelihood_matches_transformers(model_dir, mode):
+    lm = LocalLM(model_dir, mode=mode, batch_tokens=256)
+    ours = lm.loglikelihood(PAIRS)
+    ref = reference(model_dir, lm, PAIRS)
+    for (a, ga), (b, gb) in zip(ours, ref):
+        assert abs(a - b) < 1e-3 * max(1.0, abs(b)) and abs(a - b) < 5e-3
+        assert ga == gb
+    assert len({round(a, 3) for a, _ in ours}) == len(PAIRS)  # really different numbers
+
+
+def test_batching_and_packing_do_not_change_results(model_dir):
+    big = LocalLM(model_dir, batch_tokens=100_000).loglikelihood(PAIRS)
+    one = LocalLM(model_dir, batch_tokens=1).loglikelihood(PAIRS)  # one unit per batch
+    rows = LocalLM(model_dir, mode="rows").loglikelihood(PAIRS)
+    for (a, _), (b, _), (c, _) in zip(big, one, rows):
+        assert abs(a - b) < 1e-4 and abs(a - c) < 1e-3
+
+
+def test_greedy_flag_true_for_the_models_own_argmax(model_dir, local_lm):
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ctx = local_lm.encode("Question: 2+2?\nAnswer:")
+    out = hf.generate(torch.tensor([ctx]), attention_mask=torch.ones(1, len(ctx), dtype=torch.long),
+                      max_new_tokens=4, do_sample=False)[0, len(ctx):].tolist()
+    text = local_lm.tokenizer.decode(out)
+    (ll, greedy), = local_lm.loglikelihood([("Question: 2+2?\nAnswer:", text)])
+    if local_lm.encode_pair("Question: 2+2?\nAnswer:", text)[1] == out:  # decode/encode round trip held
+        assert greedy
+    assert ll < 0
+
+
+def test_split_pair_follows_lm_eval():
+    assert split_pair("답변: ", "예") == ("답변:", " 예")
+    assert split_pair("답변: ", " 예") == ("답변:", "  예")
+    assert split_pair("Answer:", " A") == ("Answer:", " A")
+
+
+def test_context_is_left_truncated_to_max_length(model_dir):
+    lm = LocalLM(model_dir, max_length=16)
+    long_ctx = "서울은 대한민국의 수도이다. " * 20
+    (a, _), = lm.loglikelihood([(long_ctx, " 그래서")])
+    ctx, cont = lm.encode_pair(long_ctx, " 그래서")
+    ids = ctx[-(16 - len(cont)):] + cont  # the last 16 tokens, as lm-eval keeps them
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        lp = torch.log_softmax(hf(torch.tensor([ids])).logits[0], -1)
+    b = sum(lp[16 - len(cont) - 1 + i, t].item() for i, t in enumerate(cont))
+    assert abs(a - b) < 1e-3
+    with pytest.raises(ValueError, match="max_length"):
+        lm.loglikelihood([("x", " " + "서울은 대한민국의 수도이다." * 5)])
+
+
+def test_generate_equals_transformers_greedy_and_cuts_at_stop(model_dir, local_lm):
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    prompts = ["Question: How many apples?\nAnswer:", "서울은 대한민국의"]
+    outs = local_lm.generate([Request("generate", (p,), max_new_tokens=8) for p in prompts])
+    for p, o in zip(prompts, outs):
+        ids = local_lm.encode(p)
+        ref = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                          max_new_tokens=8, do_sample=False)[0, len(ids):].tolist()
+        assert o == local_lm.tokenizer.decode(ref, skip_special_tokens=True)
+    stop = outs[0][2:4]
+    assert stop and local_lm.generate([Request("generate", (prompts[0],), stop=(stop,), max_new_tokens=8)])[0] \
+        == outs[0][: outs[0].find(stop)]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    seen: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Handler.seen.append((self.path, body, self.headers.get("Authorization")))
+        if self.path == "/v1/chat/completions":
+            text = "echo: " + body["messages"][0]["content"] + " STOP tail"
+            resp = {"choices": [{"message": {"role": "assistant", "content": text}}]}
+        elif self.path == "/v1/completions":
+            resp = {"choices": [{"text": body["prompt"][::-1]}]}
+        else:
+            self.send_response(404)
+            self.end_headers()
+            self.wfile.write(b"no such route")
+            return
+        data = json.dumps(resp).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture()
+def server():
+    httpd = HTTPServer(("127.0.0.1", 0), _Handler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    _Handler.seen = []
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_openai_endpoint_chat_and_completions(server):
+    ep = load_model(server, endpoint_model="m1")
+    assert isinstance(ep, OpenAIEndpoint)
+    ep.api_key = "k"
+    reqs = [Request("generate", ("안녕",), stop=("STOP",), max_new_tokens=7, chat=True),
+            Request("generate", ("abc",), max_new_tokens=3)]
+    assert ep.generate(reqs) == ["echo: 안녕 ", "cba"]
+    by_path = {p: (b, a) for p, b, a in _Handler.seen}
+    chat, auth = by_path["/v1/chat/completions"]
+    assert chat["model"] == "m1" and chat["temperature"] == 0.0 and chat["max_tokens"] == 7
+    assert chat["stop"] == ["STOP"] and auth == "Bearer k"
+    assert by_path["/v1/completions"][0]["prompt"] == "abc"
+    with pytest.raises(ValueError, match="generation tasks only"):
+        ep.loglikelihood([("a", " b")])
+
+
+def test_openai_endpoint_http_error_is_one_line(server):
+    ep = OpenAIEndpoint(server + "/v1/x", model="m")  # a wrong base path → 404
+    with pytest.raises(ValueError, match="HTTP 404"):
+        ep.generate([Request("generate", ("q",), chat=True)])
+
+
+def test_load_model_rejects_missing_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
+        load_model(str(tmp_path / "nope"))
