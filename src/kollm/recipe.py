@@ -10,7 +10,8 @@ with the same inputs and config (`kollm run RECIPE`).
         run: data tokenize
         args: ["--input", "{workdir}/raw", "--tokenizer", "{stages.tokenizer}", "--out", "{out}"]
 
-Each stage writes into `{workdir}/{name}` (`{out}`). After it succeeds the runner writes
+Each stage writes into `{workdir}/{name}` (`{out}`); `{stages.NAME}` is an earlier stage's output
+and `{recipe_dir}` the recipe file's directory (for configs that sit beside it). After it succeeds the runner writes
 `run.json` there: the stage, its arguments, the fingerprint of everything upstream, the kollm
 version and the wall time. The fingerprint chains: a stage re-runs when its own arguments
 change or when any stage before it re-ran, so lineage is exact without hashing outputs.
@@ -41,6 +42,7 @@ class Stage:
 class Recipe:
     workdir: str
     stages: list[Stage]
+    dir: str = "."  # the recipe file's directory: `{recipe_dir}` in arguments
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -60,11 +62,12 @@ def load_recipe(path: str | Path) -> Recipe:
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: stage names must be unique: {names}")
-    return Recipe(str(raw.get("workdir", "runs/" + path.stem)), stages)
+    return Recipe(str(raw.get("workdir", "runs/" + path.stem)), stages, str(path.resolve().parent))
 
 
-def _expand(arg: str, workdir: Path, out: Path, done: dict[str, Path]) -> str:
-    values = {"workdir": str(workdir), "out": str(out)} | {f"stages.{k}": str(v) for k, v in done.items()}
+def _expand(arg: str, workdir: Path, out: Path, done: dict[str, Path], recipe_dir: str = ".") -> str:
+    values = {"workdir": str(workdir), "out": str(out), "recipe_dir": recipe_dir} | {
+        f"stages.{k}": str(v) for k, v in done.items()}
     for key, value in values.items():
         arg = arg.replace("{" + key + "}", value)
     if "{" in arg and "}" in arg:
@@ -83,7 +86,7 @@ def run_recipe(recipe: Recipe, force: bool = False, log=print) -> list[tuple[str
     outcome = []
     for stage in recipe.stages:
         out = workdir / stage.name
-        argv = stage.run.split() + [_expand(a, workdir, out, done) for a in stage.args]
+        argv = stage.run.split() + [_expand(a, workdir, out, done, recipe.dir) for a in stage.args]
         fingerprint = hashlib.sha256(json.dumps([upstream, argv]).encode()).hexdigest()
         record = out / "run.json"
         if not force and record.exists() and json.loads(record.read_text()).get("fingerprint") == fingerprint:

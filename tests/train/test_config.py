@@ -60,7 +60,7 @@ def test_yaml_numbers_and_file_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("name", ["tiny-pretrain", "trillion-7b", "dna-8b-cpt"])
+@pytest.mark.parametrize("name", ["tiny-pretrain", "trillion-7b", "dna-8b-cpt", "tiny-demo-pretrain"])
 def test_recipes_load(name):
     cfg = load_config(RECIPES / f"{name}.yaml")
     assert cfg.name == name and cfg.phases
@@ -92,3 +92,18 @@ def test_model_source(tmp_path):
     assert model_config(cpt).vocab_size == 600  # dry run without the checkpoint: the preset's shapes
     with pytest.raises(ValueError, match="smaller than the model's"):
         model_config(config_from_dict({"phases": [PHASE], "model": {"preset": "tiny", "vocab_size": 100}}))
+
+
+def test_set_overrides_reach_nested_keys_and_list_items(tmp_path):
+    from kollm.train.config import load_config
+
+    cfg = load_config(RECIPES / "tiny-pretrain.yaml", [
+        "data.shards=/x/shards", "phases.1.steps=7", "model.overrides={dim: 96}", "optimizer.lr=1e-3"])
+    assert cfg.data.shards == "/x/shards" and cfg.phases[1].steps == 7
+    assert cfg.model.overrides == {"dim": 96} and cfg.optimizer.lr == 1e-3
+    with pytest.raises(KeyError, match="phases.9"):
+        load_config(RECIPES / "tiny-pretrain.yaml", ["phases.9.steps=1"])
+    with pytest.raises(ValueError, match="KEY.PATH=VALUE"):
+        load_config(RECIPES / "tiny-pretrain.yaml", ["data.shards"])
+    with pytest.raises(KeyError, match="data.nope"):
+        load_config(RECIPES / "tiny-pretrain.yaml", ["data.nope=1"])

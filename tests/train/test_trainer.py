@@ -144,3 +144,14 @@ def test_continual_pretraining_extends_the_vocabulary(tmp_path):
     torch.testing.assert_close(model(ids).logits[..., :512], base(ids).logits, rtol=1e-5, atol=1e-5)
     t = Trainer(cfg, model, LMObjective("document"), SyntheticLoader(vocab=600))
     assert t.fit()[-1]["step"] == 4
+
+
+def test_phase_weight_decay_applies_even_from_zero():
+    from kollm.model.config import get_preset
+    from kollm.model.transformer import build_model
+    from kollm.train.config import OptimSection
+    from kollm.train.parallel import build_optimizer, set_weight_decay
+
+    opt = build_optimizer(build_model(get_preset("tiny")), "single", OptimSection(weight_decay=0.0))
+    set_weight_decay(opt, 0.033)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.033, 0.0]  # norms and biases never decay

@@ -39,7 +39,7 @@ class ModelSection:
     init_from: str | None = None  # Hugging Face directory: continual pretraining (DNA 1.0)
     overrides: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {mtp: true}
     vocab_size: int | None = None  # extended vocabulary: new rows start at the mean embedding
-    tokenizer: str | None = None  # directory copied next to the exported weights
+    tokenizer: str | None = None  # copied next to the exported weights; sizes a preset model (vocab, BOS/EOS)
 
 
 @dataclass
@@ -219,7 +219,32 @@ def config_from_dict(raw: dict) -> TrainConfig:
     return _build(TrainConfig, raw, "")
 
 
-def load_config(path: str | Path) -> TrainConfig:
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`KEY.PATH=VALUE` command-line overrides (torchtitan style), VALUE read as YAML, so
+    `data.shards=runs/x`, `phases.0.steps=8` and `model.overrides={mtp: true}` all work."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY.PATH=VALUE")
+        value = yaml.safe_load(text)
+        node, parts = raw, key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise KeyError(f"--set {key}: {'.'.join(parts[:i + 1])} is not an index of the list")
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+        if isinstance(node, list):
+            if not parts[-1].isdigit() or int(parts[-1]) >= len(node):
+                raise KeyError(f"--set {key}: {parts[-1]} is not an index of the list")
+            node[int(parts[-1])] = value
+        else:
+            node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such training config")
@@ -227,6 +252,8 @@ def load_config(path: str | Path) -> TrainConfig:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: invalid YAML: {e}") from None
+    if overrides:
+        apply_overrides(raw if isinstance(raw, dict) else {}, list(overrides))
     try:
         return config_from_dict(raw)
     except (KeyError, ValueError) as e:
@@ -234,4 +261,4 @@ def load_config(path: str | Path) -> TrainConfig:
         raise type(e)(f"{path}: {msg}") from None
 
 
-__all__ = ["TrainConfig", "PhaseSection", "config_from_dict", "load_config", "parse_count"]
+__all__ = ["TrainConfig", "PhaseSection", "apply_overrides", "config_from_dict", "load_config", "parse_count"]

@@ -112,7 +112,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for _, p in unwrap(model).named_parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # "decays" marks the group a phase's weight decay applies to, even when the base decay is 0.
+    return [{"params": decay, "weight_decay": weight_decay, "decays": True},
+            {"params": no_decay, "weight_decay": 0.0, "decays": False}]
 
 
 def build_optimizer(model: nn.Module, mode: str, cfg: OptimSection) -> torch.optim.Optimizer:
@@ -133,7 +135,7 @@ def set_weight_decay(opt: torch.optim.Optimizer, weight_decay: float) -> None:
     for o in (opt, getattr(opt, "optim", None)):
         if o is not None:
             for g in o.param_groups:
-                if g["weight_decay"] != 0.0:
+                if g.get("decays", g["weight_decay"] != 0.0):
                     g["weight_decay"] = weight_decay
 
 

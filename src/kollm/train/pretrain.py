@@ -4,7 +4,8 @@ pretraining from a Hugging Face checkpoint (DNA 1.0 on Llama 3.1 8B) with XLDA p
 Under `torchrun` the same command trains on every rank (gloo on CPU, NCCL on GPU). `--dry-run`
 builds the model on the meta device and prints the plan: parameters, steps and tokens per
 phase, FLOPs, and GPU-hours at a given MFU and peak FLOP/s. At the end the last checkpoint is
-exported as a Hugging Face directory `OUTPUT_DIR/hf` (checkpoint.export_hf).
+exported as a Hugging Face directory `OUTPUT_DIR/hf/step-N`, with `OUTPUT_DIR/hf/latest`
+pointing at it (checkpoint.export_hf).
 """
 
 from __future__ import annotations
@@ -35,11 +36,29 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
         raise FileNotFoundError(f"model.init_from: {m.init_from}: no config.json (not a Hugging Face directory)")
     else:
         raise ValueError("model: give a preset or init_from")
+    if m.tokenizer and not m.init_from:
+        mc = mc.replace(**tokenizer_fields(m.tokenizer))
     if m.vocab_size is not None:
         if m.vocab_size < mc.vocab_size:
             raise ValueError(f"model.vocab_size: {m.vocab_size} is smaller than the model's {mc.vocab_size}")
         mc = mc.replace(vocab_size=m.vocab_size)
     return mc
+
+
+def tokenizer_fields(tokenizer_dir: str) -> dict:
+    """A fresh model sized to its tokenizer: vocabulary size and the BOS/EOS ids of the Llama 3
+    special tokens `kollm tokenizer train` writes (so export and generation stop where the data did)."""
+    from tokenizers import Tokenizer
+
+    path = Path(tokenizer_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"model.tokenizer: {path} not found")
+    tok = Tokenizer.from_file(str(path))
+    fields: dict = {"vocab_size": tok.get_vocab_size(with_added_tokens=True)}
+    for key, token in (("bos_token_id", "<|begin_of_text|>"), ("eos_token_id", "<|end_of_text|>")):
+        if (i := tok.token_to_id(token)) is not None:
+            fields[key] = i
+    return fields
 
 
 def extend_vocab(model: CausalLM, vocab_size: int) -> CausalLM:
@@ -82,6 +101,16 @@ def build_run_model(cfg: TrainConfig, device: torch.device) -> CausalLM:
     return build_model(model_config(cfg), device="meta" if cfg.parallel.mode == "fsdp" else device)
 
 
+def link_latest(export: Path) -> None:
+    """Point `hf/latest` at the newest export, atomically (a temp link renamed over the old one),
+    so recipes and scripts can name the run's final model without knowing its step."""
+    link = export.parent / "latest"
+    tmp = export.parent / ".latest.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(export.name, target_is_directory=True)
+    tmp.replace(link)
+
+
 def dry_run(cfg: TrainConfig, world: int, mfu: float, peak_flops: float) -> str:
     from kollm.train.flops import format_plan, make_plan
 
@@ -101,8 +130,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--world-size", type=int, default=None,
                    help="dry run: ranks the steps are planned for (default: WORLD_SIZE or 1)")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config value (YAML), e.g. --set data.shards=runs/x/shards (repeatable)")
     args = p.parse_args(argv)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
 
     if args.dry_run:
         import os
@@ -139,6 +170,7 @@ def main(argv: list[str]) -> int:
             out = trainer.run_dir / "hf" / trainer.last_checkpoint.name
             if not out.exists():  # a resumed, already finished run exported it before
                 export_checkpoint(trainer.last_checkpoint, out, dtype=DTYPES[cfg.checkpoint.export_dtype])
+            link_latest(out)
             print(f"kollm pretrain: Hugging Face export in {out}", file=sys.stderr)
         if info.distributed:
             dist.barrier()
@@ -148,4 +180,4 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["main", "model_config", "build_run_model", "extend_vocab", "dry_run"]
+__all__ = ["main", "model_config", "tokenizer_fields", "build_run_model", "extend_vocab", "dry_run"]
