@@ -37,6 +37,7 @@ class Corpus:
                         self.pos += list(range(length))
                         nxt += length
         self.lang, self.doc, self.pos = map(np.asarray, (self.lang, self.doc, self.pos))
+        self.root = root
         self.langs = sorted(LANGS)
         self.corpora = {k: LanguageCorpus(v) for k, v in open_shards(root).items()}
         self.sizes = {k: c.num_tokens for k, c in self.corpora.items()}
@@ -169,6 +170,30 @@ def test_quality_threshold_and_long_short_split(corpus):
     assert abs(long_rows.mean() - 0.6) <= 0.01
     check_packing(corpus, out, np.flatnonzero(long_rows))  # each pool is its own stream
     check_packing(corpus, out, np.flatnonzero(~long_rows))
+
+
+def test_per_language_quality_top_keeps_that_fraction(corpus):
+    """The report's anneal filter: top 50 % of English, top 20 % of every other language."""
+    from kollm.data.loader import PhaseData, PretrainLoader
+
+    phase = PhaseData(seq_len=128, batch_size=1000, alpha=1.0, quality_top={"en": 0.5, "*": 0.2})
+    loader = PretrainLoader(corpus.root, phase, block_size=32)
+    th = loader.thresholds(phase)
+    for lang, top in (("en", 0.5), ("ko", 0.2), ("ja", 0.2), ("zh", 0.2)):
+        q = np.array([v for (lg, _), v in corpus.quality.items() if lg == lang], np.float32)  # as stored
+        assert (q >= th[lang]).sum() == len(q) - int(np.ceil((1 - top) * (len(q) - 1)))
+    toks = np.concatenate([loader.next_batch()["input_ids"].numpy().ravel() for _ in range(3)])
+    for li, lang in enumerate(corpus.langs):
+        seen = {int(d) for d in np.unique(corpus.doc[toks[corpus.lang[toks] == li]])}
+        eligible = {d for (lg, d), v in corpus.quality.items()
+                    if lg == lang and np.float32(v) >= th[lang] and corpus.doc_len[(lg, d)] > 0}
+        assert seen == eligible  # 3000 sequences cover every eligible document, and nothing else
+    with pytest.raises(KeyError, match="unknown language"):
+        loader.thresholds(PhaseData(quality_top={"de": 0.5}))
+    with pytest.raises(ValueError, match="not both"):
+        PhaseData(quality_top=0.5, quality_threshold=0.2)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        PhaseData(quality_top={"en": 0.0})
 
 
 def test_deterministic_for_a_seed(corpus):

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kollm.data.mixture import language_probs
@@ -40,7 +41,12 @@ class PhaseData:
     beta: dict[str, float] = field(default_factory=dict)  # eq. 2: upsampling distribution
     rho: float = 0.0  # XLDA mixing probability: fraction of cross-lingual sequences
     anchor: str = "en"
-    quality_threshold: float | None = None
+    # Quality filter per language, two ways (at most one): an absolute score below which documents
+    # are skipped, or the top fraction of each language's scored documents to keep (the report's
+    # anneal: top 20 % English, top 10 % others). Either a number for every language or a mapping
+    # language -> value with "*" as the default. Documents without a score are always kept.
+    quality_threshold: float | dict[str, float] | None = None
+    quality_top: float | dict[str, float] | None = None
     long_fraction: float = 0.0  # long-context phases: 0.6 in Trillion (after ProLong)
     short_max_len: int = 4096  # documents up to this length are "short"
 
@@ -53,9 +59,19 @@ class PhaseData:
             v = getattr(self, f)
             if not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"phase {self.name!r}: {f} must be a number in [0, 1], got {v!r}")
-        if self.quality_threshold is not None and not isinstance(self.quality_threshold, int | float):
-            raise ValueError(f"phase {self.name!r}: quality_threshold must be a number or null, "
-                             f"got {self.quality_threshold!r}")
+        for f in ("quality_threshold", "quality_top"):
+            v = getattr(self, f)
+            values = v.values() if isinstance(v, dict) else [v]
+            if v is not None and not all(isinstance(x, int | float) and not isinstance(x, bool) for x in values):
+                raise ValueError(f"phase {self.name!r}: {f} must be a number, a mapping language -> number "
+                                 f"or null, got {v!r}")
+        if self.quality_top is not None:
+            if self.quality_threshold is not None:
+                raise ValueError(f"phase {self.name!r}: give quality_threshold or quality_top, not both")
+            tops = self.quality_top.values() if isinstance(self.quality_top, dict) else [self.quality_top]
+            if not all(0 < x <= 1 for x in tops):
+                raise ValueError(f"phase {self.name!r}: quality_top fractions must lie in (0, 1], "
+                                 f"got {self.quality_top!r}")
         if not isinstance(self.beta, dict):
             raise ValueError(f"phase {self.name!r}: beta must be a mapping language -> weight, got {self.beta!r}")
 
@@ -87,10 +103,33 @@ class PretrainLoader:
         if phase == getattr(self, "phase", None):
             return
         probs = language_probs(self.sizes, phase.alpha, phase.beta or None)
-        self.packer.configure(PackSpec(probs, phase.seq_len, phase.rho, phase.anchor, phase.quality_threshold,
+        self.packer.configure(PackSpec(probs, phase.seq_len, phase.rho, phase.anchor, self.thresholds(phase),
                                        phase.long_fraction, phase.short_max_len))
         self.phase = phase
         self.probs = probs
+
+    def thresholds(self, phase: PhaseData) -> dict[str, float | None]:
+        """Per-language quality threshold of a phase; `quality_top` becomes the score quantile that
+        keeps that fraction of the language's scored documents (the same on every rank)."""
+        def per_lang(v, lang):
+            if isinstance(v, dict):
+                unknown = set(v) - set(self.langs) - {"*"}
+                if unknown:
+                    raise KeyError(f"phase {phase.name!r}: quality setting for unknown language(s) "
+                                   f"{sorted(unknown)} (shards hold {self.langs})")
+                return v.get(lang, v.get("*"))
+            return v
+
+        out: dict[str, float | None] = {}
+        for lang in self.langs:
+            out[lang] = per_lang(phase.quality_threshold, lang)
+            top = per_lang(phase.quality_top, lang)
+            if top is not None and top < 1:
+                q = self.corpora[lang].quality(0, self.corpora[lang].num_docs).astype(np.float32)
+                q = q[~np.isnan(q)]
+                # keep scores >= the (1 - top) quantile; no scores at all: nothing to filter by
+                out[lang] = float(np.quantile(q, 1 - top, method="higher")) if q.size else None
+        return out
 
     def next_batch(self, batch_size: int | None = None) -> dict[str, torch.Tensor]:
         """One (B, T) batch; B defaults to the phase's batch_size (a batch-size ramp passes its own)."""

@@ -45,7 +45,8 @@ class PackSpec:
     seq_len: int
     rho: float = 0.0  # fraction of cross-lingual sequences
     anchor: str = "en"  # the language every cross-lingual sequence contains
-    quality_threshold: float | None = None  # drop documents scored below; unknown scores are kept
+    # drop documents scored below; one value for all languages or per language; unknown scores kept
+    quality_threshold: float | Mapping[str, float | None] | None = None
     long_fraction: float = 0.0  # token share from documents longer than short_max_len (0: no split)
     short_max_len: int = 4096
 
@@ -240,7 +241,10 @@ class XLDAPacker:
         pos, doc = 0, 0
         toks, docs, langs = out["tokens"][row], out["doc_ids"][row], out["lang_ids"][row]
         for lang, n in plan:
-            stream = self._stream(self.langs[lang], pool, s.quality_threshold, s.short_max_len)
+            threshold = s.quality_threshold
+            if isinstance(threshold, Mapping):
+                threshold = threshold.get(self.langs[lang])
+            stream = self._stream(self.langs[lang], pool, threshold, s.short_max_len)
             pieces = stream.read_into(toks, pos, n)
             langs[pos:pos + n] = lang
             for length in pieces:
