@@ -102,3 +102,24 @@ def test_results_json_is_strict_json(tmp_path):
     path = write_results({"results": {"t": {"metrics": {"acc": {"value": 1.0, "stderr": float("nan"), "n": 1}}}}},
                          tmp_path)
     assert '"stderr": null' in path.read_text(encoding="utf-8")
+
+
+def test_cli_task_args_reach_niah_and_write_the_heatmap(model_dir, tmp_path, capsys):
+    from tokenizers import Tokenizer
+
+    rc = main(["eval", "--model", str(model_dir), "--tasks", "niah_en", "--device", "cpu", "--out", str(tmp_path),
+               "--task-arg", "niah_en:lengths=[200, 400]", "--task-arg", "niah_en:depths=[0, 100]", "--json"])
+    assert rc == 0
+    metrics = json.loads(capsys.readouterr().out)["results"]["niah_en"]["metrics"]
+    assert {k for k in metrics if k.startswith("acc@")} == {"acc@200@0", "acc@200@100", "acc@400@0", "acc@400@100"}
+    assert (tmp_path / "niah_en.png").read_bytes()[:4] == b"\x89PNG"
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))  # lengths are the model's tokens
+    for rec in json.loads((tmp_path / "results.json").read_text())["samples"]["niah_en"]:
+        n = len(tok.encode(rec["prompt"], add_special_tokens=False).ids)
+        length = int(next(k for k in rec["metrics"] if k.startswith("acc@")).split("@")[1])
+        assert 0.8 * length <= n <= length
+    # past the checkpoint's context (max_position_embeddings 4096), a typo'd key, a task not run
+    for bad, msg in (("niah_en:lengths=[8192]", "8192"), ("niah_en:lenghts=[200]", "lenghts"),
+                     ("kobest_copa:x=1", "not in --tasks"), ("niah_en", "TASK:KEY=VALUE")):
+        assert main(["eval", "--model", str(model_dir), "--tasks", "niah_en", "--task-arg", bad]) == 1
+        assert msg in capsys.readouterr().err

@@ -4,6 +4,13 @@ write results.json, print a table (or the JSON), and optionally cross-lingual co
     kollm eval --model out/ckpt --tasks kobest_boolq,mmlu:5 --data-dir data/eval --out runs/eval
     kollm eval --model http://127.0.0.1:8000 --endpoint-model m --tasks gsm8k_cot --data-dir D --json
     kollm eval --model M --tasks global_mmlu_en,global_mmlu_ko --consistency global_mmlu_en:global_mmlu_ko
+    kollm eval --model M --tasks niah_ko --task-arg "niah_ko:lengths=[4096,32768]" --out runs/niah
+    kollm eval --model M --tasks mt_bench --task-arg mt_bench:judge_url=http://judge:8000/v1 ...
+
+`--task-arg TASK:KEY=VALUE` passes a task option (VALUE read as YAML: numbers, lists, strings).
+NIAH tasks on a checkpoint directory count lengths in its tokenizer's tokens and stop at its
+context length unless told otherwise; with --out, each NIAH task's heat map is written beside
+results.json as niah_TASK.png.
 """
 
 from __future__ import annotations
@@ -11,11 +18,40 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+import yaml
 
 from kollm.eval.consistency import consistency, lang_of
 from kollm.eval.harness import EvalConfig, evaluate, no_nan, summary_table, write_results
 from kollm.eval.suites import SUITES, expand
-from kollm.eval.task import task_names
+from kollm.eval.task import get_task, task_names
+
+
+def task_options(specs: list[str], tasks: set[str]) -> dict[str, dict]:
+    """`TASK:KEY=VALUE` flags → {task: {key: value}}; a flag for a task not being run is an error
+    (a typo would otherwise silently evaluate with defaults)."""
+    out: dict[str, dict] = {}
+    for spec in specs:
+        task, _, kv = spec.partition(":")
+        key, eq, value = kv.partition("=")
+        if not task or not key or not eq:
+            raise ValueError(f"--task-arg {spec!r}: expected TASK:KEY=VALUE")
+        if task not in tasks:
+            raise KeyError(f"--task-arg {spec!r}: task {task!r} is not in --tasks")
+        out.setdefault(task, {})[key] = yaml.safe_load(value)
+    return out
+
+
+def niah_defaults(model_dir: str) -> dict:
+    """Count NIAH lengths in the checkpoint's own tokens and refuse lengths past its context."""
+    d, out = Path(model_dir), {}
+    if (d / "tokenizer.json").is_file():
+        out["tokenizer"] = str(d)
+    cfg = d / "config.json"
+    if cfg.is_file() and (n := json.loads(cfg.read_text()).get("max_position_embeddings")):
+        out["max_length"] = int(n)
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -34,6 +70,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--consistency", action="append", default=[], metavar="SRC_TASK:TGT_TASK",
                    help="cross-lingual consistency between two parallel tasks (repeatable)")
     p.add_argument("--metric", default=None, help="correctness metric for --consistency (default: acc or exact_match)")
+    p.add_argument("--task-arg", action="append", default=[], metavar="TASK:KEY=VALUE",
+                   help="a task option, VALUE as YAML, e.g. niah_en:lengths=[1024,4096] (repeatable)")
     p.add_argument("--json", action="store_true", help="print results (without per-item records) as JSON")
     p.add_argument("--list", action="store_true", help="list tasks and suites")
     args = p.parse_args(argv)
@@ -56,6 +94,11 @@ def main(argv: list[str]) -> int:
     kw = {"dtype": dtype, "batch_tokens": args.batch_tokens} if not args.model.startswith("http") else {}
     model = load_model(args.model, device=device, endpoint_model=args.endpoint_model, **kw)
     cfg = EvalConfig(num_fewshot=args.num_fewshot, limit=args.limit, seed=args.seed, data_dir=args.data_dir)
+    options = task_options(args.task_arg, {name for name, _ in tasks})
+    for name in options.keys() | {n for n, _ in tasks if n.startswith("niah_")}:
+        if name.startswith("niah_") and not args.model.startswith("http"):
+            options[name] = niah_defaults(args.model) | options.get(name, {})
+    tasks = [(get_task(name, **options[name]) if name in options else name, shots) for name, shots in tasks]
     results = evaluate(model, tasks, cfg)
 
     if args.consistency:
@@ -72,6 +115,13 @@ def main(argv: list[str]) -> int:
     if args.out:
         path = write_results(results, args.out)
         print(f"wrote {path}", file=sys.stderr)
+        for name, r in results["results"].items():
+            if name.startswith("niah_"):
+                from kollm.eval.niah import cells_from_metrics, plot_heatmap
+
+                png = plot_heatmap(cells_from_metrics(r["metrics"]), Path(args.out) / f"{name}.png",
+                                   f"{name}: {args.model}")
+                print(f"wrote {png}", file=sys.stderr)
     if args.json:
         print(json.dumps(no_nan({k: v for k, v in results.items() if k != "samples"}), ensure_ascii=False, indent=1))
     else:
