@@ -4,9 +4,6 @@ a byte-level BPE tokenizer (any Korean or English text encodes), and the shared 
 from pathlib import Path
 
 import pytest
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "eval-dev"
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -17,33 +14,10 @@ TEXT = [
 ] * 20
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(TEXT, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-
-
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("tiny_llama")
-    tokenizer = tiny_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg)
-    with torch.no_grad():  # larger than HF's init: peaked, varied log-likelihoods
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.normal_(0, 0.15)
-    model.save_pretrained(d, safe_serialization=True)
-    tokenizer.save_pretrained(d)
-    return d
+def model_dir(tmp_path_factory, write_tiny_llama) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), TEXT, ["<pad>", "<s>", "</s>"], vocab_size=420,
+                            hidden=32, max_positions=4096, init_std=0.15)
 
 
 @pytest.fixture(scope="session")

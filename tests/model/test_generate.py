@@ -5,8 +5,7 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from kollm.cli import main
@@ -21,35 +20,11 @@ CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endf
         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(TEXT, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   chat_template=CHAT)
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("gen")
-    tokenizer = tiny_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg)
-    with torch.no_grad():  # larger weights than HF's init: peaked logits, no near-ties in argmax
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.normal_(0, 0.2)
-    model.save_pretrained(d, safe_serialization=True)
-    tokenizer.save_pretrained(d)
-    return d
+def model_dir(tmp_path_factory, write_tiny_llama):
+    return write_tiny_llama(tmp_path_factory.mktemp("gen"), TEXT, ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>"],
+                            vocab_size=400, hidden=48, max_positions=256, init_std=0.2, chat_template=CHAT,
+                            bos_prefix=True)
 
 
 def hf_greedy(d, prompt_ids, n):

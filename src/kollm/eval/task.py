@@ -76,13 +76,28 @@ class Task:
         if options:
             raise ValueError(f"task {self.name}: unknown option(s) {sorted(options)}")
 
+    # Split-based tasks (lm-eval's test_split / fewshot_split) implement `_load(data_dir, split)`
+    # and name their splits: items come from the first of `eval_splits` that has rows.
+    eval_splits: tuple[str, ...] = ()
+    fewshot_split: str | None = None
+    expected_files: str = ""  # where the rows are looked for, for the "no rows" error
+
+    def _load(self, data_dir: Path | None, split: str) -> list[dict]:
+        raise NotImplementedError
+
     def load(self, data_dir: Path | None) -> list[dict]:
         """The evaluation items (test split, or dev where that is what the benchmark scores)."""
-        raise NotImplementedError
+        if not self.eval_splits:
+            raise NotImplementedError
+        for split in self.eval_splits:
+            if items := self._load(data_dir, split):
+                return items
+        raise FileNotFoundError(f"{data_dir}: no {self.name} {' or '.join(self.eval_splits)} rows"
+                                + (f" ({self.expected_files})" if self.expected_files else ""))
 
     def few_shot_items(self, data_dir: Path | None) -> list[dict]:
         """Items few-shot examples are drawn from (train/dev split). Default: none."""
-        return []
+        return self._load(data_dir, self.fewshot_split) if self.fewshot_split else []
 
     def select_fewshot(self, item: dict, pool: Sequence[dict], k: int, rng: random.Random) -> list[dict]:
         """k shots for `item` from `pool`. Default: lm-eval's random sampler (never the item itself)."""

@@ -30,6 +30,8 @@ def _hellaswag_clean(text: str) -> str:
 
 @register_task("hellaswag")
 class HellaSwag(MultipleChoiceTask):
+    eval_splits, fewshot_split = ("validation",), "train"
+
     def _load(self, data_dir, split):
         base = locate(data_dir, ["hellaswag", "HellaSwag"], "hellaswag")
         files = find_split(base / "data", split) if (base / "data").is_dir() else []
@@ -41,18 +43,10 @@ class HellaSwag(MultipleChoiceTask):
         return {"query": _hellaswag_clean(r["activity_label"] + ": " + ctx),
                 "choices": [_hellaswag_clean(e) for e in r["endings"]], "gold": int(r["label"])}
 
-    def load(self, data_dir):
-        items = self._load(data_dir, "validation")
-        if not items:
-            raise FileNotFoundError(f"{data_dir}: no hellaswag validation split")
-        return items
-
-    def few_shot_items(self, data_dir):
-        return self._load(data_dir, "train")
-
 
 @register_task("arc_challenge")
 class ARCChallenge(MultipleChoiceTask):
+    eval_splits, fewshot_split = ("test",), "train"
     subset = "ARC-Challenge"
 
     def _load(self, data_dir, split):
@@ -69,15 +63,6 @@ class ARCChallenge(MultipleChoiceTask):
             q, texts, labels = r["question"], list(r["choices"]["text"]), list(r["choices"]["label"])
         return {"query": f"Question: {q}\nAnswer:", "choices": texts, "gold": labels.index(r["answerKey"]),
                 "id": r.get("id")}
-
-    def load(self, data_dir):
-        items = self._load(data_dir, "test")
-        if not items:
-            raise FileNotFoundError(f"{data_dir}: no {self.subset} test split")
-        return items
-
-    def few_shot_items(self, data_dir):
-        return self._load(data_dir, "train")
 
 
 TQA_PROMPT = (

@@ -58,6 +58,8 @@ class LetteredMC(MultipleChoiceTask):
 
 @register_task("mmlu")
 class MMLU(LetteredMC):
+    eval_splits, fewshot_split = ("test", "dev"), "dev"
+    expected_files = "mmlu/all/*.parquet or mmlu/data/test/*.csv"
     first_n_shots = True
     num_fewshot = 5
 
@@ -93,18 +95,10 @@ class MMLU(LetteredMC):
         return {"question": r["question"], "options": [r[f"choice{i}"] for i in range(4)],
                 "gold": _letter_or_index(r["answer"]), "subject": subject}
 
-    def load(self, data_dir):
-        items = self._load(data_dir, "test") or self._load(data_dir, "dev")
-        if not items:
-            raise FileNotFoundError(f"{data_dir}: no MMLU test or dev files (mmlu/all/*.parquet or mmlu/data/test/*.csv)")
-        return items
-
-    def few_shot_items(self, data_dir):
-        return self._load(data_dir, "dev")
-
 
 @register_task("kmmlu")
 class KMMLU(LetteredMC):
+    eval_splits, fewshot_split, expected_files = ("test",), "dev", "KMMLU/data/*-test.csv"
     answer_cue = "정답："  # lm-eval's full-width colon
 
     def _load(self, data_dir, split):
@@ -122,19 +116,15 @@ class KMMLU(LetteredMC):
             raise ValueError(f"KMMLU answer must be 1-4, got {r['answer']!r}")
         return {"question": r["question"], "options": [r[L] for L in LETTERS], "gold": gold, "subject": subject}
 
-    def load(self, data_dir):
-        items = self._load(data_dir, "test")
-        if not items:
-            raise FileNotFoundError(f"{data_dir}: no KMMLU/data/*-test.csv")
-        return items
-
-    def few_shot_items(self, data_dir):
-        return self._load(data_dir, "dev")
-
 
 class GlobalMMLU(LetteredMC):
+    eval_splits, fewshot_split = ("test",), "dev"
     lang = ""
     parallel_key = "sample_id"
+
+    @property
+    def expected_files(self):
+        return f"Global-MMLU/{self.lang}/test*.parquet"
 
     def _load(self, data_dir, split):
         base = locate(data_dir, ["Global-MMLU", "global_mmlu", "Global-MMLU-Lite"], f"global_mmlu_{self.lang}")
@@ -144,15 +134,6 @@ class GlobalMMLU(LetteredMC):
     def from_hf(self, r):
         return {"question": r["question"], "options": [r[f"option_{c}"] for c in "abcd"],
                 "gold": _letter_or_index(r["answer"]), "subject": r.get("subject"), "sample_id": r["sample_id"]}
-
-    def load(self, data_dir):
-        items = self._load(data_dir, "test")
-        if not items:
-            raise FileNotFoundError(f"{data_dir}: no Global-MMLU/{self.lang}/test*.parquet")
-        return items
-
-    def few_shot_items(self, data_dir):
-        return self._load(data_dir, "dev")
 
 
 for _lang in ("ko", "en", "ja", "zh"):

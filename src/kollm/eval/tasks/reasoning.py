@@ -53,6 +53,7 @@ def extract_flexible(text: str) -> str:
 
 @register_task("gsm8k")
 class GSM8K(GenerateTask):
+    eval_splits, fewshot_split = ("test", "train"), "train"
     num_fewshot = 5
     stop = ("Question:", "</s>", "<|im_end|>")
     max_new_tokens = 256
@@ -63,15 +64,6 @@ class GSM8K(GenerateTask):
             or find_split(base, split) or find_split(base / "data", split)
         return convert_rows(_rows(self, files), lambda r: {"question": r["question"], "answer": r["answer"]},
                             self.bad_rows)
-
-    def load(self, data_dir):
-        items = self._load(data_dir, "test") or self._load(data_dir, "train")
-        if not items:
-            raise FileNotFoundError(f"{data_dir}: no gsm8k test or train split")
-        return items
-
-    def few_shot_items(self, data_dir):
-        return self._load(data_dir, "train")
 
     def text(self, item):
         return f"Question: {item['question']}\nAnswer:"
@@ -176,6 +168,7 @@ MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediat
 
 @register_task("math")
 class MATH(GenerateTask):
+    eval_splits, fewshot_split = ("test",), "train"
     num_fewshot = 4
     stop = ("Problem:",)
     max_new_tokens = 512
@@ -199,15 +192,6 @@ class MATH(GenerateTask):
         if boxed is None:
             raise ValueError("solution has no \\boxed{} answer")
         return {"problem": r["problem"], "answer": remove_boxed(boxed), "level": r.get("level"), "type": r.get("type")}
-
-    def load(self, data_dir):
-        items = self._load(data_dir, "test")
-        if not items:
-            raise FileNotFoundError(f"{data_dir}: no MATH test split")
-        return items
-
-    def few_shot_items(self, data_dir):
-        return self._load(data_dir, "train")
 
     def text(self, item):
         return f"Problem: {item['problem']}\nAnswer:"
