@@ -155,3 +155,34 @@ def test_phase_weight_decay_applies_even_from_zero():
     opt = build_optimizer(build_model(get_preset("tiny")), "single", OptimSection(weight_decay=0.0))
     set_weight_decay(opt, 0.033)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.033, 0.0]  # norms and biases never decay
+
+
+def test_continual_pretraining_with_an_extended_tokenizer(tmp_path):
+    """`kollm tokenizer extend` output as model.tokenizer: rows grow to it, each new row the mean of
+    the base rows of the tokens that spelled it (not the mean of all rows)."""
+    from kollm.tokenizer.extend import extend_tokenizer
+    from kollm.tokenizer.train import TrainConfig as TokConfig
+    from kollm.tokenizer.train import save as save_tok
+    from kollm.tokenizer.train import train as train_tok
+
+    en = ["The quick brown fox jumps over the lazy dog.", "Language models predict the next token."] * 50
+    ko = ["한국어 문장을 더 짧은 토큰으로 나눕니다.", "서울은 대한민국의 수도입니다."] * 50
+    base_tok, _, _ = train_tok({"en": en}, TokConfig(budgets={"en": 100}))
+    ext_tok, added = extend_tokenizer(base_tok, ko, 40)
+    save_tok(ext_tok, tmp_path / "ext")
+    torch.manual_seed(1)
+    base = build_model(get_preset("tiny", vocab_size=base_tok.get_vocab_size()))
+    save_hf(base, tmp_path / "hf", tokenizer=base_tok)
+    cfg = make_cfg(tmp_path, model={"init_from": str(tmp_path / "hf"), "tokenizer": str(tmp_path / "ext")})
+    model = build_run_model(cfg, torch.device("cpu"))
+    old = base.model.embed_tokens.weight
+    emb = model.model.embed_tokens.weight
+    assert emb.shape[0] == ext_tok.get_vocab_size() == base_tok.get_vocab_size() + len(added)
+    torch.testing.assert_close(emb[: old.shape[0]], old)
+    for token in added:
+        parts = [t.id for t in base_tok.model.tokenize(token)]
+        assert len(parts) > 1
+        torch.testing.assert_close(emb[ext_tok.token_to_id(token)], old[parts].mean(0))
+    from kollm.train.pretrain import model_config
+
+    assert model_config(cfg).vocab_size == emb.shape[0]  # the dry run plans the grown model

@@ -38,8 +38,10 @@ class ModelSection:
     preset: str | None = None  # kollm.model.config preset; with init_from: only for a dry run without it
     init_from: str | None = None  # Hugging Face directory: continual pretraining (DNA 1.0)
     overrides: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {mtp: true}
-    vocab_size: int | None = None  # extended vocabulary: new rows start at the mean embedding
-    tokenizer: str | None = None  # copied next to the exported weights; sizes a preset model (vocab, BOS/EOS)
+    vocab_size: int | None = None  # pad the vocabulary to this size (rows start at the mean embedding)
+    # copied next to the exported weights; sizes a preset model (vocab, BOS/EOS); with init_from, an
+    # extended tokenizer grows the checkpoint (new rows: mean of the base tokens that spelled them)
+    tokenizer: str | None = None
 
 
 @dataclass

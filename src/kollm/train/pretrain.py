@@ -22,6 +22,11 @@ from kollm.model.transformer import CausalLM, build_model
 from kollm.train.config import TrainConfig, load_config
 
 
+def _tokenizer_file(path: str | Path) -> Path:
+    p = Path(path)
+    return p / "tokenizer.json" if p.is_dir() else p
+
+
 def model_config(cfg: TrainConfig) -> ModelConfig:
     m = cfg.model
     if m.init_from and m.overrides:
@@ -38,6 +43,8 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
         raise ValueError("model: give a preset or init_from")
     if m.tokenizer and not m.init_from:
         mc = mc.replace(**tokenizer_fields(m.tokenizer))
+    elif m.tokenizer and _tokenizer_file(m.tokenizer).is_file():  # extended vocabulary (CPT)
+        mc = mc.replace(vocab_size=max(mc.vocab_size, tokenizer_fields(m.tokenizer)["vocab_size"]))
     if m.vocab_size is not None:
         if m.vocab_size < mc.vocab_size:
             raise ValueError(f"model.vocab_size: {m.vocab_size} is smaller than the model's {mc.vocab_size}")
@@ -50,7 +57,7 @@ def tokenizer_fields(tokenizer_dir: str) -> dict:
     special tokens `kollm tokenizer train` writes (so export and generation stop where the data did)."""
     from tokenizers import Tokenizer
 
-    path = Path(tokenizer_dir) / "tokenizer.json"
+    path = _tokenizer_file(tokenizer_dir)
     if not path.is_file():
         raise FileNotFoundError(f"model.tokenizer: {path} not found")
     tok = Tokenizer.from_file(str(path))
@@ -62,8 +69,8 @@ def tokenizer_fields(tokenizer_dir: str) -> dict:
 
 
 def extend_vocab(model: CausalLM, vocab_size: int) -> CausalLM:
-    """Grow the embedding (and an untied LM head) to `vocab_size`; new rows are the mean of the old
-    ones, so new tokens start as an "average token" rather than noise (Hewitt 2021)."""
+    """Pad the embedding (and an untied LM head) to `vocab_size` (e.g. a multiple of 64 for GEMM
+    shapes); rows no token uses yet are the mean of the old ones (Hewitt 2021), not noise."""
     old = model.config.vocab_size
     if vocab_size == old:
         return model
@@ -84,6 +91,29 @@ def extend_vocab(model: CausalLM, vocab_size: int) -> CausalLM:
     return model
 
 
+def resize_to_tokenizer(model: CausalLM, init_from: str, tokenizer: str) -> None:
+    """Continual pretraining with an extended tokenizer (`kollm tokenizer extend`): grow the
+    embedding and LM head, each new row the mean of the rows of the base tokens that spelled the
+    new token. The base tokenizer is the one shipped in `init_from`."""
+    from tokenizers import Tokenizer
+
+    new = _tokenizer_file(tokenizer)
+    if not new.is_file():
+        raise FileNotFoundError(f"model.tokenizer: {new} not found")
+    base = _tokenizer_file(init_from)
+    if base.is_file() and base.resolve() == new.resolve():
+        return
+    size = Tokenizer.from_file(str(new)).get_vocab_size(with_added_tokens=True)
+    if size <= model.config.vocab_size:
+        return  # the checkpoint's rows already cover every id
+    if not base.is_file():
+        raise FileNotFoundError(f"model.tokenizer has {size} tokens but {model.config.vocab_size} rows in "
+                                f"{init_from}, which holds no tokenizer.json to initialise the new rows from")
+    from kollm.tokenizer.extend import resize_for_extended_tokenizer
+
+    resize_for_extended_tokenizer(model, base, new)
+
+
 def build_run_model(cfg: TrainConfig, device: torch.device) -> CausalLM:
     """Fresh (seeded) or from init_from, extended vocabulary applied, fp32 master weights."""
     torch.manual_seed(cfg.seed)
@@ -91,6 +121,8 @@ def build_run_model(cfg: TrainConfig, device: torch.device) -> CausalLM:
         from kollm.model.hf import load_hf
 
         model = load_hf(cfg.model.init_from, device=device, dtype=torch.float32)
+        if cfg.model.tokenizer:
+            resize_to_tokenizer(model, cfg.model.init_from, cfg.model.tokenizer)
         if cfg.model.vocab_size is not None:
             if cfg.model.vocab_size < model.config.vocab_size:
                 raise ValueError(f"model.vocab_size: {cfg.model.vocab_size} is smaller than the checkpoint's "
@@ -180,4 +212,4 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["main", "model_config", "tokenizer_fields", "build_run_model", "extend_vocab", "dry_run"]
+__all__ = ["main", "model_config", "tokenizer_fields", "resize_to_tokenizer", "build_run_model", "extend_vocab", "dry_run"]
