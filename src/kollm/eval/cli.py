@@ -95,9 +95,10 @@ def main(argv: list[str]) -> int:
     model = load_model(args.model, device=device, endpoint_model=args.endpoint_model, **kw)
     cfg = EvalConfig(num_fewshot=args.num_fewshot, limit=args.limit, seed=args.seed, data_dir=args.data_dir)
     options = task_options(args.task_arg, {name for name, _ in tasks})
-    for name in options.keys() | {n for n, _ in tasks if n.startswith("niah_")}:
-        if name.startswith("niah_") and not args.model.startswith("http"):
-            options[name] = niah_defaults(args.model) | options.get(name, {})
+    if not args.model.startswith("http"):
+        for name, _ in tasks:
+            if name.startswith("niah_"):
+                options[name] = niah_defaults(args.model) | options.get(name, {})
     tasks = [(get_task(name, **options[name]) if name in options else name, shots) for name, shots in tasks]
     results = evaluate(model, tasks, cfg)
 
