@@ -11,9 +11,9 @@ with the same inputs and config (`kollm run RECIPE`).
         args: ["--input", "{workdir}/raw", "--tokenizer", "{stages.tokenizer}", "--out", "{out}"]
 
 Each stage writes into `{workdir}/{name}` (`{out}`); `{stages.NAME}` is an earlier stage's output
-and `{recipe_dir}` the recipe file's directory (for configs that sit beside it). After it succeeds the runner writes
-`run.json` there: the stage, its arguments, the fingerprint of everything upstream, the kollm
-version and the wall time. The fingerprint chains: a stage re-runs when its own arguments
+and `{recipe_dir}` the recipe file's directory (for configs that sit beside it). After a stage
+succeeds the runner writes `run.json` there: the stage, its arguments, the fingerprint of
+everything upstream, the kollm version and the wall time. The fingerprint chains: a stage re-runs when its own arguments
 change or when any stage before it re-ran, so lineage is exact without hashing outputs.
 """
 

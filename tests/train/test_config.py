@@ -101,8 +101,8 @@ def test_set_overrides_reach_nested_keys_and_list_items(tmp_path):
         "data.shards=/x/shards", "phases.1.steps=7", "model.overrides={dim: 96}", "optimizer.lr=1e-3"])
     assert cfg.data.shards == "/x/shards" and cfg.phases[1].steps == 7
     assert cfg.model.overrides == {"dim": 96} and cfg.optimizer.lr == 1e-3
-    with pytest.raises(KeyError, match="phases.9"):
-        load_config(RECIPES / "tiny-pretrain.yaml", ["phases.9.steps=1"])
+    with pytest.raises(KeyError, match="phases.9.steps: .9. is not an index of a 3-item list"):
+        load_config(RECIPES / "tiny-pretrain.yaml", ["phases.9.steps=1"])  # 3 phases
     with pytest.raises(ValueError, match="KEY.PATH=VALUE"):
         load_config(RECIPES / "tiny-pretrain.yaml", ["data.shards"])
     with pytest.raises(KeyError, match="data.nope"):

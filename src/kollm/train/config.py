@@ -221,6 +221,12 @@ def config_from_dict(raw: dict) -> TrainConfig:
     return _build(TrainConfig, raw, "")
 
 
+def _list_index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise KeyError(f"--set {key}: {part!r} is not an index of a {len(node)}-item list")
+    return int(part)
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """`KEY.PATH=VALUE` command-line overrides (torchtitan style), VALUE read as YAML, so
     `data.shards=runs/x`, `phases.0.steps=8` and `model.overrides={mtp: true}` all work."""
@@ -228,21 +234,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set {item!r}: expected KEY.PATH=VALUE")
-        value = yaml.safe_load(text)
-        node, parts = raw, key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise KeyError(f"--set {key}: {'.'.join(parts[:i + 1])} is not an index of the list")
-                node = node[int(part)]
-            else:
-                node = node.setdefault(part, {})
-        if isinstance(node, list):
-            if not parts[-1].isdigit() or int(parts[-1]) >= len(node):
-                raise KeyError(f"--set {key}: {parts[-1]} is not an index of the list")
-            node[int(parts[-1])] = value
-        else:
-            node[parts[-1]] = value
+        node, *parents, last = [raw, *key.split(".")]
+        for part in parents:
+            node = node[_list_index(node, part, key)] if isinstance(node, list) else node.setdefault(part, {})
+        node[_list_index(node, last, key) if isinstance(node, list) else last] = yaml.safe_load(text)
     return raw
 
 
