@@ -51,3 +51,23 @@ def test_bad_recipe_names_the_key(tmp_path):
     p.write_text("stages:\n  - run: model info\n")
     with pytest.raises(ValueError, match=r"stages\[0\] needs 'name'"):
         load_recipe(p)
+
+
+def test_workdir_spelling_stale_outputs_and_one_line_failures(tmp_path, monkeypatch, capsys):
+    from kollm.cli import main
+
+    stages = [{"name": "a", "run": "model info", "args": ["tiny", "--json"]}]
+    path = _write(tmp_path, stages)
+    monkeypatch.chdir(tmp_path)
+    r = load_recipe(path)
+    r.workdir = "w"
+    assert run_recipe(r, log=lambda *_: None) == [("a", "ran")]
+    (tmp_path / "w" / "a" / "leftover.txt").write_text("from the run before")
+    r.workdir = str(tmp_path / "w")  # the same directory, spelled absolutely
+    assert run_recipe(r, log=lambda *_: None) == [("a", "skipped")]
+    assert run_recipe(r, force=True, log=lambda *_: None) == [("a", "ran")]
+    assert not (tmp_path / "w" / "a" / "leftover.txt").exists()  # a stale finished output starts afresh
+    stages[0]["args"] = ["no-such-preset"]
+    assert main(["run", str(_write(tmp_path, stages))]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("kollm run: recipe stage 'a' failed with exit code 1") and "Traceback" not in "".join(err)

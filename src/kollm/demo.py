@@ -9,10 +9,11 @@ minutes on a 2-core CPU; re-running skips the stages already done.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from kollm.demo_corpus import write_demo_corpus
-from kollm.recipe import load_recipe, run_recipe
+from kollm.recipe import StageFailed, load_recipe, run_recipe
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny-demo.yaml"
 
@@ -28,6 +29,10 @@ def main(argv: list[str]) -> int:
     recipe.workdir = args.workdir
     corpus = write_demo_corpus(Path(args.workdir) / "raw")
     print(f"embedded corpus: {corpus}")
-    run_recipe(recipe, force=args.force)
+    try:
+        run_recipe(recipe, force=args.force)
+    except StageFailed as e:
+        print(f"kollm demo: {e}", file=sys.stderr)
+        return 1
     print(f"\ndone: every stage's output is under {args.workdir}/ (run.json records each stage's command)")
     return 0

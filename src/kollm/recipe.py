@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,10 @@ from pathlib import Path
 import yaml
 
 from kollm import __version__
+
+
+class StageFailed(RuntimeError):
+    """A stage exited non-zero; its own error is already on stderr."""
 
 
 @dataclass
@@ -79,7 +85,8 @@ def run_recipe(recipe: Recipe, force: bool = False, log=print) -> list[tuple[str
     """Run the stages in order; returns (name, "ran" | "skipped") per stage."""
     from kollm.cli import main as cli_main
 
-    workdir = Path(recipe.workdir)
+    # Absolute, so the same directory spelled differently has the same fingerprint.
+    workdir = Path(recipe.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     done: dict[str, Path] = {}
     upstream = hashlib.sha256(__version__.encode()).hexdigest()
@@ -93,6 +100,10 @@ def run_recipe(recipe: Recipe, force: bool = False, log=print) -> list[tuple[str
             log(f"[{stage.name}] up to date, skipped")
             outcome.append((stage.name, "skipped"))
         else:
+            if record.exists():
+                # A finished output of other inputs is stale: start the stage afresh. An output without
+                # run.json is an interrupted run, left in place for stages that resume (pretrain --resume).
+                shutil.rmtree(out)
             log(f"[{stage.name}] kollm {shlex.join(argv)}")
             t0 = time.time()
             try:
@@ -100,7 +111,7 @@ def run_recipe(recipe: Recipe, force: bool = False, log=print) -> list[tuple[str
             except SystemExit as e:  # argparse rejects arguments by exiting
                 rc = e.code if isinstance(e.code, int) else 2
             if rc != 0:
-                raise RuntimeError(f"recipe stage {stage.name!r} failed with exit code {rc}: kollm {shlex.join(argv)}")
+                raise StageFailed(f"recipe stage {stage.name!r} failed with exit code {rc}: kollm {shlex.join(argv)}")
             out.mkdir(parents=True, exist_ok=True)
             tmp = record.with_suffix(".tmp")
             tmp.write_text(json.dumps({
@@ -125,5 +136,9 @@ def main(argv: list[str]) -> int:
     recipe = load_recipe(args.recipe)
     if args.workdir:
         recipe.workdir = args.workdir
-    run_recipe(recipe, force=args.force)
+    try:
+        run_recipe(recipe, force=args.force)
+    except StageFailed as e:
+        print(f"kollm run: {e}", file=sys.stderr)
+        return 1
     return 0

@@ -89,6 +89,20 @@ def test_context_is_left_truncated_to_max_length(model_dir):
         lm.loglikelihood([("x", " " + "서울은 대한민국의 수도이다." * 5)])
 
 
+def test_generation_budget_past_the_context_is_capped(model_dir):
+    """A CoT/IFEval budget (1,024+ new tokens) on a short-context model: the prompt keeps the last
+    half of the context and at most the other half is generated, rather than an empty prompt."""
+    lm = LocalLM(model_dir, max_length=32)
+    prompt = "서울은 대한민국의 수도이다. " * 20
+    out, = lm.generate([Request("generate", (prompt,), stop=(), max_new_tokens=1024)])
+    ids = lm.encode(prompt)[-16:]
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    x = torch.tensor([ids])
+    ref = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=16, do_sample=False,
+                      eos_token_id=lm.tokenizer.eos_token_id)[0, len(ids):].tolist()
+    assert out == lm.tokenizer.decode(ref, skip_special_tokens=True)
+
+
 def test_generate_equals_transformers_greedy_and_cuts_at_stop(model_dir, local_lm):
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     prompts = ["Question: How many apples?\nAnswer:", "서울은 대한민국의"]

@@ -30,7 +30,7 @@ def pretrain(cfg_path: Path, *args: str, fault: int | None = None) -> subprocess
 
 def losses(run_dir: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows}  # a resumed run re-logs steps after its checkpoint
+    return {r["step"]: r["loss"] for r in rows}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,8 @@ def runs(shards, tmp_path_factory):
     killed = pretrain(paths["killed"], fault=10)
     assert killed.returncode == 17, killed.stderr[-4000:]  # died at step 10, last checkpoint step 8
     after_kill = sorted(p.name for p in (work / "killed" / "checkpoints").iterdir())
+    again = pretrain(paths["killed"])  # without --resume an earlier run's checkpoints are not overwritten
+    assert again.returncode == 1 and "pass --resume" in again.stderr
     resumed = pretrain(paths["killed"], "--resume")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     return work, after_kill
@@ -61,7 +63,8 @@ def test_kill_resume_and_export(runs, tmp_path):
     assert sorted(full) == list(range(1, 21))
     assert killed == full  # bit for bit: same floats, every step
     rows = [json.loads(line) for line in (work / "killed" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 11)) + list(range(9, 21))
+    # steps 9-10 of the killed run were dropped on resume and trained again: one line per step
+    assert [r["step"] for r in rows] == list(range(1, 21))
     assert [r["phase"] for r in rows][-5:] == ["anneal"] + ["long_context"] * 4
 
     from transformers import AutoModelForCausalLM

@@ -187,6 +187,10 @@ class LocalLM:
         for i, r in enumerate(requests):
             by_cfg.setdefault((r.stop, r.max_new_tokens, r.chat), []).append(i)
         for (stop, max_new, chat), idx in by_cfg.items():
+            # The prompt keeps its last (max_length - max_new) tokens, as lm-eval does; a budget that
+            # leaves it nothing (CoT and IFEval ask for 1,024+ tokens) is capped at half the context.
+            if max_new >= self.max_length:
+                max_new = self.max_length // 2
             cfg = GenerationConfig(max_new_tokens=max_new, stop_token_ids=eos, stop_strings=list(stop))
             prompts = []
             for i in idx:

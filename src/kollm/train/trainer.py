@@ -228,6 +228,9 @@ class Trainer:
     def fit(self, resume: bool = False) -> list[dict]:
         if resume and self.resume():
             self.apply_phase(self.phase_idx, data=False)  # the loader restored its own phase
+        elif checkpoint.latest(self.ckpt_root) is not None:
+            raise ValueError(f"{self.ckpt_root} holds checkpoints of an earlier run: pass --resume to continue "
+                             "it, or choose a new output_dir")
         self._open_sinks()
         bar = self._progress()
         every = self.cfg.checkpoint.every
@@ -268,7 +271,11 @@ class Trainer:
         if not self.info.is_main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():  # resumed: drop steps logged after the checkpoint, they are trained again
+            rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            path.write_text("".join(r for r in rows if json.loads(r).get("step", 0) <= self.step), encoding="utf-8")
+        self._jsonl = open(path, "a", encoding="utf-8")
         self._sinks = [self._jsonl]
         log = self.cfg.logging
         if log.tensorboard:
