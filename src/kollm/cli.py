@@ -10,7 +10,7 @@ import sys
 # stage -> (module with main(argv), one-line help); module None = not built yet.
 STAGES: dict[str, tuple[str | None, str]] = {
     "demo": ("kollm.demo", "the tiny end-to-end demo on embedded data (the README's first command)"),
-    "run": ("kollm.recipe", "run a YAML recipe: stages in order, skip-if-done, lineage in meta.json"),
+    "run": ("kollm.recipe", "run a YAML recipe: stages in order, skip-if-done, lineage in run.json"),
     "data": ("kollm.data.cli", "corpus work: curate, judge, classifier, tokenize"),
     "tokenizer": ("kollm.tokenizer.cli", "tokenizer train / extend / stats"),
     "model": ("kollm.model.cli", "model info PRESET: parameters, FLOPs per token, memory"),

@@ -146,6 +146,24 @@ def test_config_errors_name_the_key(tmp_path):
         CurateConfig.from_dict({"inputs": ["x"], "output": "o", "steps": ["normalise"]})
     with pytest.raises(KeyError, match="detector"):
         CurateConfig.from_dict({"inputs": ["x"], "output": "o", "langid": {"detector": {"hangul": 1}}})
+    # checked before any worker starts (each would print its own traceback)
+    with pytest.raises(FileNotFoundError, match="quality.classifier: .*nope is not a classifier directory"):
+        CurateConfig.from_dict({"inputs": ["x"], "output": "o",
+                                "quality": {"scorer": "classifier", "classifier": str(tmp_path / "nope")}})
+
+
+def test_executor_mistakes_are_one_line_errors(tmp_path):
+    from kollm.data.pipeline import _executor
+
+    slurm = CurateConfig.from_dict({"inputs": ["x"], "output": str(tmp_path / "o"), "executor": "slurm"})
+    with pytest.raises(ValueError, match="executor_options for datatrove's slurm executor: .*partition"):
+        _executor(slurm, "prepare", [], 1, None)
+    ray = CurateConfig.from_dict({"inputs": ["x"], "output": str(tmp_path / "o"), "executor": "ray"})
+    try:
+        import ray as _  # noqa: F401
+    except ModuleNotFoundError:
+        with pytest.raises(ValueError, match="executor 'ray' needs the 'ray' package"):
+            _executor(ray, "prepare", [], 1, None)
 
 
 @needs_data

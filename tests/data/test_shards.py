@@ -34,7 +34,7 @@ def test_round_trip_and_format(tmp_path):
     np.testing.assert_array_equal(np.diff(index), [len(d) for d in docs])
     meta = json.loads((part / "meta.json").read_text())
     assert meta == {"lang": "ko", "tokenizer_hash": "h1", "num_tokens": raw.size, "num_docs": 31,
-                    "quality": None, "complete": True}
+                    "max_token_id": 2**32 - 1, "quality": None, "complete": True}
     assert not (part / "quality.npy").exists()
 
     r = ShardReader(part)

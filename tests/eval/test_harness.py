@@ -96,6 +96,13 @@ def test_cli_errors_are_one_line(model_dir, tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path), "--tasks", "kobest_boolq", "--data-dir", str(tmp_path)]) == 1
     assert "no config.json" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path), "--tasks", "no_task"]) == 1
+    capsys.readouterr()
+
+
+def test_cli_consistency_refuses_tasks_without_a_parallel_key(model_dir, fixtures, capsys):
+    assert main(["eval", "--model", str(model_dir), "--tasks", "kobest_copa,global_mmlu_ko:0", "--data-dir",
+                 str(fixtures), "--limit", "3", "--consistency", "kobest_copa:global_mmlu_ko"]) == 1
+    assert "'kobest_copa' has no parallel key" in capsys.readouterr().err
 
 
 def test_results_json_is_strict_json(tmp_path):
@@ -119,7 +126,21 @@ def test_cli_task_args_reach_niah_and_write_the_heatmap(model_dir, tmp_path, cap
         length = int(next(k for k in rec["metrics"] if k.startswith("acc@")).split("@")[1])
         assert 0.8 * length <= n <= length
     # past the checkpoint's context (max_position_embeddings 4096), a typo'd key, a task not run
-    for bad, msg in (("niah_en:lengths=[8192]", "8192"), ("niah_en:lenghts=[200]", "lenghts"),
+    for bad, msg in (("niah_en:lengths=[8192]", "8192"), ("niah_en:lenghts=[200]", "unknown option(s) ['lenghts']"),
                      ("kobest_copa:x=1", "not in --tasks"), ("niah_en", "TASK:KEY=VALUE")):
         assert main(["eval", "--model", str(model_dir), "--tasks", "niah_en", "--task-arg", bad]) == 1
         assert msg in capsys.readouterr().err
+
+
+def test_a_task_with_no_usable_items_is_an_error():
+    from kollm.eval.tasks.common import MultipleChoiceTask
+
+    class AllMalformed(MultipleChoiceTask):
+        name = "all_malformed"
+
+        def load(self, data_dir):
+            self.bad_rows.append("x.jsonl:1: bad_json")
+            return []
+
+    with pytest.raises(ValueError, match=r"all_malformed: no usable items .*1 malformed rows; first: x.jsonl:1"):
+        evaluate(None, [AllMalformed()], log=lambda m: None)

@@ -61,7 +61,7 @@ def test_user_haystack_and_errors(tmp_path):
         NiahConfig(lengths=[4096, 8192], max_length=4096)
     with pytest.raises(ValueError, match="depths"):
         NiahConfig(depths=[120])
-    with pytest.raises(ValueError, match="unexpected keyword"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['lenghts'\]; known: depths, .*seed, tokenizer"):
         get_task("niah_en", lenghts=[100])
 
 
@@ -108,3 +108,15 @@ def test_harness_run_and_heatmap(tmp_path):
     img = Image.open(png).convert("RGB")
     w, h = img.size
     assert w > 100 and h > 100
+
+
+def test_heatmap_command_errors(tmp_path, capsys):
+    from kollm.eval.niah import main
+
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "results.json")])
+    assert "no such results.json" in capsys.readouterr().err
+    (tmp_path / "results.json").write_text('{"results": {"kobest_copa": {}}}')
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "results.json"), "--task", "niah_ko"])
+    assert "no task 'niah_ko' (has ['kobest_copa'])" in capsys.readouterr().err

@@ -59,6 +59,15 @@ def test_cli_rejects_greedy_with_sampling_flags(model_dir):
         main(["generate", "--model", str(model_dir), "--prompt", "x", "--greedy", "--top-k", "5"])
 
 
+def test_cli_one_line_errors_for_a_missing_dir_and_an_absent_device(model_dir, tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"]) == 1
+    assert "nope: no such model directory" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["generate", "--model", str(model_dir), "--prompt", "x", "--device", "cuda"]) == 1
+        err = capsys.readouterr().err
+        assert "sees no CUDA device" in err and "Traceback" not in err
+
+
 @pytest.fixture(scope="module")
 def model(model_dir):
     return load_hf(model_dir)

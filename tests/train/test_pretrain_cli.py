@@ -77,3 +77,17 @@ def test_kill_resume_and_export(runs, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
     assert (work / "full" / "hf" / "step-00000020" / "config.json").is_file()  # the end-of-run export
+
+
+def test_config_mistakes_fail_before_training(shards, tmp_path, capsys):
+    from kollm.cli import main
+
+    base = ["pretrain", str(RECIPE), "--set", f"data.shards={shards}", "--set", f"output_dir={tmp_path / 'run'}"]
+    # shards made by a larger tokenizer than the model's vocabulary (ids < 256 vs 100 rows)
+    assert main(base + ["--set", "model.overrides={vocab_size: 100}"]) == 1
+    err = capsys.readouterr().err
+    assert "token ids reach 2" in err and "100 embedding rows" in err and "Traceback" not in err
+    # a model no Hugging Face architecture expresses, with the end-of-run export on
+    assert main(base + ["--set", "model.overrides={norm_placement: post}"]) == 1
+    assert "cannot export norm_placement='post'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written

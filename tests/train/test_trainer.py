@@ -186,3 +186,13 @@ def test_continual_pretraining_with_an_extended_tokenizer(tmp_path):
     from kollm.train.pretrain import model_config
 
     assert model_config(cfg).vocab_size == emb.shape[0]  # the dry run plans the grown model
+
+
+def test_checkpoint_records_the_tokenizer_absolutely(tmp_path, monkeypatch):
+    """`kollm export` reads the run's tokenizer from the checkpoint, possibly from another directory."""
+    from kollm.train import checkpoint
+
+    (tmp_path / "tok").mkdir()
+    monkeypatch.chdir(tmp_path)
+    t, _ = run(tmp_path / "run", steps=1, model={"preset": "tiny-sandwich-mtp", "tokenizer": "tok"})
+    assert checkpoint.read_trainer_state(t.last_checkpoint)["tokenizer"] == str(tmp_path / "tok")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -249,15 +250,24 @@ def _executor(cfg: CurateConfig, name: str, pipeline: list[PipelineStep], tasks:
 
         return LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(cfg.workers, tasks),
                                      logging_dir=logging_dir, depends=depends)
-    if cfg.executor == "slurm":
-        from datatrove.executor import SlurmPipelineExecutor
+    try:
+        if cfg.executor == "slurm":
+            from datatrove.executor import SlurmPipelineExecutor
 
-        return SlurmPipelineExecutor(pipeline, tasks=tasks, workers=min(cfg.workers, tasks), logging_dir=logging_dir,
-                                     depends=depends, job_name=f"kollm-curate-{name}", **cfg.executor_options)
-    from datatrove.executor import RayPipelineExecutor
+            return SlurmPipelineExecutor(pipeline, tasks=tasks, workers=min(cfg.workers, tasks),
+                                         logging_dir=logging_dir, depends=depends, job_name=f"kollm-curate-{name}",
+                                         **cfg.executor_options)
+        from datatrove.executor import RayPipelineExecutor
 
-    return RayPipelineExecutor(pipeline, tasks=tasks, workers=cfg.workers, logging_dir=logging_dir,
-                               depends=depends, **cfg.executor_options)
+        if importlib.util.find_spec("ray") is None:  # datatrove would only find out when run
+            raise ModuleNotFoundError(name="ray")
+        return RayPipelineExecutor(pipeline, tasks=tasks, workers=cfg.workers, logging_dir=logging_dir,
+                                   depends=depends, **cfg.executor_options)
+    except ModuleNotFoundError as e:
+        raise ValueError(f"executor {cfg.executor!r} needs the {e.name!r} package (pip install {e.name})") from None
+    except TypeError as e:  # a missing or unknown executor argument, e.g. Slurm's partition and time
+        raise ValueError(f"executor_options for datatrove's {cfg.executor} executor: {e} "
+                         "(docs/curation.md shows a Slurm example)") from None
 
 
 def write_report(output: str) -> dict:

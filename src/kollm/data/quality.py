@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
 
@@ -38,6 +39,10 @@ class QualityConfig:
             raise ValueError(f"quality: scorer must be heuristic|classifier|field, got {self.scorer!r}")
         if self.scorer == "classifier" and not self.classifier:
             raise ValueError("quality: scorer 'classifier' needs quality.classifier (a model directory)")
+        if self.scorer == "classifier" and not (Path(self.classifier) / "classifier.json").is_file():
+            # checked here, before datatrove starts workers that would each fail with a traceback
+            raise FileNotFoundError(f"quality.classifier: {self.classifier} is not a classifier directory "
+                                    "(no classifier.json; see `kollm data classifier train`)")
         if isinstance(self.keep, str):
             if self.keep not in KEEP_PRESETS:
                 raise ValueError(f"quality: unknown keep preset {self.keep!r} (known: {sorted(KEEP_PRESETS)})")

@@ -1,11 +1,11 @@
 """Token shards: per-language parts of concatenated uint32 token ids plus a document index.
 
-Layout (docs/design.md §3): `ROOT/<lang>/<part>/` holds
+Layout: `ROOT/<lang>/<part>/` holds
   tokens.bin   raw little-endian uint32 ids of all documents back to back (read as a memmap)
   index.npy    int64, num_docs + 1 document start offsets into tokens.bin, then the final end
   quality.npy  float32 per-document quality, NaN where unknown (only when some document had one)
-  meta.json    {"lang", "tokenizer_hash", "num_tokens", "num_docs", "quality": stats | null,
-                "complete": true}
+  meta.json    {"lang", "tokenizer_hash", "num_tokens", "num_docs", "max_token_id" (checked against
+                the model's vocabulary before training), "quality": stats | null, "complete": true}
 meta.json is written last, atomically (temp file + rename): a part without it is unfinished, which
 is how an interrupted `kollm data tokenize` resumes. Readers never load tokens into memory, so the
 same code serves a test corpus and a 2 T-token one (the Megatron-LM / nanoGPT `.bin` + index idea).
@@ -55,6 +55,7 @@ class ShardWriter:
         self._f = open(self.dir / TOKENS, "wb")  # truncates what an interrupted run left
         self._offsets: list[int] = [0]
         self._quality: list[float] = []
+        self._max_id = -1  # in meta.json: a trainer checks it against the model's vocabulary
         self._closed = False
 
     def add(self, tokens: Sequence[int] | np.ndarray, quality: float | None = None) -> None:
@@ -68,6 +69,8 @@ class ShardWriter:
                     f"(dtype {arr.dtype})"
                 )
             arr = arr.astype(TOKEN_DTYPE)
+        if arr.size:
+            self._max_id = max(self._max_id, int(arr.max()))
         self._f.write(arr.tobytes())
         self._offsets.append(self._offsets[-1] + arr.size)
         self._quality.append(np.nan if quality is None else float(quality))
@@ -91,7 +94,7 @@ class ShardWriter:
         elif (self.dir / QUALITY).exists():
             (self.dir / QUALITY).unlink()  # left by an interrupted run that had qualities
         meta = {"lang": self.lang, "tokenizer_hash": self.tokenizer_hash, "num_tokens": int(index[-1]),
-                "num_docs": len(index) - 1, "quality": stats, "complete": True}
+                "num_docs": len(index) - 1, "max_token_id": self._max_id, "quality": stats, "complete": True}
         _atomic_write(self.dir / META, lambda f: f.write(json.dumps(meta, indent=1).encode()))
         return meta
 
@@ -203,6 +206,8 @@ class LanguageCorpus:
         self.starts = np.cumsum([0] + [r.num_docs for r in self.readers])  # global index of each part's doc 0
         self.num_docs = int(self.starts[-1])
         self.num_tokens = sum(r.num_tokens for r in self.readers)
+        ids = [r.meta.get("max_token_id") for r in self.readers]  # absent in shards of older versions
+        self.max_token_id: int | None = None if None in ids else max(ids)
 
     def __len__(self) -> int:
         return self.num_docs

@@ -109,6 +109,9 @@ def main(argv: list[str]) -> int:
             for t in (src, tgt):
                 if t not in results["samples"]:
                     raise KeyError(f"--consistency {spec}: task {t!r} was not run (add it to --tasks)")
+                if not all("pair_id" in rec for rec in results["samples"][t]):
+                    raise ValueError(f"--consistency {spec}: task {t!r} has no parallel key, its items cannot be "
+                                     "paired across languages (parallel tasks: global_mmlu_*, hrm8k_*)")
             metric = args.metric or next(m for m in ("acc", "exact_match", "exact_match_flexible")
                                          if m in results["results"][src]["metrics"])
             results["consistency"][spec] = consistency(results["samples"][src], results["samples"][tgt], metric,

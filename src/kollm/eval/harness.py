@@ -58,6 +58,10 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
         t, shots = t if isinstance(t, tuple) else (t, None)
         task = get_task(t) if isinstance(t, str) else t
         items = task.load(data_dir)
+        bad = getattr(task, "bad_rows", [])
+        if not items:  # a task with nothing to score must not vanish from the results silently
+            raise ValueError(f"{task.name}: no usable items in {data_dir}"
+                             + (f" ({len(bad)} malformed rows; first: {bad[0]})" if bad else ""))
         if cfg.limit is not None:
             items = items[: cfg.limit]
         k = cfg.num_fewshot if cfg.num_fewshot is not None else shots if shots is not None else task.num_fewshot
@@ -71,7 +75,6 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
             run.requests.append(task.requests(item, shots))
         run.n_shot = k if pool else 0
         runs.append(run)
-        bad = getattr(task, "bad_rows", [])
         log(f"{task.name}: {len(items)} items, {k if pool else 0}-shot"
             + (f", {len(bad)} malformed rows skipped (first: {bad[0]})" if bad else ""))
 

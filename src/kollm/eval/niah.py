@@ -178,9 +178,11 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--task", default="niah_en")
     p.add_argument("--out", default="niah.png")
     a = p.parse_args(list(argv))
+    if not Path(a.results).is_file():
+        p.error(f"{a.results}: no such results.json (written by `kollm eval ... --out DIR`)")
     res = json.loads(Path(a.results).read_text(encoding="utf-8"))
     if a.task not in res.get("results", {}):
-        raise KeyError(f"{a.results}: no task {a.task!r} (has {sorted(res.get('results', {}))})")
+        p.error(f"{a.results}: no task {a.task!r} (has {sorted(res.get('results', {}))})")
     cells = cells_from_metrics(res["results"][a.task]["metrics"])
     print(plot_heatmap(cells, a.out, f"{a.task} ({res.get('model', '')})"))
     return 0

@@ -207,6 +207,8 @@ def main(argv: list[str]) -> int:
     from kollm.model.hf import TOKENIZER_FILES, load_hf
 
     model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir}: no such model directory")
     if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
         raise FileNotFoundError(f"{model_dir}: no tokenizer files (tokenizer.json, tokenizer_config.json, ...)")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))

@@ -129,7 +129,8 @@ def config_from_hf(hf: dict) -> ModelConfig:
         raise ValueError(f"config.json lacks required key {e.args[0]!r}") from None
 
 
-def _export_architecture(cfg: ModelConfig) -> str:
+def export_architecture(cfg: ModelConfig) -> str:
+    """The transformers class that expresses `cfg` exactly; a ValueError naming why when none does."""
     if cfg.norm_placement == "pre":
         return "Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM"
     if cfg.norm_placement == "sandwich" and not cfg.qkv_bias:
@@ -144,7 +145,7 @@ def _export_architecture(cfg: ModelConfig) -> str:
 
 def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
     """ModelConfig → transformers config.json dict (Llama, Qwen2 or Gemma2 layout)."""
-    arch = _export_architecture(cfg)
+    arch = export_architecture(cfg)
     kind = ARCHITECTURES[arch]
     rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
     legacy_scaling = None
@@ -255,6 +256,8 @@ def load_hf(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: 
     replace a checkpoint by writing a new file, never by truncating the one a live model maps.
     """
     d = Path(path)
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this PyTorch build sees no CUDA device (use cpu)")
     hf = read_config(d)
     cfg = config_from_hf(hf)
     gemma = ARCHITECTURES[_architecture(hf)] == "gemma2"
@@ -316,7 +319,7 @@ def load_hf(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: 
 def _export_tensors(model: CausalLM, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, tensor in `dtype`) one at a time; the MTP head and a tied lm_head are left out."""
     cfg = model.config
-    gemma = _export_architecture(cfg) == "Gemma2ForCausalLM"
+    gemma = export_architecture(cfg) == "Gemma2ForCausalLM"
     names = dict(model.named_parameters(remove_duplicate=False))
     for name, p in names.items():
         if name.startswith("mtp.") or (name == "lm_head.weight" and cfg.tie_embeddings):
@@ -412,7 +415,7 @@ def save_hf(
     or not at all: everything is written to a temp dir beside it and renamed into place.
     """
     cfg = model.config
-    _export_architecture(cfg)  # fail before writing anything
+    export_architecture(cfg)  # fail before writing anything
     dtype = dtype or next(model.parameters()).dtype
     if dtype not in DTYPES.values():
         raise ValueError(f"unsupported export dtype {dtype}; use one of {', '.join(DTYPES)}")
@@ -437,4 +440,4 @@ def save_hf(
     return out
 
 
-__all__ = ["config_from_hf", "hf_config", "load_hf", "save_hf", "read_config", "parse_size"]
+__all__ = ["config_from_hf", "export_architecture", "hf_config", "load_hf", "save_hf", "read_config", "parse_size"]

@@ -133,6 +133,15 @@ def build_run_model(cfg: TrainConfig, device: torch.device) -> CausalLM:
     return build_model(model_config(cfg), device="meta" if cfg.parallel.mode == "fsdp" else device)
 
 
+def check_vocabulary(data, vocab_size: int, shards: str) -> None:
+    """Shards from another tokenizer would fail deep in the embedding with an index error."""
+    ids = {lang: c.max_token_id for lang, c in data.corpora.items() if c.max_token_id is not None}
+    if ids and max(ids.values()) >= vocab_size:
+        lang = max(ids, key=ids.get)
+        raise ValueError(f"{shards}: {lang} token ids reach {ids[lang]} but the model has {vocab_size} embedding "
+                         "rows; set model.tokenizer to the tokenizer that made the shards")
+
+
 def link_latest(export: Path) -> None:
     """Point `hf/latest` at the newest export, atomically (a temp link renamed over the old one),
     so recipes and scripts can name the run's final model without knowing its step."""
@@ -184,11 +193,16 @@ def main(argv: list[str]) -> int:
 
     if not cfg.data.shards:
         raise ValueError(f"{args.config}: data.shards is required to train (a `kollm data tokenize` output)")
+    if cfg.checkpoint.export_hf:
+        from kollm.model.hf import export_architecture
+
+        export_architecture(model_config(cfg))  # an unexportable model fails now, not after training
     info = init_distributed()
     try:
         model = build_run_model(cfg, info.device)
         data = PretrainLoader(cfg.data.shards, phase_data(cfg.phases[0]), seed=cfg.seed, rank=info.rank,
                               world_size=info.world, block_size=cfg.data.block_size)
+        check_vocabulary(data, model.config.vocab_size, cfg.data.shards)
         objective = LMObjective(cfg.data.mask_policy, cfg.data.restart_positions)
         trainer = Trainer(cfg, model, objective, data, info)
         try:

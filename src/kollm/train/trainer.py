@@ -164,7 +164,8 @@ class Trainer:
     def save(self) -> Path:
         state = {"tokens_seen": self.tokens_seen, "phase": self.phase_idx, "world": self.info.world,
                  "model_config": self.model_config.to_dict(),  # as trained now: export uses it
-                 "tokenizer": self.cfg.model.tokenizer}
+                 # absolute: `kollm export` may run from another directory
+                 "tokenizer": str(Path(self.cfg.model.tokenizer).resolve()) if self.cfg.model.tokenizer else None}
         self.last_checkpoint = checkpoint.save(self.ckpt_root, self.step, self.model, self.optimizer, state,
                                                {"data": self.data.state_dict()}, keep=self.cfg.checkpoint.keep)
         return self.last_checkpoint

@@ -9,6 +9,7 @@ No data directory is needed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,10 @@ def _make(lang: str):
     def factory(**options: Any) -> NiahTask:
         try:
             return _T(**options)
-        except TypeError as e:  # NiahConfig(**options) with an unknown key
-            raise ValueError(f"niah_{lang}: {e}") from e
+        except TypeError:  # NiahConfig(**options) with an unknown key
+            known = sorted({f.name for f in dataclasses.fields(NiahConfig)} - {"lang"} | {"tokenizer"})
+            unknown = sorted(set(options) - set(known))
+            raise ValueError(f"niah_{lang}: unknown option(s) {unknown}; known: {', '.join(known)}") from None
 
     return factory
 
