@@ -34,29 +34,32 @@ class FakeJudge:
                     judge.requests.append(body)
                     judge.in_flight += 1
                     judge.max_in_flight = max(judge.max_in_flight, judge.in_flight)
-                try:
-                    threading.Event().wait(0.02)
-                    for marker, code in (("FLAKY", 500), ("RATE", 429)):
-                        if marker in prompt:
-                            with judge.lock:
-                                first = marker not in judge.failed_once
-                                judge.failed_once.add(marker)
-                            if first:
-                                self.send_response(code)
-                                self.send_header("Retry-After", "0")
-                                self.end_headers()
-                                return
+                threading.Event().wait(0.02)
+                code, data = 200, b""
+                for marker, error in (("FLAKY", 500), ("RATE", 429)):
+                    if marker in prompt:
+                        with judge.lock:
+                            first = marker not in judge.failed_once
+                            judge.failed_once.add(marker)
+                        if first:
+                            code = error
+                if code == 200:
                     m = re.search(r"\[score=(\d)\]", prompt)
                     answer = "No idea." if "GARBAGE" in prompt else f"Looks fine.\nEducational score: {m.group(1)}"
                     data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
+                # The request leaves the count before its reply is sent: once the client has the
+                # reply it may send the next one, which must not overlap this one in the count.
+                with judge.lock:
+                    judge.in_flight -= 1
+                self.send_response(code)
+                if code != 200:
+                    self.send_header("Retry-After", "0")
                     self.end_headers()
-                    self.wfile.write(data)
-                finally:
-                    with judge.lock:
-                        judge.in_flight -= 1
+                    return
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
