@@ -105,6 +105,9 @@ def test_cli_curate_report_and_errors(corpus, tmp_path, capsys):
     assert kept == thresholds["en"]["kept"] and thresholds["en"]["fraction"] == 0.2
     assert kollm_main(["data", "report", str(tmp_path / "out")]) == 0
     assert "# Curation report" in capsys.readouterr().out
+    (tmp_path / "out" / "logs" / "write" / "stats.json").unlink()  # as if its tasks had failed
+    assert kollm_main(["data", "report", str(tmp_path / "out")]) == 1
+    assert "stage(s) write have not finished" in capsys.readouterr().err
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**cfg, "dedup": {"buckets": 3}}))
     assert kollm_main(["data", "curate", "--config", str(tmp_path / "bad.yaml")]) == 1
     assert "'buckets'" in capsys.readouterr().err

@@ -51,13 +51,19 @@ def _curate(argv: list[str]) -> int:
 
 
 def _report(argv: list[str]) -> int:
-    from kollm.data.pipeline import write_report
+    from kollm.data.pipeline import STAGES, write_report
 
     ap = argparse.ArgumentParser(prog="kollm data report")
     ap.add_argument("output", help="a `kollm data curate` output directory")
     args = ap.parse_args(argv)
     if not (Path(args.output) / "logs").is_dir():
         raise FileNotFoundError(f"not a curate output directory (no logs/): {args.output}")
+    logs = Path(args.output) / "logs"
+    launched = {d.name for d in logs.iterdir() if d.is_dir()} | {"write"}  # buckets only with near-dedup
+    unfinished = [s for s in STAGES if s in launched and not (logs / s / "stats.json").is_file()]
+    if unfinished:  # datatrove writes a stage's stats.json once all its tasks finished
+        raise ValueError(f"{args.output}: stage(s) {', '.join(unfinished)} have not finished (no "
+                         "logs/<stage>/stats.json); see logs/<stage>/logs/ for failed tasks")
     write_report(args.output)
     print((Path(args.output) / "report.md").read_text(encoding="utf-8"))
     return 0
