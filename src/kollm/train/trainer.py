@@ -18,6 +18,7 @@ import json
 import math
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,7 +267,9 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.total_steps, initial=self.step, desc=self.cfg.name, dynamic_ncols=True)
+        # Redirected to a file (a cluster job's log), redraw every 30 s, not every step.
+        return tqdm(total=self.total_steps, initial=self.step, desc=self.cfg.name, dynamic_ncols=True,
+                    mininterval=0.1 if sys.stderr.isatty() else 30.0)
 
     def _open_sinks(self) -> None:
         if not self.info.is_main:
