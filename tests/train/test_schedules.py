@@ -74,3 +74,23 @@ def test_plan_matches_brute_force(world):
     assert plans[0].first_batch_tokens < plans[1].last_batch_tokens
     assert phase_at(plans, 0) == 0 and phase_at(plans, plans[1].start_step) == 1
     assert phase_at(plans, 10**9) == 2
+
+
+def test_decay_starts_at_the_named_phase_with_a_batch_ramp():
+    """Trillion §3.2: the anneal phase begins where the LR starts to fall. With a ramp, early steps
+    are small, so 10 % of steps would start the decay before the anneal phase's data."""
+    raw = {"batch": {"tokens": 512, "ramp_from": 128, "ramp_tokens": 9216},
+           "schedule": {"warmup_steps": 2, "decay_start": "anneal"},
+           "phases": [{"name": "stable", "tokens": 9216, "data": {"seq_len": 64, "batch_size": 8}},
+                      {"name": "anneal", "tokens": 1024, "data": {"seq_len": 64, "batch_size": 8}}]}
+    cfg = config_from_dict(raw)
+    plans = plan_phases(cfg, 1)
+    total = sum(p.steps for p in plans)
+    from kollm.train.schedules import decay_start_step
+
+    start = decay_start_step(cfg, plans)
+    assert (start, total) == (35, 37) and total - round(0.1 * total) == 33  # steps-based: 2 steps early
+    lrs = [lr_at(s, total, 1.0, cfg.schedule, start) for s in range(total)]
+    assert all(lr == 1.0 for lr in lrs[2:start]) and lrs[start] < 1.0 and lrs[-1] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="decay_start: 'nope' must name a scheduled phase"):
+        config_from_dict({**raw, "schedule": {"decay_start": "nope"}})

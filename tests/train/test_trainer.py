@@ -196,3 +196,12 @@ def test_checkpoint_records_the_tokenizer_absolutely(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     t, _ = run(tmp_path / "run", steps=1, model={"preset": "tiny-sandwich-mtp", "tokenizer": "tok"})
     assert checkpoint.read_trainer_state(t.last_checkpoint)["tokenizer"] == str(tmp_path / "tok")
+
+
+def test_trainer_decays_from_the_named_phase(tmp_path):
+    phases = [{"name": "stable", "steps": 4, "data": {"seq_len": 32, "batch_size": 4}},
+              {"name": "anneal", "steps": 3, "data": {"seq_len": 32, "batch_size": 4}}]
+    t, _ = run(tmp_path, phases=phases, schedule={"warmup_steps": 2, "decay_start": "anneal"})
+    lrs = [h["lr"] for h in t.history]
+    assert lrs[:4] == [1.5e-3, 3e-3, 3e-3, 3e-3]  # no decay before the anneal phase (steps-based: step 6)
+    assert lrs[4:] == [lr_at(s, 7, 3e-3, t.cfg.schedule, 4) for s in (4, 5, 6)] and lrs[-1] == pytest.approx(3e-4)

@@ -74,7 +74,10 @@ class OptimSection:
 class ScheduleSection:
     kind: str = "wsd"  # wsd | cosine | linear
     warmup_steps: int = 2000
-    decay_fraction: float = 0.1  # wsd: the last 10 % of the schedule decays
+    decay_fraction: float = 0.1  # wsd: the last 10 % of the schedule's steps decay
+    # wsd: decay from the first step of this phase instead (Trillion §3.2: the annealing phase *is*
+    # where the LR begins to decrease; with a batch ramp, 10 % of steps is more than 10 % of tokens)
+    decay_start: str | None = None
     final_lr_ratio: float = 0.1  # every kind ends at final_lr_ratio · peak
 
 
@@ -149,6 +152,11 @@ class TrainConfig:
             problems.append(f"schedule.final_lr_ratio must be in (0, 1], got {self.schedule.final_lr_ratio}")
         if not 0 <= self.schedule.decay_fraction <= 1:
             problems.append(f"schedule.decay_fraction must be in [0, 1], got {self.schedule.decay_fraction}")
+        scheduled = [p.name for p in self.phases if p.lr is None]
+        if self.schedule.decay_start is not None and (self.schedule.kind != "wsd"
+                                                       or self.schedule.decay_start not in scheduled):
+            problems.append(f"schedule.decay_start: {self.schedule.decay_start!r} must name a scheduled phase "
+                            f"({', '.join(scheduled)}) of a wsd schedule")
         if self.parallel.mode not in ("single", "ddp", "zero1", "fsdp"):
             problems.append(f"parallel.mode: single | ddp | zero1 | fsdp, got {self.parallel.mode!r}")
         if self.data.mask_policy not in ("causal", "document", "xlda"):

@@ -1,7 +1,8 @@
 """Learning-rate schedules, the batch-size ramp and the step plan of a multi-phase run.
 
 Warmup–stable–decay (Trillion §3.4, after Hu et al. 2024 / Hägele et al. 2024): linear warmup,
-a constant peak, then over the last `decay_fraction` of the schedule the inverse-proportional
+a constant peak, then over the last `decay_fraction` of the schedule's steps (or from the first
+step of the phase `decay_start`: Trillion's annealing phase) the inverse-proportional
 decay `lr = peak / (1 + k·s)`, s ∈ [0, 1], with k = 1/final_lr_ratio − 1 (k = 9 ends at 10 % of
 peak). Cosine and linear decay to the same floor are the usual baselines.
 
@@ -20,8 +21,9 @@ from dataclasses import dataclass
 from kollm.train.config import BatchSection, PhaseSection, ScheduleSection, TrainConfig
 
 
-def lr_at(step: int, total_steps: int, peak: float, cfg: ScheduleSection) -> float:
-    """LR for optimizer step `step` (0-based) of a schedule that is `total_steps` long."""
+def lr_at(step: int, total_steps: int, peak: float, cfg: ScheduleSection, decay_start: int | None = None) -> float:
+    """LR for optimizer step `step` (0-based) of a schedule that is `total_steps` long; a wsd decay
+    begins at step `decay_start` when given (the first step of `cfg.decay_start`'s phase)."""
     final = peak * cfg.final_lr_ratio
     warmup = min(cfg.warmup_steps, total_steps)
     # Progress counts the update being made, so the last step of warmup is at peak and the last
@@ -31,7 +33,9 @@ def lr_at(step: int, total_steps: int, peak: float, cfg: ScheduleSection) -> flo
     if step >= total_steps:
         return final
     if cfg.kind == "wsd":
-        start = max(total_steps - round(cfg.decay_fraction * total_steps), warmup)
+        if decay_start is None:
+            decay_start = total_steps - round(cfg.decay_fraction * total_steps)
+        start = max(decay_start, warmup)
         if step < start:
             return peak
         s = (step + 1 - start) / (total_steps - start)
@@ -108,6 +112,11 @@ def plan_phases(cfg: TrainConfig, world: int) -> list[PhasePlan]:
     return plans
 
 
+def decay_start_step(cfg: TrainConfig, plans: list[PhasePlan]) -> int | None:
+    """First step of the phase named by `schedule.decay_start` (None: decay by `decay_fraction`)."""
+    return next((p.start_step for p in plans if p.name == cfg.schedule.decay_start), None)
+
+
 def phase_at(plans: list[PhasePlan], step: int) -> int:
     """Index of the phase that optimizer step `step` belongs to (the last one past the end)."""
     for i, p in enumerate(plans):
@@ -116,4 +125,5 @@ def phase_at(plans: list[PhasePlan], step: int) -> int:
     return len(plans) - 1
 
 
-__all__ = ["lr_at", "global_batch_tokens", "micro_batches", "plan_phases", "phase_at", "phase_data", "PhasePlan"]
+__all__ = ["lr_at", "global_batch_tokens", "micro_batches", "plan_phases", "phase_at", "phase_data", "PhasePlan",
+           "decay_start_step"]

@@ -34,7 +34,7 @@ from kollm.train.config import PhaseSection, TrainConfig
 from kollm.train.flops import default_peak_flops, mfu
 from kollm.train.objectives.lm import IGNORE, lm_loss, shifted_targets
 from kollm.train.parallel import DistInfo
-from kollm.train.schedules import lr_at, micro_batches, phase_at, phase_data, plan_phases
+from kollm.train.schedules import decay_start_step, lr_at, micro_batches, phase_at, phase_data, plan_phases
 
 FAULT_ENV = "KOLLM_FAULT_AT_STEP"  # tests: hard-exit (os._exit) right after this step, as a crash would
 
@@ -126,6 +126,7 @@ class Trainer:
         self._base_theta = model.config.rope_theta  # phases without rope_theta run at the model's own
         self.plans = plan_phases(cfg, self.info.world)
         self.schedule_steps = sum(p.steps for p, ph in zip(self.plans, cfg.phases) if ph.lr is None)
+        self.decay_start = decay_start_step(cfg, self.plans)
         self.total_steps = sum(p.steps for p in self.plans)
         on_meta = any(p.is_meta for p in model.parameters())
         if not on_meta:
@@ -159,7 +160,7 @@ class Trainer:
         phase = self.cfg.phases[phase_at(self.plans, step)]
         if phase.lr is not None:
             return phase.lr
-        return lr_at(step, self.schedule_steps, self.cfg.optimizer.lr, self.cfg.schedule)
+        return lr_at(step, self.schedule_steps, self.cfg.optimizer.lr, self.cfg.schedule, self.decay_start)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self) -> Path:
