@@ -70,9 +70,17 @@ def test_trillion_recipe_is_the_report():
     cfg = load_config(RECIPES / "trillion-7b.yaml")
     o, s = cfg.optimizer, cfg.schedule
     assert (o.lr, o.betas, o.weight_decay, s.warmup_steps) == (2e-4, (0.9, 0.95), 0.1, 2000)
-    assert (s.kind, s.decay_fraction, s.final_lr_ratio) == ("wsd", 0.1, 0.1)
+    assert (s.kind, s.decay_start, s.final_lr_ratio) == ("wsd", "anneal", 0.1)
     stable, anneal, long = cfg.phases
-    assert stable.tokens + anneal.tokens == 2 * 10**12 and anneal.tokens / 2e12 == s.decay_fraction
+    assert stable.tokens + anneal.tokens == 2 * 10**12 and anneal.tokens / 2e12 == 0.1  # the last 10 %
+    # §1/§8 budgets over the 2T tokens, and the anneal's tripled multilingual share (§3.2)
+    total = {lang: stable.tokens * stable.data["beta"][lang] + anneal.tokens * anneal.data["beta"][lang]
+             for lang in stable.data["beta"]}
+    assert total["ko"] < 180e9 and total["ko"] + total["ja"] + total["zh"] < 220e9
+    assert total["code"] + total["math"] < 0.02 * 2e12
+    for lang in ("ko", "ja", "zh"):
+        assert anneal.data["beta"][lang] == pytest.approx(3 * stable.data["beta"][lang])
+    assert sum(stable.data["beta"].values()) == pytest.approx(1) and sum(anneal.data["beta"].values()) == pytest.approx(1)
     assert (stable.mtp_alpha, anneal.mtp_alpha, anneal.weight_decay) == (0.2, 0.1, 0.033)
     assert stable.data["seq_len"] == anneal.data["seq_len"] == 4096
     assert (long.tokens, long.data["seq_len"], long.rope_theta, long.data["long_fraction"]) == (60e9, 32768, 1e6, 0.6)
