@@ -161,3 +161,38 @@ def test_humaneval_and_mbpp_tasks_load_hf_layout_and_score(tmp_path):
                              "the similar elements")
     assert prompt.count("[DONE]\n\n") == 3 and prompt.endswith("assert square_perimeter(4)==16\n[BEGIN]\n")
     assert mb.score_batch(items, [r["code"] for r in MBPP]) == [1.0, 1.0]
+
+
+def test_trillion_cot_code_tasks_prompt_extract_and_score(tmp_path):
+    """Figures 8 and 9 of the Trillion report: 0-shot chat prompts; the last ```python``` block of
+    the answer is the program (a whole function for HumanEval, replacing the prompt's stub)."""
+    (tmp_path / "openai_humaneval").mkdir()
+    (tmp_path / "openai_humaneval" / "test.jsonl").write_text("\n".join(json.dumps(r) for r in HUMANEVAL))
+    (tmp_path / "mbpp" / "full").mkdir(parents=True)
+    (tmp_path / "mbpp" / "full" / "test.jsonl").write_text("\n".join(json.dumps(r) for r in MBPP))
+    mb = get_task("mbpp_cot")
+    items = mb.load(tmp_path)
+    req = mb.requests(items[1])[0]
+    assert req.chat and req.stop == () and mb.few_shot_items(tmp_path) == []
+    assert req.args[0] == ("You are an expert Python programmer, and here is your task: Write a function to find the "
+                           "perimeter of a square.\nYour code should pass these tests:\n\n```\n"
+                           "assert square_perimeter(10)==40\nassert square_perimeter(5)==20\n"
+                           "assert square_perimeter(4)==16\n```\n\nWrap your code in ```python```. "
+                           "Let's reason step by step.")
+    draft, final = "def square_perimeter(a):\n    return 2 * a\n", "def square_perimeter(a):\n    return 4 * a\n"
+    answer = f"First try:\n```python\n{draft}```\nFixed:\n```python\n{final}```\nDone."
+    assert mb.score_batch(items[1:], [answer]) == [1.0]  # the last block is the answer
+    assert mb.score_batch(items[1:], [f"```python\n{draft}```"]) == [0.0]
+    he = get_task("humaneval_cot")
+    items = he.load(tmp_path)
+    prompt = he.requests(items[1])[0].args[0]
+    assert prompt.startswith("You are an expert Python programmer, and here is your task: def add(x: int, y: int):")
+    assert prompt.endswith('"""\n\n\nWrap your code in ```python```. Let\'s reason step by step.')
+    whole = "Sure.\n```python\ndef add(x: int, y: int):\n    return x + y\n```"
+    body_only = "```python\n    return x + y\n```"
+    wrong = "```python\ndef add(x, y):\n    return x - y\n```"
+    assert he.score_batch([items[1]] * 3, [whole, body_only, wrong]) == [1.0, 1.0, 0.0]
+    # HumanEval/0 needs the prompt's `from typing import List`: kept ahead of the model's function
+    sol = "```python\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n" + \
+          HUMANEVAL[0]["canonical_solution"] + "```"
+    assert he.score_batch(items[:1], [sol]) == [1.0]

@@ -14,7 +14,7 @@ SUITES: dict[str, list[str]] = {
         *[f"{t}:5" for t in KOBEST], "bbh_cot:0", "xwinograd_en:0", "xwinograd_jp:0", "xwinograd_zh:0",
         "kmmlu:5", "mmlu:5", "global_mmlu_en:5", "global_mmlu_ko:5", "global_mmlu_ja:5", "global_mmlu_zh:5",
         "gpqa_main:4", "gsm8k_cot:0", "math_cot:0", "hrm8k_ko:0",
-        "mbpp", "humaneval", "ifeval", "ko_ifeval", "mt_bench", "ko_mt_bench", "logickor",
+        "mbpp_cot", "humaneval_cot", "ifeval", "ko_ifeval", "mt_bench", "ko_mt_bench", "logickor",
     ],
     "dna": ["kmmlu:5", *[f"{t}:5" for t in KOBEST], "mmlu:5", "gsm8k:5", "bbh:0", "math:4"],
     "korean": ["kmmlu:5", *[f"{t}:5" for t in KOBEST], "haerae:3", "global_mmlu_ko:5", "hrm8k_ko:0",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,56 @@ class MBPP(CodeTask):
 
     def program(self, item: dict, completion: str) -> str:
         return mbpp_program(item, completion)
+
+
+# --- the Trillion report's 0-shot CoT prompts for code (its Figures 8 and 9) --------------------
+
+TRILLION_CODE_COT = "Wrap your code in ```python```. Let's reason step by step."
+_FENCE = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def extract_code(completion: str) -> str:
+    """The last fenced code block of a chat answer (the prompt asks for one); the whole answer
+    when there is none, so a bare program still runs."""
+    blocks = _FENCE.findall(completion)
+    return blocks[-1] if blocks else completion
+
+
+@register_task("mbpp_cot")
+class MBPPCoT(MBPP):
+    """Trillion 7B's MBPP prompt (Figure 8) as a chat turn, 0-shot; the code is the answer's last
+    ```python``` block, run against the row's asserts. Not an lm-eval task."""
+
+    num_fewshot, stop, max_new_tokens = 0, (), 1024
+
+    def few_shot_items(self, data_dir: Path | None) -> list[dict]:
+        return []  # 0-shot by definition
+
+    def requests(self, item: dict, fewshot: Sequence[dict] = ()) -> list[Request]:
+        t = item["test_list"]
+        prompt = (f"You are an expert Python programmer, and here is your task: {item['text']}\n"
+                  f"Your code should pass these tests:\n\n```\n{t[0]}\n{t[1]}\n{t[2]}\n```\n\n{TRILLION_CODE_COT}")
+        return [Request("generate", (prompt,), stop=self.stop, max_new_tokens=self.max_new_tokens, chat=True)]
+
+    def program(self, item: dict, completion: str) -> str:
+        return mbpp_program(item, extract_code(completion))
+
+
+@register_task("humaneval_cot")
+class HumanEvalCoT(HumanEval):
+    """Trillion 7B's HumanEval prompt (Figure 9) as a chat turn: the task is the signature and
+    docstring. An answer that defines the entry point is run after the prompt (its imports) and
+    replaces the stub; one that does not is taken as the body, as in completion mode."""
+
+    stop, max_new_tokens = (), 1024
+
+    def requests(self, item: dict, fewshot: Sequence[dict] = ()) -> list[Request]:
+        prompt = f"You are an expert Python programmer, and here is your task: {item['prompt']}\n\n{TRILLION_CODE_COT}"
+        return [Request("generate", (prompt,), stop=self.stop, max_new_tokens=self.max_new_tokens, chat=True)]
+
+    def program(self, item: dict, completion: str) -> str:
+        code = extract_code(completion)
+        if re.search(rf"^def {re.escape(item['entry_point'])}\s*\(", code, re.MULTILINE):
+            stub = item["prompt"] + "    pass\n"  # a docstring-only body is valid too; pass keeps it explicit
+            return stub + "\n" + code + "\n" + item["test"] + "\n" + f"check({item['entry_point']})"
+        return humaneval_program(item, code)
