@@ -41,6 +41,8 @@ def test_unknown_key_names_its_path(raw, path):
     ({"phases": [PHASE], "seed": "zero"}, "seed: expected int"),
     ({"phases": [{"steps": 1}]}, "missing required key 'name'"),
     ({"phases": []}, "at least one phase"),
+    ({"phases": [PHASE], "data": {"restart_positions": True}}, "restart_positions needs mask_policy 'document'"),
+    ({"phases": [PHASE], "schedule": {"kind": "cosine", "decay_start": "a"}}, "decay_start"),
 ])
 def test_bad_values(raw, what):
     with pytest.raises(ValueError, match=what):

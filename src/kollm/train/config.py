@@ -161,6 +161,11 @@ class TrainConfig:
             problems.append(f"parallel.mode: single | ddp | zero1 | fsdp, got {self.parallel.mode!r}")
         if self.data.mask_policy not in ("causal", "document", "xlda"):
             problems.append(f"data.mask_policy: causal | document | xlda, got {self.data.mask_policy!r}")
+        if self.data.restart_positions and self.data.mask_policy != "document":
+            # xlda lets a document attend earlier documents of other languages: restarted positions
+            # would put those keys at positions after the query's
+            problems.append("data.restart_positions needs mask_policy 'document' (the only policy that "
+                            "fully isolates documents)")
         if self.batch.tokens <= 0:
             problems.append("batch.tokens must be positive")
         if problems:
