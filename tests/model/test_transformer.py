@@ -118,3 +118,21 @@ def test_gqa_matches_explicit_head_repetition():
     ids = torch.randint(0, 512, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(gqa(ids).logits, mha(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_lm_loss_is_the_shifted_cross_entropy_by_hand():
+    """NTP: position t predicts token t+1; MTP: t+2, never across an isolated document; both token
+    means over their own targets (computed here from log-softmax, not through lm_loss's helpers)."""
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny-sandwich-mtp"))
+    ids = torch.randint(0, 512, (2, 12))
+    doc = torch.tensor([[0] * 5 + [1] * 7, [0] * 12])
+    out = model(ids, doc_ids=doc, mask_policy="document")
+    lp, lp2 = out.logits.log_softmax(-1), out.mtp_logits.log_softmax(-1)
+    ntp = -torch.stack([lp[b, t, ids[b, t + 1]] for b in range(2) for t in range(11)]).mean()
+    mtp = -torch.stack([lp2[b, t, ids[b, t + 2]] for b in range(2) for t in range(10)
+                        if doc[b, t] == doc[b, t + 2]]).mean()
+    loss = lm_loss(out, ids, doc, "document", mtp_alpha=0.2)
+    torch.testing.assert_close(loss.ntp, ntp)
+    torch.testing.assert_close(loss.mtp, mtp)
+    torch.testing.assert_close(loss.loss, ntp + 0.2 * mtp)

@@ -205,3 +205,45 @@ def test_trainer_decays_from_the_named_phase(tmp_path):
     lrs = [h["lr"] for h in t.history]
     assert lrs[:4] == [1.5e-3, 3e-3, 3e-3, 3e-3]  # no decay before the anneal phase (steps-based: step 6)
     assert lrs[4:] == [lr_at(s, 7, 3e-3, t.cfg.schedule, 4) for s in (4, 5, 6)] and lrs[-1] == pytest.approx(3e-4)
+
+
+def test_batch_ramp_reaches_the_trainer(tmp_path):
+    """Global batch 128 → 256 tokens over the first 768 (sequences of 32): each step takes
+    round((128 + 128 · seen / 768) / 32) sequences, rounded half to even."""
+    t, _ = run(tmp_path, steps=6, micro=2, batch={"tokens": 256, "ramp_from": 128, "ramp_tokens": 768})
+    tokens = [h["tokens"] for h in t.history]
+    assert [b - a for a, b in zip([0] + tokens, tokens)] == [128, 160, 192, 192, 256, 256]
+    assert [h["micro_batches"] for h in t.history] == [2, 3, 3, 3, 4, 4]  # at most 2 sequences each
+
+
+def test_gradients_are_clipped_to_the_configured_norm(tmp_path):
+    """With a tiny clip the update is the clipped gradient: the first AdamW step moves every
+    weight by about lr regardless, so compare the gradient norm the optimizer saw instead."""
+    seen = []
+
+    def hook(t):
+        step = t.optimizer.step
+
+        def spy(*a, **k):
+            grads = [p.grad for g in t.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+            return step(*a, **k)
+        t.optimizer.step = spy
+
+    t, _ = run(tmp_path, steps=2, trainer_hook=hook, optimizer={"lr": 3e-3, "grad_clip": 1e-3})
+    assert [h["grad_norm"] > 1e-2 for h in t.history] == [True, True]  # the pre-clip norm is logged
+    assert seen == [pytest.approx(1e-3, rel=1e-4)] * 2
+
+
+def test_weight_decay_groups_hold_matrices_only():
+    from kollm.train.config import OptimSection
+    from kollm.train.parallel import build_optimizer
+
+    model = build_model(get_preset("qwen2.5-7b", n_layers=1, dim=64, n_heads=4, n_kv_heads=2, ffn_dim=128,
+                                   vocab_size=300))
+    decay, no_decay = build_optimizer(model, "single", OptimSection()).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in no_decay["params"]} == {
+        n for n, p in model.named_parameters() if n.endswith("norm.weight") or n.endswith(".bias")}
+    assert "model.embed_tokens.weight" in {names[id(p)] for p in decay["params"]}
+    assert all(p.ndim == 2 for p in decay["params"]) and len(decay["params"]) + len(no_decay["params"]) == len(names)

@@ -158,12 +158,13 @@ def grad_sync(model: nn.Module, mode: str, sync: bool):
 
 def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     """Global gradient norm (clipped to max_norm if > 0); works for DTensor (FSDP2) gradients."""
-    grads = [p.grad for p in unwrap(model).parameters() if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    params = [p for p in unwrap(model).parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
     if hasattr(norm, "full_tensor"):  # FSDP2: each rank holds a partial norm
         norm = norm.full_tensor()
     if max_norm > 0:
-        torch.nn.utils.clip_grads_with_norm_(grads, max_norm, norm, foreach=True)
+        # takes the parameters (it scales each p.grad); given the gradients it silently does nothing
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
     return norm
 
 
