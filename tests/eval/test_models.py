@@ -56,16 +56,25 @@ def test_batching_and_packing_do_not_change_results(model_dir):
         assert abs(a - b) < 1e-4 and abs(a - c) < 1e-3
 
 
-def test_greedy_flag_true_for_the_models_own_argmax(model_dir, local_lm):
+def test_greedy_flag_true_for_the_models_own_argmax(model_dir, monkeypatch):
+    """is_greedy is True exactly when every continuation token is the model's argmax. The random
+    model's argmax tokens are byte fragments that do not survive decode/encode, so the pair is
+    given as token ids (encode_pair replaced) rather than as text."""
+    lm = LocalLM(model_dir)
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    ctx = local_lm.encode("Question: 2+2?\nAnswer:")
-    out = hf.generate(torch.tensor([ctx]), attention_mask=torch.ones(1, len(ctx), dtype=torch.long),
-                      max_new_tokens=4, do_sample=False)[0, len(ctx):].tolist()
-    text = local_lm.tokenizer.decode(out)
-    (ll, greedy), = local_lm.loglikelihood([("Question: 2+2?\nAnswer:", text)])
-    if local_lm.encode_pair("Question: 2+2?\nAnswer:", text)[1] == out:  # decode/encode round trip held
-        assert greedy
-    assert ll < 0
+    ctx = lm.encode("Question: 2+2?\nAnswer:")
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ctx]), attention_mask=torch.ones(1, len(ctx), dtype=torch.long),
+                          max_new_tokens=3, do_sample=False)[0, len(ctx):].tolist()
+        lp = torch.log_softmax(hf(torch.tensor([ctx + out])).logits[0].float(), -1)
+    ref = sum(lp[len(ctx) - 1 + i, t].item() for i, t in enumerate(out))
+    not_argmax = [out[0], (out[1] + 1) % len(lm.tokenizer), out[2]]
+    for cont, expect in ((out, True), (not_argmax, False)):
+        monkeypatch.setattr(lm, "encode_pair", lambda c, x, cont=cont: (ctx, cont))
+        (ll, greedy), = lm.loglikelihood([("ctx", "cont")])
+        assert greedy is expect
+        if expect:
+            assert abs(ll - ref) < 1e-4
 
 
 def test_split_pair_follows_lm_eval():

@@ -74,3 +74,20 @@ def test_missing_files_name_the_paths(tmp_path, fixtures):
     shutil.copytree(fixtures / "kobest_v1" / "copa", tmp_path / "kobest_v1" / "copa")
     with pytest.raises(FileNotFoundError, match="boolq/ or BoolQ/"):
         get_task("kobest_boolq").load(tmp_path)
+
+
+def test_macro_f1_is_sklearns():
+    """KoBEST's headline metric (lm-eval: sklearn f1_score average='macro'), including a label that
+    is predicted but never gold and one that is gold but never predicted."""
+    import random
+
+    from sklearn.metrics import f1_score
+
+    from kollm.eval.tasks.common import macro_f1
+
+    assert macro_f1([(0, 0), (0, 1), (1, 1), (1, 1), (2, 1)]) == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
+    rng = random.Random(0)
+    for _ in range(20):
+        pairs = [(rng.randrange(3), rng.randrange(4)) for _ in range(rng.randrange(1, 40))]
+        gold, pred = zip(*pairs)
+        assert macro_f1(pairs) == pytest.approx(f1_score(gold, pred, average="macro"))

@@ -122,6 +122,19 @@ def test_filters_match_transformers_warpers():
         torch.testing.assert_close(top_k_filter(x, k), TopKLogitsWarper(k)(None, x.clone()))
 
 
+def test_sampling_distribution_is_transformers_warper_chain():
+    """Temperature, top-k and top-p together, in transformers' order, and the result sampled from."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper
+
+    from kollm.model.generate import sampling_logits
+
+    x = torch.randn(4, 97, generator=torch.Generator().manual_seed(1)) * 3
+    for t, k, p in ((0.5, 20, 0.9), (1.7, 50, 0.6), (1.0, 97, 1.0)):
+        ref = TopPLogitsWarper(p)(None, TopKLogitsWarper(k)(None, TemperatureLogitsWarper(t)(None, x.clone())))
+        ours = sampling_logits(x, GenerationConfig(do_sample=True, temperature=t, top_k=k, top_p=p))
+        torch.testing.assert_close(ours.softmax(-1), ref.softmax(-1))
+
+
 def test_stop_string_cuts_text(model, model_dir):
     tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
     full, full_ids = generate_text(model, tokenizer, ["The quick"], GenerationConfig(max_new_tokens=30), chat=False)[0]

@@ -67,12 +67,16 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def sampling_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    """Temperature, then top-k, then top-p: transformers' order of the same warpers."""
+    return top_p_filter(top_k_filter(logits.float() / cfg.temperature, cfg.top_k), cfg.top_p)
+
+
 def next_tokens(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
     """(B, V) logits of the last position → (B,) chosen token ids."""
     if not cfg.do_sample:
         return logits.argmax(dim=-1)
-    logits = top_p_filter(top_k_filter(logits.float() / cfg.temperature, cfg.top_k), cfg.top_p)
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    return torch.multinomial(sampling_logits(logits, cfg).softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
 @torch.no_grad()
@@ -225,5 +229,5 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["GenerationConfig", "generate", "generate_text", "encode_prompt", "next_tokens", "top_k_filter",
-           "top_p_filter"]
+__all__ = ["GenerationConfig", "generate", "generate_text", "encode_prompt", "next_tokens", "sampling_logits",
+           "top_k_filter", "top_p_filter"]
