@@ -9,6 +9,7 @@ from kollm.data.filters import (
     FilterConfig,
     HeuristicFilter,
     _dup_ngram_char_frac,
+    _top_ngram_char_frac,
     check_document,
     default_filter_configs,
     make_filter_config,
@@ -64,6 +65,45 @@ def test_gopher_rules_fire():
     assert check_document(lines, "en", en) == "dup_lines"
     assert check_document(good + " lorem ipsum dolor", "en", en) == "bad_phrase"
     assert check_document("word " * 3, "en", en) == "too_short"
+
+
+def test_each_line_and_length_rule_fires_on_its_own():
+    """One document per rule that passes every other rule (all else off): a rule checking the wrong
+    end of a line, the wrong length or the wrong ratio would let its document through."""
+    off = dict(min_units=1, min_stop_words=None, max_dup_line_frac=None, max_dup_line_char_frac=None,
+               max_dup_para_frac=None, max_dup_para_char_frac=None, max_top_ngram_char_frac={},
+               max_dup_ngram_char_frac={}, max_symbol_word_ratio=None, max_symbol_char_ratio=None,
+               min_mean_word_len=None, max_mean_word_len=None, max_bullet_lines=None, max_ellipsis_lines=None)
+    en = FilterConfig(**off)
+    cases = {
+        "ellipsis_lines": "\n".join(["and then it went on...", "we never knew why…", "the end came."]),
+        "bullet_lines": "\n".join(["- first point here", "• second point here", "plain closing line"]),
+        "mean_word_len": "internationalization characterization institutionalization",
+        "too_long": "word " * 11,
+    }
+    limits = {"ellipsis_lines": dict(max_ellipsis_lines=0.5), "bullet_lines": dict(max_bullet_lines=0.5),
+              "mean_word_len": dict(max_mean_word_len=10.0), "too_long": dict(max_units=10)}
+    for rule, text in cases.items():
+        assert check_document(text, "en", en) is None, rule  # every rule off: passes
+        assert check_document(text, "en", FilterConfig(**{**off, **limits[rule]})) == rule, rule
+    # the same lines with the marker at the other end pass: the rules read the right end
+    assert check_document("\n".join(["...and then it went on", "…we never knew why", "the end came."]), "en",
+                          FilterConfig(**{**off, "max_ellipsis_lines": 0.5})) is None
+    assert check_document("\n".join(["first point here -", "second point here •", "plain closing line"]), "en",
+                          FilterConfig(**{**off, "max_bullet_lines": 0.5})) is None
+    # symbols: 4 non-alphanumeric of 12 non-space characters = 0.33
+    sym = FilterConfig(**{**off, "max_symbol_char_ratio": 0.3})
+    assert check_document("ab!! cd?? ef gh", "en", sym) == "symbol_char_ratio"
+    assert check_document("ab!! cd ef gh ij kl", "en", sym) is None  # 2 of 12
+    paras = "\n\n".join(["The same paragraph again."] * 3 + ["Something else to say here."])
+    assert check_document(paras, "en", FilterConfig(**{**off, "max_dup_para_frac": 0.3})) == "dup_paragraphs"
+
+
+def test_top_ngram_char_fraction_known_value():
+    units = "the cat the cat the dog".split()
+    # most common 2-gram ("the", "cat") x2: 6 characters x 2 of 17 characters
+    assert _top_ngram_char_frac(units, 2, 17) == pytest.approx(12 / 17)
+    assert _top_ngram_char_frac("a b c d".split(), 2, 4) == 0.0  # no repeat, no fraction
 
 
 def test_korean_jamo_ratio():
