@@ -54,3 +54,16 @@ def test_step_sets_metadata_and_filters():
     assert [(d.id, d.metadata["lang"]) for d in out] == [("1", "ko"), ("2", "en")]
     assert step.stats["drop/lang_not_kept/ja"].total == 1
     assert all(0 < d.metadata["lang_score"] <= 1 for d in out)
+
+
+def test_confidence_is_the_deciding_script_share_and_min_score_drops():
+    lid = LanguageIdentifier()
+    # Korean: Hangul (+ Hanja) share of letters: 3 Hangul of 3 + 4 Latin letters
+    assert lid.predict("한국어 text12") == ("ko", pytest.approx(3 / 7))
+    assert lid.predict("漢字 한국어") == ("ko", pytest.approx(1.0))  # Hanja counts for Korean
+    # English: model probability times the Latin share, so Korean letters mixed in lower it
+    en_pure, en_mixed = lid.predict("The weather is nice today")[1], lid.predict("The weather is nice today 가")[1]
+    assert 0.5 < en_pure <= 1 and en_mixed == pytest.approx(en_pure * 21 / 22, rel=0.05)
+    step = LanguageId(min_score=0.9)
+    out = list(step.run(iter([Document(text="오늘 날씨가 좋다", id="ko"), Document(text="한국어 text12", id="mix")])))
+    assert [d.id for d in out] == ["ko"] and step.stats["drop/lang_low_score/ko"].total == 1
