@@ -136,3 +136,29 @@ def test_lm_loss_is_the_shifted_cross_entropy_by_hand():
     torch.testing.assert_close(loss.ntp, ntp)
     torch.testing.assert_close(loss.mtp, mtp)
     torch.testing.assert_close(loss.loss, ntp + 0.2 * mtp)
+
+
+def test_post_norm_is_olmo2_without_its_qk_norms():
+    """`post` placement: transformers' OLMo 2 decoder with its q/k RMSNorms replaced by identities
+    (the one part of OLMo 2 that kollm leaves out) computes the same logits from the same weights."""
+    from torch import nn
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = get_preset("tiny", norm_placement="post")
+    hf = Olmo2ForCausalLM(Olmo2Config(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim, num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, rms_norm_eps=cfg.norm_eps,
+        tie_word_embeddings=cfg.tie_embeddings, max_position_embeddings=cfg.max_seq_len, eos_token_id=None,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})).eval()
+    for layer in hf.model.layers:
+        layer.self_attn.q_norm, layer.self_attn.k_norm = nn.Identity(), nn.Identity()
+    ours = build_model(cfg).eval()
+    with torch.no_grad():
+        for mod in ours.modules():  # non-unit norm weights: a misplaced norm changes the function
+            if mod.__class__.__name__ == "RMSNorm":
+                mod.weight.uniform_(0.5, 1.5)
+    hf.load_state_dict(ours.state_dict(), strict=True)
+    ids = torch.randint(0, cfg.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, hf(ids).logits, rtol=1e-5, atol=1e-5)
