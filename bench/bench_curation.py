@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import sys
 
 os.environ.setdefault("LOGURU_LEVEL", "WARNING")  # before datatrove imports loguru: keep the output readable
 import tempfile
@@ -36,6 +37,9 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 from kollm.data.dedup import DedupConfig, dedup_texts, jaccard, signature_step
 from kollm.data.filters import HeuristicFilter
 from kollm.data.langid import LanguageIdentifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "data"))
+from test_dedup import _perturb  # noqa: E402  (the planted edits the near-dedup test uses)
 
 DATA = Path("/work/shared/data/corpus")
 
@@ -117,17 +121,6 @@ def run_pipeline(items, workers: int) -> float:
         run_curation(CurateConfig.from_dict({"inputs": [str(src)], "output": f"{d}/out", "workers": workers,
                                              "filters": {"all": {"min_units": 3, "min_stop_words": None}}}))
         return time.perf_counter() - t0
-
-
-def _perturb(text: str, rng: random.Random) -> str:
-    i, kind = rng.randrange(len(text)), rng.randrange(4)
-    if kind == 0:
-        return text[:i] + text[i + 1:]
-    if kind == 1:
-        return text[:i] + rng.choice("가나다라마 .!") + text[i:]
-    if kind == 2:
-        return text + " ㅋㅋ"
-    return text.replace(" ", "", 1) if " " in text else text + "!"
 
 
 def dedup_quality(edits: int, planted: int = 500, min_chars: int = 60) -> str:
