@@ -105,9 +105,13 @@ def test_resume_is_bit_exact(tmp_path):
     def stop_at_3(t):
         t.total_steps = 3
     run(tmp_path / "cut", steps=6, checkpoint={"every": 3, "export_hf": False}, trainer_hook=stop_at_3)
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:  # a crash mid-line after the checkpoint
+        f.write('{"step": 4, "loss": 1.2')
     t, rest = run(tmp_path / "cut", steps=6, checkpoint={"every": 3, "export_hf": False}, resume=True)
     assert t.history[0]["step"] == 4
     assert rest == full[3:]  # exact float equality
+    rows = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
 
 
 def test_nan_stops_the_run(tmp_path):

@@ -278,8 +278,14 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / "metrics.jsonl"
         if path.exists():  # resumed: drop steps logged after the checkpoint, they are trained again
+            def kept(line: str) -> bool:
+                try:
+                    return json.loads(line).get("step", 0) <= self.step
+                except ValueError:  # a line cut short by the crash
+                    return False
+
             rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
-            path.write_text("".join(r for r in rows if json.loads(r).get("step", 0) <= self.step), encoding="utf-8")
+            path.write_text("".join(r for r in rows if kept(r)), encoding="utf-8")
         self._jsonl = open(path, "a", encoding="utf-8")
         self._sinks = [self._jsonl]
         log = self.cfg.logging
