@@ -23,7 +23,7 @@ STAGES: dict[str, tuple[str | None, str]] = {
     "eval": ("kollm.eval.cli", "benchmarks, Korean IFEval, cross-lingual consistency, LLM-as-judge"),
     "generate": ("kollm.model.generate", "generate text from a checkpoint (KV cache; greedy or sampling)"),
     "export": ("kollm.train.export", "export a training checkpoint (DCP) or a Hugging Face directory to Hugging Face format"),
-    "serve": (None, "OpenAI-compatible HTTP server"),
+    "serve": ("kollm.serve.cli", "OpenAI-compatible HTTP server (continuous batching)"),
     "report": (None, "HTML/Markdown report for a run directory"),
 }
 
