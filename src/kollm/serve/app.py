@@ -288,6 +288,9 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_k
 
     def submit(prompts: list[list[int]], params: SamplingParams, n: int) -> GenRequest:
         req = GenRequest(prompts, params, n, asyncio.get_running_loop())
+        if len(req.seqs) > engine.max_queue:
+            raise APIError(400, f"the request asks for {len(req.seqs)} sequences (prompts x n); this server queues "
+                           f"at most {engine.max_queue}", "prompt")
         if max(map(len, prompts)) + params.max_tokens > engine.kv_budget:
             raise APIError(400, f"prompt + max_tokens = {max(map(len, prompts)) + params.max_tokens} exceeds this "
                            f"server's KV-cache budget of {engine.kv_budget} tokens", "max_tokens")
