@@ -36,3 +36,15 @@ def client(server):
     from openai import OpenAI
 
     return OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """In-process model work on one thread, as the server process runs (testing.py sets
+    OMP_NUM_THREADS=1): OpenMP threads spinning on a shared 2-core machine cost 10x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

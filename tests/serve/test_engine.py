@@ -46,7 +46,7 @@ def serve_all(engine: Engine, stagger: int) -> list[list[int]]:
             tasks.append(asyncio.create_task(consume(req)))
             target = engine.stats["steps"] + stagger
             while stagger and engine.stats["steps"] < target and (engine.stats["running"] or engine.waiting):
-                await asyncio.sleep(0.0005)
+                await asyncio.sleep(0.01)  # a tight poll would fight the model thread for the GIL
         return await asyncio.gather(*tasks)
 
     engine.start()

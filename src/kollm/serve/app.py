@@ -286,8 +286,8 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_k
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
                                             "owned_by": "kollm", "max_model_len": limits.context}]}
 
-    def submit(prompts: list[list[int]], params: SamplingParams, n: int) -> GenRequest:
-        req = GenRequest(prompts, params, n, asyncio.get_running_loop())
+    def submit(prompts: list[list[int]], params: SamplingParams, n: int, stream: bool) -> GenRequest:
+        req = GenRequest(prompts, params, n, asyncio.get_running_loop(), stream)
         if len(req.seqs) > engine.max_queue:
             raise APIError(400, f"the request asks for {len(req.seqs)} sequences (prompts x n); this server queues "
                            f"at most {engine.max_queue}", "prompt")
@@ -367,7 +367,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_k
         lp_tok = None if _get(body, "return_tokens_as_token_ids", (bool,), False) else tokenizer
         stream = _get(body, "stream", (bool,), False)
         include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
-        req = submit([prompt], params, n)
+        req = submit([prompt], params, n, stream)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "created": now, "model": model_name}
         if not stream:
@@ -414,7 +414,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_k
         lp_tok = None if _get(body, "return_tokens_as_token_ids", (bool,), False) else tokenizer
         stream = _get(body, "stream", (bool,), False)
         include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
-        req = submit(prompts, params, n)
+        req = submit(prompts, params, n, stream)
         rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "object": "text_completion", "created": now, "model": model_name}
         prompt_tokens = sum(map(len, prompts))

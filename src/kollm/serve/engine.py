@@ -87,6 +87,7 @@ class Sequence:
     out: list[int] = field(default_factory=list)
     text: str = ""  # decoded text so far (cut at a stop string once one appears)
     sent: int = 0  # characters of `text` already released
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # kept for a non-streamed reply
     prefix_offset: int = 0  # incremental detokenisation window (as in TGI / vLLM)
     read_offset: int = 0
 
@@ -99,9 +100,11 @@ class Request:
     """One HTTP request's choices. The model thread puts lists of `Output` (or an `EngineError`)
     on `queue`, through the event loop that created the request."""
 
-    def __init__(self, prompts: list[list[int]], params: SamplingParams, n: int, loop: asyncio.AbstractEventLoop):
+    def __init__(self, prompts: list[list[int]], params: SamplingParams, n: int, loop: asyncio.AbstractEventLoop,
+                 stream: bool = True):
         self.loop, self.queue = loop, asyncio.Queue()
         self.cancelled = False
+        self.stream = stream  # False: one Output per choice, when it finishes (no per-step wake-ups)
         self.seqs = [Sequence(self, p * n + j, list(prompt), params) for p, prompt in enumerate(prompts)
                      for j in range(n)]
 
@@ -321,27 +324,36 @@ class Engine:
         for i, (s, t) in enumerate(zip(seqs, ids)):
             s.out.append(t)
             self.stats["generated_tokens"] += 1
-            finish = None
-            if t in self.stop_ids and not s.params.ignore_eos:
-                finish = "stop"
-            self._detokenize(s)
-            if s.params.stop and self._cut_at_stop(s):
-                finish = "stop"
+            lp = [lp_rows[i]] if i in lp_rows else None
+            # Text is decoded as it comes only where it is needed now: streams and stop strings.
+            incremental = s.req.stream or bool(s.params.stop)
+            finish = "stop" if t in self.stop_ids and not s.params.ignore_eos else None
+            if incremental:
+                self._detokenize(s)
+                if s.params.stop and self._cut_at_stop(s):
+                    finish = "stop"
             if finish is None and len(s.out) >= s.params.max_tokens:
                 finish = "length"
             if finish is None and s.req.cancelled:
                 finish = "abort"
-            hold = max(map(len, s.params.stop), default=1) - 1 if finish is None else 0
-            upto = max(s.sent, len(s.text) - hold)  # a stop string may still be forming: hold its length back
-            out = Output(s.index, s.text[s.sent:upto], [t], [lp_rows[i]] if i in lp_rows else None,
-                         finish if finish != "abort" else None)
-            s.sent = upto
             if finish is None:
                 keep.append(i)
             else:
                 self.stats["finished" if finish != "abort" else "cancelled"] += 1
-            if finish != "abort":
-                by_req.setdefault(id(s.req), (s.req, []))[1].append(out)
+            if finish == "abort":
+                continue
+            if s.req.stream:
+                hold = max(map(len, s.params.stop), default=1) - 1 if finish is None else 0
+                upto = max(s.sent, len(s.text) - hold)  # a stop string may still be forming: hold it back
+                out = Output(s.index, s.text[s.sent:upto], [t], lp, finish)
+                s.sent = upto
+            else:
+                s.logprobs += lp or []
+                if finish is None:
+                    continue
+                text = s.text if incremental else self.tokenizer.decode(s.out, skip_special_tokens=True)
+                out = Output(s.index, text, s.out, s.logprobs if s.params.logprobs is not None else None, finish)
+            by_req.setdefault(id(s.req), (s.req, []))[1].append(out)
         for req, outs in by_req.values():
             req.put(outs)
         return tok, keep
