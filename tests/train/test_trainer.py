@@ -312,4 +312,7 @@ def test_per_language_losses_average_to_the_next_token_loss(tmp_path):
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), reduction="none")
     ko = (batch["lang_ids"][:, 1:] == 1).reshape(-1)
     assert m["loss_ko"] == pytest.approx(float(ce[ko].mean()), rel=1e-5)
+    assert m["mix_en"] == pytest.approx(n_en / (n_en + n_ko)) and m["mix_en"] + m["mix_ko"] == pytest.approx(1)
+    batch["lang_ids"][0] = 0  # one monolingual sequence of four
+    assert float(obj(model, batch, obj.targets(batch)).metrics["xlingual_seqs"]) == 0.75
     assert not any(k.startswith("loss_") for k in obj(model, batch, totals[:2]).metrics)  # no counts, no keys

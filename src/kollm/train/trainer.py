@@ -98,6 +98,7 @@ class LMObjective:
         if self.langs and "lang_ids" in batch:
             target_lang = batch["lang_ids"][:, 1:]
             counts += [(valid & (target_lang == i)).sum() for i in range(len(self.langs))]
+            counts.append(torch.tensor(batch["lang_ids"].shape[0]))  # sequences: the cross-lingual share's base
         return torch.stack(counts).float()
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], totals: torch.Tensor) -> ObjectiveOutput:
@@ -123,12 +124,28 @@ class LMObjective:
                 # or DDP would wait forever for gradients of parameters that got none.
                 loss = loss + 0.0 * out.mtp_logits.sum()
         if self.langs and "lang_ids" in batch and len(totals) > 2:
-            target_lang = batch["lang_ids"][:, 1:]
-            with torch.no_grad():
-                for i, lang in enumerate(self.langs):
-                    if totals[2 + i] > 0:  # totals are global: every rank emits the same keys
-                        metrics[f"loss_{lang}"] = ce[:, :-1][target_lang == i].sum() / totals[2 + i]
+            metrics |= self._language_metrics(ce, labels, batch["lang_ids"], totals)
         return ObjectiveOutput(loss, metrics)
+
+    @torch.no_grad()
+    def _language_metrics(self, ce: torch.Tensor, labels: torch.Tensor, lang_ids: torch.Tensor,
+                          totals: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per target language: its next-token loss (`loss_<lang>`) and its share of the step's
+        targets (`mix_<lang>`: the mixture actually drawn); `xlingual_seqs`: the share of sequences
+        that hold more than one language (XLDA as packed). Shares of global totals, like the loss."""
+        valid = labels[:, 1:] != IGNORE
+        target_lang = lang_ids[:, 1:]
+        out = {}
+        for i, lang in enumerate(self.langs):
+            here = valid & (target_lang == i)
+            if totals[2 + i] > 0:  # totals are global: every rank emits the same keys
+                out[f"loss_{lang}"] = ce[:, :-1][here].sum() / totals[2 + i]
+            out[f"mix_{lang}"] = here.sum() / totals[0].clamp(min=1)
+        seen = lang_ids >= 0
+        lo = torch.where(seen, lang_ids, len(self.langs)).min(1).values
+        hi = torch.where(seen, lang_ids, -1).max(1).values
+        out["xlingual_seqs"] = (seen.any(1) & (lo != hi)).sum() / totals[-1].clamp(min=1)
+        return out
 
     def on_phase(self, phase: PhaseSection) -> None:
         self.mtp_alpha = phase.mtp_alpha
