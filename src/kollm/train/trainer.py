@@ -204,6 +204,33 @@ class Trainer:
         self.model_config.rope_theta = phase.rope_theta or self._base_theta
         self.model_config.max_seq_len = max(self.model_config.max_seq_len, self.plans[idx].seq_len)
         self.phase_idx = idx
+        self._record_phases()
+
+    def _record_phases(self) -> None:
+        """`phases.json` beside metrics.jsonl: each phase's planned steps and sequence length, and the
+        language mixture it asks for (when the data source has one) — what `kollm report` compares
+        the drawn mixture (`mix_<lang>`) against."""
+        if not self.info.is_main:
+            return
+        start, rows = 0, []
+        for ph, plan in zip(self.cfg.phases, self.plans):
+            rows.append({"name": ph.name, "start_step": start, "steps": plan.steps, "seq_len": plan.seq_len})
+            start += plan.steps
+        asked = getattr(self.data, "probs", None)
+        if isinstance(asked, dict):
+            rows[self.phase_idx]["mixture"] = {k: float(v) for k, v in asked.items()}
+        path = self.run_dir / "phases.json"
+        try:
+            old = {r["name"]: r for r in json.loads(path.read_text())} if path.exists() else {}
+        except (ValueError, KeyError, TypeError):
+            old = {}
+        for r in rows:  # keep mixtures recorded by earlier phases (and before a resume)
+            if "mixture" not in r and "mixture" in old.get(r["name"], {}):
+                r["mixture"] = old[r["name"]]["mixture"]
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(rows, indent=1))
+        tmp.replace(path)
 
     def lr(self, step: int) -> float:
         phase = self.cfg.phases[phase_at(self.plans, step)]
