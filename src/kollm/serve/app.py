@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from kollm.data.chat import render_prompt
 from kollm.serve.engine import Engine, EngineError, Output, QueueFull, SamplingParams
 from kollm.serve.engine import Request as GenRequest
 
@@ -351,11 +352,10 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_k
     async def chat(request: Request):
         body = await read_json(request)
         messages = chat_messages(body)
-        try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        try:  # the template has its own BOS: rendered, then tokenised without special tokens
+            prompt = render_prompt(tokenizer, messages)
         except Exception as e:  # a template may raise on roles it does not know
             raise APIError(400, f"chat template failed on these messages: {e}", "messages") from None
-        prompt = tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has its own BOS
         if not prompt:
             raise APIError(400, "the chat template rendered an empty prompt", "messages")
         top = None

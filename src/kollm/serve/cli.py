@@ -1,7 +1,8 @@
 """`kollm serve --model DIR`: an OpenAI-compatible HTTP server over kollm's batched KV-cache decoder.
 
 Loads a Hugging Face checkpoint directory (kollm's loader: Llama, Qwen2, Gemma 2 sandwich) and its
-tokenizer, starts the model thread (`engine.py`) and serves `app.py` with uvicorn. Binds 127.0.0.1
+tokenizer (`kollm.data.chat.load_tokenizer`: kollm's default chat template where it has none),
+starts the model thread (`engine.py`) and serves `app.py` with uvicorn. Binds 127.0.0.1
 unless `--host` says otherwise; `--api-key` (or $KOLLM_API_KEY) makes every /v1 route require
 `Authorization: Bearer KEY`. Once listening it prints one line, `kollm serve: listening on URL`, on
 stdout (`--port 0` picks a free port; `kollm.serve.testing` reads the line).
@@ -31,16 +32,6 @@ def default_kv_budget(model, device: torch.device, context: int, max_batch: int)
     else:
         budget = 4 << 30
     return max(context, min(max_batch * context, budget // per_token))
-
-
-def load_tokenizer(model_dir: Path):
-    try:  # kollm's loader installs the default chat template where a tokenizer has none
-        from kollm.data.chat import load_tokenizer as kollm_load
-    except ImportError:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(model_dir))
-    return kollm_load(model_dir)
 
 
 def main(argv: list[str]) -> int:
@@ -73,6 +64,7 @@ def main(argv: list[str]) -> int:
 
     import uvicorn
 
+    from kollm.data.chat import load_tokenizer, stop_token_ids
     from kollm.model.generate import _stop_ids
     from kollm.model.hf import TOKENIZER_FILES, load_hf
     from kollm.serve.app import Limits, create_app
@@ -83,15 +75,12 @@ def main(argv: list[str]) -> int:
         raise FileNotFoundError(f"{model_dir}: no such model directory")
     if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
         raise FileNotFoundError(f"{model_dir}: no tokenizer files (tokenizer.json, tokenizer_config.json, ...)")
-    tokenizer = load_tokenizer(model_dir)
-    if not getattr(tokenizer, "chat_template", None):
-        print(f"kollm serve: warning: {model_dir} has no chat template; /v1/chat/completions will answer 400",
-              file=sys.stderr)
+    tokenizer = load_tokenizer(model_dir)  # kollm's default chat template where the tokenizer has none
     model = load_hf(model_dir, device=args.device, dtype=DTYPES[args.dtype])
     context = model.config.max_seq_len
+    # generation_config/config eos ids (as transformers' generate) + the template's end-of-turn token and EOS
     stop_ids = _stop_ids(model_dir)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop_ids:
-        stop_ids.append(tokenizer.eos_token_id)
+    stop_ids += [i for i in stop_token_ids(tokenizer) if i not in stop_ids]
     device = next(model.parameters()).device
     budget = args.kv_budget_tokens or default_kv_budget(model, device, context, args.max_batch)
     import copy
