@@ -1,6 +1,6 @@
 """The batching engine in-process (no HTTP): requests that join a running batch at staggered steps
-get exactly `generate`'s tokens; the KV and batch budgets hold admission back; CLI errors are one
-line."""
+get exactly `generate`'s tokens, also when prompts are prefilled in chunks; the KV and batch
+budgets hold admission back; CLI errors are one line."""
 
 import asyncio
 
@@ -75,6 +75,12 @@ def test_kv_and_batch_budgets_hold_admission_back(model, tokenizer):
     two = Engine(model, tokenizer, [2], max_batch=2)
     assert serve_all(two, stagger=0) == want(model)
     assert two.stats["peak_running"] == 2
+
+
+def test_chunked_prefill_gives_what_generate_gives(model, tokenizer):
+    chunked = Engine(model, tokenizer, [2], max_prefill_tokens=3)  # prompts of up to 11 tokens: 1-4 chunks
+    assert serve_all(chunked, stagger=2) == want(model)
+    assert chunked.stats["prefills"] == len(PROMPTS)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -17,8 +17,9 @@ sequences without one share the engine's generator.
 
 Memory is bounded before anything runs: a sequence is admitted only while
 (rows) × (longest prompt + max_tokens among rows) ≤ `kv_budget_tokens`, so the KV cache never
-outgrows its budget, and a prefill never exceeds `max_prefill_tokens` padded tokens (a single
-prompt always fits: the server already refused prompts beyond the context).
+outgrows its budget; a prefill batch holds at most `max_prefill_tokens` padded tokens (a single
+prompt always goes: the server already refused prompts beyond the context) and runs in chunks of
+max_prefill_tokens / rows query columns, so its attention is never quadratic in a long prompt.
 """
 
 from __future__ import annotations
@@ -233,11 +234,19 @@ class Engine:
             ids[i, L - len(s.prompt):] = torch.tensor(s.prompt, dtype=torch.long)
             valid[i, L - len(s.prompt):] = True
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
-        causal = torch.ones(L, L, dtype=torch.bool, device=self.device).tril()
-        mask = (causal & valid[:, None, :]) | torch.eye(L, dtype=torch.bool, device=self.device)
         cache = KVCache(self.cfg, B, L, self.device, self.dtype)
-        logits = self.model(ids, position_ids=positions, attn_mask=mask[:, None], cache=cache,
-                            last_only=True).logits[:, -1]
+        # Chunked prefill: C query columns at a time against the cache, so the mask and attention
+        # scores are B x C x L, never B x L x L (a long prompt cannot exhaust memory). One chunk
+        # when the prompts are short: then it is generate's prefill exactly.
+        C = max(1, self.max_prefill // B)
+        keys = torch.arange(L, device=self.device)
+        for a in range(0, L, C):
+            b = min(L, a + C)
+            q = keys[a:b]
+            mask = (keys[None, :b] <= q[:, None])[None] & valid[:, None, :b]
+            mask[:, torch.arange(b - a, device=self.device), q] = True  # a pad query sees itself: no empty softmax
+            logits = self.model(ids[:, a:b], position_ids=positions[:, a:b], attn_mask=mask[:, None], cache=cache,
+                                last_only=True).logits[:, -1]
         self.stats["prefills"] += 1
         tok, keep = self._sample(seqs, logits)
         part = _Batch(seqs, cache, valid, tok, positions[:, -1] + 1)
