@@ -316,3 +316,19 @@ def test_per_language_losses_average_to_the_next_token_loss(tmp_path):
     batch["lang_ids"][0] = 0  # one monolingual sequence of four
     assert float(obj(model, batch, obj.targets(batch)).metrics["xlingual_seqs"]) == 0.75
     assert not any(k.startswith("loss_") for k in obj(model, batch, totals[:2]).metrics)  # no counts, no keys
+
+
+def test_tensorboard_scalars_equal_the_metrics_lines(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    cfg = make_cfg(tmp_path, steps=3, logging={"progress": False, "tensorboard": True})
+    Trainer(cfg, build_model(get_preset("tiny")), LMObjective("xlda", langs=["en", "ko"]), SyntheticLoader()).fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    for key in ("loss", "ntp_loss", "loss_ko", "mix_en", "lr"):
+        events = acc.Scalars(key)
+        assert [e.step for e in events] == [r["step"] for r in rows]
+        assert [e.value for e in events] == pytest.approx([r[key] for r in rows], rel=1e-6)
