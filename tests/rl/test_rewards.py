@@ -125,8 +125,8 @@ def test_ifeval_reward_is_the_fraction_of_instructions_followed_in_both_language
     ko = {"prompt": "쉼표 없이 답하세요.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
     assert ifeval_reward("쉼표 없는 답입니다", ko) == 1.0
     assert ifeval_reward("쉼표，있는 답입니다", ko) == 0.0  # the Korean checker also forbids the full-width comma
-    with pytest.raises(KeyError, match="instruction_id_list"):
-        ifeval_reward("x", {"prompt": "p"})
+    assert ifeval_reward("x", {"prompt": "p"}) is None  # not an instruction row: the reward does not apply
+    assert math_reward("42", {"prompt": "p"}) is None
 
 
 def test_format_reward_named_and_regex():
@@ -146,9 +146,9 @@ def test_rewards_weighted_sum_with_a_user_function_by_dotted_path():
     assert resolve(f"{__name__}:user_length_reward") is user_length_reward
     rewards = Rewards([RewardSpec("math", 1.0), {"name": f"{__name__}.user_length_reward", "weight": 0.5,
                                                   "kwargs": {"target": 1}}])
-    totals, parts = rewards(["4", "5 5"], [{"answer": "4"}, {"answer": "4"}])
-    assert totals == [1.0, -1.0]  # 1 + 0.5·0 ; 0 + 0.5·(−2)
-    assert parts == {"math": 0.5, f"{__name__}.user_length_reward": -1.0}
+    totals, parts = rewards(["4", "5 5", "4"], [{"answer": "4"}, {"answer": "4"}, {"prompt": "no answer"}])
+    assert totals == [1.0, -1.0, 0.0]  # 1 + 0.5·0 ; 0 + 0.5·(−2) ; (math does not apply) + 0.5·0
+    assert parts == {"math": 0.5, f"{__name__}.user_length_reward": -2 / 3}
     with pytest.raises(ValueError, match="cannot import"):
         resolve("no_such_module_xyz.fn")
     with pytest.raises(ValueError, match="not a built-in"):

@@ -1,7 +1,9 @@
 """Verifiable rewards for GRPO: math answers, instruction following, format, and user functions.
 
-A reward function is `fn(completion: str, row: dict) -> float` (the row is the prompt's dataset
-row: `answer` for math, `instruction_id_list`/`kwargs` for instruction following).
+A reward function is `fn(completion: str, row: dict) -> float | None` (the row is the prompt's
+dataset row: `answer` for math, `instruction_id_list`/`kwargs` for instruction following). None
+means "does not apply to this row" (a math reward on an IFEval row): it adds nothing, so one
+prompt file may mix math and instruction-following rows, as the Trillion report's RLVR set does.
 
 Math (open-instruct's verifiers: GSM8K takes the last number, MATH the last `\\boxed{}` compared
 symbolically): the candidate is the content of the last `\\boxed{...}`, else the last number of the
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-RewardFn = Callable[[str, dict], float]
+RewardFn = Callable[[str, dict], "float | None"]
 TOL = Fraction(1, 10**9)  # absolute: golds written as long floats (0.6666666666666666 is 2/3)
 
 # -- numbers -------------------------------------------------------------------------------------
@@ -155,10 +157,10 @@ def answers_match(gold: str, pred: str, timeout_s: int = 3) -> bool:
     return symbolic_equal(gold, pred, timeout_s)
 
 
-def math_reward(completion: str, row: dict, timeout_s: int = 3) -> float:
-    """1.0 when the completion's answer equals the row's gold `answer`, else 0.0."""
-    if "answer" not in row:
-        raise KeyError("math reward: the row has no 'answer'")
+def math_reward(completion: str, row: dict, timeout_s: int = 3) -> float | None:
+    """1.0 when the completion's answer equals the row's gold `answer`, else 0.0 (None: no answer)."""
+    if row.get("answer") is None:
+        return None
     pred = extract_answer(completion)
     return float(pred is not None and answers_match(gold_answer(row["answer"]), pred, timeout_s))
 
@@ -167,14 +169,14 @@ def math_reward(completion: str, row: dict, timeout_s: int = 3) -> float:
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 
 
-def ifeval_reward(completion: str, row: dict) -> float:
+def ifeval_reward(completion: str, row: dict) -> float | None:
     """Fraction of the row's instructions followed (strict), English or Korean checkers by the
     row's `lang` (else Korean when the prompt has Hangul)."""
     from kollm.eval.ifeval import check
 
     ids, kwargs = row.get("instruction_id_list"), row.get("kwargs")
     if not ids:
-        raise KeyError("ifeval reward: the row has no 'instruction_id_list'")
+        return None
     lang = row.get("lang") or ("ko" if _HANGUL.search(str(row.get("prompt", ""))) else "en")
     kwargs = list(kwargs or [{}] * len(ids))
     return sum(check(lang, i, completion, kw) for i, kw in zip(ids, kwargs)) / len(ids)
@@ -223,7 +225,8 @@ class RewardSpec:
 
 
 class Rewards:
-    """The weighted sum of reward functions; `components` keeps each one's mean for logging."""
+    """The weighted sum of reward functions (one returning None adds nothing); `components` keeps
+    each one's mean over the rows it applies to, for logging."""
 
     def __init__(self, specs: list[RewardSpec | dict]):
         self.specs = [s if isinstance(s, RewardSpec) else RewardSpec(**s) for s in specs]
@@ -235,9 +238,11 @@ class Rewards:
         totals = [0.0] * len(completions)
         components = {}
         for spec, fn in zip(self.specs, self.fns):
-            vals = [float(fn(c, r, **spec.kwargs)) for c, r in zip(completions, rows)]
-            totals = [t + spec.weight * v for t, v in zip(totals, vals)]
-            components[spec.name] = sum(vals) / max(len(vals), 1)
+            vals = [fn(c, r, **spec.kwargs) for c, r in zip(completions, rows)]
+            totals = [t if v is None else t + spec.weight * float(v) for t, v in zip(totals, vals)]
+            applied = [float(v) for v in vals if v is not None]
+            if applied:
+                components[spec.name] = sum(applied) / len(applied)
         return totals, components
 
 
