@@ -40,7 +40,9 @@ def prompts(tmp_path_factory) -> Path:
 
 def config(tiny: Path, prompts: Path, out: Path, **grpo) -> dict:
     return {"name": "t", "output_dir": str(out), "seed": 0, "model": {"init_from": str(tiny)},
-            "data": {"train": str(prompts), "max_prompt_len": 16, "chat_template": False},
+            "data": {"train": str(prompts), "validation": str(prompts), "val_size": 6, "max_prompt_len": 16,
+                     "chat_template": False},
+            "validation": {"every": 2},
             # a reward with variance on a random policy: the completion has an ASCII letter
             "grpo": {"group_size": 4, "prompts_per_step": 2, "iterations": 2, "max_new_tokens": 6,
                      "micro_batch_size": 3, "beta": 0.04,
@@ -53,8 +55,9 @@ def config(tiny: Path, prompts: Path, out: Path, **grpo) -> dict:
 
 
 def metrics(run: Path) -> list[dict]:
-    keys = ("loss", "reward_mean", "reward_std", "kl", "clip_frac", "response_len", "grad_norm")
-    return [{k: r[k] for k in ("step", *keys)} for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    keys = ("loss", "reward_mean", "reward_std", "kl", "clip_frac", "response_len", "grad_norm", "val_reward_mean")
+    return [{k: r.get(k) for k in ("step", *keys)}
+            for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
 
 
 def test_config_mistakes_name_their_key(tiny, prompts, tmp_path):
@@ -107,6 +110,21 @@ def test_resume_mid_rollout_batch_is_exact_and_exports(tiny, prompts, tmp_path):
     assert m_full[0]["clip_frac"] == 0.0 and m_full[2]["clip_frac"] == 0.0
     assert m_full[0]["reward_mean"] == m_full[1]["reward_mean"] and m_full[2]["reward_mean"] == m_full[3]["reward_mean"]
     assert m_full[1]["kl"] > 0 and m_full[3]["kl"] > 0
+    # validation every 2 steps: the greedy mean reward of the held-out prompts under the policy of
+    # that step; at the end it is the exported model's
+    assert [m["val_reward_mean"] is not None for m in m_full] == [False, True, False, True]
+    from transformers import AutoTokenizer
+
+    from kollm.model.hf import load_hf
+    from kollm.rl.rewards import Rewards
+    from kollm.train.grpo import mean_reward, stop_token_ids
+
+    hf = full / "hf" / "latest"
+    tok = AutoTokenizer.from_pretrained(hf)
+    held = PromptSet(prompts, tok, GRPOData(max_prompt_len=16, chat_template=False), {"answer"}, limit=6)
+    spec = config(tiny, prompts, full)["grpo"]["rewards"]
+    assert mean_reward(load_hf(hf, dtype=torch.float32), tok, held, Rewards(spec), 6, stop_token_ids(hf, tok)) == \
+        pytest.approx(m_full[3]["val_reward_mean"], abs=1e-6)
     from safetensors.torch import load_file
 
     a = load_file(full / "hf" / "latest" / "model.safetensors")

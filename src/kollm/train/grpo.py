@@ -27,10 +27,7 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
-import gzip
-import json
 import sys
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,79 +139,62 @@ def load_grpo_config(path: str | Path, overrides: list[str] = (), world: int = 1
 
 
 # -- prompts -------------------------------------------------------------------------------------
-def read_rows(path: str | Path) -> list[tuple[int, dict | None, str | None]]:
-    """(line, row, None) for good rows, (line, None, reason) for malformed ones; JSONL(.gz)/Parquet."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such prompt file")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return [(i, r, None) for i, r in enumerate(pq.read_table(path).to_pylist(), 1)]
-    out = []
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                out.append((i, None, "bad_json"))
-                continue
-            out.append((i, row, None) if isinstance(row, dict) else (i, None, "not_an_object"))
-    return out
-
-
 class PromptSet:
-    """Prompt rows tokenised once: `ids[i]` the prompt tokens, `rows[i]` the row the rewards see."""
+    """Prompt rows tokenised once: `ids[i]` the prompt tokens, `rows[i]` the row the rewards see.
+    Malformed rows are counted by reason with file:line (kollm.data.chat.RowErrors) and skipped."""
 
-    def __init__(self, path: str | Path, tokenizer, data: GRPOData, needs: set[str], limit: int | None = None):
-        self.path, self.rows, self.ids = str(path), [], []
-        self.bad: Counter = Counter()
-        self.examples: dict[str, list[str]] = {}
-        for line, row, reason in read_rows(path):
-            if row is not None:
-                reason = self._add(row, tokenizer, data, needs)
-            if reason:
-                self.bad[reason] += 1
-                self.examples.setdefault(reason, [])
-                if len(self.examples[reason]) < 3:
-                    self.examples[reason].append(f"{path}:{line}")
-            if limit is not None and len(self.rows) >= limit:
-                break
+    def __init__(self, spec: str | Path, tokenizer, data: GRPOData, needs: set[str], limit: int | None = None):
+        from kollm.data.chat import RowErrors, data_files, iter_rows
+
+        self.rows, self.ids, self.errors = [], [], RowErrors()
+        for f in data_files(spec):
+            for line, row, reason in iter_rows(f):
+                if row is not None:
+                    reason = self._add(row, tokenizer, data, needs)
+                if reason:
+                    self.errors.add(reason, f, line)
+                if limit is not None and len(self.rows) >= limit:
+                    break
         if not self.rows:
-            raise ValueError(f"{path}: no usable prompt rows ({self.summary() or 'empty file'})")
+            raise ValueError(f"{spec}: no usable prompt rows ({self.errors.summary()})")
 
-    def _add(self, row: dict, tokenizer, data: GRPOData, needs: set[str]) -> str | None:
+    def _add(self, row, tokenizer, data: GRPOData, needs: set[str]) -> str | None:
+        if not isinstance(row, dict):
+            return "not_an_object"
         try:
             prompt = data.prompt_template.format(**row) if data.prompt_template else row[data.prompt_key]
         except (KeyError, IndexError):
-            return f"no_{data.prompt_key}" if not data.prompt_template else "template_field_missing"
-        if not prompt:
+            return "template_field_missing" if data.prompt_template else f"no_{data.prompt_key}"
+        if not prompt or not isinstance(prompt, str | list):
             return "empty_prompt"
         if needs and not any(row.get(k) is not None for k in needs):  # nothing a reward could score
             return f"no_{'_or_'.join(sorted(needs))}"
         ids = encode_prompt(tokenizer, prompt, data.chat_template)
         if len(ids) > data.max_prompt_len:
             return "prompt_too_long"
-        self.rows.append({**row, "prompt": prompt if isinstance(prompt, str) else row.get("prompt")})
+        self.rows.append({**row, "prompt": prompt})
         self.ids.append(ids)
         return None
 
     def summary(self) -> str:
-        return ", ".join(f"{n} {r} (e.g. {', '.join(self.examples[r])})" for r, n in self.bad.most_common())
+        return self.errors.summary()
+
+    @property
+    def bad(self) -> dict[str, int]:
+        return dict(self.errors.counts)
 
     def __len__(self) -> int:
         return len(self.rows)
 
 
 def encode_prompt(tokenizer, prompt, chat: bool) -> list[int]:
-    """A prompt string or message list → ids ending where the assistant's answer starts."""
-    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
-    if chat and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has its own BOS
+    """A prompt string or message list → ids ending where the assistant's answer starts: the chat
+    template's generation prompt (kollm.data.chat), or the raw text for a base model."""
+    from kollm.data.chat import render_prompt
+
+    if chat:
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+        return render_prompt(tokenizer, messages)
     if isinstance(prompt, list):
         prompt = "\n".join(m.get("content", "") for m in prompt)
     return tokenizer(prompt)["input_ids"]
@@ -389,22 +369,16 @@ class ValidationSource:
 
 # -- the command ---------------------------------------------------------------------------------
 def stop_token_ids(model_dir: str | Path, tokenizer) -> list[int]:
+    """The end-of-turn token and EOS (kollm.data.chat), and the model's generation_config EOS."""
+    from kollm.data.chat import stop_token_ids as chat_stops
     from kollm.model.generate import _stop_ids
 
-    ids = set(_stop_ids(Path(model_dir)))
-    for tok in ("<|eot_id|>", "<|end_of_text|>"):
-        i = tokenizer.convert_tokens_to_ids(tok)
-        if isinstance(i, int) and i != tokenizer.unk_token_id and i is not None and i >= 0:
-            ids.add(i)
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return sorted(ids)
+    return sorted(set(chat_stops(tokenizer)) | set(_stop_ids(Path(model_dir))))
 
 
 def build(cfg: GRPOConfig, info, model):
     """Tokenizer, prompts, rewards, rollout engine, data and validation sources for a run."""
-    from transformers import AutoTokenizer
-
+    from kollm.data.chat import load_tokenizer
     from kollm.model.generate import GenerationConfig
     from kollm.rl.rewards import Rewards
     from kollm.rl.rollout import LocalRollout, ServerRollout
@@ -412,12 +386,12 @@ def build(cfg: GRPOConfig, info, model):
 
     tc, g = cfg.train, cfg.grpo
     tok_dir = tc.model.tokenizer or tc.model.init_from
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    tokenizer = load_tokenizer(tok_dir)
     rewards = Rewards(g.rewards)
     needs = reward_fields(g.rewards)
     train = PromptSet(cfg.data.train, tokenizer, cfg.data, needs)
-    if train.bad and info.is_main:
-        print(f"kollm grpo: skipped rows of {cfg.data.train}: {train.summary()}", file=sys.stderr)
+    if train.errors.total and info.is_main:
+        print(f"kollm grpo: {cfg.data.train}: {train.summary()}", file=sys.stderr)
     stops = stop_token_ids(tc.model.init_from, tokenizer)
     gen = GenerationConfig(max_new_tokens=g.max_new_tokens, do_sample=True, temperature=g.temperature,
                            top_p=g.top_p, top_k=g.top_k, stop_token_ids=stops)
@@ -470,8 +444,7 @@ def main(argv: list[str]) -> int:
         objective = GRPOObjective(cfg.grpo.loss_type, cfg.grpo.epsilon, cfg.grpo.epsilon_high, cfg.grpo.beta,
                                   cfg.grpo.max_new_tokens, cfg.grpo.temperature)
         _, source, val = build(cfg, info, model.to(info.device))
-        kw = {"val_data": val} if val is not None and _trainer_takes_val() else {}
-        trainer = Trainer(tc, trainer_model, objective, source, info, **kw)
+        trainer = Trainer(tc, trainer_model, objective, source, info, val_data=val)
         try:
             trainer.fit(resume=args.resume)
         except TrainingDiverged as e:
@@ -492,14 +465,6 @@ def main(argv: list[str]) -> int:
         if info.distributed:
             dist.destroy_process_group()
     return 0
-
-
-def _trainer_takes_val() -> bool:
-    import inspect
-
-    from kollm.train.trainer import Trainer
-
-    return "val_data" in inspect.signature(Trainer).parameters
 
 
 __all__ = ["main", "GRPOConfig", "GRPOData", "GRPOSection", "RolloutSource", "ValidationSource", "PromptSet",
