@@ -148,7 +148,7 @@ def test_rewards_weighted_sum_with_a_user_function_by_dotted_path():
                                                   "kwargs": {"target": 1}}])
     totals, parts = rewards(["4", "5 5", "4"], [{"answer": "4"}, {"answer": "4"}, {"prompt": "no answer"}])
     assert totals == [1.0, -1.0, 0.0]  # 1 + 0.5·0 ; 0 + 0.5·(−2) ; (math does not apply) + 0.5·0
-    assert parts == {"math": 0.5, f"{__name__}.user_length_reward": -2 / 3}
+    assert parts == {"math": [1.0, 0.0, None], "user_length_reward": [-0.0, -2.0, -0.0]}
     with pytest.raises(ValueError, match="cannot import"):
         resolve("no_such_module_xyz.fn")
     with pytest.raises(ValueError, match="not a built-in"):

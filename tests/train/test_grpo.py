@@ -110,6 +110,8 @@ def test_resume_mid_rollout_batch_is_exact_and_exports(tiny, prompts, tmp_path):
     assert m_full[0]["clip_frac"] == 0.0 and m_full[2]["clip_frac"] == 0.0
     assert m_full[0]["reward_mean"] == m_full[1]["reward_mean"] and m_full[2]["reward_mean"] == m_full[3]["reward_mean"]
     assert m_full[1]["kl"] > 0 and m_full[3]["kl"] > 0
+    for r in map(json.loads, (full / "metrics.jsonl").read_text().splitlines()):  # each reward logged too
+        assert r["reward_mean"] == pytest.approx(r["reward_format"] + 0.5 * r["reward_math"], abs=1e-6)
     # validation every 2 steps: the greedy mean reward of the held-out prompts under the policy of
     # that step; at the end it is the exported model's
     assert [m["val_reward_mean"] is not None for m in m_full] == [False, True, False, True]

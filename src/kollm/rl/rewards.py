@@ -225,8 +225,8 @@ class RewardSpec:
 
 
 class Rewards:
-    """The weighted sum of reward functions (one returning None adds nothing); `components` keeps
-    each one's mean over the rows it applies to, for logging."""
+    """The weighted sum of reward functions (one returning None adds nothing). `components` keeps
+    each function's per-row values (None where it does not apply), for logging."""
 
     def __init__(self, specs: list[RewardSpec | dict]):
         self.specs = [s if isinstance(s, RewardSpec) else RewardSpec(**s) for s in specs]
@@ -234,15 +234,20 @@ class Rewards:
             raise ValueError("grpo.rewards: give at least one reward")
         self.fns = [resolve(s.name) for s in self.specs]
 
-    def __call__(self, completions: list[str], rows: list[dict]) -> tuple[list[float], dict[str, float]]:
+    @property
+    def names(self) -> list[str]:
+        """Short metric names: `math`, `format`, a user function's own name (`pkg.mod.fn` → `fn`)."""
+        return [s.name.replace(":", ".").rsplit(".", 1)[-1] for s in self.specs]
+
+    def __call__(self, completions: list[str], rows: list[dict]
+                 ) -> tuple[list[float], dict[str, list[float | None]]]:
         totals = [0.0] * len(completions)
         components = {}
-        for spec, fn in zip(self.specs, self.fns):
+        for name, spec, fn in zip(self.names, self.specs, self.fns):
             vals = [fn(c, r, **spec.kwargs) for c, r in zip(completions, rows)]
-            totals = [t if v is None else t + spec.weight * float(v) for t, v in zip(totals, vals)]
-            applied = [float(v) for v in vals if v is not None]
-            if applied:
-                components[spec.name] = sum(applied) / len(applied)
+            vals = [None if v is None else float(v) for v in vals]
+            totals = [t if v is None else t + spec.weight * v for t, v in zip(totals, vals)]
+            components[name] = vals
         return totals, components
 
 

@@ -231,7 +231,6 @@ class RolloutSource:
         self.gen = torch.Generator().manual_seed(seed * 1000003 + rank)
         self.buffer: dict[str, torch.Tensor] | None = None
         self.cursor, self.iteration = 0, 0
-        self.last_components: dict[str, float] = {}
 
     # protocol ------------------------------------------------------------------------------------
     def set_phase(self, phase) -> None:
@@ -293,7 +292,7 @@ class RolloutSource:
                 prompts.append(self.prompts.ids[i])
                 completions.append(c)
         texts = [self.tokenizer.decode(c, skip_special_tokens=True) for c in completions]
-        rewards, self.last_components = self.rewards(texts, rows)
+        rewards, parts = self.rewards(texts, rows)
         r = torch.tensor(rewards, dtype=torch.float32)
         adv = group_advantages(r, G, scale=self.cfg.grpo.scale_rewards)
         ids, mask = pad_rollouts(prompts, completions, pad_id=0)
@@ -301,6 +300,9 @@ class RolloutSource:
                  # the std over this rank's rollouts, TRL's `reward_std`; each row carries it so
                  # that the objective's per-row shares sum to it
                  "reward_std": torch.full_like(r, float(r.std()) if len(r) > 1 else 0.0)}
+        if len(parts) > 1:  # each reward's own mean (metrics `reward_<name>`; 0 where it does not apply)
+            for name, vals in parts.items():
+                batch[f"reward_{name}"] = torch.tensor([0.0 if v is None else v for v in vals])
         if self.cfg.grpo.iterations > 1:
             batch["old_logps"] = self._logps(self.policy, ids)
         if self.reference is not None:

@@ -116,7 +116,8 @@ class GRPOObjective:
             "response_len": mask.sum() * seq_share,
             "kl": (kl.detach() * mask).sum() * tok_share,
             "clip_frac": (region.float() * mask).sum() * tok_share,
-        }
+        } | {k: v.float().sum() * seq_share for k, v in batch.items()  # each reward's own mean
+             if k.startswith("reward_") and k not in ("reward_std", "reward_mean")}
         return ObjectiveOutput(loss, metrics)
 
     def on_phase(self, phase) -> None:
