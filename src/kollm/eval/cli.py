@@ -72,6 +72,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--metric", default=None, help="correctness metric for --consistency (default: acc or exact_match)")
     p.add_argument("--task-arg", action="append", default=[], metavar="TASK:KEY=VALUE",
                    help="a task option, VALUE as YAML, e.g. niah_en:lengths=[1024,4096] (repeatable)")
+    p.add_argument("--allow-unsafe-code", action="store_true",
+                   help="where no code sandbox works (bubblewrap, docs/sandbox.md), run humaneval/mbpp programs "
+                        "UNSANDBOXED: model-written code could then read, change or delete your files")
     p.add_argument("--json", action="store_true", help="print results (without per-item records) as JSON")
     p.add_argument("--list", action="store_true", help="list tasks and suites")
     args = p.parse_args(argv)
@@ -85,6 +88,22 @@ def main(argv: list[str]) -> int:
         p.error("--model and --tasks are required")
     tasks = expand(args.tasks, set(task_names()), log=lambda m: print(m, file=sys.stderr))
 
+    options = task_options(args.task_arg, {name for name, _ in tasks})
+    if not args.model.startswith("http"):
+        for name, _ in tasks:
+            if name.startswith("niah_"):
+                options[name] = niah_defaults(args.model) | options.get(name, {})
+    if args.allow_unsafe_code:  # to every task that runs code (the ones taking the option)
+        for name, _ in tasks:
+            try:
+                get_task(name, **options.get(name, {}) | {"allow_unsafe_code": True})
+            except ValueError as e:
+                if "unknown option" in str(e):
+                    continue
+            options[name] = options.get(name, {}) | {"allow_unsafe_code": True}
+    # built before the model loads, so a task that cannot run here (no code sandbox) says so at once
+    tasks = [(get_task(name, **options.get(name, {})), shots) for name, shots in tasks]
+
     import torch
 
     from kollm.eval.models import load_model
@@ -94,12 +113,6 @@ def main(argv: list[str]) -> int:
     kw = {"dtype": dtype, "batch_tokens": args.batch_tokens} if not args.model.startswith("http") else {}
     model = load_model(args.model, device=device, endpoint_model=args.endpoint_model, **kw)
     cfg = EvalConfig(num_fewshot=args.num_fewshot, limit=args.limit, seed=args.seed, data_dir=args.data_dir)
-    options = task_options(args.task_arg, {name for name, _ in tasks})
-    if not args.model.startswith("http"):
-        for name, _ in tasks:
-            if name.startswith("niah_"):
-                options[name] = niah_defaults(args.model) | options.get(name, {})
-    tasks = [(get_task(name, **options[name]) if name in options else name, shots) for name, shots in tasks]
     results = evaluate(model, tasks, cfg)
 
     if args.consistency:

