@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from kollm.argtypes import positive_int
 from kollm.data.documents import iter_rows, resolve_inputs
 from kollm.data.shards import ShardWriter
 from kollm.tokenizer.extend import load_tokenizer
@@ -149,6 +150,9 @@ def _work(args: tuple[str, str, int, str | None]) -> dict:
 def tokenize(inputs: list[str], tokenizer: str | Path | Tokenizer, root: str | Path, workers: int = 1,
              batch_size: int = 1000, eos: str | None = "<|end_of_text|>") -> dict:
     """Tokenize every input file not already done under `root`. Returns a summary."""
+    for key, v in (("workers", workers), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"tokenize: {key} must be a positive integer, got {v!r}")
     tok = load_tokenizer(tokenizer)
     eos = eos or None
     eos_id_of(tok, eos)  # fail before any work
@@ -189,8 +193,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("inputs", nargs="+", help="curated .parquet/.jsonl files, globs or directories")
     p.add_argument("--tokenizer", required=True, help="tokenizer.json or a directory holding one")
     p.add_argument("--out", required=True, help="shard root (ROOT/<lang>/<part>/)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--batch-size", type=int, default=1000, help="documents per encode call")
+    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
+    p.add_argument("--batch-size", type=positive_int, default=1000, help="documents per encode call")
     p.add_argument("--eos", default="<|end_of_text|>", help="token appended to every document ('' for none)")
     args = p.parse_args(argv)
     summary = tokenize(args.inputs, args.tokenizer, args.out, args.workers, args.batch_size, args.eos)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from kollm.argtypes import positive_int
 from kollm.eval.consistency import consistency, lang_of
 from kollm.eval.harness import EvalConfig, evaluate, no_nan, summary_table, write_results
 from kollm.eval.suites import SUITES, expand
@@ -61,7 +62,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--data-dir", help="folder holding the benchmarks' files (HF layouts or original releases)")
     p.add_argument("--out", help="directory for results.json")
     p.add_argument("--num-fewshot", type=int, help="shots for every task (default: the task's or suite's)")
-    p.add_argument("--limit", type=int, help="first N items per task")
+    p.add_argument("--limit", type=positive_int, help="first N items per task (N >= 1; default: all)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the checkpoint's")

@@ -29,6 +29,11 @@ class EvalConfig:
     bootstrap_iters: int = 1000
     data_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
+            # items[:-1] would quietly drop the last item: a limit is a count, None means all
+            raise ValueError(f"limit must be a positive number of items (None: all), got {self.limit!r}")
+
 
 @dataclass
 class TaskRun:

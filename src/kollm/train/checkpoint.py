@@ -117,13 +117,46 @@ def latest(root: str | Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+class NonFiniteState(ValueError):
+    """Parameters or optimizer moments hold NaN/inf: such a state is never written as a checkpoint."""
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t  # a DTensor's (FSDP) shard on this rank
+
+
+def nonfinite(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[int, list[str]]:
+    """(count over all ranks, names on this rank) of parameters and optimizer-state tensors holding
+    NaN or inf. The loss and gradient-norm guard cannot see an update that is itself bad (an
+    infinite LR, an overflowing moment): this looks at what a checkpoint would hold."""
+    named = list(unwrap(model).named_parameters())
+    names = {p: n for n, p in named}
+    tensors = [(n, _local(p)) for n, p in named]
+    opt = getattr(optimizer, "optim", optimizer)  # ZeRO-1 keeps the moments in a per-rank AdamW
+    for p, st in (opt.state.items() if opt is not None else ()):
+        tensors += [(f"optimizer {k} of {names.get(p, '?')}", _local(v)) for k, v in st.items()
+                    if torch.is_tensor(v) and v.is_floating_point()]
+    flags = torch.stack([torch.isfinite(t).all() for _, t in tensors]) if tensors else torch.ones(0, dtype=torch.bool)
+    bad = [n for (n, _), ok in zip(tensors, flags.tolist()) if not ok]
+    count = torch.tensor([len(bad)], device=tensors[0][1].device if tensors else "cpu")
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(count)  # every rank decides alike, or the others would wait at the barrier
+    return int(count.item()), bad
+
+
 def save(root: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
          trainer_state: dict, rank_state: dict, keep: int = 3) -> Path:
-    """Write checkpoint `step` under `root` from every rank; returns its final path."""
+    """Write checkpoint `step` under `root` from every rank; returns its final path. Raises
+    NonFiniteState (writing nothing) when a parameter or optimizer moment is NaN/inf."""
     root = Path(root)
     final, tmp = root / f"step-{step:08d}", root / f".tmp-step-{step:08d}"
     if final.exists():
         return final
+    count, bad = nonfinite(model, optimizer)
+    if count:
+        raise NonFiniteState(f"not writing checkpoint step {step}: {count} parameter/optimizer tensors hold NaN "
+                             f"or inf" + (f" (on this rank: {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+                                          if bad else ""))
     rank = _rank()
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash
@@ -160,6 +193,9 @@ def load(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | 
     if optimizer is not None:
         state["optim"] = OptimizerState(model, optimizer)
     dcp.load(state, checkpoint_id=str(path))
+    count, bad = nonfinite(model, optimizer)
+    if count:  # written before this check existed: never resume into NaN
+        raise NonFiniteState(f"{path}: holds NaN/inf in {count} tensors ({', '.join(bad[:3])})")
     rank_state = json.loads((path / f"rank-{rank}.json").read_text())
     set_rng_state(rank_state.pop("rng"))
     return json.loads((path / "trainer.json").read_text()), rank_state
@@ -172,4 +208,4 @@ def load_model_only(path: str | Path, model: nn.Module) -> None:
     set_model_state_dict(model, sd)
 
 
-__all__ = ["save", "load", "load_model_only", "latest", "step_dirs", "ModelState", "OptimizerState"]
+__all__ = ["save", "load", "nonfinite", "NonFiniteState", "load_model_only", "latest", "step_dirs", "ModelState", "OptimizerState"]
