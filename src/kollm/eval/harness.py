@@ -71,13 +71,26 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
             items = items[: cfg.limit]
         k = cfg.num_fewshot if cfg.num_fewshot is not None else shots if shots is not None else task.num_fewshot
         pool = task.few_shot_items(data_dir) if k > 0 else []
+        if not hasattr(task, "bad_rows"):
+            task.bad_rows = []
+        bad = task.bad_rows
+        pool = [p for p in pool if _buildable(task, p, bad)]  # a broken shot would sink every item it joins
         if k > 0 and not pool:
             log(f"{task.name}: no train/dev split found; running 0-shot")
         rng = random.Random(cfg.seed)
-        run = TaskRun(task, items)
+        run = TaskRun(task, [])
         for item in items:
             shots = task.select_fewshot(item, pool, k, rng) if pool else []
-            run.requests.append(task.requests(item, shots))
+            try:
+                reqs = task.requests(item, shots)
+            except (KeyError, ValueError, TypeError, IndexError) as e:  # one bad row, not a failed task
+                bad.append(f"{item.get('_where', task.name)}: {type(e).__name__}: {e}")
+                continue
+            run.items.append(item)
+            run.requests.append(reqs)
+        if not run.items:
+            raise ValueError(f"{task.name}: no usable items in {data_dir} ({len(bad)} malformed rows; first: {bad[0]})")
+        items = run.items
         run.n_shot = k if pool else 0
         runs.append(run)
         log(f"{task.name}: {len(items)} items, {k if pool else 0}-shot"
@@ -123,6 +136,15 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
         }
         out["samples"][r.task.name] = records
     return out
+
+
+def _buildable(task: Task, item: dict, bad: list[str]) -> bool:
+    try:
+        task.requests(item, [])
+        return True
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        bad.append(f"{item.get('_where', task.name)} (few-shot pool): {type(e).__name__}: {e}")
+        return False
 
 
 def no_nan(v: Any) -> Any:

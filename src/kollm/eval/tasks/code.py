@@ -14,7 +14,6 @@ with `task_id, prompt, canonical_solution, test, entry_point`; `mbpp/` (HF
 from __future__ import annotations
 
 import gzip
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from kollm.eval.code_exec import (
 )
 from kollm.eval.task import Request, Task, register_task
 from kollm.eval.tasks.common import convert_rows, find_split, locate, read_rows
+from kollm.jsonrows import loads_row
 
 MBPP_SHOTS = [
     {"task_id": 2, "text": "Write a function to find the similar elements from the given two tuple lists.",
@@ -56,13 +56,13 @@ MBPP_SHOTS = [
 def _jsonl_rows(path: Path, bad: list[str]) -> list[tuple[str, dict]]:
     if path.suffix == ".gz":
         out = []
-        with gzip.open(path, "rt", encoding="utf-8") as f:
+        with gzip.open(path, "rb") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        out.append((f"{path}:{n}", json.loads(line)))
+                        out.append((f"{path}:{n}", loads_row(line)))
                     except ValueError as e:
-                        bad.append(f"{path}:{n}: {e}")
+                        bad.append(f"{path}:{n}: {type(e).__name__}: {e}")
         return out
     return read_rows(path, bad)
 
