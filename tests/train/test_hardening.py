@@ -140,3 +140,23 @@ def test_config_values_out_of_range_name_their_key(extra, key):
     raw = {"phases": [{"name": "a", "steps": 3}]} | extra
     with pytest.raises(ValueError, match=key.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         config_from_dict(raw)
+
+
+def test_a_flipped_byte_is_found_on_load_and_export(tmp_path, capsys):
+    from kollm.cli import main
+
+    t = trainer(tmp_path, steps=1, checkpoint={"every": 1, "export_hf": False})
+    t.fit()
+    ck = checkpoint.latest(tmp_path / "checkpoints")
+    recorded = json.loads((ck / checkpoint.CHECKSUMS).read_text())
+    assert set(recorded) == {f.name for f in ck.iterdir()} - {checkpoint.CHECKSUMS}
+    checkpoint.load(ck, trainer(tmp_path / "a").model, None)  # intact: loads
+    weights = max((f for f in ck.iterdir() if f.suffix == ".distcp"), key=lambda f: f.stat().st_size)
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one bit, in the middle of the tensors
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(checkpoint.CorruptCheckpoint, match=rf"{weights}: checksum mismatch"):
+        checkpoint.load(ck, trainer(tmp_path / "b").model, None)
+    assert main(["export", "--checkpoint", str(ck), "--out", str(tmp_path / "hf")]) == 1
+    err = capsys.readouterr().err
+    assert f"{weights}: checksum mismatch" in err and "Traceback" not in err
