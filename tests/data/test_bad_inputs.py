@@ -39,3 +39,31 @@ def test_corrupt_tokenizer_json_is_named(tmp_path):
     (tmp_path / "in.jsonl").write_text(json.dumps({"text": "x", "lang": "en"}) + "\n")
     with pytest.raises(ValueError, match=rf"{bad}: not a valid tokenizer.json"):
         tokenize([str(tmp_path / "in.jsonl")], bad.parent, tmp_path / "shards")
+
+
+def test_training_shards_and_the_exported_tokenizer_agree_on_bos(tmp_path):
+    """Llama 3's convention on both sides: a training document is BOS + text + EOS, and
+    AutoTokenizer on the exported model encodes a prompt as BOS + text, the same ids."""
+    from transformers import AutoTokenizer
+
+    from kollm.data.shards import LanguageCorpus, open_shards
+    from kollm.model.hf import _write_tokenizer
+    from kollm.tokenizer.train import TrainConfig, save, train
+
+    ko = ["서울은 대한민국의 수도이다.", "한국어와 영어를 함께 배우는 모델입니다.", "오늘 날씨가 맑습니다."] * 30
+    en = ["The quick brown fox jumps over the lazy dog.", "Language models predict the next token."] * 30
+    tok = train({"en": en, "ko": ko}, TrainConfig(budgets={"en": 60, "ko": 60}))[0]
+    save(tok, tmp_path / "tok")
+    docs = [("서울은 대한민국의 수도이다. 날씨가 맑습니다.", "ko"), ("The lazy fox predicts the next token.", "en")]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t, "lang": lg}, ensure_ascii=False) + "\n"
+                                               for t, lg in docs))
+    tokenize([str(tmp_path / "in.jsonl")], tmp_path / "tok", tmp_path / "shards")
+    export = tmp_path / "export"
+    export.mkdir()
+    _write_tokenizer(str(tmp_path / "tok"), export)  # what `kollm export` ships
+    hf = AutoTokenizer.from_pretrained(export)
+    shards = open_shards(tmp_path / "shards")
+    for text, lang in docs:
+        trained = LanguageCorpus(shards[lang]).doc(0).tolist()
+        assert trained[0] == tok.token_to_id("<|begin_of_text|>") and trained[-1] == tok.token_to_id("<|end_of_text|>")
+        assert hf(text)["input_ids"] == trained[:-1]
