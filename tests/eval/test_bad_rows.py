@@ -60,3 +60,27 @@ def test_limit_is_a_positive_count(tmp_path):
     assert res["results"]["kobest_copa"]["n"] == 3
     with pytest.raises(ValueError, match="limit must be a positive number"):
         EvalConfig(data_dir=str(tmp_path), limit=-1)
+
+
+def test_the_scored_split_and_count_are_recorded_and_printed(tmp_path):
+    from kollm.eval.harness import summary_table
+    from kollm.eval.task import Task
+
+    d = tmp_path / "kobest_v1" / "copa"
+    d.mkdir(parents=True)
+    (d / "validation.jsonl").write_text("".join(json.dumps(g, ensure_ascii=False) + "\n" for g in GOOD))
+    logs = []
+    res = evaluate(FirstChoice(), [(get_task("kobest_copa"), 0)], EvalConfig(data_dir=str(tmp_path)), log=logs.append)
+    r = res["results"]["kobest_copa"]
+    assert r["split"] == "validation" and r["n"] == 2  # no test split: the dev one, and it says so
+    assert "kobest_copa: 2 items of the validation split, 0-shot" in logs
+    assert summary_table(res).splitlines()[1].split()[:3] == ["kobest_copa", "validation", "acc"]
+
+    class DevOnly(Task):  # MMLU's shape: test, else dev
+        eval_splits = ("test", "dev")
+
+        def _load(self, data_dir, split):
+            return [{"x": 1}] if split == "dev" else []
+
+    t = DevOnly()
+    assert t.load(None) == [{"x": 1}] and t.split == "dev"

