@@ -1,6 +1,6 @@
 """Generation limits: max_new_tokens past the model's context is capped with a message (1e8 used
 to reserve memory for all of them), the KV cache grows with the tokens instead of being
-reserved for the whole request, and text is cut only at whole characters."""
+reserved for the whole request, text is cut only at whole characters, and an export is not private (0600) where the user would make it 0644."""
 
 import pytest
 import torch
@@ -45,3 +45,17 @@ def test_text_ends_at_a_whole_character():
     for cut in (1, 2):  # "국" is 3 bytes: a generation stopped after 1 or 2 of them
         assert whole_characters(decode, ids[:-cut]) == "답은 한"
     assert whole_characters(decode, ids) == "답은 한국"
+
+
+def test_exported_files_get_the_default_modes(tmp_path, model):
+    import os
+    import stat
+
+    from kollm.model.hf import save_hf
+
+    out = save_hf(model, tmp_path / "hf")
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes  # 0644 under umask 022
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
