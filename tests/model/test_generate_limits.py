@@ -1,6 +1,7 @@
 """Generation limits: max_new_tokens past the model's context is capped with a message (1e8 used
 to reserve memory for all of them), the KV cache grows with the tokens instead of being
-reserved for the whole request, text is cut only at whole characters, and an export is not private (0600) where the user would make it 0644."""
+reserved for the whole request, text is cut only at whole characters, and exported files get
+the modes the user's umask gives (0644), not safetensors' 0600."""
 
 import pytest
 import torch
