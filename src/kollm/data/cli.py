@@ -33,6 +33,8 @@ def _curate(argv: list[str]) -> int:
     ap.add_argument("--tasks", type=positive_int, help="tasks for the prepare/write stages (default: workers)")
     ap.add_argument("--executor", choices=["local", "slurm", "ray"])
     ap.add_argument("--keep", help="keep preset: pretrain (en 80%%, others 50%%), anneal (20%%/10%%), all")
+    ap.add_argument("--verbose", action="store_true", help="datatrove's per-stage logs on the console too "
+                    "(always in OUTPUT/logs/)")
     args = ap.parse_args(argv)
     overrides = {"inputs": args.input, "output": args.output, "workers": args.workers, "tasks": args.tasks,
                  "executor": args.executor}
@@ -44,7 +46,7 @@ def _curate(argv: list[str]) -> int:
             quality = (yaml.safe_load(Path(args.config).read_text()) or {}).get("quality") or {}
         overrides["quality"] = {**quality, "keep": args.keep}
     cfg = load_config(args.config, overrides)
-    report = run_curation(cfg)
+    report = run_curation(cfg, verbose=args.verbose)
     if report is None:
         print(f"submitted; when the jobs finish run: kollm data report {cfg.output}")
     else:
