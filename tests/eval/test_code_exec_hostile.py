@@ -225,3 +225,36 @@ def test_cli_refuses_then_records_unsandboxed_runs(monkeypatch, tmp_path, capsys
     assert err.count("\n") == 1 and "--allow-unsafe-code" in err
     assert main([*argv, "--allow-unsafe-code"]) == 0
     assert results()["sandbox"] == "none" and results()["metrics"]["pass@1"]["value"] == 1.0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").is_file(), reason="needs root to become 65534")
+def test_unprivileged_caller_gets_the_same_sandbox(tmp_path):
+    """Run as a normal user, bwrap needs a user namespace (65534 inside maps to the caller): the
+    same containment, checked with the system Python as uid 65534."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="kollm-userns-"))
+    try:
+        os.chmod(d, 0o755)
+        shutil.copy(code_exec.__file__, d / "code_exec.py")
+        secret = d / "secret.txt"
+        secret.write_text(SECRET)
+        (d / "check.py").write_text(
+            "import json, sys\nsys.path.insert(0, sys.argv[1])\nimport code_exec as ce\n"
+            "secret, pwned = sys.argv[2], sys.argv[3]\ncfg = ce.SandboxConfig(timeout_s=5)\n"
+            "res = {'kind': ce.sandbox_kind(),\n"
+            "       'uid': ce.run_program('import os; print(os.getuid(), os.getppid())', cfg).stdout.split(),\n"
+            "       'read': ce.run_program(f'print(open({secret!r}).read())', cfg).passed,\n"
+            "       'write': ce.run_program(f'open({pwned!r}, \"w\")', cfg).passed}\n"
+            "print(json.dumps(res))\n")
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+                            str(d / "check.py"), str(d), str(secret), str(d / "pwned")], capture_output=True,
+                           text=True, timeout=120, cwd=d)
+        res = __import__("json").loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
+        if res is None or res["kind"] != "bwrap":
+            pytest.skip(f"no unprivileged user namespaces here: {r.stderr[-1500:]}")
+        assert res == {"kind": "bwrap", "uid": ["65534", "1"], "read": False, "write": False}
+        assert not (d / "pwned").exists()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
