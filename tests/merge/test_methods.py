@@ -84,3 +84,9 @@ def test_ties_trim_elect_disjoint_mean_by_hand():
     # density 1 keeps everything: sums [9−1, −3+2, 1.5+0.25, −6+4] elect [+, −, +, −].
     out = ties(base, [base + d1, base + d2], [3.0, 1.0], [1.0, 1.0])
     assert out.tolist() == pytest.approx([1 + 9 / 3, 1 - 3 / 3, 1 + 1.75 / 4, 1 - 6 / 3])
+
+
+def test_ties_tied_vote_elects_positive():
+    # mergekit elects sign(Σ) with Σ = 0 counted as positive: only the positive delta survives.
+    base = torch.zeros(1)
+    assert ties(base, [torch.tensor([2.0]), torch.tensor([-2.0])], [1.0, 1.0], [1.0, 1.0]).tolist() == [2.0]
