@@ -167,3 +167,23 @@ def test_cli(tmp_path, capsys):
     assert cli_main(["merge", str(f), "--out", str(tmp_path / "o2")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("kollm merge: error: ") and str(f) in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_checkpoints_have_one_line_errors(tmp_path):
+    a = tiny_hf(tmp_path / "a", seed=1, max_shard_size="20KB")
+    b = tiny_hf(tmp_path / "b", seed=2)
+    shard = sorted(a.glob("model-*.safetensors"))[-1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-100])  # truncated
+    with pytest.raises(ValueError, match=f"{shard}: tensor .* does not fit its shape or the file"):
+        soup([a, b], tmp_path / "o")
+    shard.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+    with pytest.raises(ValueError, match=f"{shard}: not a readable safetensors file"):
+        soup([a, b], tmp_path / "o")
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match=f"names shard {shard.name}, which is missing"):
+        soup([a, b], tmp_path / "o")
+    (b / "model.safetensors").rename(b / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="only pickle weights"):
+        soup([b, b], tmp_path / "o")
+    assert not (tmp_path / "o").exists()

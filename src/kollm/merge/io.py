@@ -1,8 +1,9 @@
 """Streaming safetensors in and out: a merge holds a few tensors in memory, never a model.
 
 In: `Checkpoint` reads a Hugging Face directory's headers only (single file or sharded with
-`model.safetensors.index.json`), then hands out one tensor at a time from memory-mapped files
-(`safetensors.safe_open`).
+`model.safetensors.index.json`), then hands out one tensor at a time with a positioned read into
+a fresh buffer. Not mmap (`safe_open`): pages of a mapped file count in the process's resident
+set until unmapped, so a mapped read of every input would show the whole inputs as memory.
 Out: `ShardWriter` knows every output tensor's name, shape and dtype before the first byte (the
 plan does), so each shard's header is written first and tensors are appended as they are
 computed — peak memory is the inputs and result of one tensor, not a shard. The file format is
@@ -13,11 +14,11 @@ safetensors' own: an 8-byte little-endian header length, a JSON header padded wi
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
@@ -40,18 +41,13 @@ class Checkpoint:
         except json.JSONDecodeError as e:
             raise ValueError(f"{cfg}: invalid JSON at line {e.lineno}: {e.msg}") from None
         self.files = self._files()
-        self.info: dict[str, tuple[Path, tuple[int, ...], torch.dtype]] = {}
-        self._handles: dict[Path, object] = {}
+        # name → (file, shape, dtype, absolute byte offset, byte length)
+        self.info: dict[str, tuple[Path, tuple[int, ...], torch.dtype, int, int]] = {}
         for f in self.files:
-            h = self._open(f)
-            for name in h.keys():
-                if name.endswith(IGNORED_SUFFIXES):
-                    continue
-                sl = h.get_slice(name)
-                dt = sl.get_dtype()
-                if dt not in _FROM_ST:
-                    raise ValueError(f"{f}: tensor {name} has unsupported dtype {dt}")
-                self.info[name] = (f, tuple(sl.get_shape()), _FROM_ST[dt])
+            for name, (shape, dtype, start, n) in read_header(f).items():
+                if not name.endswith(IGNORED_SUFFIXES):
+                    self.info[name] = (f, shape, dtype, start, n)
+        self._fds: dict[Path, int] = {}
 
     def _files(self) -> list[Path]:
         index = self.path / "model.safetensors.index.json"
@@ -74,13 +70,10 @@ class Checkpoint:
                              "(re-save with save_pretrained(safe_serialization=True))")
         raise FileNotFoundError(f"{self.path}: no model.safetensors or model.safetensors.index.json")
 
-    def _open(self, f: Path):
-        if f not in self._handles:
-            try:
-                self._handles[f] = safe_open(str(f), framework="pt")
-            except (SafetensorError, OSError) as e:
-                raise ValueError(f"{f}: not a readable safetensors file ({e})") from None
-        return self._handles[f]
+    def _fd(self, f: Path) -> int:
+        if f not in self._fds:
+            self._fds[f] = os.open(f, os.O_RDONLY)
+        return self._fds[f]
 
     def __contains__(self, name: str) -> bool:
         return name in self.info
@@ -94,10 +87,51 @@ class Checkpoint:
     def get(self, name: str) -> torch.Tensor:
         if name not in self.info:
             raise KeyError(f"{self.path}: no tensor {name}")
-        return self._open(self.info[name][0]).get_tensor(name)
+        f, shape, dtype, start, n = self.info[name]
+        buf = bytearray(n)
+        view, fd, done = memoryview(buf), self._fd(f), 0
+        while done < n:  # pread may return short reads on large tensors
+            k = os.preadv(fd, [view[done:]], start + done)
+            if k <= 0:
+                raise ValueError(f"{f}: truncated reading tensor {name}")
+            done += k
+        if n == 0:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
     def close(self) -> None:
-        self._handles.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def read_header(f: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype, int, int]]:
+    """A safetensors file's header → name: (shape, dtype, absolute offset, byte length), checked."""
+    size = f.stat().st_size
+    with open(f, "rb") as fh:
+        raw = fh.read(8)
+        hlen = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+        if hlen < 2 or 8 + hlen > size:
+            raise ValueError(f"{f}: not a readable safetensors file (bad header length)")
+        try:
+            header = json.loads(fh.read(hlen))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(f"{f}: not a readable safetensors file (header is not JSON)") from None
+    out, data_start = {}, 8 + hlen
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _FROM_ST[e["dtype"]]
+            shape = tuple(int(d) for d in e["shape"])
+            begin, end = (int(x) for x in e["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{f}: tensor {name}: unsupported dtype or malformed header entry {e!r}") from None
+        n = dtype.itemsize * torch.Size(shape).numel()
+        if end - begin != n or data_start + end > size:
+            raise ValueError(f"{f}: tensor {name}: byte range {begin}..{end} does not fit its shape or the file")
+        out[name] = (shape, dtype, data_start + begin, n)
+    return out
 
 
 def _header(entries: list[tuple[str, tuple[int, ...], torch.dtype]]) -> tuple[bytes, list[int]]:
