@@ -90,3 +90,19 @@ def test_ties_tied_vote_elects_positive():
     # mergekit elects sign(Σ) with Σ = 0 counted as positive: only the positive delta survives.
     base = torch.zeros(1)
     assert ties(base, [torch.tensor([2.0]), torch.tensor([-2.0])], [1.0, 1.0], [1.0, 1.0]).tolist() == [2.0]
+
+
+def test_magnitude_trim_equals_mergekits_argsort_cut():
+    from kollm.merge.methods import _magnitude
+
+    torch.manual_seed(0)
+    d = torch.randn(64, 33)
+    for density in (0.01, 0.3, 0.5, 0.99):
+        k = max(1, int(density * d.numel()))
+        mask = torch.zeros(d.numel())
+        mask[torch.argsort(d.abs().reshape(-1), descending=True)[:k]] = 1  # mergekit's sparsify.magnitude
+        assert torch.equal(_magnitude(d, density, False), d * mask.reshape_as(d))
+    ties_ = torch.tensor([3.0, -1.0, 1.0, 2.0, -1.0, 1.0])  # the cut falls inside three equal |δ| = 1
+    out = _magnitude(ties_, 0.5, False)  # k = 3: 3 and 2, then the first |δ| = 1
+    assert out.tolist() == [3.0, -1.0, 0.0, 2.0, 0.0, 0.0]
+    assert _magnitude(ties_, 0.5, True).abs().sum().item() == pytest.approx(ties_.abs().sum().item())  # l1 rescale

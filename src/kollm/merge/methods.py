@@ -11,7 +11,8 @@ tensor by tensor (tests/merge/test_parity.py checks it against mergekit itself):
   un-normalised tensors; v0 is the base model. Norms and dot are taken over chunks of 2²⁰
   elements (as mergekit does, which also bounds the float32 scratch for bf16 inputs).
 - task_arithmetic (Ilharco et al. 2023): base + λ·Σ wᵢ(θᵢ − base) [/ Σ wᵢ when normalize].
-- ties (Yadav et al. 2023): each delta keeps its top `density` fraction by magnitude, is
+- ties (Yadav et al. 2023): each delta keeps its top `density` fraction by magnitude (ties at
+  the cut: see _magnitude), is
   weighted, the elected sign per element is that of the weighted sum, and only deltas with the
   elected sign are summed, divided (normalize, default true) by the sum of their weights.
 Task arithmetic and TIES compute in the inputs' dtype, as mergekit does.
@@ -87,31 +88,41 @@ def slerp(v0: torch.Tensor, v1: torch.Tensor, t: float, dot_threshold: float = 0
     norm_b = torch.where(norm_b > eps, norm_b, 1)
     dot = torch.stack([((a[s:s + _CHUNK].to(dtype) / norm_a) * (b[s:s + _CHUNK].to(dtype) / norm_b)).sum()
                        for s in spans]).sum().clamp(-1, 1)
+    out = torch.empty_like(a)
     if dot.abs() > dot_threshold:  # (anti)collinear: sin θ ≈ 0, lerp is exact enough
         ca, cb = 1 - tt, tt
     else:
         theta = torch.acos(dot)
         sin_theta = torch.sin(theta)
         ca, cb = torch.sin((1 - tt) * theta) / sin_theta, torch.sin(tt * theta) / sin_theta
-    out = torch.empty_like(a)
     for s in spans:
         out[s:s + _CHUNK] = ca * a[s:s + _CHUNK].to(dtype) + cb * b[s:s + _CHUNK].to(dtype)
     return out.reshape(v0.shape)
 
 
 def _magnitude(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
-    """Keep the `density` fraction of largest |delta| (at least one element), zero the rest."""
+    """Keep the `density` fraction of largest |delta| (k = max(1, int(density·n))), zero the rest.
+
+    mergekit takes the first k of an (unstable) argsort, O(n log n); here the k-th largest value
+    is found in O(n) (kthvalue) and everything above it kept, plus the lowest-index entries equal
+    to it. The kept set is the same unless several entries tie at the cut: in float32 that does
+    not happen in practice; in bf16 both keep equal magnitudes, possibly different entries.
+    """
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
-    k = max(1, int(density * delta.numel()))
-    mask = torch.zeros(delta.numel(), dtype=delta.dtype)
+    n = delta.numel()
+    k = max(1, int(density * n))
     w = delta.abs().reshape(-1)
     if w.device.type == "cpu":
         w = w.float()
-    mask[torch.argsort(w, descending=True)[:k]] = 1
-    masked = delta * mask.reshape_as(delta)
+    cut = torch.kthvalue(w, n - k + 1).values  # the k-th largest
+    keep = w > cut
+    need = k - int(keep.sum())
+    if need > 0:
+        keep[torch.nonzero(w == cut).reshape(-1)[:need]] = True
+    masked = delta * keep.reshape_as(delta).to(delta.dtype)
     if rescale:  # match the l1 norm of the unpruned delta (DARE-style rescaling)
         before, after = delta.abs().sum(), masked.abs().sum()
         if before >= 1e-7 and after >= 1e-7:
