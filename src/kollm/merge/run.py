@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -29,6 +30,10 @@ from kollm.merge.methods import METHODS
 from kollm.merge.plan import HEAD, Planner, TensorPlan, is_vocab
 from kollm.merge.vocab import Vocab, align, build_vocab
 from kollm.model.hf import TOKENIZER_FILES, parse_size
+
+
+def _load(p: TensorPlan, ckpts: dict[str, Checkpoint]) -> list[torch.Tensor]:
+    return [ckpts[m].get(n).to(p.load_dtype) if p.load_dtype is not None else ckpts[m].get(n) for m, n in p.inputs]
 
 
 def _apply(method: str, p: TensorPlan, tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -143,21 +148,29 @@ def merge(config: dict | str | os.PathLike, out: str | os.PathLike, max_shard_si
             from tqdm import tqdm
 
             bar = tqdm(total=len(plans), desc="merge", unit="tensor", file=sys.stderr)
-        for p in plans:
-            tensors = []
-            for m, n in p.inputs:
-                t = ckpts[m].get(n)
-                tensors.append(t.to(p.load_dtype) if p.load_dtype is not None else t)
-            if vocab is not None and is_vocab(p.out):
-                tensors = align(tensors, [m for m, _ in p.inputs], p.base, vocab)
-            dtype = tensors[0].dtype
-            for t in tensors[1:]:
-                dtype = torch.promote_types(dtype, t.dtype)
-            result = _apply(method, p, [t.to(dtype) for t in tensors]).to(p.dtype)
-            writer.write(p.out, result)
-            del tensors, result
-            if bar is not None:
-                bar.update(1)
+        # One reader and one writer thread overlap disk I/O with arithmetic (pread and write release
+        # the GIL); at most the next tensor's inputs and the previous result are in flight.
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writing:
+            pending = reader.submit(_load, plans[0], ckpts) if plans else None
+            written = None
+            for i, p in enumerate(plans):
+                tensors = pending.result()
+                pending = reader.submit(_load, plans[i + 1], ckpts) if i + 1 < len(plans) else None
+                if vocab is not None and is_vocab(p.out):
+                    tensors = align(tensors, [m for m, _ in p.inputs], p.base, vocab)
+                dtype = tensors[0].dtype
+                for t in tensors[1:]:
+                    dtype = torch.promote_types(dtype, t.dtype)
+                result = _apply(method, p, [t.to(dtype) for t in tensors]).to(p.dtype)
+                del tensors
+                if written is not None:
+                    written.result()
+                written = writing.submit(writer.write, p.out, result)
+                del result
+                if bar is not None:
+                    bar.update(1)
+            if written is not None:
+                written.result()
         writer.close()
         if bar is not None:
             bar.close()
