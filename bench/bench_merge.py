@@ -10,7 +10,10 @@ CPU-bound merges, not disk. Compared, in the same script run:
   output's bytes (same shards), no arithmetic — the cost of moving the bytes (goal: merge ≤ 1.2×);
 - raw-io: plain 64 MB `read()`s of every input file and `write()`s of the output's size;
 - mergekit: `mergekit-yaml CONFIG OUT` (mergekit 0.1.5, defaults, CPU) on the same YAML (goal ≥ 2×).
-Peak RSS is the process's ru_maxrss (the interpreter with torch imported is reported alone too).
+Reported: wall seconds and CPU seconds (user + sys, all threads) of the measured part, the whole
+process's wall time (interpreter start and imports included: what `time mergekit-yaml ...` shows),
+and peak RSS (VmHWM; the interpreter with torch imported is reported alone too). On a shared
+machine CPU seconds are the steadier measure.
 
     .venv/bin/python bench/bench_merge.py [--layers 8] [--dim 1024] [--rounds 2] [--methods slerp,linear,ties]
 """
@@ -32,13 +35,17 @@ import json, os, resource, sys, time
 kind, cfg, out = sys.argv[1], sys.argv[2], sys.argv[3]
 import torch  # noqa: F401  (imports before the clock)
 torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+def start():
+    global r0
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter()
 if kind == "kollm":
     from kollm.merge import merge
-    t0 = time.perf_counter(); merge(cfg, out)
+    t0 = start(); merge(cfg, out)
 elif kind == "mergekit":
     from mergekit.scripts.run_yaml import main
     sys.argv = ["mergekit-yaml", cfg, out, "--quiet", "--no-copy-tokenizer"]
-    t0 = time.perf_counter()
+    t0 = start()
     try:
         main()
     except SystemExit as e:
@@ -48,7 +55,7 @@ elif kind == "io":
     from kollm.merge.io import Checkpoint, ShardWriter
     from kollm.merge.plan import Planner
     from kollm.model.hf import parse_size
-    t0 = time.perf_counter()
+    t0 = start()
     c = parse_config(cfg); cks = {m: Checkpoint(m) for m in c.referenced_models()}
     plans = Planner(c, cks).plan()
     os.makedirs(out)
@@ -59,7 +66,7 @@ elif kind == "io":
     w.close()
 elif kind == "raw":
     files = json.loads(cfg)
-    t0 = time.perf_counter()
+    t0 = start()
     for f in files["read"]:
         with open(f, "rb") as fh:
             while fh.read(64 << 20):
@@ -70,9 +77,13 @@ elif kind == "raw":
         while left > 0:
             fh.write(chunk[:min(left, len(chunk))]); left -= len(chunk)
 else:
-    t0 = time.perf_counter()
+    t0 = start()
 dt = time.perf_counter() - t0
-print(json.dumps({"seconds": dt, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+# VmHWM, not ru_maxrss: the latter is inherited across fork+exec from the (large) parent.
+hwm = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+print(json.dumps({"seconds": dt, "cpu_seconds": cpu, "max_rss_mb": hwm}))
 '''
 
 
@@ -168,13 +179,16 @@ def main() -> None:
                 if kind not in best or r["seconds"] < best[kind]["seconds"]:
                     best[kind] = r
         rows.append((method, best))
-    print("\n| method | kollm s | io-floor s | raw-io s | mergekit s | **kollm / io-floor** | kollm / raw-io | "
-          "**mergekit / kollm** | peak RSS kollm / mergekit (MB) |\n|---|---|---|---|---|---|---|---|---|")
+    print("\n| method | kollm s (CPU s) | io-floor s (CPU s) | raw-io s | mergekit s (CPU s) | **kollm / io-floor** "
+          "wall (CPU) | **mergekit / kollm** wall (CPU) | whole command mergekit / kollm | peak RSS kollm / mergekit (MB) |"
+          "\n|---|---|---|---|---|---|---|---|---|")
     for method, best in rows:
         k, io, rw, mk = (best[x] for x in ("kollm", "io", "raw", "mergekit"))
-        print(f"| {method} | {k['seconds']:.2f} | {io['seconds']:.2f} | {rw['seconds']:.2f} | {mk['seconds']:.2f} | "
-              f"**{k['seconds'] / io['seconds']:.2f}×** | {k['seconds'] / rw['seconds']:.2f}× | "
-              f"**{mk['seconds'] / k['seconds']:.2f}×** | {k['max_rss_mb']:.0f} / {mk['max_rss_mb']:.0f} |")
+        print(f"| {method} | {k['seconds']:.2f} ({k['cpu_seconds']:.2f}) | {io['seconds']:.2f} ({io['cpu_seconds']:.2f}) | "
+              f"{rw['seconds']:.2f} | {mk['seconds']:.2f} ({mk['cpu_seconds']:.2f}) | "
+              f"**{k['seconds'] / io['seconds']:.2f}×** ({k['cpu_seconds'] / io['cpu_seconds']:.2f}×) | "
+              f"**{mk['seconds'] / k['seconds']:.2f}×** ({mk['cpu_seconds'] / k['cpu_seconds']:.2f}×) | "
+              f"{mk['process_seconds'] / k['process_seconds']:.2f}× | {k['max_rss_mb']:.0f} / {mk['max_rss_mb']:.0f} |")
     print(f"(inputs read {in_bytes / 1e6:.0f} MB, output {out_bytes / 1e6:.0f} MB; best of {args.rounds} rounds)")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
