@@ -40,8 +40,8 @@ def start():
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     return time.perf_counter()
 if kind == "kollm":
-    from kollm.merge import merge
-    t0 = start(); merge(cfg, out)
+    from kollm.merge.cli import main
+    t0 = start(); main([cfg, "--out", out, "--quiet"])  # the `kollm merge` command
 elif kind == "mergekit":
     from mergekit.scripts.run_yaml import main
     sys.argv = ["mergekit-yaml", cfg, out, "--quiet", "--no-copy-tokenizer"]

@@ -54,18 +54,27 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def linear(tensors: list[torch.Tensor], weight: list[float], normalize: bool = True) -> torch.Tensor:
-    """Σ wᵢθᵢ (/ Σ wᵢ): the uniform case is a model soup."""
+    """Σ wᵢθᵢ (/ Σ wᵢ): the uniform case is a model soup.
+
+    Element for element mergekit's arithmetic (fp32 zeros, addcmul per input, divide, cast back),
+    done over 2²⁰-element chunks so the fp32 accumulator is a chunk, not a second copy of the tensor.
+    """
     first = tensors[0]
     if not first.is_floating_point():
         raise TypeError("linear merging requires floating-point tensors")
     dtype = _compute_dtype(first)
     w = torch.tensor(weight, dtype=dtype)
-    out = torch.zeros_like(first, dtype=dtype)
-    for t, c in zip(tensors, w.unbind(0)):
-        out.addcmul_(t, c)
-    if normalize:
-        out.div_(w.sum())
-    return out.to(first.dtype)
+    coefs, total = w.unbind(0), w.sum()
+    flat = [t.reshape(-1) for t in tensors]
+    out = torch.empty(first.numel(), dtype=first.dtype)
+    for s in range(0, first.numel(), _CHUNK):
+        acc = torch.zeros(min(_CHUNK, first.numel() - s), dtype=dtype)
+        for t, c in zip(flat, coefs):
+            acc.addcmul_(t[s:s + _CHUNK], c)
+        if normalize:
+            acc.div_(total)
+        out[s:s + _CHUNK] = acc
+    return out.reshape(first.shape)
 
 
 def slerp(v0: torch.Tensor, v1: torch.Tensor, t: float, dot_threshold: float = 0.9995,

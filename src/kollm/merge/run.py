@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -32,17 +33,26 @@ from kollm.merge.vocab import Vocab, align, build_vocab
 from kollm.model.hf import TOKENIZER_FILES, parse_size
 
 
-def _keep_freed_memory() -> None:
+@contextmanager
+def _large_blocks_from_heap():
     """glibc serves blocks over 32 MB with fresh mmaps, so every large tensor costs a page fault
-    per 4 KB (a third of a merge's CPU time on a VM); keep them in the heap for reuse instead."""
+    per 4 KB (a third of a merge's CPU time on a VM). During the merge, keep them in the heap for
+    reuse; afterwards restore glibc's initial thresholds and give the memory back."""
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: allocations below 1 GiB come from the heap
-        libc.mallopt(-1, 1 << 31)  # M_TRIM_THRESHOLD: do not return freed heap to the OS eagerly
+        libc.mallopt(-1, 1 << 31)  # M_TRIM_THRESHOLD: no eager return of freed heap to the OS
     except (OSError, AttributeError):  # not glibc (macOS, musl): merge as is
-        pass
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.mallopt(-3, 128 * 1024)
+        libc.mallopt(-1, 128 * 1024)
+        libc.malloc_trim(0)
 
 
 def _load(p: TensorPlan, ckpts: dict[str, Checkpoint]) -> list[torch.Tensor]:
@@ -151,7 +161,6 @@ def merge(config: dict | str | os.PathLike, out: str | os.PathLike, max_shard_si
     planner = Planner(cfg, ckpts, vocab.size if vocab else None)
     plans = planner.plan()
     method = cfg.merge_method
-    _keep_freed_memory()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -164,7 +173,7 @@ def merge(config: dict | str | os.PathLike, out: str | os.PathLike, max_shard_si
             bar = tqdm(total=len(plans), desc="merge", unit="tensor", file=sys.stderr)
         # One reader and one writer thread overlap disk I/O with arithmetic (pread and write release
         # the GIL); at most the next tensor's inputs and the previous result are in flight.
-        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writing:
+        with _large_blocks_from_heap(), ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writing:
             pending = reader.submit(_load, plans[0], ckpts) if plans else None
             written = None
             for i, p in enumerate(plans):
