@@ -155,6 +155,28 @@ def test_matches_live_mergekit(tmp_path, write_tiny_llama):
     assert_same(got, want, "union")
 
 
+def test_kernels_match_mergekit_bitwise():
+    """The per-tensor arithmetic is mergekit's, bit for bit, in bf16 and fp32 and across chunks."""
+    pytest.importorskip("mergekit")
+    from mergekit.merge_methods.base import TensorBatch
+    from mergekit.merge_methods.linear import linear_merge
+    from mergekit.merge_methods.slerp import slerp as mk_slerp
+
+    from kollm.merge.methods import linear, slerp
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        for n in (7, 2_500_000):  # one chunk, and three (mergekit's 2^20-element chunks)
+            a, b, c = ((torch.randn(n, generator=g) * 0.02).to(dtype) for _ in range(3))
+            for t in (0.0, 0.37, 1.0):
+                want = mk_slerp(torch.tensor([t]), a[None], b[None])[0]
+                assert torch.equal(slerp(a, b, t), want), (dtype, n, t)
+            w = [0.3, 1.7, 2.0]
+            want = linear_merge.implementation(TensorBatch((a[None], b[None], c[None])),
+                                               weight=torch.tensor([w]), normalize=True)[0]
+            assert torch.equal(linear([a, b, c], w), want), (dtype, n)
+
+
 if __name__ == "__main__":  # regenerate the fixture with mergekit (python tests/merge/test_parity.py)
     import tempfile
 
