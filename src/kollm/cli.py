@@ -16,7 +16,7 @@ STAGES: dict[str, tuple[str | None, str]] = {
     "model": ("kollm.model.cli", "model info PRESET: parameters, FLOPs per token, memory"),
     "pretrain": ("kollm.train.pretrain", "pretraining / continual pretraining with XLDA packing"),
     "sft": (None, "supervised fine-tuning on chat data (loss on responses only)"),
-    "merge": (None, "linear / model soup / SLERP merges (mergekit-style YAML)"),
+    "merge": ("kollm.merge.cli", "linear / soup, SLERP, task arithmetic, TIES merges (mergekit YAML), streamed"),
     "dpo": (None, "offline and online DPO"),
     "distill": (None, "skew-KL distillation with adaptive off-policy replay"),
     "grpo": ("kollm.train.grpo", "RL with verifiable rewards (GRPO)"),
