@@ -130,6 +130,21 @@ def train_one(recipe: dict, cond: dict, seed: int, steps: int | None, shards: Pa
     return trainer.model, history
 
 
+def finished(run_dir: Path, steps: int):
+    """(model, metrics) of a run that already reached its last step (the script re-run after an
+    interruption scores it again from its final checkpoint), else (None, None)."""
+    import json
+
+    from kollm.train.export import load_checkpoint_model
+
+    final = run_dir / "checkpoints" / f"step-{steps:08d}"
+    if not final.is_dir() or not (run_dir / "metrics.jsonl").is_file():
+        return None, None
+    model, _ = load_checkpoint_model(final)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    return model, rows
+
+
 @torch.no_grad()
 def ranks(model, w: World, lang: str, facts: np.ndarray) -> np.ndarray:
     """Rank (1 = best) of the correct value among the relation's values, per (entity, relation) fact."""
@@ -205,16 +220,18 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             t0 = time.time()
             run_dir = work / "runs" / cond["name"].replace(" ", "").replace("+", "_") / f"seed{seed}"
-            if run_dir.exists():
-                import shutil
+            model, hist = finished(run_dir, steps or recipe["train"]["phases"][0]["steps"])
+            if model is None:
+                if run_dir.exists():
+                    import shutil
 
-                shutil.rmtree(run_dir)  # every run starts from scratch
-            model, hist = train_one(recipe, cond, seed, steps, shards, run_dir, len(w.vocab))
+                    shutil.rmtree(run_dir)  # an unfinished run starts again from scratch
+                model, hist = train_one(recipe, cond, seed, steps, shards, run_dir, len(w.vocab))
             rows["en_held"].append(ranks(model, w, "en", held))
             rows["ko_held"].append(ranks(model, w, "ko", held))
             rows["ko_shared"].append(ranks(model, w, "ko", shared))
             rows["en_shared"].append(ranks(model, w, "en", shared))
-            losses.setdefault(cond["name"], []).append(float(np.mean([h["loss"] for h in hist[-20:]])))
+            losses.setdefault(cond["name"], []).append(float(hist[-1]["loss"]))  # the last step's
             print(f"{cond['name']} seed {seed}: ko held {np.mean(rows['ko_held'][-1] == 1):.3f}, en held "
                   f"{np.mean(rows['en_held'][-1] == 1):.3f}, ko shared {np.mean(rows['ko_shared'][-1] == 1):.3f}, "
                   f"loss {losses[cond['name']][-1]:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
@@ -257,7 +274,7 @@ def render(recipe, args, world_cfg, seeds, steps, iters, conds, res, losses, hel
         f"- 95 % intervals: bootstrap over seeds and facts ({iters} resamples); differences are paired "
         "(same resampled seeds and facts).", "",
         "| condition | packing (ρ) | mask | Korean recall, held-out | English recall, held-out | P(ko✓∣en✓) | "
-        "Korean MRR, held-out | Korean recall, shared | final loss |",
+        "Korean MRR, held-out | Korean recall, shared | loss at the last step |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in conds:

@@ -66,8 +66,9 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
             items = items[: cfg.limit]
         k = cfg.num_fewshot if cfg.num_fewshot is not None else shots if shots is not None else task.num_fewshot
         pool = task.few_shot_items(data_dir) if k > 0 else []
-        if k > 0 and not pool:
-            log(f"{task.name}: no train/dev split found; running 0-shot")
+        if k > 0 and not pool:  # never change a requested shot count silently
+            raise ValueError(f"{task.name}: {k}-shot requested but it has no items to draw shots from "
+                             f"(no train/dev split in {data_dir}); ask for {task.name}:0 to run it 0-shot")
         rng = random.Random(cfg.seed)
         run = TaskRun(task, items)
         for item in items:

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from kollm.model.masks import ISOLATES_DOCUMENTS
-from kollm.train import checkpoint, parallel
+from kollm.train import checkpoint, parallel, schedules
 from kollm.train.config import PhaseSection, TrainConfig
 from kollm.train.flops import default_peak_flops, mfu
 from kollm.train.objectives.lm import IGNORE, lm_loss, shifted_targets
@@ -88,6 +88,10 @@ class LMObjective:
                     mask_policy=self.mask_policy, restart_positions=self.restart_positions)
         n = self.targets(batch)
         w_ntp, w_mtp = (n / totals.clamp(min=1)).tolist()
+        if w_ntp == 0:  # a padding micro-batch (more ranks than sequences): no share, same graph and keys
+            zero = 0.0 * out.logits.sum() + (0.0 * out.mtp_logits.sum() if out.mtp_logits is not None else 0.0)
+            return ObjectiveOutput(zero, {"ntp_loss": zero.detach()} | (
+                {"mtp_loss": zero.detach()} if out.mtp_logits is not None and self.mtp_alpha else {}))
         # lm_loss gives ntp + α'·mtp as micro-batch means; α' rescales the MTP term to its own weight.
         alpha = self.mtp_alpha * w_mtp / w_ntp if w_ntp > 0 else 0.0
         r = lm_loss(out, batch["labels"], batch.get("doc_ids"), self.mask_policy, alpha)
@@ -193,7 +197,7 @@ class Trainer:
         mode, info = self.cfg.parallel.mode, self.info
         seq_len = self.plans[self.phase_idx].seq_len
         micro_bs = phase_data(self.cfg.phases[self.phase_idx]).batch_size
-        sizes = micro_batches(self.cfg.batch, self.tokens_seen, seq_len, micro_bs, info.world)
+        sizes = micro_batches(self.cfg.batch, self.tokens_seen, seq_len, micro_bs, info.world, info.rank)
         batches = [{k: v.to(info.device, non_blocking=True) for k, v in self.data.next_batch(b).items()}
                    for b in sizes]
         counts = [self.objective.targets(b).to(info.device) for b in batches]
@@ -222,7 +226,7 @@ class Trainer:
                                    f"last good checkpoint: {last}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        step_tokens = sum(sizes) * seq_len * info.world
+        step_tokens = schedules.global_sequences(self.cfg.batch, self.tokens_seen, seq_len) * seq_len
         self.step += 1
         self.tokens_seen += step_tokens
         return metrics | {"grad_norm": grad_norm, "lr": lr, "step_tokens": step_tokens, "micro_batches": len(sizes)}
