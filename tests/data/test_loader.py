@@ -59,6 +59,7 @@ def test_batch_protocol(root):
     state = loader.state_dict()
     pad = loader.next_batch(batch_size=0)  # a rank with no sequence this micro-step: one target-less row
     assert pad["input_ids"].shape == (1, 32) and (pad["labels"] == -100).all() and (pad["doc_ids"] == -1).all()
+    assert (pad["lang_ids"] == -1).all()
     assert loader.state_dict() == state  # reads nothing
 
 

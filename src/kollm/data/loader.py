@@ -139,13 +139,13 @@ class PretrainLoader:
     def next_batch(self, batch_size: int | None = None) -> dict[str, torch.Tensor]:
         """One (B, T) batch; B defaults to the phase's batch_size (a batch-size ramp passes its own).
         B = 0 (a rank with no sequence this micro-step: more ranks than sequences in the step) gives
-        one padding row (doc_ids −1, labels −100) and reads nothing, so the rank still runs the
+        one padding row (doc_ids and lang_ids −1, labels −100) and reads nothing, so the rank still runs the
         forward and backward its collectives expect, with no target."""
         if batch_size == 0:
             T = self.phase.seq_len
             pad = torch.full((1, T), -1, dtype=torch.int64)
             return {"input_ids": torch.zeros(1, T, dtype=torch.int64), "labels": torch.full((1, T), -100),
-                    "doc_ids": pad, "lang_ids": torch.zeros(1, T, dtype=torch.int64)}
+                    "doc_ids": pad, "lang_ids": pad.clone()}
         seqs = self.packer.pack(batch_size or self.phase.batch_size)
         labels = seqs["tokens"].copy()
         labels[seqs["doc_ids"] < 0] = -100
@@ -164,3 +164,25 @@ class PretrainLoader:
             raise ValueError(f"data state: version {state.get('version')!r}, this kollm reads {STATE_VERSION}")
         self.set_phase(PhaseData.from_dict(state["phase"]))
         self.packer.load_state_dict(state["packer"])
+
+
+class HeldOutBatches:
+    """Validation for pretraining (Trillion §3.3: a held-out multilingual set): `n` batches packed
+    once from held-out shards with the same packing as training, returned on every call. Language
+    ids are renumbered to the training loader's languages (`langs`), so per-language validation
+    losses line up with the training ones; a language training never saw gets -1."""
+
+    def __init__(self, shards: str | Path, phase: PhaseData, n: int, batch_size: int, langs: list[str],
+                 rank: int = 0, world_size: int = 1, block_size: int = 4096, seed: int = 1234):
+        loader = PretrainLoader(shards, phase, seed=seed, rank=rank, world_size=world_size, block_size=block_size)
+        remap = torch.tensor([langs.index(lang) if lang in langs else -1 for lang in loader.langs])
+        self._batches = []
+        for _ in range(n):
+            b = loader.next_batch(batch_size)
+            b["lang_ids"] = torch.where(b["lang_ids"] >= 0, remap[b["lang_ids"].clamp(min=0)], b["lang_ids"])
+            self._batches.append(b)
+        self.max_token_id = max((c.max_token_id for c in loader.corpora.values() if c.max_token_id is not None),
+                                default=None)
+
+    def batches(self) -> list[dict[str, torch.Tensor]]:
+        return self._batches

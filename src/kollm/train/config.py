@@ -50,6 +50,10 @@ class DataSection:
     mask_policy: str = "xlda"  # causal | document | xlda | xlda_literal (kollm.model.masks)
     restart_positions: bool = False  # RoPE positions restart per isolated document
     block_size: int = 4096  # documents per stream block (kollm.data.xlda)
+    # post-training stages: training rows (a JSONL/Parquet file or directory); pretraining: unused
+    train: str = ""
+    # held-out data: token shards (pretraining) or rows (post-training); "" = no validation
+    validation: str = ""
 
 
 @dataclass
@@ -119,6 +123,16 @@ class LoggingSection:
 
 
 @dataclass
+class ValidationSection:
+    """Validation on `data.validation` every `every` steps and once at the end (Trillion §3.3 keeps a
+    held-out multilingual set); 0 = at the end only."""
+
+    every: int = 0
+    batches: int = 8  # pretraining: held-out batches drawn once (the same ones every time)
+    batch_size: int | None = None  # sequences per validation batch; None: the first phase's micro-batch
+
+
+@dataclass
 class TrainConfig:
     name: str = "run"
     output_dir: str = "runs/run"
@@ -132,6 +146,7 @@ class TrainConfig:
     parallel: ParallelSection = field(default_factory=ParallelSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    validation: ValidationSection = field(default_factory=ValidationSection)
 
     def __post_init__(self) -> None:
         problems = []
@@ -168,6 +183,10 @@ class TrainConfig:
                             "fully isolates documents)")
         if self.batch.tokens <= 0:
             problems.append("batch.tokens must be positive")
+        if self.validation.every < 0:
+            problems.append(f"validation.every must be >= 0, got {self.validation.every}")
+        if self.validation.batches < 1:
+            problems.append(f"validation.batches must be >= 1, got {self.validation.batches}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 
