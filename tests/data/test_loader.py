@@ -1,6 +1,7 @@
 """Pretraining loader: the batch protocol the trainer codes against, exact resume across a phase
 switch (per rank, through JSON), disjoint ranks, and clear errors for a mismatched checkpoint."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ STABLE = PhaseData(name="stable", seq_len=32, batch_size=4, alpha=0.5,
 ANNEAL = PhaseData(name="anneal", seq_len=48, batch_size=3, alpha=0.2, beta={"en": 0.2, "ko": 0.6, "ja": 0.2},
                    rho=0.3, quality_threshold=0.3)
 LONG = PhaseData(name="long", seq_len=128, batch_size=2, alpha=1.0, rho=0.2, long_fraction=0.6, short_max_len=64)
+PHASES = (STABLE, ANNEAL, LONG)
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +56,19 @@ def test_batch_protocol(root):
     assert torch.equal(b["labels"], b["input_ids"])  # no padding in packed pretraining sequences
     assert b["doc_ids"].min() == 0 and b["lang_ids"].max() < 3
     assert loader.next_batch(batch_size=7)["input_ids"].shape == (7, 32)  # a batch-size ramp
+    state = loader.state_dict()
+    pad = loader.next_batch(batch_size=0)  # a rank with no sequence this micro-step: one target-less row
+    assert pad["input_ids"].shape == (1, 32) and (pad["labels"] == -100).all() and (pad["doc_ids"] == -1).all()
+    assert (pad["lang_ids"] == -1).all()
+    assert loader.state_dict() == state  # reads nothing
 
 
-@pytest.mark.parametrize("world", [1, 2])
-def test_resume_reproduces_the_uninterrupted_run(root, world):
+@pytest.mark.parametrize(("world", "packing"), [(1, "fraction"), (2, "fraction"), (1, "literal"), (2, "literal")])
+def test_resume_reproduces_the_uninterrupted_run(root, world, packing):
     """Phase switches at batches 3 and 6; interrupted before, at and after each switch, the resumed
     loader of every rank yields exactly the batches of the uninterrupted one."""
+    STABLE, ANNEAL, LONG = (dataclasses.replace(p, packing=packing) for p in PHASES)
+
     def run(rank, stop=None):
         loader = PretrainLoader(root, STABLE, seed=11, rank=rank, world_size=world, block_size=16)
         batches, state = [], None

@@ -224,3 +224,79 @@ def test_missing_documents_is_a_clear_error(corpus):
     p.configure(PackSpec({"en": 1.0}, seq_len=64, quality_threshold=2.0))
     with pytest.raises(ValueError, match="no 'en' documents"):
         p.pack(1)
+
+
+# -- literal mode: every sequence cross-lingual, ρ = P(next span switches language) ---------------
+
+REPORT_MIX = {"en": 0.85, "ko": 0.10, "ja": 0.025, "zh": 0.025}  # the report's 8.5 : 1 : 0.5
+
+
+def blocks(row):
+    """Language runs of one packed row: [(lang, length), ...]."""
+    cuts = np.flatnonzero(np.diff(row)) + 1
+    return [(int(part[0]), len(part)) for part in np.split(row, cuts)]
+
+
+def test_literal_every_sequence_cross_lingual_and_shares_within_1e3_over_10k(corpus):
+    packer = XLDAPacker(corpus.corpora, seed=4, block_size=64)
+    packer.configure(PackSpec(REPORT_MIX, seq_len=64, rho=0.5, mode="literal"))
+    out = packer.pack(10_000)
+    langs = out["lang_ids"]
+    en = corpus.langs.index("en")
+    assert ((langs == en).any(1) & (langs != en).any(1)).all()  # an English and a non-English span, always
+    assert max(len(np.unique(row)) for row in langs) == 2  # English + one partner per sequence
+    shares = np.bincount(langs.ravel(), minlength=4) / langs.size
+    for i, lang in enumerate(corpus.langs):
+        assert abs(shares[i] - REPORT_MIX[lang]) <= 1e-3, (lang, shares[i])
+    # the split points vary (not one fixed cut), and both orders occur
+    assert len(np.unique((langs == en).sum(1))) > 10
+    assert 0.45 < (langs[:, 0] == en).mean() < 0.55
+    assert packer.n_cross == packer.n_seq == 10_000
+    check_packing(corpus, out, range(len(langs)))  # documents cut into contiguous spans, none lost
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.3, 1.0])
+def test_literal_rho_is_the_switch_probability(corpus, rho):
+    packer = XLDAPacker(corpus.corpora, seed=9, block_size=64)
+    packer.configure(PackSpec({"en": 0.6, "ko": 0.4, "ja": 0.0, "zh": 0.0}, seq_len=256, rho=rho, mode="literal"))
+    out = packer.pack(1500)
+    runs = [blocks(row) for row in out["lang_ids"]]
+    if rho == 0.0:
+        assert all(len(r) == 2 for r in runs)  # [en][ko] or [ko][en]: the one forced switch
+    n, k = packer.n_choices, packer.n_switches
+    assert n > 1000
+    # each free decision switches with probability ρ: binomial, 4σ
+    assert abs(k / n - rho) <= 4 * np.sqrt(rho * (1 - rho) / n) + 1e-12
+    # blocks per sequence = 1 + free switches + forced switches (at most one per budget spent)
+    assert sum(len(r) for r in runs) - len(runs) >= k
+    check_packing(corpus, out, range(len(runs)))
+
+
+def test_literal_resume_is_bit_identical(corpus):
+    spec = PackSpec(REPORT_MIX, seq_len=48, rho=0.4, mode="literal", quality_threshold={"en": 0.1})
+
+    def fresh():
+        p = XLDAPacker(corpus.corpora, seed=21, rank=1, world_size=2, block_size=16)
+        p.configure(spec)
+        return p
+
+    a = fresh()
+    a.pack(300)
+    import json
+
+    state = json.loads(json.dumps(a.state_dict()))
+    rest = a.pack(400)
+    b = fresh()
+    b.load_state_dict(state)
+    again = b.pack(400)
+    for key in rest:
+        np.testing.assert_array_equal(rest[key], again[key])
+    assert (b.n_choices, b.n_switches) == (a.n_choices, a.n_switches)
+
+
+@pytest.mark.parametrize(("probs", "match"), [({"en": 1.0}, r"0 < P\(en\) < 1"), ({"ko": 1.0}, r"0 < P\(en\) < 1")])
+def test_literal_needs_both_sides(corpus, probs, match):
+    with pytest.raises(ValueError, match=match):
+        XLDAPacker(corpus.corpora).configure(PackSpec(probs, seq_len=64, rho=0.5, mode="literal"))
+    with pytest.raises(ValueError, match="mode 'sometimes'"):
+        XLDAPacker(corpus.corpora).configure(PackSpec({"en": 1.0}, seq_len=64, mode="sometimes"))

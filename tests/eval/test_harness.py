@@ -144,3 +144,28 @@ def test_a_task_with_no_usable_items_is_an_error():
 
     with pytest.raises(ValueError, match=r"all_malformed: no usable items .*1 malformed rows; first: x.jsonl:1"):
         evaluate(None, [AllMalformed()], log=lambda m: None)
+
+
+def test_requested_shots_are_never_dropped_silently(fixtures):
+    from kollm.eval.task import Request, Task
+
+    class NoShots(Task):
+        name = "no_shots"
+
+        def load(self, data_dir):
+            return [{"q": "1 + 1 =", "gold": 0}]
+
+        def requests(self, item, fewshot=()):
+            return [Request("loglikelihood", (item["q"], " 2"))]
+
+        def process(self, item, results):
+            return {"acc": 1.0}
+
+    with pytest.raises(ValueError, match=r"no_shots: 3-shot requested but it has no items to draw shots from"):
+        evaluate(Oracle(set()), [(NoShots(), 3)], EvalConfig(data_dir=str(fixtures)), log=lambda m: None)
+    res = evaluate(Oracle(set()), [(NoShots(), 0)], EvalConfig(data_dir=str(fixtures)), log=lambda m: None)
+    assert res["results"]["no_shots"]["num_fewshot"] == 0
+    # GPQA, the suite's gpqa_main:4 case: shots come from its own rows, the count is what was asked
+    res = evaluate(Oracle(set()), [("gpqa_main", 2)], EvalConfig(data_dir=str(fixtures)), log=lambda m: None)
+    assert res["results"]["gpqa_main"]["num_fewshot"] == 2
+    assert all(r["prompt"].count("Question: ") == 3 for r in res["samples"]["gpqa_main"])

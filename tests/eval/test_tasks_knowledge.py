@@ -100,3 +100,21 @@ def test_haerae_shots_come_from_the_test_split_without_the_item(fixtures):
     items, pool = t.load(fixtures), t.few_shot_items(fixtures)
     shots = t.select_fewshot(items[0], pool, 3, random.Random(1))
     assert len(shots) == 3 and strip([items[0]])[0] not in strip(shots)
+
+
+def test_gpqa_k_shot_draws_from_its_own_rows_with_lm_evals_n_shot_prompt(fixtures):
+    """Trillion's suite asks gpqa_main:4; GPQA has one split, so shots come from it (lm-eval's
+    gpqa_main_n_shot: fewshot_split train, the sampler skips the item) with that task's prompt."""
+    t = get_task("gpqa_main")
+    items, pool = t.load(fixtures), t.few_shot_items(fixtures)
+    assert strip(pool) == strip(items)
+    shots = t.select_fewshot(items[0], pool, 2, random.Random(0))
+    assert len(shots) == 2 and items[0] not in shots
+    ctx = t.requests(items[0], shots)[0].args[0]
+    assert ctx.startswith("Here are some example questions from experts. Answer the final question yourself, "
+                          "following the format of the previous questions exactly.\nQuestion: ")
+    assert ctx.count("Question: ") == 3 and ctx.endswith("\n(D) " + items[0]["options"][3] + "\nAnswer:")
+    for s in shots:
+        assert f"Question: {s['question']}\nChoices:\n(A) {s['options'][0]}" in ctx
+        assert t.n_shot_text(s) + f" ({'ABCD'[s['gold']]})\n\n" in ctx
+    assert t.requests(items[0])[0].args[0].startswith("What is the correct answer")  # 0-shot unchanged

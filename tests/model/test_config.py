@@ -74,3 +74,23 @@ def test_tied_embeddings_share_storage():
     assert m.lm_head.weight.data_ptr() == m.model.embed_tokens.weight.data_ptr()
     assert m.num_params() == get_preset("tiny", tie_embeddings=True).num_params()
     assert torch.equal(m.lm_head.weight, m.model.embed_tokens.weight)
+
+
+def test_model_scale_reproduces_the_reports_transfer(capsys):
+    """Trillion §3.3: μ ∝ C^−0.125 gives ×0.57 from the 1.8B / 100B-token proxy to 7B / 2T, and
+    N_v ∝ C^0.42 "at least 6.3 times" the proxy's vocabulary (C = 6·N·D)."""
+    from kollm.model.cli import scale
+
+    n = get_preset("trillion-7b").num_params(include_mtp=False)
+    r = scale(1.8e9, 100e9, n, 2e12)
+    ratio = n * 2e12 / (1.8e9 * 100e9)  # by hand: 7.527e9 · 2e12 / 1.8e20 = 83.6
+    assert r["compute_ratio"] == pytest.approx(ratio) and 83 < ratio < 84
+    assert r["lr_factor"] == pytest.approx(ratio ** -0.125) and abs(r["lr_factor"] - 0.57) < 0.01
+    assert r["vocab_factor"] == pytest.approx(ratio ** 0.42) and 6.3 <= r["vocab_factor"] < 6.5
+    assert scale(1, 1, 2**8, 1)["lr_factor"] == pytest.approx(0.5)  # 256^-1/8 = 1/2
+    assert cli_main(["model", "scale", "--json", "--proxy-lr", "3.5e-4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["lr"] == pytest.approx(3.5e-4 * r["lr_factor"]) and out["params"] == n
+    assert cli_main(["model", "scale", "--params", "7B", "--proxy-vocab", "2000"]) == 0
+    text = capsys.readouterr().out
+    assert "×0.580" in text and "×6.23" in text and "2,000 → 12,451 tokens" in text

@@ -7,13 +7,23 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kollm.model.masks import block_mask, dense_mask
+from kollm.model.masks import POLICIES, block_mask, dense_mask, language_blocks
+
+
+def blocks_by_hand(lang):
+    """Language block of each position: a new block wherever the language differs from the left."""
+    out, b = [], 0
+    for i, x in enumerate(lang):
+        b += i > 0 and x != lang[i - 1]
+        out.append(b)
+    return out
 
 
 def reference(policy, doc, lang):
     """Read the definitions literally, one (query, key) pair at a time."""
     T = len(doc)
     m = torch.zeros(T, T, dtype=torch.bool)
+    block = blocks_by_hand(lang)
     for q in range(T):
         for k in range(T):
             if q == k:
@@ -28,6 +38,9 @@ def reference(policy, doc, lang):
             elif policy == "xlda":
                 # own document, or an earlier document of another language
                 m[q, k] = doc[q] == doc[k] or lang[q] != lang[k]
+            elif policy == "xlda_literal":
+                # own document, or anything in an earlier language block (Figure 2)
+                m[q, k] = doc[q] == doc[k] or block[q] != block[k]
     return m
 
 
@@ -44,7 +57,7 @@ def packings(draw):
 
 
 @settings(max_examples=150, deadline=None)
-@given(packings(), st.sampled_from(["causal", "document", "xlda"]))
+@given(packings(), st.sampled_from(POLICIES))
 def test_dense_mask_equals_definition(packing, policy):
     doc, lang = packing
     got = dense_mask(policy, torch.tensor([doc]), torch.tensor([lang]))[0, 0]
@@ -62,12 +75,37 @@ def test_policies_differ_where_they_should():
     assert torch.equal(dense_mask("causal", doc, lang)[0, 0], torch.ones(6, 6, dtype=torch.bool).tril())
 
 
+def test_literal_figure_reading_differs_from_kollm_xlda_only_when_a_language_returns():
+    # [en a a][en b][ko c c][en d d]: blocks 0 0 0 1 1 2 2 (a and b share the first en block)
+    doc = torch.tensor([[0, 0, 1, 2, 2, 3, 3]])
+    lang = torch.tensor([[0, 0, 0, 1, 1, 0, 0]])
+    assert language_blocks(lang).tolist() == [[0, 0, 0, 1, 1, 2, 2]]
+    lit, x = dense_mask("xlda_literal", doc, lang)[0, 0], dense_mask("xlda", doc, lang)[0, 0]
+    # d (block 2) sees a and b (block 0) under the figure's reading, not under kollm's
+    assert lit[5, 0] and lit[5, 2] and not x[5, 0] and not x[5, 2]
+    # inside one language block documents stay isolated under both: b never sees a
+    assert not lit[2, 0] and not x[2, 0]
+    # ko c sees the English block before it under both
+    assert lit[3, 0] and x[3, 0] and lit[4, 2] and x[4, 2]
+    # where no language comes back the two are one mask
+    assert torch.equal(dense_mask("xlda_literal", doc[:, :5], lang[:, :5]), dense_mask("xlda", doc[:, :5], lang[:, :5]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(packings())
+def test_policy_order_by_what_they_allow(packing):
+    """document ⊆ xlda ⊆ xlda_literal ⊆ causal, on any packing."""
+    doc, lang = (torch.tensor([x]) for x in packing)
+    d, x, lit, c = (dense_mask(p, doc, lang) for p in ("document", "xlda", "xlda_literal", "causal"))
+    assert not (d & ~x).any() and not (x & ~lit).any() and not (lit & ~c).any()
+
+
 def test_unknown_policy_is_error():
     with pytest.raises(ValueError, match="unknown attention mask policy 'sliding'"):
         dense_mask("sliding", torch.zeros(1, 4, dtype=torch.long))
 
 
-@pytest.mark.parametrize("policy", ["causal", "document", "xlda"])
+@pytest.mark.parametrize("policy", POLICIES)
 def test_flex_block_mask_agrees_with_dense_sdpa(policy):
     g = torch.Generator().manual_seed(0)
     B, T, H, KV, D = 2, 160, 4, 2, 16  # T not a multiple of the 128 block: exercises partial blocks

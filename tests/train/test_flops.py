@@ -43,3 +43,18 @@ def test_dry_run_cli(capsys):
     assert "216,960" in out and "long_context" in out and "256→512" in out
     assert main([str(RECIPES / "dna-8b-cpt.yaml"), "--dry-run", "--world-size", "8"]) == 0
     assert "8,030,261,248" in capsys.readouterr().out  # llama3.1-8b shapes without the checkpoint
+
+
+@pytest.mark.parametrize("world", [1, 8, 256])
+def test_trillion_dry_run_at_world_sizes(world, capsys):
+    assert main([str(RECIPES / "trillion-7b.yaml"), "--dry-run", "--world-size", str(world), "--mfu", "0.425"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1] in (["stable"], ["long_context"])}
+    assert "1.05M→2.1M" in rows["stable"] and "1,042,508" in rows["stable"]  # the same steps at every world size
+    assert rows["long_context"].split()[4] == "2.1M" and "28,611" in rows["long_context"]  # not 8.39M
+    assert "stable: the batch ramps 1.05M→2.1M tokens in 257 sizes, 1 sequence(s) of 4096 at a time" in out
+    # the report-comparable figure beside kollm's own, and which one the report matches
+    assert "6·N·D (report-comparable)                59,694" in out
+    assert "6N + 12·L·d·T (kollm's MFU count)        65,914" in out
+    assert "59K pre-training H100-hours (Table 1, 2T tokens, 42.5 % MFU) match 6·N·D" in out
+    assert ("192 ranks run a padding micro-batch" in out) == (world == 256)

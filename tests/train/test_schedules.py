@@ -2,11 +2,19 @@
 batch-size ramp; and the step plan of a phased run against a brute-force simulation."""
 
 import math
+from pathlib import Path
 
 import pytest
 
-from kollm.train.config import BatchSection, ScheduleSection, config_from_dict
-from kollm.train.schedules import global_batch_tokens, lr_at, micro_batches, phase_at, plan_phases
+from kollm.train.config import BatchSection, ScheduleSection, config_from_dict, load_config
+from kollm.train.schedules import (
+    global_batch_tokens,
+    global_sequences,
+    lr_at,
+    micro_batches,
+    phase_at,
+    plan_phases,
+)
 
 
 def test_wsd_is_the_reports_curve():
@@ -55,7 +63,7 @@ def brute_force(cfg, world):
         seq, mb = ph.data["seq_len"], ph.data["batch_size"]
         steps, tokens = 0, 0
         while (steps < ph.steps) if ph.steps is not None else (tokens < ph.tokens):
-            t = sum(micro_batches(cfg.batch, seen, seq, mb, world)) * seq * world
+            t = sum(sum(micro_batches(cfg.batch, seen, seq, mb, world, r)) for r in range(world)) * seq
             steps, tokens, seen = steps + 1, tokens + t, seen + t
         out.append((steps, tokens))
     return out
@@ -94,3 +102,66 @@ def test_decay_starts_at_the_named_phase_with_a_batch_ramp():
     assert all(lr == 1.0 for lr in lrs[2:start]) and lrs[start] < 1.0 and lrs[-1] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="decay_start: 'nope' must name a scheduled phase"):
         config_from_dict({**raw, "schedule": {"decay_start": "nope"}})
+
+
+TRILLION = Path(__file__).resolve().parents[2] / "recipes" / "trillion-7b.yaml"
+
+
+@pytest.mark.parametrize("world", [1, 8, 256])
+def test_trillion_ramp_is_gradual_at_any_world_size(world):
+    """§3.4: 1M → 2M over the first 1T tokens, one sequence at a time at every world size (it was a
+    single jump at 0.5T on 256 ranks: per-rank counts rounded to whole sequences)."""
+    cfg = load_config(TRILLION)
+    stable = plan_phases(cfg, world)[0]
+    gs = [g for _, g in stable.batches]
+    assert gs == list(range(256, 513))  # 256 → 512 sequences of 4096, every size in between
+    steps = [s for s, _ in stable.batches]
+    assert all(b > a for a, b in zip(steps, steps[1:]))
+    # at 0.5T tokens the batch is half-way (1.5M), not still 1M or already 2M
+    half = next(s for s, g in stable.batches if g == 384)
+    seen = sum((b_s - a_s) * g * 4096 for (a_s, g), (b_s, _) in zip(stable.batches, stable.batches[1:]) if b_s <= half)
+    # 384 sequences start where round(global / 4096) first reaches 384: global = 383.5 · 4096
+    start = (383.5 * 4096 - 2**20) / 2**20 * 1e12
+    assert start <= seen < start + 384 * 4096
+    # a mid-ramp step: the ranks' sequences add up to the global batch, micro-step counts agree
+    for g_tokens in (300 * 4096, 385 * 4096):
+        seen = round((g_tokens - cfg.batch.ramp_from) / (cfg.batch.tokens - cfg.batch.ramp_from) * cfg.batch.ramp_tokens)
+        g = global_sequences(cfg.batch, seen, 4096)
+        per_rank = [micro_batches(cfg.batch, seen, 4096, 2, world, r) for r in range(world)]
+        assert sum(map(sum, per_rank)) == g
+        assert len({len(m) for m in per_rank}) == 1
+        assert max(map(sum, per_rank)) - min(map(sum, per_rank)) <= 1
+
+
+@pytest.mark.parametrize("world", [1, 8, 64, 256, 512])
+def test_long_context_batch_is_the_configured_2M_at_any_world_size(world):
+    """At 256 ranks the plan had 8,388,608 tokens per step: max(1, round(2M / (32768 · 256))) = 1
+    sequence per rank. Now the 64 sequences are dealt over the ranks and the rest pad."""
+    cfg = load_config(TRILLION)
+    long = plan_phases(cfg, world)[2]
+    assert long.name == "long_context" and long.seq_len == 32768
+    assert long.first_batch_tokens == long.last_batch_tokens == 2_097_152
+    assert long.steps == math.ceil(60e9 / 2_097_152)
+    ranks = [micro_batches(cfg.batch, 2 * 10**12, 32768, 1, world, r) for r in range(world)]
+    assert sum(map(sum, ranks)) == 64 and len({len(m) for m in ranks}) == 1
+    assert sum(m == [0] for m in ranks) == max(0, world - 64)  # padding micro-batches
+
+
+def test_trillion_anneal_mixture_follows_section_6_1():
+    """§6.1's chosen anneal (Anneal + Quality + Composition) up-samples multilingual, math and code;
+    §3.2 triples multilingual; §1/§8 budgets: multilingual < 220B (Korean < 180B), math + code < 2 %."""
+    cfg = load_config(TRILLION)
+    stable, anneal, long = (p.data for p in cfg.phases)
+    tokens = {p.name: p.tokens for p in cfg.phases}
+    multi = ("ko", "ja", "zh")
+    for lang in (*multi, "code", "math"):
+        assert anneal["beta"][lang] == pytest.approx(3 * stable["beta"][lang])  # up-sampled, ×3
+    assert anneal["beta"]["en"] < stable["beta"]["en"]
+    assert long["beta"] == anneal["beta"]
+    for d in (stable, anneal, long):
+        assert sum(d["beta"].values()) == pytest.approx(1.0) and d["packing"] == "literal"
+
+    def budget(langs):
+        return sum(tokens[n] * d["beta"][lang] for n, d in (("stable", stable), ("anneal", anneal)) for lang in langs)
+    assert budget(multi) < 220e9 and budget(["ko"]) < 180e9
+    assert budget(["code", "math"]) < 0.02 * 2e12

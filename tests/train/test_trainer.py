@@ -332,3 +332,27 @@ def test_tensorboard_scalars_equal_the_metrics_lines(tmp_path):
         events = acc.Scalars(key)
         assert [e.step for e in events] == [r["step"] for r in rows]
         assert [e.value for e in events] == pytest.approx([r[key] for r in rows], rel=1e-6)
+
+
+def test_padding_micro_batch_adds_nothing_and_ranks_sum_to_the_global_mean():
+    """More ranks than sequences (32K context on 256 ranks): the spare rank runs a target-less pad
+    row; summed over ranks, the loss shares equal one process's loss on the same sequences."""
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny-sandwich-mtp"))
+    obj = LMObjective("xlda", mtp_alpha=0.2, langs=("en", "ko"))  # per-language metrics too
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 512, (3, 16), generator=g)
+    full = {"input_ids": ids, "labels": ids.clone(), "doc_ids": torch.zeros(3, 16, dtype=torch.long),
+            "lang_ids": torch.zeros(3, 16, dtype=torch.long)}
+    pad = {"input_ids": torch.zeros(1, 16, dtype=torch.long), "labels": torch.full((1, 16), -100),
+           "doc_ids": torch.full((1, 16), -1), "lang_ids": torch.full((1, 16), -1)}  # as next_batch(0)
+    ranks = [{k: v[i:i + 1] for k, v in full.items()} for i in range(3)] + [pad]  # 3 sequences, 4 ranks
+    totals = torch.stack([obj.targets(b) for b in ranks]).sum(0)
+    assert torch.equal(totals, obj.targets(full))
+    shares = [obj(model, b, totals) for b in ranks]
+    assert float(shares[3].loss.detach()) == 0.0 and set(shares[3].metrics) == set(shares[0].metrics)
+    model.zero_grad()
+    shares[3].loss.backward()
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters() if p.requires_grad)
+    whole = obj(model, full, totals)
+    torch.testing.assert_close(sum(s.loss for s in shares), whole.loss, rtol=1e-5, atol=1e-6)

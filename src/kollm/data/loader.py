@@ -39,7 +39,10 @@ class PhaseData:
     batch_size: int = 8  # sequences per rank per batch
     alpha: float = 1.0  # eq. 2: weight of the corpus-size distribution
     beta: dict[str, float] = field(default_factory=dict)  # eq. 2: upsampling distribution
-    rho: float = 0.0  # XLDA mixing probability: fraction of cross-lingual sequences
+    # XLDA (kollm.data.xlda): "literal" = every sequence holds an anchor span and a non-anchor span,
+    # rho = P(the next span switches language); "fraction" = rho is the share of cross-lingual sequences
+    packing: str = "fraction"
+    rho: float = 0.0
     anchor: str = "en"
     # Quality filter per language, two ways (at most one): an absolute score below which documents
     # are skipped, or the top fraction of each language's scored documents to keep (the report's
@@ -72,6 +75,8 @@ class PhaseData:
             if not all(0 < x <= 1 for x in tops):
                 raise ValueError(f"phase {self.name!r}: quality_top fractions must lie in (0, 1], "
                                  f"got {self.quality_top!r}")
+        if self.packing not in ("literal", "fraction"):
+            raise ValueError(f"phase {self.name!r}: packing must be 'literal' or 'fraction', got {self.packing!r}")
         if not isinstance(self.beta, dict):
             raise ValueError(f"phase {self.name!r}: beta must be a mapping language -> weight, got {self.beta!r}")
 
@@ -104,7 +109,7 @@ class PretrainLoader:
             return
         probs = language_probs(self.sizes, phase.alpha, phase.beta or None)
         self.packer.configure(PackSpec(probs, phase.seq_len, phase.rho, phase.anchor, self.thresholds(phase),
-                                       phase.long_fraction, phase.short_max_len))
+                                       phase.long_fraction, phase.short_max_len, phase.packing))
         self.phase = phase
         self.probs = probs
 
@@ -132,7 +137,15 @@ class PretrainLoader:
         return out
 
     def next_batch(self, batch_size: int | None = None) -> dict[str, torch.Tensor]:
-        """One (B, T) batch; B defaults to the phase's batch_size (a batch-size ramp passes its own)."""
+        """One (B, T) batch; B defaults to the phase's batch_size (a batch-size ramp passes its own).
+        B = 0 (a rank with no sequence this micro-step: more ranks than sequences in the step) gives
+        one padding row (doc_ids and lang_ids −1, labels −100) and reads nothing, so the rank still runs the
+        forward and backward its collectives expect, with no target."""
+        if batch_size == 0:
+            T = self.phase.seq_len
+            pad = torch.full((1, T), -1, dtype=torch.int64)
+            return {"input_ids": torch.zeros(1, T, dtype=torch.int64), "labels": torch.full((1, T), -100),
+                    "doc_ids": pad, "lang_ids": pad.clone()}
         seqs = self.packer.pack(batch_size or self.phase.batch_size)
         labels = seqs["tokens"].copy()
         labels[seqs["doc_ids"] < 0] = -100

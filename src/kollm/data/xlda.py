@@ -1,24 +1,38 @@
 """XLDA packing (Trillion 7B §2.1): fixed-length sequences of documents with per-token doc and
-language ids, a fraction ρ of them cross-lingual (an English span and a non-English span).
+language ids, in two readings of the report's mixing probability ρ (docs/design.md quotes it):
+
+  * `literal` (the report as written, default of the Trillion recipes): *every* sequence holds at
+    least one English (anchor) span and at least one non-English span, and ρ is the probability
+    that the next span switches language. Documents are cut into contiguous spans where a budget
+    ends, so the constraint holds at any mixture (8.5 : 1 : 0.5 included) and the shares still
+    hold over the run.
+  * `fraction` (kollm's earlier reading, kept as a named option): a fraction ρ of the sequences
+    is cross-lingual (one anchor span + one non-English span), the rest hold one language.
 
 Every language is a stream: its documents in a shuffled order (blocks of documents shuffled, then
 the documents inside a block, as MosaicML streaming's block shuffles do, so memory stays
 O(blocks) for any corpus size), this rank's share only, read token by token across sequences. A
-document cut at a sequence end continues in the next sequence that draws on its language; nothing
-is dropped or repeated within an epoch. Ranks take turns over each epoch's eligible documents, so
-their shares are disjoint and balanced.
+document cut at a sequence end (or a span budget) continues in the next sequence that draws on its
+language; nothing is dropped or repeated within an epoch. Ranks take turns over each epoch's
+eligible documents, so their shares are disjoint and balanced.
 
 Per sequence (all decisions reproducible from the seed and a few counters):
-  * cross-lingual or not, and long or short pool (long-context phases: documents longer than
-    `short_max_len` vs the rest): exactly round(rate·W) of every window of W sequences, at random
-    positions inside the window, so the realised fraction tracks the rate without binomial noise;
+  * long or short pool (long-context phases: documents longer than `short_max_len` vs the rest)
+    and, in `fraction` mode, cross-lingual or not: exactly round(rate·W) of every window of W
+    sequences, at random positions inside the window, so the realised fraction tracks the rate
+    without binomial noise;
   * which language: the one furthest behind its target token share (Megatron-LM's
     BlendedDataset rule), so language shares track P(l) within one sequence at every step;
   * a cross-lingual sequence has k anchor (English) tokens and T − k of the non-English language
     furthest behind, k − 1 ~ Binomial(T − 2, f), f ~ Beta(c·p, c·(1 − p)) with p the anchor's
-    target share: varied split points, both spans non-empty, mean share p. Which span comes first
-    is a coin flip.
-ρ = 0 is plain greedy packing: every sequence is filled from one language's stream.
+    target share: varied split points, both spans non-empty, mean share p. In `literal` mode
+    every sequence is cross-lingual, so k is also steered by the anchor's running deficit (the
+    draw's deviation from its mean keeps the split points varied).
+  * `fraction`: which span comes first is a coin flip. `literal`: the first span's language is a
+    coin flip; after each document piece the next span switches language with probability ρ
+    while both budgets last (a spent budget forces the switch), so ρ = 0 gives two blocks
+    [anchor][other] and ρ = 1 alternates at every document boundary.
+`fraction` with ρ = 0 is plain greedy packing: every sequence is filled from one language's stream.
 """
 
 from __future__ import annotations
@@ -43,12 +57,16 @@ class PackSpec:
 
     probs: Mapping[str, float]  # target token share per language (mixture.language_probs)
     seq_len: int
-    rho: float = 0.0  # fraction of cross-lingual sequences
+    rho: float = 0.0  # literal: P(next span switches language); fraction: share of cross-lingual sequences
     anchor: str = "en"  # the language every cross-lingual sequence contains
     # drop documents scored below; one value for all languages or per language; unknown scores kept
     quality_threshold: float | Mapping[str, float | None] | None = None
     long_fraction: float = 0.0  # token share from documents longer than short_max_len (0: no split)
     short_max_len: int = 4096
+    mode: str = "fraction"  # "literal" | "fraction" (module docstring)
+
+
+MODES = ("literal", "fraction")
 
 
 def stream_key(lang: str, pool: str, threshold: float | None, short_max: int) -> str:
@@ -135,6 +153,12 @@ class _Stream:
                     self.block, self.doc, self._docs = self.block + 1, 0, None
         return pieces
 
+    def read_piece(self, out: np.ndarray, pos: int, n: int) -> int:
+        """Write at most n tokens of the current document to out[pos:]; returns how many (≥ 1)."""
+        if self._docs is None:
+            self._load_block()
+        return self.read_into(out, pos, min(n, int(self._lens[self.doc]) - self.offset))[0]
+
     def state(self) -> dict:
         return {"lang": self.corpus.lang, "pool": self.pool, "quality_threshold": self.threshold,
                 "short_max_len": self.short_max,
@@ -172,7 +196,14 @@ class XLDAPacker:
                 raise ValueError(f"{name} = {v!r}: must lie in [0, 1]")
         if spec.short_max_len < 1:
             raise ValueError(f"short_max_len must be ≥ 1, got {spec.short_max_len}")
-        if spec.rho > 0:
+        if spec.mode not in MODES:
+            raise ValueError(f"xlda mode {spec.mode!r}: choose one of {', '.join(MODES)}")
+        if spec.mode == "literal":
+            p = probs.get(spec.anchor, 0.0)
+            if spec.anchor not in self.langs or not 0 < p < 1:
+                raise ValueError(f"literal XLDA packing puts an {spec.anchor!r} span and a non-{spec.anchor!r} span "
+                                 f"in every sequence: it needs 0 < P({spec.anchor}) < 1, got {p:.4g}")
+        elif spec.rho > 0:
             p = probs.get(spec.anchor, 0.0)
             if spec.anchor not in self.langs or p == 0:
                 raise ValueError(f"rho > 0 needs the anchor language {spec.anchor!r} with probability > 0")
@@ -187,10 +218,11 @@ class XLDAPacker:
                     f"languages {spec.rho * (1 - m):.4g} of all tokens"
                 )
         self.spec = PackSpec(probs, spec.seq_len, spec.rho, spec.anchor, spec.quality_threshold,
-                             spec.long_fraction, spec.short_max_len)
+                             spec.long_fraction, spec.short_max_len, spec.mode)
         self._p = np.array([probs.get(lang, 0.0) for lang in self.langs])
         self._anchor = self.langs.index(spec.anchor) if spec.anchor in self.langs else -1
         self.n_seq = self.n_cross = self.n_long = 0
+        self.n_choices = self.n_switches = 0  # literal: free switch decisions, and how many switched
         self.lang_tokens = np.zeros(len(self.langs), np.int64)
 
     def _stream(self, lang: str, pool: str, threshold: float | None, short_max: int) -> _Stream:
@@ -220,6 +252,46 @@ class XLDAPacker:
         return int(np.argmax(deficit))
 
     # -- packing -----------------------------------------------------------------------------------
+    def _lang_stream(self, lang: int, pool: str) -> _Stream:
+        threshold = self.spec.quality_threshold
+        if isinstance(threshold, Mapping):
+            threshold = threshold.get(self.langs[lang])
+        return self._stream(self.langs[lang], pool, threshold, self.spec.short_max_len)
+
+    def _split(self, steer: bool) -> int:
+        """Anchor tokens k ∈ [1, T − 1] of a cross-lingual sequence (module docstring)."""
+        T, p = self.spec.seq_len, self._p[self._anchor]
+        f = self.rng.beta(SPLIT_CONCENTRATION * p, SPLIT_CONCENTRATION * (1 - p))
+        k = 1 + int(self.rng.binomial(T - 2, f))
+        if steer:  # make up the anchor's deficit; the draw's deviation from its mean keeps the variety
+            deficit = p * (self.lang_tokens.sum() + T) - self.lang_tokens[self._anchor]
+            k = int(np.clip(round(deficit + k - (1 + (T - 2) * p)), 1, T - 1))
+        return k
+
+    def _fill_literal(self, row: int, out: dict[str, np.ndarray], pool: str) -> None:
+        T = self.spec.seq_len
+        other = self._behind((self._p > 0) & (np.arange(len(self.langs)) != self._anchor))
+        k = self._split(steer=True)
+        budget = {self._anchor: k, other: T - k}
+        cur = self._anchor if self.rng.random() < 0.5 else other
+        toks, docs, langs = out["tokens"][row], out["doc_ids"][row], out["lang_ids"][row]
+        pos = doc = 0
+        while pos < T:
+            n = self._lang_stream(cur, pool).read_piece(toks, pos, budget[cur])
+            langs[pos:pos + n], docs[pos:pos + n] = cur, doc
+            pos, doc, budget[cur] = pos + n, doc + 1, budget[cur] - n
+            alt = other if cur == self._anchor else self._anchor
+            if budget[cur] == 0:
+                cur = alt  # spent: the switch is forced (and is not one of ρ's decisions)
+            elif budget[alt] > 0:
+                self.n_choices += 1
+                if self.rng.random() < self.spec.rho:
+                    cur, self.n_switches = alt, self.n_switches + 1
+        self.lang_tokens[self._anchor] += k
+        self.lang_tokens[other] += T - k
+        self.n_cross += 1
+        self.n_seq += 1
+
     def _fill(self, row: int, out: dict[str, np.ndarray]) -> None:
         s = self.spec
         T = s.seq_len
@@ -227,11 +299,11 @@ class XLDAPacker:
         if s.long_fraction > 0:
             pool = "long" if self._selected("long", s.long_fraction) else "short"
             self.n_long += pool == "long"
+        if s.mode == "literal":
+            return self._fill_literal(row, out, pool)
         if s.rho > 0 and self._selected("cross", s.rho):
             other = self._behind((self._p > 0) & (np.arange(len(self.langs)) != self._anchor))
-            p = self._p[self._anchor]
-            f = self.rng.beta(SPLIT_CONCENTRATION * p, SPLIT_CONCENTRATION * (1 - p))
-            k = 1 + int(self.rng.binomial(T - 2, f))
+            k = self._split(steer=False)
             plan = [(self._anchor, k), (other, T - k)]
             if self.rng.random() < 0.5:
                 plan.reverse()
@@ -241,11 +313,7 @@ class XLDAPacker:
         pos, doc = 0, 0
         toks, docs, langs = out["tokens"][row], out["doc_ids"][row], out["lang_ids"][row]
         for lang, n in plan:
-            threshold = s.quality_threshold
-            if isinstance(threshold, Mapping):
-                threshold = threshold.get(self.langs[lang])
-            stream = self._stream(self.langs[lang], pool, threshold, s.short_max_len)
-            pieces = stream.read_into(toks, pos, n)
+            pieces = self._lang_stream(lang, pool).read_into(toks, pos, n)
             langs[pos:pos + n] = lang
             for length in pieces:
                 docs[pos:pos + length] = doc
@@ -268,6 +336,7 @@ class XLDAPacker:
             "seed": self.seed, "rank": self.rank, "world_size": self.world_size, "block_size": self.block_size,
             "corpus_docs": {lang: self.corpora[lang].num_docs for lang in self.langs},
             "n_seq": self.n_seq, "n_cross": self.n_cross, "n_long": self.n_long,
+            "n_choices": self.n_choices, "n_switches": self.n_switches,
             "lang_tokens": {lang: int(n) for lang, n in zip(self.langs, self.lang_tokens)},
             "streams": {k: s.state() for k, s in self.streams.items()},
             "rng": self.rng.bit_generator.state,
@@ -284,6 +353,7 @@ class XLDAPacker:
         if state["corpus_docs"] != now:
             raise ValueError(f"data state: the checkpoint's corpus {state['corpus_docs']} differs from the shards {now}")
         self.n_seq, self.n_cross, self.n_long = state["n_seq"], state["n_cross"], state["n_long"]
+        self.n_choices, self.n_switches = state.get("n_choices", 0), state.get("n_switches", 0)
         self.lang_tokens = np.array([state["lang_tokens"][lang] for lang in self.langs], np.int64)
         self.streams = {}
         for st in state["streams"].values():  # every stream so far, earlier phases' too

@@ -75,8 +75,9 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
             task.bad_rows = []
         bad = task.bad_rows
         pool = [p for p in pool if _buildable(task, p, bad)]  # a broken shot would sink every item it joins
-        if k > 0 and not pool:
-            log(f"{task.name}: no train/dev split found; running 0-shot")
+        if k > 0 and not pool:  # never change a requested shot count silently
+            raise ValueError(f"{task.name}: {k}-shot requested but it has no items to draw shots from "
+                             f"(no train/dev split in {data_dir}); ask for {task.name}:0 to run it 0-shot")
         rng = random.Random(cfg.seed)
         run = TaskRun(task, [])
         for item in items:

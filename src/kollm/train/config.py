@@ -48,7 +48,7 @@ class ModelSection:
 @dataclass
 class DataSection:
     shards: str = ""  # root of token shards (kollm data tokenize)
-    mask_policy: str = "xlda"  # causal | document | xlda
+    mask_policy: str = "xlda"  # causal | document | xlda | xlda_literal (kollm.model.masks)
     restart_positions: bool = False  # RoPE positions restart per isolated document
     block_size: int = 4096  # documents per stream block (kollm.data.xlda)
     # post-training stages: training rows (a JSONL/Parquet file or directory); pretraining: unused
@@ -175,8 +175,8 @@ class TrainConfig:
                             f"({', '.join(scheduled)}) of a wsd schedule")
         if self.parallel.mode not in ("single", "ddp", "zero1", "fsdp"):
             problems.append(f"parallel.mode: single | ddp | zero1 | fsdp, got {self.parallel.mode!r}")
-        if self.data.mask_policy not in ("causal", "document", "xlda"):
-            problems.append(f"data.mask_policy: causal | document | xlda, got {self.data.mask_policy!r}")
+        if self.data.mask_policy not in ("causal", "document", "xlda", "xlda_literal"):
+            problems.append(f"data.mask_policy: causal | document | xlda | xlda_literal, got {self.data.mask_policy!r}")
         if self.data.restart_positions and self.data.mask_policy != "document":
             # xlda lets a document attend earlier documents of other languages: restarted positions
             # would put those keys at positions after the query's

@@ -6,8 +6,9 @@ MTP), d = heads · head_dim, T the sequence length; no credit for causal or docu
 none for activation recomputation (that would be HFU). MFU = achieved model FLOP/s over peak.
 
 The plan also shows the cruder `6·N·D` count with N the model's parameters without the MTP block,
-which is what a headline GPU-hour figure is usually derived from (docs/training.md compares the
-two against the Trillion 7B report's 59.4K H100-hours).
+which is what a headline GPU-hour figure is usually derived from, and says which one a report's
+figure matches: the Trillion 7B report's 59K pre-training H100-hours (Table 1, 42.5 % MFU, §3.6)
+are 6·N·D over its 2T tokens (the phases before context extension), not kollm's fuller count.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ class RunPlan:
     def flops_6nd(self) -> float:
         return 6 * self.params_without_mtp * self.tokens
 
+    @property
+    def pretrain_phases(self) -> list[PhasePlan]:
+        """The phases before context extension (a longer seq_len than the first phase's)."""
+        longer = [i for i, p in enumerate(self.phases) if p.seq_len > self.phases[0].seq_len]
+        return self.phases[:longer[0]] if longer else self.phases
+
     @staticmethod
     def gpu_hours(flops: float, mfu_: float, peak_flops: float) -> float:
         return flops / (mfu_ * peak_flops) / 3600
@@ -102,15 +109,38 @@ def format_plan(plan: RunPlan, mfu_: float, peak_flops: float) -> str:
         lines.append(f"{p.name:<16}{p.steps:>12,}{_h(p.tokens):>10}{p.seq_len:>8}{batch:>18}{f:>12.3e}"
                      f"{plan.gpu_hours(f, mfu_, peak_flops):>10,.0f}"
                      f"{plan.gpu_hours(6 * plan.params_without_mtp * p.tokens, mfu_, peak_flops):>11,.0f}")
+    pre = plan.pretrain_phases
+    pre_tokens = sum(p.tokens for p in pre)
+    pre_flops = sum(f for p, f in zip(plan.phases, plan.phase_flops) if p in pre)
+    h_kollm, h_6nd = (plan.gpu_hours(x, mfu_, peak_flops) for x in (pre_flops, 6 * plan.params_without_mtp * pre_tokens))
+    names = "+".join(p.name for p in pre)
     lines += [
         f"{'total':<16}{plan.steps:>12,}{_h(plan.tokens):>10}{'':>8}{'':>18}{plan.flops:>12.3e}"
         f"{plan.gpu_hours(plan.flops, mfu_, peak_flops):>10,.0f}"
         f"{plan.gpu_hours(plan.flops_6nd, mfu_, peak_flops):>11,.0f}",
         "",
-        f"GPU-hours at MFU {mfu_:.1%} of {peak_flops / 1e12:,.0f} TFLOP/s:",
+        f"GPU-hours at MFU {mfu_:.1%} of {peak_flops / 1e12:,.0f} TFLOP/s, all phases:",
         f"  6N + 12·L·d·T (kollm's MFU count)  {plan.gpu_hours(plan.flops, mfu_, peak_flops):>12,.0f}",
         f"  6·N·D (N without MTP)              {plan.gpu_hours(plan.flops_6nd, mfu_, peak_flops):>12,.0f}",
+        f"Pre-training before context extension ({names}, {_h(pre_tokens)} tokens):",
+        f"  6N + 12·L·d·T (kollm's MFU count)  {h_kollm:>12,.0f}",
+        f"  6·N·D (report-comparable)          {h_6nd:>12,.0f}",
+        "  The Trillion 7B report's 59K pre-training H100-hours (Table 1, 2T tokens, 42.5 % MFU) match 6·N·D;",
+        f"  kollm's count adds attention and the MTP block ({h_kollm / h_6nd - 1:+.1%} here).",
     ]
+    notes = []
+    for p in plan.phases:
+        gs = [g for _, g in p.batches]
+        if len(gs) > 1:
+            notes.append(f"{p.name}: the batch ramps {_h(p.first_batch_tokens)}→{_h(p.last_batch_tokens)} tokens in "
+                         f"{len(gs)} sizes, {max(abs(b - a) for a, b in zip(gs, gs[1:]))} sequence(s) of {p.seq_len} "
+                         f"at a time (whole sequences dealt over the {plan.world} ranks)")
+        if gs and min(gs) < plan.world:
+            notes.append(f"{p.name}: {min(gs)} sequences per step on {plan.world} ranks: {plan.world - min(gs)} ranks "
+                         "run a padding micro-batch (no target) each step; the report ran this stage with tensor "
+                         f"parallelism, which kollm lacks: plan it on ≤ {min(gs)} ranks or accept the idle ones")
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines)
 
 

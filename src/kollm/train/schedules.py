@@ -6,17 +6,22 @@ step of the phase `decay_start`: Trillion's annealing phase) the inverse-proport
 decay `lr = peak / (1 + k·s)`, s ∈ [0, 1], with k = 1/final_lr_ratio − 1 (k = 9 ends at 10 % of
 peak). Cosine and linear decay to the same floor are the usual baselines.
 
-Batch-size ramp (Trillion: 1 M → 2 M tokens over the first 1 T tokens): the global batch in tokens
-grows linearly with tokens seen; each rank takes `round(global / (seq_len · world))` sequences per
-step, split into micro-batches of at most the phase's `batch_size` (gradient accumulation). The
-plan is a pure function of the config and the world size, so a resumed run and the dry run see
-the same phase boundaries.
+Batch-size ramp (Trillion §3.4: "slowly increased from 1M to 2M in the first 1T tokens"): the
+global batch in tokens grows linearly with tokens seen and is rounded to whole sequences,
+G = round(global / seq_len), the same at every world size. The G sequences are dealt over the
+ranks (the first G mod W ranks take one more), so the batch grows one sequence at a time however
+many ranks there are; every rank runs the same number of micro-batches of at most the phase's
+`batch_size` (gradient accumulation; collectives line up), and a rank left without a sequence in a
+micro-step (G < W, e.g. 32K-token sequences on 256 ranks) runs a padding micro-batch with no target.
+The loss is a token mean over the whole step (trainer), so uneven ranks weigh every token alike.
+The plan is a pure function of the config and the world size, so a resumed run and the dry run
+see the same phase boundaries.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kollm.train.config import BatchSection, PhaseSection, ScheduleSection, TrainConfig
 
@@ -55,14 +60,33 @@ def global_batch_tokens(batch: BatchSection, tokens_seen: int) -> int:
     return round(batch.ramp_from + (batch.tokens - batch.ramp_from) * tokens_seen / batch.ramp_tokens)
 
 
-def micro_batches(batch: BatchSection, tokens_seen: int, seq_len: int, micro_bs: int, world: int) -> list[int]:
-    """Sequences per micro-batch on each rank for the next step (all ranks take the same)."""
-    per_rank = max(1, round(global_batch_tokens(batch, tokens_seen) / (seq_len * world)))
-    n_micro = math.ceil(per_rank / micro_bs)
-    sizes = [per_rank // n_micro] * n_micro  # as even as possible: equal cost per micro-step
-    for i in range(per_rank % n_micro):
+def global_sequences(batch: BatchSection, tokens_seen: int, seq_len: int) -> int:
+    """Sequences in the next step's global batch (all ranks together): at least one."""
+    return max(1, round(global_batch_tokens(batch, tokens_seen) / seq_len))
+
+
+def micro_batches(batch: BatchSection, tokens_seen: int, seq_len: int, micro_bs: int, world: int,
+                  rank: int = 0) -> list[int]:
+    """Sequences per micro-batch on `rank` for the next step; every rank gets the same number of
+    micro-batches, and a 0 is a padding micro-batch (module docstring)."""
+    g = global_sequences(batch, tokens_seen, seq_len)
+    n_micro = math.ceil(math.ceil(g / world) / micro_bs)
+    mine = g // world + (rank < g % world)
+    sizes = [mine // n_micro] * n_micro  # as even as possible: equal cost per micro-step
+    for i in range(mine % n_micro):
         sizes[i] += 1
     return sizes
+
+
+def _steps_at(batch: BatchSection, seen: int, seq_len: int, g: int) -> float:
+    """Steps until the ramp changes the global batch from g sequences (inf: it never does again)."""
+    if batch.ramp_from is None or seen >= batch.ramp_tokens or global_sequences(batch, batch.ramp_tokens, seq_len) == g:
+        return math.inf
+    lo, hi = seen, batch.ramp_tokens  # G(lo) == g != G(hi); G is monotone in tokens seen
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if global_sequences(batch, mid, seq_len) == g else (lo, mid)
+    return math.ceil((hi - seen) / (g * seq_len))
 
 
 @dataclass
@@ -74,6 +98,7 @@ class PhasePlan:
     seq_len: int
     first_batch_tokens: int  # global batch at the phase's first and last step
     last_batch_tokens: int
+    batches: list[tuple[int, int]] = field(default_factory=list)  # (first step, global sequences) per batch size
 
     @property
     def end_step(self) -> int:
@@ -93,22 +118,22 @@ def phase_data(phase: PhaseSection):
 
 
 def plan_phases(cfg: TrainConfig, world: int) -> list[PhasePlan]:
-    """Steps and tokens of every phase; with a ramp the steps are simulated until it ends."""
+    """Steps and tokens of every phase: runs of steps at one batch size, jumped over in closed form
+    (the ramp changes the batch a few hundred times; the steps number a million)."""
     plans, step, seen = [], 0, 0
     for phase in cfg.phases:
         d = phase_data(phase)
-        start, start_seen, first, last = step, seen, 0, 0
+        start, start_seen, batches = step, seen, []
         while (step - start < phase.steps) if phase.steps is not None else (seen - start_seen < phase.tokens):
-            per_step = sum(micro_batches(cfg.batch, seen, d.seq_len, d.batch_size, world)) * d.seq_len * world
-            first, last = first or per_step, per_step
-            if cfg.batch.ramp_from is not None and seen < cfg.batch.ramp_tokens:
-                step, seen = step + 1, seen + per_step
-                continue
-            # Constant batch from here on: jump to the end of the phase.
-            n = (phase.steps - (step - start)) if phase.steps is not None else \
+            g = global_sequences(cfg.batch, seen, d.seq_len)
+            per_step = g * d.seq_len
+            batches.append((step, g))
+            left = (phase.steps - (step - start)) if phase.steps is not None else \
                 math.ceil((phase.tokens - (seen - start_seen)) / per_step)
+            n = min(left, _steps_at(cfg.batch, seen, d.seq_len, g))
             step, seen = step + n, seen + n * per_step
-        plans.append(PhasePlan(phase.name, start, step - start, seen - start_seen, d.seq_len, first, last))
+        first, last = (batches[0][1] * d.seq_len, batches[-1][1] * d.seq_len) if batches else (0, 0)
+        plans.append(PhasePlan(phase.name, start, step - start, seen - start_seen, d.seq_len, first, last, batches))
     return plans
 
 
@@ -125,5 +150,5 @@ def phase_at(plans: list[PhasePlan], step: int) -> int:
     return len(plans) - 1
 
 
-__all__ = ["lr_at", "global_batch_tokens", "micro_batches", "plan_phases", "phase_at", "phase_data", "PhasePlan",
+__all__ = ["lr_at", "global_batch_tokens", "global_sequences", "micro_batches", "plan_phases", "phase_at", "phase_data", "PhasePlan",
            "decay_start_step"]

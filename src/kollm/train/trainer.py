@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kollm.model.masks import ISOLATES_DOCUMENTS
-from kollm.train import checkpoint, parallel
+from kollm.train import checkpoint, parallel, schedules
 from kollm.train.config import PhaseSection, TrainConfig
 from kollm.train.flops import default_peak_flops, mfu
 from kollm.train.objectives.lm import IGNORE, shifted_targets
@@ -110,7 +110,7 @@ class LMObjective:
         if self.langs and "lang_ids" in batch:
             target_lang = batch["lang_ids"][:, 1:]
             counts += [(valid & (target_lang == i)).sum() for i in range(len(self.langs))]
-            counts.append(torch.tensor(batch["lang_ids"].shape[0]))  # sequences: the cross-lingual share's base
+            counts.append(valid.any(1).sum())  # sequences (with a target: not padding): the cross-lingual share's base
         return torch.stack(counts).float()
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], totals: torch.Tensor) -> ObjectiveOutput:
@@ -294,7 +294,7 @@ class Trainer:
         mode, info = self.cfg.parallel.mode, self.info
         seq_len = self.plans[self.phase_idx].seq_len
         micro_bs = phase_data(self.cfg.phases[self.phase_idx]).batch_size
-        sizes = micro_batches(self.cfg.batch, self.tokens_seen, seq_len, micro_bs, info.world)
+        sizes = micro_batches(self.cfg.batch, self.tokens_seen, seq_len, micro_bs, info.world, info.rank)
         batches = [{k: v.to(info.device, non_blocking=True) for k, v in self.data.next_batch(b).items()}
                    for b in sizes]
         counts = [self.objective.targets(b).to(info.device) for b in batches]
@@ -323,7 +323,7 @@ class Trainer:
                                    f"last good checkpoint: {last}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        step_tokens = sum(sizes) * seq_len * info.world
+        step_tokens = schedules.global_sequences(self.cfg.batch, self.tokens_seen, seq_len) * seq_len
         self.step += 1
         self.tokens_seen += step_tokens
         return metrics | {"grad_norm": grad_norm, "lr": lr, "step_tokens": step_tokens, "micro_batches": len(sizes)}

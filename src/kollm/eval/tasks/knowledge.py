@@ -14,6 +14,8 @@ letters scored as continuations. Few-shot examples come from the dev split of th
 - HAE-RAE: HF `HAERAE-HUB/HAE_RAE_BENCH` (`HAE_RAE_BENCH/<subset>/test*.parquet`: query with the
   options inside, answer "(A)"…).
 - GPQA: `Idavidrein/gpqa` (`gpqa/gpqa_main.csv`, also inside the original `dataset/` folder).
+  GPQA has one split; k-shot (the Trillion suite's `gpqa_main:4`) draws shots from it as lm-eval's
+  `gpqa_main_n_shot` does (random, never the item itself) and uses that task's prompt.
 """
 
 from __future__ import annotations
@@ -196,9 +198,28 @@ class GPQA(MultipleChoiceTask):
         rng.shuffle(opts)
         return {"question": r["Question"], "options": opts, "gold": opts.index(correct)}
 
+    N_SHOT_DESCRIPTION = ("Here are some example questions from experts. Answer the final question yourself, "
+                          "following the format of the previous questions exactly.\n")
+
+    def few_shot_items(self, data_dir):
+        return self.load(data_dir)  # lm-eval gpqa_*_n_shot: fewshot_split train = the only split
+
     def text(self, item):
         opts = "".join(f"\n({L}) {c}" for L, c in zip(LETTERS, item["options"]))
         return f"What is the correct answer to this question:{item['question']}\nChoices:{opts}\nAnswer:"
+
+    def n_shot_text(self, item):
+        opts = "".join(f"\n({L}) {c}" for L, c in zip(LETTERS, item["options"]))
+        return f"Question: {item['question']}\nChoices:{opts}\nAnswer:"
+
+    def context(self, item, fewshot=()):
+        """0-shot: lm-eval's gpqa_*_zeroshot prompt; k-shot: gpqa_*_n_shot's (description, then
+        `Question: … Answer: (X)` shots)."""
+        if not fewshot:
+            return self.text(item)
+        shots = "".join(self.n_shot_text(s) + self.target_delimiter + self.choices(s)[s["gold"]] + self.fewshot_delimiter
+                        for s in fewshot)
+        return self.N_SHOT_DESCRIPTION + shots + self.n_shot_text(item)
 
     def choices(self, item):
         return [f"({L})" for L in LETTERS]
