@@ -140,6 +140,7 @@ def test_harness_task(server, tmp_path):
     assert len(items) == 1 and len(task.bad_rows) == 1 and "question.jsonl:2" in task.bad_rows[0]
     assert task.requests(items[0]) == []
     m = task.process(items[0], [])
-    assert m == {"score": 7.0, "turn1": 9.0, "turn2": 5.0, "unparsable": 0.0}
+    assert m == {"score": 7.0, "turn1": 9.0, "turn2": 5.0, "unparsable": 0, "errors": 0, "unscored": 0,
+                 "category/writing": 7.0}
     with pytest.raises(ValueError, match="needs a judge"):
         get_task("mt_bench").process(items[0], [])

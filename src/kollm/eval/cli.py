@@ -24,8 +24,10 @@ import yaml
 
 from kollm.eval.consistency import consistency, lang_of
 from kollm.eval.harness import EvalConfig, evaluate, no_nan, summary_table, write_results
+from kollm.eval.judge import ReplyCache
 from kollm.eval.suites import SUITES, expand
 from kollm.eval.task import get_task, task_names
+from kollm.eval.tasks.judge_tasks import JudgeTask
 
 
 def task_options(specs: list[str], tasks: set[str]) -> dict[str, dict]:
@@ -100,6 +102,9 @@ def main(argv: list[str]) -> int:
             if name.startswith("niah_"):
                 options[name] = niah_defaults(args.model) | options.get(name, {})
     tasks = [(get_task(name, **options[name]) if name in options else name, shots) for name, shots in tasks]
+    for task, _ in tasks:  # judged answers cost money: keep them beside results.json, resume from them
+        if isinstance(task, JudgeTask) and args.out and task.cache is None:
+            task.cache = ReplyCache(Path(args.out) / f"judge_cache_{task.name}.jsonl")
     results = evaluate(model, tasks, cfg)
 
     if args.consistency:
@@ -126,6 +131,17 @@ def main(argv: list[str]) -> int:
                 png = plot_heatmap(cells_from_metrics(r["metrics"]), Path(args.out) / f"{name}.png",
                                    f"{name}: {args.model}")
                 print(f"wrote {png}", file=sys.stderr)
+    rc = 0
+    for task, _ in tasks:
+        if isinstance(task, JudgeTask):
+            m = results["results"][task.name]["metrics"]
+            for e in task.errors[:5]:
+                print(f"{task.name}: judge/answer failure: {e}", file=sys.stderr)
+            if not m.get("score", {}).get("n"):
+                print(f"WARNING: {task.name}: NOTHING COULD BE SCORED ({m['unparsable']['value']} unparsable "
+                      f"turns, {m['errors']['value']} failed calls of {results['results'][task.name]['n']} items)"
+                      + (f"; first error: {task.errors[0]}" if task.errors else ""), file=sys.stderr)
+                rc = 1
     if args.json:
         print(json.dumps(no_nan({k: v for k, v in results.items() if k != "samples"}), ensure_ascii=False, indent=1))
     else:
@@ -134,4 +150,4 @@ def main(argv: list[str]) -> int:
             print(f"consistency {spec}: " + ", ".join(
                 f"{k}={v['value']:.4f} ({v['count']}/{v['of']})" for k, v in c.items() if isinstance(v, dict)
                 and "value" in v))
-    return 0
+    return rc

@@ -106,8 +106,9 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
                 **({"pair_id": item.get(r.task.parallel_key)} if r.task.parallel_key else {}),
                 "metrics": {k: _jsonable(v) for k, v in m.items()},
                 "target": item.get("gold", item.get("answer")),
-                "responses": [_jsonable(x) for x in res],
-                "prompt": reqs[0].args[0] if reqs else None,
+                # a task that talks to its model itself (LLM-as-judge) leaves what it asked and got in the item
+                "responses": item["_responses"] if "_responses" in item else [_jsonable(x) for x in res],
+                "prompt": item["_prompt"] if "_prompt" in item else reqs[0].args[0] if reqs else None,
                 **({"continuations": [q.args[1] for q in reqs]} if reqs and reqs[0].kind == "loglikelihood" else {}),
             })
         agg = r.task.aggregate(per_item, cfg.bootstrap_iters, cfg.seed)
