@@ -115,6 +115,7 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
         out["results"][r.task.name] = {
             "metrics": agg, "n": len(r.items), "num_fewshot": r.n_shot,
             "output_type": r.task.output_type, "bad_rows": len(getattr(r.task, "bad_rows", [])),
+            **({"source": r.task.source} if getattr(r.task, "source", None) else {}),  # files a task read
         }
         out["samples"][r.task.name] = records
     return out

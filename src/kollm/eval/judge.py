@@ -199,14 +199,57 @@ class ReplyCache:
                 f.flush()
 
 
-def fastchat_messages(item: ChatItem, answers: Sequence[str], turn: int) -> list[dict]:
+# FastChat judge_prompts.jsonl names of the single-answer prompts -> our keys
+_RELEASE_NAMES = {"single-v1": "single", "single-math-v1": "single-math", "single-v1-multi-turn": "multi",
+                  "single-math-v1-multi-turn": "multi-math"}
+
+
+def read_judge_prompts(path: str | Path) -> dict[str, tuple[str, str]]:
+    """A release's judge prompt file (FastChat `judge_prompts.jsonl`, KO-MT-Bench
+    `judge_prompts_ko.jsonl`: rows `{name, type, system_prompt, prompt_template, ...}`) → the four
+    single-answer prompts as (system, template), the same shape as `FASTCHAT`."""
+    out: dict[str, tuple[str, str]] = {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if row.get("name") in _RELEASE_NAMES:
+                out[_RELEASE_NAMES[row["name"]]] = (str(row["system_prompt"]), str(row["prompt_template"]))
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            raise ValueError(f"{path}:{n}: not a judge prompt row ({type(e).__name__}: {e})") from e
+    if missing := sorted(set(_RELEASE_NAMES) - {k for k, v in _RELEASE_NAMES.items() if v in out}):
+        raise ValueError(f"{path}: no judge prompt named {', '.join(missing)}")
+    return out
+
+
+def read_reference_answers(path: str | Path) -> dict[str, list[str | None]]:
+    """FastChat `reference_answer/gpt-4.jsonl` (KO-MT-Bench `reference_answer_ko/gpt-4.jsonl`): rows
+    `{question_id, choices: [{turns: [a1, a2]}]}` → {qid: [a1, a2]}."""
+    out: dict[str, list[str | None]] = {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            turns = list(row["choices"][0]["turns"])
+            out[str(row["question_id"])] = (turns + [None, None])[:2]
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: not a reference answer row ({type(e).__name__}: {e})") from e
+    return out
+
+
+def fastchat_messages(item: ChatItem, answers: Sequence[str], turn: int,
+                      prompts: dict[str, tuple[str, str]] = FASTCHAT) -> list[dict]:
+    """FastChat single-answer grading; `prompts` are the release's own (KO-MT-Bench's Korean ones)
+    when it ships them, else FastChat's English prompts."""
     ref = item.category in NEED_REF_CATS and item.references[0] is not None
     q1, q2 = item.turns
     if turn == 1:
-        system, tmpl = FASTCHAT["single-math" if ref else "single"]
+        system, tmpl = prompts["single-math" if ref else "single"]
         user = tmpl.format(question=q1, answer=answers[0], ref_answer_1=item.references[0])
     else:
-        system, tmpl = FASTCHAT["multi-math" if ref else "multi"]
+        system, tmpl = prompts["multi-math" if ref else "multi"]
         user = tmpl.format(question_1=q1, question_2=q2, answer_1=answers[0], answer_2=answers[1],
                            ref_answer_1=item.references[0], ref_answer_2=item.references[1] or "")
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]

@@ -142,3 +142,79 @@ def test_run_chat_benchmark_survives_and_caches(stub, tmp_path):
     n = len(stub.calls)
     run_chat_benchmark(items, cfg, model_cfg=cfg, concurrency=2, judge_retries=1, cache=tmp_path / "c.jsonl")
     assert all(("q4xx" in c or "nochoice" in c or "modelfail" in c) for c in stub.calls[n:])
+
+
+# --- KO-MT-Bench as released (LG-AI-EXAONE/KoMT-Bench: FastChat's data/ layout) --------------------
+
+JUDGE_PROMPTS_KO = [  # the release's four single-answer rows (pairwise rows are read past)
+    {"name": "pair-v2", "type": "pairwise", "system_prompt": "공정한 심사위원", "prompt_template": "{question}"},
+    {"name": "single-v1", "type": "single", "system_prompt": "당신은 유용한 어시스턴트입니다.",
+     "prompt_template": "[Instruction]\n 답변을 1점부터 10점까지 평가: \"[[rating]]\", 예시: \"점수: [[5]]\".\n\n"
+                        "[사용자 질문]\n{question}\n\n[어시스턴트 답변 시작]\n{answer}\n[어시스턴트 답변 끝]"},
+    {"name": "single-math-v1", "type": "single", "system_prompt": "당신은 유용한 어시스턴트입니다.",
+     "prompt_template": "[Instruction]\n 참조 답변과 비교\n\n[사용자 질문]\n{question}\n\n[참조용 답변 시작]\n"
+                        "{ref_answer_1}\n[참조용 답변 끝]\n\n[어시스턴트 답변 시작]\n{answer}\n[어시스턴트 답변 끝]"},
+    {"name": "single-v1-multi-turn", "type": "single", "system_prompt": "두번째 질문에 초점을 맞춰 평가 \"[[rating]]\"",
+     "prompt_template": "<|어시스턴트 A와 사용자와의 대화 시작|>\n\n### 사용자:\n{question_1}\n\n### 어시스턴트 A:\n"
+                        "{answer_1}\n\n### 사용자:\n{question_2}\n\n### 어시스턴트 A:\n{answer_2}\n\n"
+                        "<|어시스턴트 A와 사용자와의 대화 종료|>"},
+    {"name": "single-math-v1-multi-turn", "type": "single", "system_prompt": "참고 답변 두번째 질문 \"[[rating]]\"",
+     "prompt_template": "<|참조용 답변 시작|>\n\n### 사용자:\n{question_1}\n\n### 참조용 답변:\n{ref_answer_1}\n\n"
+                        "### 사용자:\n{question_2}\n\n### 참조용 답변:\n{ref_answer_2}\n\n<|참조용 답변 끝|>\n\n\n"
+                        "<|어시스턴트 A와 사용자와의 대화 시작|>\n\n### 사용자:\n{question_1}\n\n### 어시스턴트 A:\n"
+                        "{answer_1}\n\n### 사용자:\n{question_2}\n\n### 어시스턴트 A:\n{answer_2}\n\n"
+                        "<|어시스턴트 A와 사용자와의 대화 끝|>"},
+]
+EN = [{"question_id": 81, "category": "writing", "turns": ["Write a blog post", "Rewrite it"]},
+      {"question_id": 111, "category": "math", "turns": ["Triangle area?", "Circle area?"], "reference": ["3"]}]
+KO = [{"question_id": 81, "category": "writing", "turns": ["블로그 글을 써줘", "사투리로 다시"]},
+      {"question_id": 111, "category": "math", "turns": ["삼각형 넓이는?", "원의 넓이는?"], "reference": ["3"]},
+      {"question_id": 121, "category": "coding", "turns": ["파이썬 함수", "테스트도"]}]  # no inline reference
+REFS = [{"question_id": 111, "answer_id": "a", "model_id": "gpt-4", "choices": [{"index": 0, "turns": [
+    "넓이는 3입니다.", "원의 넓이는 5π입니다."]}], "tstamp": 0},
+        {"question_id": 121, "answer_id": "b", "model_id": "gpt-4", "choices": [{"index": 0, "turns": [
+            "def f(): ...", "def test_f(): ..."]}], "tstamp": 0}]
+
+
+def release(root):
+    data = root / "data"
+    write_questions(data / "mt_bench", EN, "question.jsonl")
+    write_questions(data / "mt_bench", KO, "question_ko.jsonl")
+    write_questions(data / "mt_bench" / "reference_answer_ko", REFS, "gpt-4.jsonl")
+    write_questions(data, JUDGE_PROMPTS_KO, "judge_prompts_ko.jsonl")
+    return data
+
+
+def judge_msgs(stub):
+    return [c[len("judge:"):] for c in stub.calls if c.startswith("judge:")]
+
+
+def test_ko_mt_bench_release_prompts_and_references(stub, tmp_path):
+    data = release(tmp_path)
+    assert run_cli(stub, data, tmp_path / "out") == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())["results"]["ko_mt_bench"]
+    src = res["source"]
+    assert src["questions"] == str(data / "mt_bench" / "question_ko.jsonl")
+    assert src["judge_prompts"] == str(data / "judge_prompts_ko.jsonl")
+    assert src["reference_answers"] == str(data / "mt_bench" / "reference_answer_ko" / "gpt-4.jsonl")
+    assert res["n"] == 3
+    sent = judge_msgs(stub)
+    # the release's Korean templates, and its GPT-4 references replace the inline short hint
+    assert any(m.startswith("[Instruction]\n 답변을") and "[사용자 질문]\n블로그 글을 써줘" in m for m in sent)
+    math1 = next(m for m in sent if "삼각형 넓이는?" in m and "[참조용 답변 시작]" in m)
+    assert "[참조용 답변 시작]\n넓이는 3입니다.\n[참조용 답변 끝]" in math1
+    assert any("### 참조용 답변:\n원의 넓이는 5π입니다." in m for m in sent)
+    assert any("[참조용 답변 시작]\ndef f(): ..." in m for m in sent)  # the coding item has its reference now
+    assert not any("Assistant A's Conversation" in m or "[Question]" in m for m in sent)
+
+
+def test_mt_bench_reads_english_questions_and_falls_back(stub, tmp_path):
+    data = release(tmp_path)
+    assert run_cli(stub, data, tmp_path / "out", task="mt_bench") == 0
+    src = json.loads((tmp_path / "out" / "results.json").read_text())["results"]["mt_bench"]["source"]
+    assert src["questions"] == str(data / "mt_bench" / "question.jsonl")
+    assert src["judge_prompts"].startswith("built-in") and src["reference_answers"].startswith("inline")
+    sent = judge_msgs(stub)
+    assert any("[Question]\nWrite a blog post" in m for m in sent)
+    assert any("[The Start of Reference Answer]\n3\n" in m for m in sent)  # the inline hint, as before
+    assert not any("블로그" in m for m in sent)
