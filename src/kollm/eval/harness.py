@@ -76,7 +76,8 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
         run.n_shot = k if pool else 0
         runs.append(run)
         log(f"{task.name}: {len(items)} items, {k if pool else 0}-shot"
-            + (f", {len(bad)} malformed rows skipped (first: {bad[0]})" if bad else ""))
+            + (f", {len(bad)} malformed rows skipped (first: {bad[0]})" if bad else "")
+            + (f", {len(w)} data warnings (first: {w[0]})" if (w := getattr(task, "data_warnings", [])) else ""))
 
     t0 = time.perf_counter()
     for kind in ("loglikelihood", "generate"):
@@ -116,6 +117,8 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
             "metrics": agg, "n": len(r.items), "num_fewshot": r.n_shot,
             "output_type": r.task.output_type, "bad_rows": len(getattr(r.task, "bad_rows", [])),
             **({"source": r.task.source} if getattr(r.task, "source", None) else {}),  # files a task read
+            **({"data_warnings": {"count": len(w), "first": w[:5]}} if (w := getattr(r.task, "data_warnings", []))
+               else {}),
         }
         out["samples"][r.task.name] = records
     return out
