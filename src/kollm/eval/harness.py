@@ -45,6 +45,13 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _prompt(reqs: Sequence[Request]) -> str | list[str] | None:
+    """The context every request shares, or every context when the choices have their own
+    (XWinograd's partial scoring puts each option in its context)."""
+    contexts = list(dict.fromkeys(q.args[0] for q in reqs))
+    return None if not contexts else contexts[0] if len(contexts) == 1 else [q.args[0] for q in reqs]
+
+
 def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: EvalConfig | None = None,
              log=lambda msg: print(msg, file=sys.stderr)) -> dict:
     """Run `tasks` on `model` (a back-end from kollm.eval.models, or anything with
@@ -109,7 +116,7 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
                 "target": item.get("gold", item.get("answer")),
                 # a task that talks to its model itself (LLM-as-judge) leaves what it asked and got in the item
                 "responses": item["_responses"] if "_responses" in item else [_jsonable(x) for x in res],
-                "prompt": item["_prompt"] if "_prompt" in item else reqs[0].args[0] if reqs else None,
+                "prompt": item["_prompt"] if "_prompt" in item else _prompt(reqs),
                 **({"continuations": [q.args[1] for q in reqs]} if reqs and reqs[0].kind == "loglikelihood" else {}),
             })
         agg = r.task.aggregate(per_item, cfg.bootstrap_iters, cfg.seed)
