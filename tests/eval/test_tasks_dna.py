@@ -30,13 +30,13 @@ def test_belebele_prompt_and_first_n_shots(tmp_path):
     items = t.load(tmp_path)
     assert len(items) == 2 and len(t.bad_rows) == 1 and "kor_Hang.jsonl:3" in t.bad_rows[0]
     reqs = t.requests(items[0])
-    assert reqs[0].args == ("P: 서울은 한국의 수도이다.\nQ: 한국의 수도는?\nA: 부산\nB: 서울\nC: 대구\nD: 인천\nAnswer：", " A")
+    assert reqs[0].args == ("P: 서울은 한국의 수도이다.\nQ: 한국의 수도는?\nA: 부산\nB: 서울\nC: 대구\nD: 인천\nAnswer:", " A")
     assert [q.args[1] for q in reqs] == [" A", " B", " C", " D"] and items[0]["gold"] == 1
     assert t.process(items[0], [(-3.0, False), (-1.0, True), (-2.0, False), (-4.0, False)])["acc"] == 1.0
     pool = t.few_shot_items(tmp_path)
     shots = t.select_fewshot(items[0], pool, 1, None)
     assert shots == [items[1]]  # the first row is the item itself: skipped, as lm-eval's first_n
-    assert t.requests(items[0], shots)[0].args[0].startswith("P: P2\nQ: Q2\nA: a\nB: b\nC: c\nD: d\nAnswer： D\n\nP: ")
+    assert t.requests(items[0], shots)[0].args[0].startswith("P: P2\nQ: Q2\nA: a\nB: b\nC: c\nD: d\nAnswer: D\n\nP: ")
 
 
 def test_kmmlu_hard_letters_or_numbers(tmp_path):

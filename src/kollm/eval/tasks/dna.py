@@ -5,10 +5,10 @@ the answer labels like every multiple-choice task here.
 
 - BELEBELE (facebook/belebele): rows `{flores_passage, question, mc_answer1..4, correct_answer_num}`
   in `belebele/<lang>.jsonl` (the release and the HF repo's `data/`), or `belebele/<lang>/test*.parquet`.
-  Prompt "P: …\\nQ: …\\nA: …\\nB: …\\nC: …\\nD: …\\nAnswer：" (full-width colon, as lm-eval), labels
+  Prompt "P: …\\nQ: …\\nA: …\\nB: …\\nC: …\\nD: …\\nAnswer:" (lm-eval 0.4.13; later versions write a full-width colon), labels
   A-D; shots are the first k rows of the same test split, never the item itself (lm-eval's first_n).
 - KMMLU-Hard (HAERAE-HUB/KMMLU-HARD): `KMMLU-HARD/data/<subject>-hard-<split>.csv` or
-  `<subject>-<split>.csv` (question, A-D, answer as a letter or 1-4); KMMLU's prompt ("정답："),
+  `<subject>-<split>.csv` (question, A-D, answer 1-4 as lm-eval 0.4.13 reads it; a letter A-D also reads); KMMLU's prompt ("정답："),
   shots from the same subject's dev split.
 - CSAT-QA (HAERAE-HUB/csatqa): rows `{question, context, option#1..5, gold (1-5), Category}` in
   any json/jsonl/parquet under `csatqa/`; lm-eval's instruction prompt and "(1)".."(5)" labels;
@@ -48,7 +48,7 @@ class Belebele(MultipleChoiceTask):
 
     def text(self, item):
         opts = "".join(f"\n{L}: {o}" for L, o in zip(LETTERS, item["options"]))
-        return f"P: {item['passage']}\nQ: {item['question'].strip()}{opts}\nAnswer："
+        return f"P: {item['passage']}\nQ: {item['question'].strip()}{opts}\nAnswer:"
 
     def choices(self, item):
         return list(LETTERS)
