@@ -72,10 +72,81 @@ def test_csatqa_prompt_and_categories(tmp_path):
 
 
 def test_dna_suite_has_them():
-    assert {"kmmlu_hard:5", "belebele_ko:0", "csatqa:0"} <= set(SUITES["dna"])
+    assert {"kmmlu_hard:5", "belebele_ko:0", "csatqa:0", "mmlu_pro:5"} <= set(SUITES["dna"])
 
 
 def test_all_rows_rejected(tmp_path):
     write_jsonl(tmp_path / "csatqa" / "x.jsonl", [{"question": "q"}])
     with pytest.raises(ValueError, match="1 rows rejected: first error .*x.jsonl:1"):
         get_task("csatqa").load(tmp_path)
+
+
+def pro_rows():
+    mk = lambda i, cat, q, ans, cot: {"question_id": i, "question": q, "options": ["1", " 2 ", "3", "4", "5"],  # noqa: E731
+                                      "answer": ans, "answer_index": "ABCDE".find(ans), "cot_content": cot,
+                                      "category": cat, "src": "x"}
+    val = [mk(0, "math", "1+1?", "B", "A: Let's think step by step. 1+1=2. The answer is (B)."),
+           mk(1, "law", "Is it legal?", "A", "A: Let's think step by step. Yes. The answer is (A)."),
+           mk(2, "math", "2+1?", "C", "A: Let's think step by step. 2+1=3. The answer is (C).")]
+    test = [mk(10, "math", "3+1?", "D", ""), mk(11, "math", "0+1?", "A", ""), mk(12, "law", "Q?", "Z", "")]
+    return test, val
+
+
+def write_pro(root):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    test, val = pro_rows()
+    d = root / "MMLU-Pro" / "data"
+    d.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(test), d / "test-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(val), d / "validation-00000-of-00001.parquet")
+
+
+def test_mmlu_pro_prompt_shots_and_extraction(tmp_path):
+    write_pro(tmp_path)
+    t = get_task("mmlu_pro")
+    items = t.load(tmp_path)
+    assert len(items) == 2 and len(t.bad_rows) == 1  # answer "Z" is no option's letter
+    shots = t.select_fewshot(items[0], t.few_shot_items(tmp_path), 5, None)
+    assert [s["question"] for s in shots] == ["1+1?", "2+1?"]  # the same category, file order
+    ctx = t.requests(items[0], shots[:1])[0].args[0]
+    assert ctx == ("The following are multiple choice questions (with answers) about math. Think step by step and then "
+                   "finish your answer with \"the answer is (X)\" where X is the correct letter choice.\n"
+                   "Question:\n1+1?\nOptions:\nA. 1\nB. 2\nC. 3\nD. 4\nE. 5\nAnswer: Let's think step by step. "
+                   "1+1=2. The answer is (B).\n\n"
+                   "Question:\n3+1?\nOptions:\nA. 1\nB. 2\nC. 3\nD. 4\nE. 5\nAnswer: Let's think step by step.")
+    assert t.requests(items[0])[0].stop == ("Question:",)
+    m = t.process(items[0], ["3+1=4 so the answer is (D). Or the answer is (A)."])  # the first match counts
+    assert m == {"exact_match": 1.0, "category/math": 1.0}
+    assert t.process(items[0], ["the answer is D"])["exact_match"] == 1.0
+    assert t.process(items[0], ["I think D"])["exact_match"] == 0.0
+
+
+def test_mmlu_pro_prompts_equal_lm_evals(tmp_path):
+    lm_eval = pytest.importorskip("lm_eval")
+    import os
+    from pathlib import Path
+
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    write_pro(tmp_path)
+    src = Path(lm_eval.__file__).parent / "tasks" / "mmlu_pro" / "mmlu_pro_math.yaml"
+    d = tmp_path / "MMLU-Pro" / "data"
+    inc = tmp_path / "tasks"
+    inc.mkdir()
+    (inc / "p.yaml").write_text(
+        f"include: {src}\ntask: mmlu_pro_kollm_parity\ndataset_path: parquet\ndataset_name: null\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {d / 'test-00000-of-00001.parquet'}\n"
+        f"    validation: {d / 'validation-00000-of-00001.parquet'}\ntag: []\n", encoding="utf-8")
+    task = get_task_dict(["mmlu_pro_kollm_parity"], TaskManager(include_path=str(inc)))["mmlu_pro_kollm_parity"]
+    task.set_config(key="num_fewshot", value=2)
+    task.build_all_requests(rank=0, world_size=1)
+    theirs = [inst.args[0] for inst in sorted(task.instances, key=lambda i: i.doc_id)]
+    t = get_task("mmlu_pro")
+    items = [it for it in t.load(tmp_path) if it["category"] == "math"]
+    pool = t.few_shot_items(tmp_path)
+    ours = [t.requests(it, t.select_fewshot(it, pool, 2, None))[0].args[0] for it in items]
+    assert ours == theirs
+    assert task.instances[0].args[1]["until"] == ["Question:"]

@@ -14,16 +14,25 @@ the answer labels like every multiple-choice task here.
   any json/jsonl/parquet under `csatqa/`; lm-eval's instruction prompt and "(1)".."(5)" labels;
   per-category accuracy (WR, GR, RCS, RCSS, RCH, LI) as `category/<name>`.
 
-MMLU-Pro is not here: lm-eval scores it by 5-shot chain-of-thought generation, a different task
-shape (see docs/eval.md).
+- MMLU-Pro (TIGER-Lab/MMLU-Pro): `MMLU-Pro/data/{test,validation}-*.parquet`; lm-eval's 5-shot
+  chain of thought (generation, not log-likelihood), `exact_match` and per-category.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from kollm.eval.task import register_task
-from kollm.eval.tasks.common import EXTS, MultipleChoiceTask, convert_rows, find_split, locate, read_rows
+from kollm.eval.tasks.common import (
+    EXTS,
+    GenerateTask,
+    MultipleChoiceTask,
+    convert_rows,
+    find_split,
+    locate,
+    read_rows,
+)
 from kollm.eval.tasks.knowledge import KMMLU, LETTERS
 
 
@@ -115,3 +124,60 @@ class CSATQA(MultipleChoiceTask):
         if item.get("category"):
             m[f"category/{item['category']}"] = m["acc"]
         return m
+
+
+# --- MMLU-Pro (TIGER-Lab/MMLU-Pro), as lm-eval's `mmlu_pro`: 5-shot chain of thought ----------------
+
+PRO_LETTERS = "ABCDEFGHIJ"
+_PRO_ANSWER = re.compile(r"answer is \(?([ABCDEFGHIJ])\)?")
+
+
+@register_task("mmlu_pro")
+class MMLUPro(GenerateTask):
+    """Rows `{question_id, question, options (up to 10), answer (letter), answer_index, cot_content,
+    category}` in `MMLU-Pro/data/{test,validation}-*.parquet`. lm-eval's prompt: the category's
+    description, the first k validation rows of the same category with their worked `cot_content`,
+    then "Question:\\n…\\nOptions:\\nA. …\\nAnswer: Let's think step by step."; greedy until
+    "Question:"; the first "answer is (X)" is the prediction, exact match with the gold letter."""
+
+    eval_splits, fewshot_split = ("test",), "validation"
+    expected_files = "MMLU-Pro/data/test-*.parquet"
+    num_fewshot = 5
+    stop = ("Question:",)
+    max_new_tokens = 2048
+
+    def _load(self, data_dir, split):
+        base = locate(data_dir, ["MMLU-Pro", "mmlu_pro", "mmlu-pro"], "mmlu_pro")
+        files = find_split(base / "data", split) if (base / "data").is_dir() else []
+        files = files or find_split(base, split)
+        return convert_rows((r for f in files for r in read_rows(f, self.bad_rows)), self.convert, self.bad_rows)
+
+    def convert(self, r):
+        opts = list(r["options"])
+        gold = str(r["answer"]).strip()
+        if not opts or gold not in PRO_LETTERS[: len(opts)]:
+            raise ValueError(f"answer {r['answer']!r} is not one of the {len(opts)} options' letters")
+        return {"question": r["question"], "options": opts, "answer": gold, "category": r["category"],
+                "cot": r.get("cot_content") or ""}
+
+    def description(self, item):
+        return (f"The following are multiple choice questions (with answers) about {item['category']}. Think step by "
+                "step and then finish your answer with \"the answer is (X)\" where X is the correct letter choice.\n")
+
+    def text(self, item):
+        opts = "".join(f"{L}. {o.strip()}\n" for L, o in zip(PRO_LETTERS, item["options"]))
+        return f"Question:\n{item['question']}\nOptions:\n{opts}Answer: Let's think step by step."
+
+    def target(self, item):
+        return item["cot"].replace("A: Let's think step by step. ", "")
+
+    def context(self, item, fewshot=()):
+        return self.description(item) + super().context(item, fewshot)
+
+    def select_fewshot(self, item, pool, k, rng):
+        return [p for p in pool if p["category"] == item["category"]][:k]  # lm-eval's first_n per category
+
+    def process(self, item, results):
+        m = _PRO_ANSWER.search(results[0])
+        ok = float(bool(m) and m.group(1) == item["answer"])
+        return {"exact_match": ok, f"category/{item['category']}": ok}
