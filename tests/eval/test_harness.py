@@ -64,7 +64,8 @@ def test_fewshot_and_limit(fixtures):
 def test_suites_expand():
     known = set(task_names())
     dna = expand("dna", known, log=lambda m: None)
-    assert ("kmmlu", 5) in dna and ("math", 4) in dna and len(dna) == 10
+    assert ("kmmlu", 5) in dna and ("math", 4) in dna and len(dna) == 14
+    assert {("kmmlu_hard", 5), ("belebele_ko", 0), ("csatqa", 0), ("mmlu_pro", 5)} <= set(dna)
     notes = []
     trillion = expand("trillion,gsm8k:3", known, log=notes.append)
     assert ("global_mmlu_ko", 5) in trillion and trillion[-1] == ("gsm8k", 3)

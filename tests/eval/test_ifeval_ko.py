@@ -99,3 +99,73 @@ def test_loose_korean_row_and_task(tmp_path):
     agg = task.aggregate([m, task.process(items[0], ["봄, 여름"])], bootstrap_iters=10)
     assert agg["prompt_level_strict_acc"]["value"] == 0.5 and agg["inst_level_strict_acc"]["value"] == 0.5
     assert agg["strict_average"]["value"] == 0.5
+
+
+# --- the public Korean IFEval layout {id, input, ifeval: [{id, kwargs}]} ---------------------------
+
+PHRASINGS = [  # (prompt as released, the answer it allows, a near-miss it does not)
+    ("다음 질문에 답하세요: 서울은 한국의 수도인가요? ('제 답변은 예입니다.', '제 답변은 아니요입니다.', "
+     "'제 답변은 잘 모르겠습니다.' 중 하나로 답하세요)", "제 답변은 잘 모르겠습니다.", "제 대답은 예입니다."),
+    ("김치는 발효 식품인가요? “내 대답은 예.”, “내 대답은 아니요.”, “내 대답은 아마도.” 중 하나로만 답하세요.",
+     "음, 내 대답은 예.", "제 답변은 예입니다."),
+    ("고양이는 포유류인가요? 다음 중 하나로 답하세요: \"제 대답은 예입니다.\", \"제 대답은 아니요입니다.\", "
+     "\"제 대답은 아마도입니다.\"", "제 대답은 아니요입니다.", "내 대답은 아니요."),
+]
+
+
+@pytest.mark.parametrize("prompt,good,bad", PHRASINGS, ids=["제 답변은", "내 대답은", "제 대답은"])
+def test_constrained_response_options_from_the_prompt(prompt, good, bad):
+    row = validate_row({"id": 1, "input": prompt,
+                        "ifeval": [{"id": "detectable_format:constrained_response", "kwargs": {}}]}, "ko")
+    assert row["prompt"] == prompt and row["instruction_id_list"] == ["detectable_format:constrained_response"]
+    assert len(row["kwargs"][0]["options"]) == 3 and good.removeprefix("음, ") in row["kwargs"][0]["options"]
+    assert score_row(row, good, "ko")["prompt_level_strict_acc"] is True
+    assert score_row(row, bad, "ko")["prompt_level_strict_acc"] is False
+
+
+def test_constrained_response_without_options_in_prompt_accepts_every_phrasing():
+    row = validate_row({"id": 2, "input": "예 또는 아니요로 답하세요.",
+                        "ifeval": [{"id": "detectable_format:constrained_response", "kwargs": None}]}, "ko")
+    assert row["kwargs"] == [{}]
+    for ans in ("제 답변은 예입니다.", "내 대답은 아니요입니다.", "제 대답은 아마도입니다.", "My answer is yes."):
+        assert score_row(row, ans, "ko")["prompt_level_strict_acc"] is True
+    assert score_row(row, "예.", "ko")["prompt_level_strict_acc"] is False
+
+
+def test_public_layout_task_and_english_keyword_warnings(tmp_path):
+    d = tmp_path / "ko_ifeval"
+    d.mkdir()
+    rows = [
+        {"id": 10, "input": "제목을 달고 쉼표 없이 쓰세요.",
+         "ifeval": [{"id": "detectable_format:title", "kwargs": {}}, {"id": "punctuation:no_comma", "kwargs": {}}]},
+        # the translation left the keyword in English: loads, warned, checked as given
+        {"id": 11, "input": "사과에 대한 글을 쓰고 '사과'라는 단어를 포함하세요.",
+         "ifeval": [{"id": "keywords:existence", "kwargs": {"keywords": ["apple"]}}]},
+        # an English word the prompt itself asks for is not a warning
+        {"id": 12, "input": "'AI'라는 단어를 두 번 이상 쓰세요.",
+         "ifeval": [{"id": "keywords:frequency", "kwargs": {"keyword": "AI", "frequency": 2, "relation": "at least"}}]},
+        {"id": 13, "input": "잘못된 행", "ifeval": "detectable_format:title"},
+    ]
+    (d / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    task = get_task("ko_ifeval")
+    items = task.load(tmp_path)
+    assert [it["key"] for it in items] == [10, 11, 12]
+    assert len(task.bad_rows) == 1 and "test.jsonl:4" in task.bad_rows[0] and "'ifeval' must be" in task.bad_rows[0]
+    assert len(task.data_warnings) == 1 and "test.jsonl:2" in task.data_warnings[0] and "'apple'" in task.data_warnings[0]
+    assert task.process(items[1], ["사과는 맛있다."])["prompt_level_strict_acc"] == 0.0  # no crash, just fails
+
+    from kollm.eval.harness import EvalConfig, evaluate
+
+    class Echo:
+        name = "echo"
+
+        def generate(self, reqs):
+            return ["《봄》\n봄이 왔다", "사과는 맛있다", "AI는 AI다"]
+
+        def loglikelihood(self, pairs):
+            return []
+
+    res = evaluate(Echo(), [get_task("ko_ifeval")], EvalConfig(data_dir=str(tmp_path)), log=lambda m: None)
+    r = res["results"]["ko_ifeval"]
+    assert r["data_warnings"]["count"] == 1 and r["bad_rows"] == 1
+    assert r["metrics"]["prompt_level_strict_acc"]["value"] == pytest.approx(2 / 3)

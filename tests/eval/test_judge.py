@@ -138,8 +138,11 @@ def test_harness_task(server, tmp_path):
     task = get_task("ko_mt_bench", judge_url=server.url, model_url=server.url)
     items = task.load(tmp_path)
     assert len(items) == 1 and len(task.bad_rows) == 1 and "question.jsonl:2" in task.bad_rows[0]
+    assert task.source == {"questions": str(d / "question.jsonl"), "reference_answers": "inline `reference` of the "
+                           "question file", "judge_prompts": "built-in FastChat single-v1 prompts (English)"}
     assert task.requests(items[0]) == []
     m = task.process(items[0], [])
-    assert m == {"score": 7.0, "turn1": 9.0, "turn2": 5.0, "unparsable": 0.0}
+    assert m == {"score": 7.0, "turn1": 9.0, "turn2": 5.0, "unparsable": 0, "errors": 0, "unscored": 0,
+                 "category/writing": 7.0}
     with pytest.raises(ValueError, match="needs a judge"):
         get_task("mt_bench").process(items[0], [])

@@ -25,8 +25,10 @@ import yaml
 from kollm.argtypes import positive_int
 from kollm.eval.consistency import consistency, lang_of
 from kollm.eval.harness import EvalConfig, evaluate, no_nan, summary_table, write_results
+from kollm.eval.judge import ReplyCache
 from kollm.eval.suites import SUITES, expand
 from kollm.eval.task import get_task, task_names
+from kollm.eval.tasks.judge_tasks import JudgeTask
 
 
 def task_options(specs: list[str], tasks: set[str]) -> dict[str, dict]:
@@ -114,6 +116,9 @@ def main(argv: list[str]) -> int:
     kw = {"dtype": dtype, "batch_tokens": args.batch_tokens} if not args.model.startswith("http") else {}
     model = load_model(args.model, device=device, endpoint_model=args.endpoint_model, **kw)
     cfg = EvalConfig(num_fewshot=args.num_fewshot, limit=args.limit, seed=args.seed, data_dir=args.data_dir)
+    for task, _ in tasks:  # judged answers cost money: keep them beside results.json, resume from them
+        if isinstance(task, JudgeTask) and args.out and task.cache is None:
+            task.cache = ReplyCache(Path(args.out) / f"judge_cache_{task.name}.jsonl")
     results = evaluate(model, tasks, cfg)
 
     if args.consistency:
@@ -140,6 +145,17 @@ def main(argv: list[str]) -> int:
                 png = plot_heatmap(cells_from_metrics(r["metrics"]), Path(args.out) / f"{name}.png",
                                    f"{name}: {args.model}")
                 print(f"wrote {png}", file=sys.stderr)
+    rc = 0
+    for task, _ in tasks:
+        if isinstance(task, JudgeTask):
+            m = results["results"][task.name]["metrics"]
+            for e in task.errors[:5]:
+                print(f"{task.name}: judge/answer failure: {e}", file=sys.stderr)
+            if not m.get("score", {}).get("n"):
+                print(f"WARNING: {task.name}: NOTHING COULD BE SCORED ({m['unparsable']['value']} unparsable "
+                      f"turns, {m['errors']['value']} failed calls of {results['results'][task.name]['n']} items)"
+                      + (f"; first error: {task.errors[0]}" if task.errors else ""), file=sys.stderr)
+                rc = 1
     if args.json:
         print(json.dumps(no_nan({k: v for k, v in results.items() if k != "samples"}), ensure_ascii=False, indent=1))
     else:
@@ -148,4 +164,4 @@ def main(argv: list[str]) -> int:
             print(f"consistency {spec}: " + ", ".join(
                 f"{k}={v['value']:.4f} ({v['count']}/{v['of']})" for k, v in c.items() if isinstance(v, dict)
                 and "value" in v))
-    return 0
+    return rc

@@ -50,6 +50,13 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _prompt(reqs: Sequence[Request]) -> str | list[str] | None:
+    """The context every request shares, or every context when the choices have their own
+    (XWinograd's partial scoring puts each option in its context)."""
+    contexts = list(dict.fromkeys(q.args[0] for q in reqs))
+    return None if not contexts else contexts[0] if len(contexts) == 1 else [q.args[0] for q in reqs]
+
+
 def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: EvalConfig | None = None,
              log=lambda msg: print(msg, file=sys.stderr)) -> dict:
     """Run `tasks` on `model` (a back-end from kollm.eval.models, or anything with
@@ -96,7 +103,8 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
         runs.append(run)
         log(f"{task.name}: {len(items)} items" + (f" of the {task.split} split" if task.split else "")
             + f", {k if pool else 0}-shot"
-            + (f", {len(bad)} malformed rows skipped (first: {bad[0]})" if bad else ""))
+            + (f", {len(bad)} malformed rows skipped (first: {bad[0]})" if bad else "")
+            + (f", {len(w)} data warnings (first: {w[0]})" if (w := getattr(task, "data_warnings", [])) else ""))
 
     t0 = time.perf_counter()
     for kind in ("loglikelihood", "generate"):
@@ -126,8 +134,9 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
                 **({"pair_id": item.get(r.task.parallel_key)} if r.task.parallel_key else {}),
                 "metrics": {k: _jsonable(v) for k, v in m.items()},
                 "target": item.get("gold", item.get("answer")),
-                "responses": [_jsonable(x) for x in res],
-                "prompt": reqs[0].args[0] if reqs else None,
+                # a task that talks to its model itself (LLM-as-judge) leaves what it asked and got in the item
+                "responses": item["_responses"] if "_responses" in item else [_jsonable(x) for x in res],
+                "prompt": item["_prompt"] if "_prompt" in item else _prompt(reqs),
                 **({"continuations": [q.args[1] for q in reqs]} if reqs and reqs[0].kind == "loglikelihood" else {}),
             })
         agg = r.task.aggregate(per_item, cfg.bootstrap_iters, cfg.seed)
@@ -135,6 +144,9 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
             "metrics": agg, "split": r.task.split, "n": len(r.items), "num_fewshot": r.n_shot,
             "output_type": r.task.output_type, "bad_rows": len(getattr(r.task, "bad_rows", [])),
             **getattr(r.task, "run_info", {}),  # what a task reports about how it scored (e.g. its sandbox)
+            **({"source": r.task.source} if getattr(r.task, "source", None) else {}),  # files a task read
+            **({"data_warnings": {"count": len(w), "first": w[:5]}} if (w := getattr(r.task, "data_warnings", []))
+               else {}),
         }
         out["samples"][r.task.name] = records
     return out

@@ -8,7 +8,10 @@ grades turn 1 alone and turn 2 in the context of the whole conversation, with th
 where the benchmark has one (FastChat: math, reasoning, coding). Ratings are parsed as FastChat
 does (`[[N]]`, else `[N]`) or as LogicKor does (`점수: N` after removing `*`). A judgment without a
 parsable rating is retried (`judge_retries` more times) and, if it never parses, counted in
-`unparsable` and left out of the means -- never guessed (FastChat records -1, LogicKor 0).
+`unparsable` and left out of the means -- never guessed (FastChat records -1, LogicKor 0). A call
+that fails past the client's own retries (HTTP 4xx, a body without `choices`) leaves its turn
+unscored with the error recorded, and the run goes on. With a cache file, every answer and
+judgment is appended to disk as it arrives and a re-run asks only for what is missing.
 At most `concurrency` requests are in flight at once, answers and judgments together.
 
 Scores: MT-Bench = mean over all judged turns (FastChat's `show_result`), also per turn and per
@@ -18,12 +21,15 @@ category; LogicKor = mean of single-turn and multi-turn scores, per category (�
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from kollm.data.judge import JudgeClient, JudgeConfig
 
@@ -133,25 +139,117 @@ class ChatItem:
         return cls(str(qid), str(row.get("category", "")).split("(")[0].strip(), list(turns[:2]), refs)
 
 
-class Limited:
-    """A chat client behind a shared semaphore (the concurrency limit) -- `complete(messages)`."""
+class Endpoint:
+    """A chat client behind a shared semaphore (the concurrency limit), with an optional on-disk
+    cache: every reply is appended to a jsonl file as it arrives, keyed by (role, model, messages,
+    attempt), so a re-run of an interrupted or partly failed benchmark asks only what is missing
+    (judging costs money). `attempt` keeps a retried unparsable judgment from replaying itself."""
 
-    def __init__(self, client: JudgeClient, sem: threading.Semaphore):
-        self.client, self.sem = client, sem
+    def __init__(self, client: JudgeClient, sem: threading.Semaphore, cache: ReplyCache | None = None,
+                 role: str = "judge"):
+        self.client, self.sem, self.cache, self.role = client, sem, cache, role
 
-    def complete(self, messages: list[dict]) -> str:
+    def complete(self, messages: list[dict], attempt: int = 0) -> str:
+        key = None
+        if self.cache is not None:
+            key = self.cache.key(self.role, self.client.cfg.model, messages, attempt)
+            if (hit := self.cache.get(key)) is not None:
+                return hit
         with self.sem:
-            return self.client.complete(messages)
+            text = self.client.complete(messages)
+        if key is not None:
+            self.cache.put(key, text)
+        return text
 
 
-def fastchat_messages(item: ChatItem, answers: Sequence[str], turn: int) -> list[dict]:
+class ReplyCache:
+    """`path` (jsonl): one `{"key", "text"}` line per reply, appended and flushed as it arrives; a
+    torn last line (killed mid-write) is skipped on load."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.lock = threading.Lock()
+        self.replies: dict[str, str] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                    self.replies[row["key"]] = row["text"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+        self.hits = 0
+
+    @staticmethod
+    def key(role: str, model: str, messages: list[dict], attempt: int) -> str:
+        blob = json.dumps([role, model, messages, attempt], ensure_ascii=False, sort_keys=True)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def get(self, key: str) -> str | None:
+        with self.lock:
+            text = self.replies.get(key)
+            self.hits += text is not None
+            return text
+
+    def put(self, key: str, text: str) -> None:
+        with self.lock:
+            self.replies[key] = text
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, "text": text}, ensure_ascii=False) + "\n")
+                f.flush()
+
+
+# FastChat judge_prompts.jsonl names of the single-answer prompts -> our keys
+_RELEASE_NAMES = {"single-v1": "single", "single-math-v1": "single-math", "single-v1-multi-turn": "multi",
+                  "single-math-v1-multi-turn": "multi-math"}
+
+
+def read_judge_prompts(path: str | Path) -> dict[str, tuple[str, str]]:
+    """A release's judge prompt file (FastChat `judge_prompts.jsonl`, KO-MT-Bench
+    `judge_prompts_ko.jsonl`: rows `{name, type, system_prompt, prompt_template, ...}`) → the four
+    single-answer prompts as (system, template), the same shape as `FASTCHAT`."""
+    out: dict[str, tuple[str, str]] = {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if row.get("name") in _RELEASE_NAMES:
+                out[_RELEASE_NAMES[row["name"]]] = (str(row["system_prompt"]), str(row["prompt_template"]))
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            raise ValueError(f"{path}:{n}: not a judge prompt row ({type(e).__name__}: {e})") from e
+    if missing := sorted(set(_RELEASE_NAMES) - {k for k, v in _RELEASE_NAMES.items() if v in out}):
+        raise ValueError(f"{path}: no judge prompt named {', '.join(missing)}")
+    return out
+
+
+def read_reference_answers(path: str | Path) -> dict[str, list[str | None]]:
+    """FastChat `reference_answer/gpt-4.jsonl` (KO-MT-Bench `reference_answer_ko/gpt-4.jsonl`): rows
+    `{question_id, choices: [{turns: [a1, a2]}]}` → {qid: [a1, a2]}."""
+    out: dict[str, list[str | None]] = {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            turns = list(row["choices"][0]["turns"])
+            out[str(row["question_id"])] = (turns + [None, None])[:2]
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: not a reference answer row ({type(e).__name__}: {e})") from e
+    return out
+
+
+def fastchat_messages(item: ChatItem, answers: Sequence[str], turn: int,
+                      prompts: dict[str, tuple[str, str]] = FASTCHAT) -> list[dict]:
+    """FastChat single-answer grading; `prompts` are the release's own (KO-MT-Bench's Korean ones)
+    when it ships them, else FastChat's English prompts."""
     ref = item.category in NEED_REF_CATS and item.references[0] is not None
     q1, q2 = item.turns
     if turn == 1:
-        system, tmpl = FASTCHAT["single-math" if ref else "single"]
+        system, tmpl = prompts["single-math" if ref else "single"]
         user = tmpl.format(question=q1, answer=answers[0], ref_answer_1=item.references[0])
     else:
-        system, tmpl = FASTCHAT["multi-math" if ref else "multi"]
+        system, tmpl = prompts["multi-math" if ref else "multi"]
         user = tmpl.format(question_1=q1, question_2=q2, answer_1=answers[0], answer_2=answers[1],
                            ref_answer_1=item.references[0], ref_answer_2=item.references[1] or "")
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
@@ -188,21 +286,52 @@ def answer_two_turns(model, item: ChatItem) -> list[str]:
 
 
 def judge_turn(judge, messages: list[dict], parse: Callable[[str], float | None],
-               retries: int) -> tuple[float | None, list[str]]:
-    """The rating and every judgment text asked for (1 + retries at most while unparsable)."""
-    texts = []
-    for _ in range(retries + 1):
-        texts.append(judge.complete(messages))
+               retries: int) -> tuple[float | None, list[str], str | None]:
+    """(rating, every judgment text asked for, error). Unparsable judgments are asked again
+    (1 + retries at most); an endpoint failure that outlived the client's own retries (HTTP 4xx, a
+    body without `choices`) ends the turn unscored with its error -- it never ends the run."""
+    texts: list[str] = []
+    for attempt in range(retries + 1):
+        try:
+            texts.append(judge.complete(messages, attempt=attempt))
+        except RuntimeError as e:
+            return None, texts, str(e)
         score = parse(texts[-1])
         if score is not None:
-            return score, texts
-    return None, texts
+            return score, texts, None
+    return None, texts, None
+
+
+def judge_item(item: ChatItem, judge, build: Callable, parse: Callable[[str], float | None], retries: int,
+               model=None, answers: list[str] | None = None) -> dict:
+    """Answer (unless `answers` are given) and judge both turns of one item. The record keeps, per
+    turn, the question, the model's answer, the judge's messages and every judge reply, so a score
+    can be audited; a failed answer or judge call is recorded as `error` and leaves the turn None."""
+    rec: dict = {"qid": item.qid, "category": item.category, "answers": answers, "scores": [None, None],
+                 "judgments": [[], []], "errors": [None, None], "turns": []}
+    if answers is None:
+        try:
+            answers = answer_two_turns(model, item)
+        except RuntimeError as e:
+            rec["errors"] = [f"answering: {e}"] * 2
+            rec["turns"] = [{"turn": t, "question": item.turns[t - 1], "answer": None, "judge_messages": None,
+                             "judgments": [], "score": None, "error": f"answering: {e}"} for t in (1, 2)]
+            return rec
+    rec["answers"] = answers
+    for turn in (1, 2):
+        msgs = build(item, answers, turn)
+        score, texts, err = judge_turn(judge, msgs, parse, retries)
+        rec["scores"][turn - 1], rec["judgments"][turn - 1], rec["errors"][turn - 1] = score, texts, err
+        rec["turns"].append({"turn": turn, "question": item.turns[turn - 1], "answer": answers[turn - 1],
+                             "judge_messages": msgs, "judgments": texts, "score": score, "error": err})
+    return rec
 
 
 def run_chat_benchmark(items: Sequence[ChatItem], judge_cfg: JudgeConfig, style: str = "fastchat",
                        model_cfg: JudgeConfig | None = None, answers: dict[str, list[str]] | None = None,
-                       concurrency: int = 4, judge_retries: int = 2) -> dict:
+                       concurrency: int = 4, judge_retries: int = 2, cache: str | Path | None = None) -> dict:
     """Answer (with `model_cfg`'s endpoint, unless `answers` maps qid → [a1, a2]) and judge every item.
+    `cache`: a jsonl file every reply is appended to, and read back on a re-run.
     Returns {"records": [...], "metrics": {...}}."""
     if style not in STYLES:
         raise ValueError(f"judge style {style!r}: one of {sorted(STYLES)}")
@@ -210,17 +339,13 @@ def run_chat_benchmark(items: Sequence[ChatItem], judge_cfg: JudgeConfig, style:
         raise ValueError("give the answering model's endpoint (model_cfg) or precomputed answers")
     build, parse = STYLES[style]
     sem = threading.Semaphore(max(1, concurrency))
-    judge = Limited(JudgeClient(judge_cfg), sem)
-    model = Limited(JudgeClient(model_cfg), sem) if model_cfg else None
+    store = ReplyCache(cache) if cache else None
+    judge = Endpoint(JudgeClient(judge_cfg), sem, store, "judge")
+    model = Endpoint(JudgeClient(model_cfg), sem, store, "model") if model_cfg else None
 
     def one(item: ChatItem) -> dict:
-        ans = answers[item.qid] if answers is not None else answer_two_turns(model, item)
-        rec = {"qid": item.qid, "category": item.category, "answers": ans, "scores": [], "judgments": []}
-        for turn in (1, 2):
-            score, texts = judge_turn(judge, build(item, ans, turn), parse, judge_retries)
-            rec["scores"].append(score)
-            rec["judgments"].append(texts)
-        return rec
+        return judge_item(item, judge, build, parse, judge_retries, model,
+                          answers[item.qid] if answers is not None else None)
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         records = list(pool.map(one, items))
@@ -232,7 +357,8 @@ def _mean(xs: list[float]) -> float:
 
 
 def summarize(records: Sequence[dict], style: str = "fastchat") -> dict:
-    """Means over parsed ratings only; `unparsable` counts the turns left out."""
+    """Means over parsed ratings only; `unparsable` counts the turns whose judgment never gave a
+    rating, `errors` those whose answer or judge call failed (both left out of the means)."""
     turn = {1: [], 2: []}
     by_cat: dict[str, list[float]] = defaultdict(list)
     for r in records:
@@ -243,7 +369,9 @@ def summarize(records: Sequence[dict], style: str = "fastchat") -> dict:
     name = "single" if style == "logickor" else "turn1"
     out = {"score": _mean(turn[1] + turn[2]), name: _mean(turn[1]),
            "multi" if style == "logickor" else "turn2": _mean(turn[2]),
-           "unparsable": sum(s is None for r in records for s in r["scores"]),
+           "scored_turns": len(turn[1]) + len(turn[2]),
+           "unparsable": sum(s is None and e is None for r in records for s, e in zip(r["scores"], r["errors"])),
+           "errors": sum(e is not None for r in records for e in r["errors"]),
            "judge_calls": sum(len(j) for r in records for j in r["judgments"]),
            "categories": {c: _mean(v) for c, v in sorted(by_cat.items())}}
     return out

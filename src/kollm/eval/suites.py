@@ -1,5 +1,6 @@
 """Named task suites: `--tasks trillion` expands to the Trillion 7B report's evaluation table
-(Table 3: task, shots), `dna` to the DNA 1.0 report's (KMMLU, KoBEST, MMLU, GSM8K, BBH, MATH),
+(Table 3: task, shots), `dna` to the DNA 1.0 report's (KMMLU, KoBEST, MMLU, GSM8K, BBH, MATH, KMMLU-Hard, BELEBELE,
+CSAT-QA, MMLU-Pro),
 `korean` to the Korean benchmarks, `quick` to a minutes-long smoke set. An entry is
 `task` or `task:shots`. Tasks not installed (part of an optional module) are dropped with a note.
 """
@@ -16,7 +17,8 @@ SUITES: dict[str, list[str]] = {
         "gpqa_main:4", "gsm8k_cot:0", "math_cot:0", "hrm8k_ko:0",
         "mbpp_cot", "humaneval_cot", "ifeval", "ko_ifeval", "mt_bench", "ko_mt_bench", "logickor",
     ],
-    "dna": ["kmmlu:5", *[f"{t}:5" for t in KOBEST], "mmlu:5", "gsm8k:5", "bbh:0", "math:4"],
+    "dna": ["kmmlu:5", *[f"{t}:5" for t in KOBEST], "mmlu:5", "gsm8k:5", "bbh:0", "math:4",
+            "kmmlu_hard:5", "belebele_ko:0", "csatqa:0", "mmlu_pro:5"],
     "korean": ["kmmlu:5", *[f"{t}:5" for t in KOBEST], "haerae:3", "global_mmlu_ko:5", "hrm8k_ko:0",
                "ko_ifeval", "ko_mt_bench", "logickor"],
     "quick": [*[f"{t}:0" for t in KOBEST], "mmlu:0", "gsm8k:0"],

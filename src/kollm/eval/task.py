@@ -94,6 +94,8 @@ class Task:
             if items := self._load(data_dir, split):
                 self.split = split  # results.json says which one was scored (MMLU falls back to dev)
                 return items
+        if bad := getattr(self, "bad_rows", None):  # the file was there: say why nothing came of it
+            raise ValueError(f"{data_dir}: {self.name}: {len(bad)} rows rejected: first error {bad[0]}")
         raise FileNotFoundError(f"{data_dir}: no {self.name} {' or '.join(self.eval_splits)} rows"
                                 + (f" ({self.expected_files})" if self.expected_files else ""))
 

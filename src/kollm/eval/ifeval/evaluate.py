@@ -10,8 +10,10 @@ Trillion report's KoIFEval number is the mean of prompt- and instruction-level s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
+from kollm.eval.ifeval.instructions_ko import options_from_prompt
 from kollm.eval.ifeval.registry import clean_kwargs, follows
 
 
@@ -21,18 +23,58 @@ def loose_variants(response: str) -> list[str]:
     return [response, response.replace("*", ""), *cut, *(c.replace("*", "") for c in cut)]
 
 
+def normalize_row(row: dict) -> dict:
+    """lm-eval / google IFEval rows `{key, prompt, instruction_id_list, kwargs}` as they are; the
+    public Korean IFEval rows `{id, input, ifeval: [{id, kwargs}]}` rewritten to that layout."""
+    if "prompt" not in row and "input" in row and "ifeval" in row:
+        insts = row["ifeval"]
+        if not isinstance(insts, list) or not all(isinstance(x, dict) and "id" in x for x in insts):
+            raise ValueError("'ifeval' must be a list of {id, kwargs} objects")
+        return {"key": row.get("id", row.get("key")), "prompt": row["input"],
+                "instruction_id_list": [x["id"] for x in insts], "kwargs": [x.get("kwargs") or {} for x in insts]}
+    return row
+
+
 def validate_row(row: dict, lang: str) -> dict:
-    """A `{"key", "prompt", "instruction_id_list", "kwargs"}` row, checked: ids known, one kwargs
-    dict per id, kwargs valid. Raises ValueError/KeyError naming the problem."""
+    """A row in either layout (`normalize_row`), checked: ids known, one kwargs dict per id, kwargs
+    valid. Raises ValueError/KeyError naming the problem. Korean constrained-response
+    instructions without options take them from the prompt (`options_from_prompt`)."""
+    row = normalize_row(row)
     for k in ("prompt", "instruction_id_list", "kwargs"):
         if k not in row:
-            raise KeyError(f"missing field {k!r}")
-    ids, kwargs = list(row["instruction_id_list"]), list(row["kwargs"])
+            raise KeyError(f"missing field {k!r} (IFEval rows: key, prompt, instruction_id_list, kwargs; "
+                           "or id, input, ifeval)")
+    ids, kwargs = list(row["instruction_id_list"]), [dict(kw or {}) for kw in row["kwargs"]]
     if len(ids) != len(kwargs):
         raise ValueError(f"{len(ids)} instruction ids but {len(kwargs)} kwargs dicts")
     for i, kw in zip(ids, kwargs):
+        if lang == "ko" and i == "detectable_format:constrained_response" and not clean_kwargs(lang, i, kw):
+            if opts := options_from_prompt(str(row["prompt"])):
+                kw["options"] = opts
         clean_kwargs(lang, i, kw)
     return {"key": row.get("key"), "prompt": row["prompt"], "instruction_id_list": ids, "kwargs": kwargs}
+
+
+_KEYWORD_KWARGS = ("keywords", "keyword", "forbidden_words", "letter", "first_word", "end_phrase")
+_HANGUL = re.compile(r"[\uac00-\ud7a3]")
+
+
+def english_keywords(row: dict) -> list[str]:
+    """Keyword kwargs a Korean prompt's row leaves in English (a translation that missed them):
+    Latin-only values the prompt itself never mentions. Each is a data warning, not an error --
+    the checker still runs, the item most likely cannot be passed."""
+    prompt = str(row["prompt"])
+    if not _HANGUL.search(prompt):
+        return []
+    out = []
+    for iid, kw in zip(row["instruction_id_list"], row["kwargs"]):
+        for k in _KEYWORD_KWARGS:
+            vals = kw.get(k)
+            for v in vals if isinstance(vals, list) else [vals]:
+                if isinstance(v, str) and re.search(r"[A-Za-z]", v) and not _HANGUL.search(v) \
+                        and v.lower() not in prompt.lower():
+                    out.append(f"{iid} {k}={v!r} is English but the prompt is Korean and never says it")
+    return out
 
 
 def score_row(row: dict, response: str, lang: str = "en") -> dict[str, list[bool] | bool]:

@@ -15,8 +15,10 @@ same ids and kwargs as IFEval and Korean-correct counting:
 - paragraphs: Table 15 asks for the markdown divider written "* * *"; both it and IFEval's "***" split.
 - titles may be wrapped in <<...>>, «...» (the report's example) or 《...》 (Korean book-title marks);
   quotation accepts "..." and “...”; no_comma also forbids the full-width comma.
-- constrained response: `options` kwarg (the report's "{options}"); by default the Korean
-  "제 대답은 예/아니요/아마도입니다." plus IFEval's English options.
+- constrained response: `options` kwarg (the report's "{options}"); with none, the options the
+  prompt itself spells out (public Korean IFEval data words them "제 답변은 …", "내 대답은 …" or
+  "제 대답은 …"; `options_from_prompt`), else "제 대답은 예/아니요/아마도입니다." in those three
+  phrasings plus IFEval's English options.
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ from collections.abc import Callable
 from kollm.eval.ifeval import instructions_en as en
 from kollm.eval.ifeval.instructions_en import compare
 
-KO_OPTIONS = ("제 대답은 예입니다.", "제 대답은 아니요입니다.", "제 대답은 아마도입니다.")
+_KO_PREFIXES = ("제 대답은", "제 답변은", "내 대답은")  # the phrasings of released Korean IFEval prompts
+KO_OPTIONS = tuple(f"{p} {a}" for p in _KO_PREFIXES for a in ("예입니다.", "아니요입니다.", "아마도입니다."))
+# a quoted option in the prompt ('제 답변은 예입니다.', “내 대답은 아니요.”, "My answer is yes."), or,
+# unquoted, the phrase up to its sentence end
+_QUOTED_OPTION = re.compile(r"[\"'“‘「『]((?:제|내)\s*(?:대답|답변)은[^\"'”’」』\n]*|My answer is[^\"'”’\n]*)[\"'”’」』]")
+_BARE_OPTION = re.compile(r"((?:제|내)\s*(?:대답|답변)은\s*[^\s,、.\"'”’]+(?:\.)?)")
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 # Korean relation words a translated dataset may put in `relation` kwargs
 _RELATION_KO = {"미만": "less than", "이상": "at least"}
@@ -132,6 +139,13 @@ def nth_paragraph_first_word(r: str, *, num_paragraphs: int, nth_paragraph: int,
     want = first_word.strip().lower()
     ok = word.lower().startswith(want) if _HANGUL.search(want) else re.split(r"[.,?!'\"]", word.lower())[0] == want
     return n == num_paragraphs and ok
+
+
+def options_from_prompt(prompt: str) -> list[str]:
+    """The answer phrases a constrained-response prompt offers, as written in it (order kept,
+    duplicates dropped); [] when it spells out none."""
+    found = [m.strip() for m in _QUOTED_OPTION.findall(prompt)] or [m.strip() for m in _BARE_OPTION.findall(prompt)]
+    return list(dict.fromkeys(o for o in found if o))
 
 
 def constrained_response(r: str, *, options: list[str] | None = None) -> bool:

@@ -7,11 +7,13 @@ Layouts (HF repo name / original release):
   `ARC-V1-Feb2018-2/ARC-Challenge/ARC-Challenge-Test.jsonl` (question {stem, choices}).
 - TruthfulQA: `truthful_qa/multiple_choice/validation-*.parquet` (targets {choices, labels}) or
   the original `TruthfulQA/data/mc_task.json` (targets {choice: label}).
-- XWinograd: `xwinograd/data/<lang>/test.jsonl` (Muennighoff/xwinograd).
+- XWinograd: `xwinograd/data/<lang>/test.jsonl` (Muennighoff/xwinograd) or the release's
+  `xwinograd/dataset.tsv` (yandex-research/crosslingual_winograd, all languages in one file).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -131,12 +133,47 @@ class XWinograd(MultipleChoiceTask):
     lang = ""
 
     def load(self, data_dir):
-        base = locate(data_dir, ["xwinograd", "XWinograd"], self.name)
-        d = base / "data" / self.lang if (base / "data").is_dir() else base / self.lang
-        items = convert_rows(_rows(self, find_split(d, "test")), self.convert, self.bad_rows)
+        base = locate(data_dir, ["xwinograd", "XWinograd", "crosslingual_winograd"], self.name)
+        tsv = base if base.is_file() else base / "dataset.tsv"
+        if tsv.is_file() and tsv.suffix == ".tsv":  # the release (yandex-research/crosslingual_winograd)
+            files, rows = [tsv], self._release_rows(tsv)
+        else:
+            d = base / "data" / self.lang if (base / "data").is_dir() else base / self.lang
+            files = find_split(d, "test")
+            rows = list(_rows(self, files))
+            if not files:
+                raise FileNotFoundError(f"{d}: no test split (nor {base / 'dataset.tsv'})")
+        items = convert_rows(rows, self.convert, self.bad_rows)
         if not items:
-            raise FileNotFoundError(f"{d}: no test split")
+            bad = self.bad_rows
+            raise ValueError(f"{', '.join(map(str, files))}: " + (f"{len(bad)} rows rejected: first error {bad[0]}"
+                                                                  if bad else f"no {self.lang} rows"))
         return items
+
+    def _release_rows(self, path):
+        """dataset.tsv, no header: lang, source, English reference, raw text, JSON tokens, JSON pronoun
+        [text, [start, end), tokens], JSON candidates [[text, range, tokens, correct], ...]. The pronoun
+        becomes the blank `_` of the HF layout (found through the token offsets in the raw text), the
+        candidates option1/option2 in file order, `answer` the 1-based correct one."""
+        langs = {"jp": ("jp", "ja")}.get(self.lang, (self.lang,))
+        out = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            cols = line.split("\t")
+            if not line.strip() or cols[0] not in langs:
+                continue
+            where = f"{path}:{n}"
+            try:
+                if len(cols) != 7:
+                    raise ValueError(f"{len(cols)} tab-separated columns, expected 7")
+                text, tokens, pron, cands = cols[3], json.loads(cols[4]), json.loads(cols[5]), json.loads(cols[6])
+                start, end = _char_span(text, tokens, *pron[1])
+                if len(cands) != 2 or sum(bool(c[3]) for c in cands) != 1:
+                    raise ValueError("needs two candidates, exactly one correct")
+                out.append((where, {"sentence": text[:start] + "_" + text[end:], "option1": cands[0][0],
+                                    "option2": cands[1][0], "answer": 1 if cands[0][3] else 2}))
+            except (ValueError, IndexError, TypeError) as e:
+                self.bad_rows.append(f"{where}: {type(e).__name__}: {e}")
+        return out
 
     def convert(self, r):
         s = r["sentence"]
@@ -159,3 +196,21 @@ class XWinograd(MultipleChoiceTask):
 
 for _lang in ("en", "jp", "zh"):
     register_task(f"xwinograd_{_lang}")(type(f"XWinograd_{_lang}", (XWinograd,), {"lang": _lang}))
+
+
+def _char_span(text: str, tokens: list[str], t0: int, t1: int) -> tuple[int, int]:
+    """Character span of tokens [t0, t1) in `text`: tokens are found left to right (NLTK's
+    tokens are substrings of the text, apart from quotes it rewrites as `` and '', skipped)."""
+    pos, starts, ends = 0, [], []
+    for tok in tokens:
+        i = text.find(tok, pos)
+        if i < 0:  # a rewritten quote: no offset, the cursor stays
+            starts.append(None)
+            ends.append(None)
+            continue
+        starts.append(i)
+        ends.append(i + len(tok))
+        pos = i + len(tok)
+    if not 0 <= t0 < t1 <= len(tokens) or starts[t0] is None or ends[t1 - 1] is None:
+        raise ValueError(f"pronoun tokens [{t0}, {t1}) not found in the text")
+    return starts[t0], ends[t1 - 1]

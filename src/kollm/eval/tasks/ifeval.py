@@ -7,7 +7,9 @@ greedy; metrics prompt_level_{strict,loose}_acc (mean over prompts) and inst_lev
 (the reports score chat models). `strict_average` is the reports' number (mean of prompt- and
 instruction-level strict accuracy). Data: `IFEval/` (HF `google/IFEval`: `ifeval_input_data.jsonl`
 or its `train` split) and `ko_ifeval/` (any jsonl/parquet in the same row layout
-`{"key", "prompt", "instruction_id_list", "kwargs"}`; KoIFEval is in-house, bring your own).
+`{"key", "prompt", "instruction_id_list", "kwargs"}`, or the public Korean IFEval layout
+`{"id", "input", "ifeval": [{"id", "kwargs"}]}`; KoIFEval is in-house, bring your own). Korean rows
+whose keyword kwargs stayed English are counted as `data_warnings` in results.json.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kollm.eval.ifeval.evaluate import inst_level_acc, score_row, validate_row
+from kollm.eval.ifeval.evaluate import english_keywords, inst_level_acc, score_row, validate_row
 from kollm.eval.task import Request, Task, register_task
 from kollm.eval.tasks.common import EXTS, convert_rows, find_split, locate, read_rows
 
@@ -31,6 +33,7 @@ class IFEvalTask(Task):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.bad_rows: list[str] = []
+        self.data_warnings: list[str] = []  # rows that load but look wrong (English keywords in Korean rows)
 
     def load(self, data_dir: Path | None) -> list[dict]:
         base = locate(data_dir, self.dirs, self.name or "ifeval")
@@ -39,7 +42,10 @@ class IFEvalTask(Task):
         if not files:
             raise FileNotFoundError(f"{self.name}: no jsonl/json/parquet rows under {base}")
         rows = [r for f in files for r in read_rows(f, self.bad_rows)]
-        return convert_rows(rows, lambda r: validate_row(r, self.lang), self.bad_rows)
+        items = convert_rows(rows, lambda r: validate_row(r, self.lang), self.bad_rows)
+        if self.lang == "ko":
+            self.data_warnings = [f"{it['_where']}: {w}" for it in items for w in english_keywords(it)]
+        return items
 
     def requests(self, item: dict, fewshot: Sequence[dict] = ()) -> list[Request]:
         return [Request("generate", (item["prompt"],), stop=(), max_new_tokens=self.max_new_tokens, chat=True)]
