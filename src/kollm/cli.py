@@ -18,7 +18,7 @@ STAGES: dict[str, tuple[str | None, str]] = {
     "sft": (None, "supervised fine-tuning on chat data (loss on responses only)"),
     "merge": (None, "linear / model soup / SLERP merges (mergekit-style YAML)"),
     "dpo": (None, "offline and online DPO"),
-    "distill": (None, "skew-KL distillation with adaptive off-policy replay"),
+    "distill": ("kollm.train.distill", "skew-KL distillation with adaptive off-policy replay"),
     "grpo": (None, "RL with verifiable rewards (GRPO)"),
     "eval": ("kollm.eval.cli", "benchmarks, Korean IFEval, cross-lingual consistency, LLM-as-judge"),
     "generate": ("kollm.model.generate", "generate text from a checkpoint (KV cache; greedy or sampling)"),
