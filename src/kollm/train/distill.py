@@ -368,20 +368,25 @@ def precompute(cfg: TrainConfig, out: str | Path, device: torch.device | None = 
 
 
 # -- demo data -------------------------------------------------------------------------------------
-def demo_rows(corpus: str | Path, out: str | Path, held_out: float = 0.1) -> tuple[Path, Path]:
+def demo_rows(corpus: str | Path, out: str | Path, held_out: float = 0.1, max_validation: int = 64
+              ) -> tuple[Path, Path]:
     """The demo corpus's paragraphs as prompt/completion rows: the first sentence is the prompt,
-    the rest of the paragraph the completion; whole documents go to validation (held-out prompts)."""
+    the rest of the paragraph the completion; every 1/held_out-th document goes to validation
+    (held-out prompts; at most `max_validation` rows, so CPU validation stays quick)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict]] = {"train": [], "validation": []}
-    with open(corpus, encoding="utf-8") as f:
-        docs = [json.loads(line)["text"] for line in f if line.strip()]
+    from kollm.data.chat import iter_rows
+
+    # the demo corpus plants two malformed rows (kollm.demo_corpus): skipped here as everywhere
+    docs = [row["text"] for _, row, _ in iter_rows(corpus) if row and isinstance(row.get("text"), str)]
     for i, text in enumerate(docs):
         split = "validation" if i % round(1 / held_out) == 0 else "train"
         for para in text.split("\n\n"):
             first, sep, rest = para.partition(". ")
             if sep and rest.strip():
                 rows[split].append({"prompt": first + ".", "completion": rest.strip()})
+    rows["validation"] = rows["validation"][:max_validation]
     paths = []
     for split, items in rows.items():
         p = out / f"{split}.jsonl"
@@ -437,7 +442,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> int:
     if not (cfg.teacher.model or cfg.teacher.stored):
         raise ValueError("teacher.model (a Hugging Face directory) or teacher.stored (kollm distill precompute) "
                          "is required")
-    if cfg.distill.off_policy and not cfg.teacher.stored and cfg.parallel.mode == "fsdp":
+    if cfg.distill.off_policy and cfg.teacher.stored:
+        raise ValueError("distill.off_policy: student generations need the teacher online (teacher.stored holds "
+                         "targets for the dataset's responses only); set distill.off_policy=false")
+    if cfg.distill.off_policy and cfg.parallel.mode == "fsdp":
         raise ValueError("distill.off_policy: student generation under parallel.mode fsdp is not supported "
                          "(ranks would run different numbers of forward passes); use ddp or zero1")
     if cfg.checkpoint.export_hf:
