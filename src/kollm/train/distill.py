@@ -267,7 +267,9 @@ class ValidationData:
     def __init__(self, examples: ChatExamples, batch_size: int, stored: StoredTopK | None = None,
                  rank: int = 0, world: int = 1):
         self.examples, self.batch_size, self.stored = examples.examples, batch_size, stored
-        self.indices = list(range(len(self.examples)))[rank::world] or list(range(len(self.examples)))
+        # the same number of rows (so of batches) on every rank: the remainder of len / world is dropped
+        n = len(self.examples) // world * world
+        self.indices = list(range(n))[rank::world] if n else list(range(len(self.examples)))
 
     def batches(self):
         for a in range(0, len(self.indices), self.batch_size):
@@ -421,12 +423,14 @@ def main(argv: list[str]) -> int:
         return 0
     p = _parser("kollm distill")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--validate-only", action="store_true",
+                   help="print the untrained student's validation metrics (the run's step-0 baseline) and exit")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.set)
-    return train(cfg, args.resume)
+    return train(cfg, args.resume, args.validate_only)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> int:
+def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -> int:
     import torch.distributed as dist
 
     from kollm.data.chat import load_tokenizer
@@ -478,9 +482,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> int:
                   f"{model.config.vocab_size}; the divergence runs over the tokenizer's {len(tok)} ids", file=sys.stderr)
         objective = DistillObjective(teacher, cfg.distill.loss, cfg.distill.alpha, cfg.distill.ce_weight, len(tok))
         data = DistillData(train_ex, cfg, model, stop_ids(tok), stored, cfg.seed, info.rank, info.world)
-        val = ValidationData(val_ex, phase_data(cfg.phases[0]).batch_size, val_stored, info.rank, info.world) \
-            if val_ex is not None else None
+        val_bs = cfg.validation.batch_size or phase_data(cfg.phases[0]).batch_size
+        val = ValidationData(val_ex, val_bs, val_stored, info.rank, info.world) if val_ex is not None else None
         trainer = Trainer(cfg, model, objective, data, info, val_data=val)
+        if validate_only:
+            if val is None:
+                raise ValueError("--validate-only needs data.validation")
+            metrics = trainer.validate()
+            if info.is_main:
+                print(json.dumps({"step": 0, **metrics}))
+            return 0
         try:
             trainer.fit(resume=resume)
         except TrainingDiverged as e:
