@@ -110,14 +110,15 @@ class _Source:
     """DistillData around a tiny student with generation counted."""
 
     def __init__(self, world, **distill):
-        from kollm.train.distill import ChatExamples, DistillData, stop_ids
+        from kollm.data.chat import stop_token_ids
+        from kollm.train.distill import ChatExamples, DistillData
 
         root, tok = world
         cfg = config_from_dict(_cfg(root, root / "unused", **distill))
         torch.manual_seed(0)
         self.model = build_model(get_preset("tiny", vocab_size=len(tok), dim=32, ffn_dim=96))
         ex = ChatExamples(root / "train.jsonl", tok, 64)
-        self.data = DistillData(ex, cfg, self.model, stop_ids(tok), seed=0)
+        self.data = DistillData(ex, cfg, self.model, stop_token_ids(tok), seed=0)
         self.calls = 0
         real = self.data._generate
 
@@ -237,7 +238,7 @@ def test_command_end_to_end_with_kill_and_resume(world, tmp_path):
         paths[name] = tmp_path / f"{name}.yaml"
     full = _distill(paths["full"])
     assert full.returncode == 0, full.stderr[-3000:]
-    assert "skipped 2: bad_json: 1" in full.stderr
+    assert "2 bad rows skipped" in full.stderr and "bad_json" in full.stderr
     killed = _distill(paths["killed"], fault=5)
     assert killed.returncode == 17, killed.stderr[-3000:]
     resumed = _distill(paths["killed"], "--resume")

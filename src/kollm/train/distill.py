@@ -57,48 +57,40 @@ class Example:
 
 
 class ChatExamples:
-    """All usable rows of one file, rendered and cut to `max_len` tokens."""
+    """All usable rows of a file (or a directory of files), rendered and cut to `max_len` tokens."""
 
-    def __init__(self, path: str | Path, tokenizer, max_len: int):
-        from kollm.data.chat import BadRow, RowErrors, iter_rows, render, to_messages
+    def __init__(self, spec: str | Path, tokenizer, max_len: int):
+        from kollm.data.chat import RowErrors, read_conversations, render, render_prompt
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such data file")
+        self.path = Path(spec)
         self.errors = RowErrors()
         self.examples: list[Example] = []
-        for line, row, reason in iter_rows(self.path):
-            where = f"{self.path}:{line}"
-            if reason is not None:
-                self.errors.add(reason, where)
-                continue
-            try:
-                messages = to_messages(row)
-                last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-                ids, trained = render(tokenizer, messages[:last + 1])
-                prompt, _ = render(tokenizer, messages[:last], add_generation_prompt=True) if last else \
-                    render(tokenizer, [], add_generation_prompt=True)
-            except BadRow as e:
-                self.errors.add(e.reason, where)
-                continue
+        for file, line, _, messages in read_conversations(spec, self.errors):
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            ids, trained = render(tokenizer, messages[:last + 1])
+            prompt = render_prompt(tokenizer, messages[:last])
             ids, trained = ids[:max_len], trained[:max_len]
             if not any(trained[1:]):
-                self.errors.add("no_response_within_max_len", where)
+                self.errors.add("no_response_within_max_len", file, line)
                 continue
             self.examples.append(Example(ids, [t if m else IGNORE for t, m in zip(ids, trained)], prompt[:max_len - 1]))
         if not self.examples:
-            raise ValueError(f"{self.path}: no usable rows" + (f" ({self.errors.summary()})" if self.errors.total else ""))
+            raise ValueError(f"{self.path}: no usable rows ({self.errors.summary()})")
 
     def report(self) -> str:
         s = f"{self.path}: {len(self.examples)} rows"
-        return s + (f", skipped {self.errors.total}: {self.errors.summary()}" if self.errors.total else "")
+        return s + (f"; {self.errors.summary()}" if self.errors.total else "")
 
 
-def file_digest(path: str | Path) -> str:
+def file_digest(spec: str | Path) -> str:
+    """sha256 over the contents of the data file(s), in kollm.data.chat.data_files order."""
+    from kollm.data.chat import data_files
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for path in data_files(spec):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 
@@ -305,11 +297,6 @@ def student_tokenizer_path(cfg: TrainConfig) -> str:
     return path
 
 
-def stop_ids(tokenizer) -> list[int]:
-    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")}
-    return sorted(i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id)
-
-
 def seq_len(cfg: TrainConfig) -> int:
     from kollm.train.schedules import phase_data
 
@@ -433,7 +420,7 @@ def main(argv: list[str]) -> int:
 def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -> int:
     import torch.distributed as dist
 
-    from kollm.data.chat import load_tokenizer
+    from kollm.data.chat import load_tokenizer, stop_token_ids
     from kollm.train.export import export_checkpoint
     from kollm.train.objectives.distill import DistillObjective
     from kollm.train.parallel import init_distributed
@@ -481,7 +468,7 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
             print(f"kollm distill: teacher has {teacher.config.vocab_size} embedding rows, the student "
                   f"{model.config.vocab_size}; the divergence runs over the tokenizer's {len(tok)} ids", file=sys.stderr)
         objective = DistillObjective(teacher, cfg.distill.loss, cfg.distill.alpha, cfg.distill.ce_weight, len(tok))
-        data = DistillData(train_ex, cfg, model, stop_ids(tok), stored, cfg.seed, info.rank, info.world)
+        data = DistillData(train_ex, cfg, model, stop_token_ids(tok), stored, cfg.seed, info.rank, info.world)
         val_bs = cfg.validation.batch_size or phase_data(cfg.phases[0]).batch_size
         val = ValidationData(val_ex, val_bs, val_stored, info.rank, info.world) if val_ex is not None else None
         trainer = Trainer(cfg, model, objective, data, info, val_data=val)
