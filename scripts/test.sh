@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/system-deps.sh
 .venv/bin/ruff check src tests bench
 .venv/bin/python -m pytest -n 2 --durations=15 "$@"

@@ -24,7 +24,7 @@ STAGES: dict[str, tuple[str | None, str]] = {
     "generate": ("kollm.model.generate", "generate text from a checkpoint (KV cache; greedy or sampling)"),
     "export": ("kollm.train.export", "export a training checkpoint (DCP) or a Hugging Face directory to Hugging Face format"),
     "serve": (None, "OpenAI-compatible HTTP server"),
-    "report": (None, "HTML/Markdown report for a run directory"),
+    "report": ("kollm.report", "HTML/Markdown report of a run: lineage, curation, tokenizer, curves, evaluation"),
 }
 
 

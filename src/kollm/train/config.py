@@ -50,8 +50,9 @@ class DataSection:
     mask_policy: str = "xlda"  # causal | document | xlda
     restart_positions: bool = False  # RoPE positions restart per isolated document
     block_size: int = 4096  # documents per stream block (kollm.data.xlda)
-    # chat / prompt-completion rows (JSONL(.gz) or Parquet; kollm.data.chat formats): distillation
+    # post-training stages: training rows (a JSONL/Parquet file or directory); pretraining: unused
     train: str = ""
+    # held-out data: token shards (pretraining) or rows (post-training); "" = no validation
     validation: str = ""
 
 
@@ -153,6 +154,16 @@ class DistillSection:
 
 
 @dataclass
+class ValidationSection:
+    """Validation on `data.validation` every `every` steps and once at the end (Trillion §3.3 keeps a
+    held-out multilingual set); 0 = at the end only."""
+
+    every: int = 0
+    batches: int = 8  # pretraining: held-out batches drawn once (the same ones every time)
+    batch_size: int | None = None  # sequences per validation batch; None: the first phase's micro-batch
+
+
+@dataclass
 class TrainConfig:
     name: str = "run"
     output_dir: str = "runs/run"
@@ -166,6 +177,7 @@ class TrainConfig:
     parallel: ParallelSection = field(default_factory=ParallelSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    validation: ValidationSection = field(default_factory=ValidationSection)
     teacher: TeacherSection = field(default_factory=TeacherSection)
     distill: DistillSection = field(default_factory=DistillSection)
 
@@ -204,6 +216,10 @@ class TrainConfig:
                             "fully isolates documents)")
         if self.batch.tokens <= 0:
             problems.append("batch.tokens must be positive")
+        if self.validation.every < 0:
+            problems.append(f"validation.every must be >= 0, got {self.validation.every}")
+        if self.validation.batches < 1:
+            problems.append(f"validation.batches must be >= 1, got {self.validation.batches}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 

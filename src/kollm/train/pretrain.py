@@ -203,8 +203,19 @@ def main(argv: list[str]) -> int:
         data = PretrainLoader(cfg.data.shards, phase_data(cfg.phases[0]), seed=cfg.seed, rank=info.rank,
                               world_size=info.world, block_size=cfg.data.block_size)
         check_vocabulary(data, model.config.vocab_size, cfg.data.shards)
-        objective = LMObjective(cfg.data.mask_policy, cfg.data.restart_positions)
-        trainer = Trainer(cfg, model, objective, data, info)
+        val = None
+        if cfg.data.validation:
+            from kollm.data.loader import HeldOutBatches
+
+            first = phase_data(cfg.phases[0])
+            val = HeldOutBatches(cfg.data.validation, first, cfg.validation.batches,
+                                 cfg.validation.batch_size or first.batch_size, data.langs, rank=info.rank,
+                                 world_size=info.world, block_size=cfg.data.block_size)
+            if val.max_token_id is not None and val.max_token_id >= model.config.vocab_size:
+                raise ValueError(f"{cfg.data.validation}: token ids reach {val.max_token_id} but the model has "
+                                 f"{model.config.vocab_size} embedding rows (shards from another tokenizer?)")
+        objective = LMObjective(cfg.data.mask_policy, cfg.data.restart_positions, langs=data.langs)
+        trainer = Trainer(cfg, model, objective, data, info, val_data=val)
         try:
             trainer.fit(resume=args.resume)
         except TrainingDiverged as e:
