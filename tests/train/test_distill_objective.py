@@ -216,13 +216,13 @@ def test_objective_is_zero_against_itself_and_uses_stored_topk():
     labels[:, :2] = IGNORE
     totals = torch.tensor([6.0])
     batch = {"input_ids": ids, "labels": labels}
-    assert float(DistillObjective(model, "skl")(model, batch, totals).loss) == pytest.approx(0.0, abs=1e-6)
+    assert float(DistillObjective(model, "skl")(model, batch, totals).loss.detach()) == pytest.approx(0.0, abs=1e-6)
     # the same teacher as stored top-k (k = V − 1: exact) gives the same loss as the live teacher
     teacher = _Fixed(torch.randn(V, V))
     tid, tlp, tail = teacher_topk(teacher.table[ids], V - 1)
     stored = dict(batch, teacher_ids=tid, teacher_logp=tlp, teacher_tail=tail)
-    live = DistillObjective(teacher, "fkl")(model, batch, totals).loss
-    assert float(DistillObjective(None, "fkl")(model, stored, totals).loss) == pytest.approx(float(live), rel=1e-5)
+    live = DistillObjective(teacher, "fkl")(model, batch, totals).loss.detach()
+    assert float(DistillObjective(None, "fkl")(model, stored, totals).loss.detach()) == pytest.approx(float(live), rel=1e-5)
 
 
 def test_bad_settings_are_errors():
