@@ -258,3 +258,19 @@ def test_command_end_to_end_with_kill_and_resume(world, tmp_path):
     assert max(r["replay_size"] for r in a) == 6  # bounded by replay_capacity
     hf = tmp_path / "full" / "hf" / "latest"
     assert (hf / "model.safetensors").is_file() and (hf / "tokenizer.json").is_file()
+
+
+def test_bad_settings_are_one_line_errors(world, tmp_path):
+    from kollm.train.distill import train
+
+    root, _ = world
+    cases = [({"distill": {"fresh_prob": 2.0}}, "distill.fresh_prob"),
+             ({"teacher": {"model": None, "stored": str(tmp_path)}}, "distill.off_policy: student generations"),
+             ({"teacher": {"model": None}}, "teacher.model"),
+             ({"data": {"train": ""}}, "data.train is required")]
+    for change, message in cases:
+        raw = _cfg(root, tmp_path / "run")
+        for section, values in change.items():
+            raw[section] |= values
+        with pytest.raises(ValueError, match=message):
+            train(config_from_dict(raw))
