@@ -16,14 +16,14 @@ STAGES: dict[str, tuple[str | None, str]] = {
     "model": ("kollm.model.cli", "model info PRESET: parameters, FLOPs per token, memory"),
     "pretrain": ("kollm.train.pretrain", "pretraining / continual pretraining with XLDA packing"),
     "sft": (None, "supervised fine-tuning on chat data (loss on responses only)"),
-    "merge": (None, "linear / model soup / SLERP merges (mergekit-style YAML)"),
+    "merge": ("kollm.merge.cli", "linear / soup, SLERP, task arithmetic, TIES merges (mergekit YAML), streamed"),
     "dpo": (None, "offline and online DPO"),
     "distill": ("kollm.train.distill", "skew-KL distillation with adaptive off-policy replay"),
-    "grpo": (None, "RL with verifiable rewards (GRPO)"),
+    "grpo": ("kollm.train.grpo", "RL with verifiable rewards (GRPO)"),
     "eval": ("kollm.eval.cli", "benchmarks, Korean IFEval, cross-lingual consistency, LLM-as-judge"),
     "generate": ("kollm.model.generate", "generate text from a checkpoint (KV cache; greedy or sampling)"),
     "export": ("kollm.train.export", "export a training checkpoint (DCP) or a Hugging Face directory to Hugging Face format"),
-    "serve": (None, "OpenAI-compatible HTTP server"),
+    "serve": ("kollm.serve.cli", "OpenAI-compatible HTTP server (continuous batching)"),
     "report": ("kollm.report", "HTML/Markdown report of a run: lineage, curation, tokenizer, curves, evaluation"),
 }
 

@@ -137,7 +137,8 @@ def write_demo_posttrain(out_dir: str | Path, n_train: int = 1200, n_val: int = 
     """The demo's post-training data from the same templates, Korean and English alike:
     `chat/` (OpenAI messages: SFT), `pairs/` (TRL prompt/chosen/rejected, a right answer against
     a wrong one: DPO) and `math/` (prompt/answer arithmetic with a verifiable answer: GRPO),
-    each with `train.jsonl` and `val.jsonl`."""
+    each with `train.jsonl` and `val.jsonl`; and `eval/HRM8K/GSM8K/test.jsonl`, parallel arithmetic
+    in HRM8K's schema for `kollm eval --tasks hrm8k_en,hrm8k_ko --consistency hrm8k_en:hrm8k_ko`."""
     out = Path(out_dir)
     rng = random.Random(seed)
     splits = {"train": n_train, "val": n_val}
@@ -155,7 +156,15 @@ def write_demo_posttrain(out_dir: str | Path, n_train: int = 1200, n_val: int = 
             a1, b1 = rng.randint(2, 40), rng.randint(2, 40)
             prompt = (f"{a1} 더하기 {josa(str(b1), '은/는')} 얼마입니까?" if i % 2 == 0 else f"What is {a1} plus {b1}?")
             math[split].append({"prompt": prompt, "answer": str(a1 + b1)})
-    paths = {}
+    # evaluation: the same arithmetic, parallel in both languages, in HRM8K's released schema
+    # (question in Korean, original in English): hrm8k_ko / hrm8k_en and their consistency
+    hrm = []
+    for _ in range(n_val):
+        a1, b1 = rng.randint(2, 40), rng.randint(2, 40)
+        hrm.append({"question": f"{a1} 더하기 {josa(str(b1), '은/는')} 얼마입니까?",
+                    "original": f"What is {a1} plus {b1}?", "answer": a1 + b1})
+    _write_jsonl(out / "eval" / "HRM8K" / "GSM8K" / "test.jsonl", hrm)
+    paths = {"eval": out / "eval"}
     for name, data in (("chat", chat), ("pairs", pairs), ("math", math)):
         for split, rows in data.items():
             _write_jsonl(out / name / f"{split}.jsonl", rows)

@@ -18,7 +18,9 @@ import json
 import math
 import os
 import resource
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -43,6 +45,16 @@ FAULT_ENV = "KOLLM_FAULT_AT_STEP"  # tests: hard-exit (os._exit) right after thi
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss or gradient norm; the message names the step and the last good checkpoint."""
+
+
+class TrainingInterrupted(SystemExit):
+    """SIGINT/SIGTERM: a checkpoint was written at the step boundary and the message printed. A
+    SystemExit (status 128 + signal, the shell's convention), so every stage exits cleanly through
+    its `finally` blocks without a traceback."""
+
+    def __init__(self, sig: signal.Signals, checkpoint: Path):
+        super().__init__(128 + int(sig))
+        self.signal, self.checkpoint = sig, checkpoint
 
 
 @dataclass
@@ -157,6 +169,16 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _replace_atomically(path: Path, text: str) -> None:
+    """Write a temporary file beside `path`, then rename it over: a kill leaves the old or the new."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -244,8 +266,11 @@ class Trainer:
                  "model_config": self.model_config.to_dict(),  # as trained now: export uses it
                  # absolute: `kollm export` may run from another directory
                  "tokenizer": str(Path(self.cfg.model.tokenizer).resolve()) if self.cfg.model.tokenizer else None}
-        self.last_checkpoint = checkpoint.save(self.ckpt_root, self.step, self.model, self.optimizer, state,
-                                               {"data": self.data.state_dict()}, keep=self.cfg.checkpoint.keep)
+        try:
+            self.last_checkpoint = checkpoint.save(self.ckpt_root, self.step, self.model, self.optimizer, state,
+                                                   {"data": self.data.state_dict()}, keep=self.cfg.checkpoint.keep)
+        except checkpoint.NonFiniteState as e:  # a bad update the loss guard could not see yet
+            raise TrainingDiverged(f"{e}; last good checkpoint: {self.last_checkpoint or 'none'}") from None
         return self.last_checkpoint
 
     def resume(self, path: str | Path | None = None) -> bool:
@@ -349,6 +374,7 @@ class Trainer:
         bar = self._progress()
         every = self.cfg.checkpoint.every
         fault = int(os.environ.get(FAULT_ENV, "0"))
+        handlers = self._catch_stop_signals()
         try:
             while self.step < self.total_steps:
                 idx = phase_at(self.plans, self.step)
@@ -368,17 +394,53 @@ class Trainer:
                     if "val_loss" in m:
                         shown["val"] = f"{m['val_loss']:.4f}"
                     bar.set_postfix(shown)
+                if self._stop_requested():
+                    self._stop()
                 if every and self.step % every == 0 and self.step < self.total_steps:
                     self.save()
                 if fault and self.step == fault:
                     os._exit(17)  # a crash: no cleanup, no final checkpoint
             self.save()
         finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
             if bar is not None:
                 bar.close()
             for s in self._sinks:
                 s.close()
         return self.history
+
+    # -- stopping on SIGINT / SIGTERM (Ctrl-C; what schedulers send before preemption) --------
+    def _catch_stop_signals(self) -> dict:
+        """The signal only sets a flag: the step in flight finishes, then `_stop` checkpoints. A
+        second signal acts as it normally would (an impatient Ctrl-C still interrupts)."""
+        self._stop_signal = 0
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def on_signal(signum, frame):
+            self._stop_signal = signum
+            signal.signal(signum, previous[signum])
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return previous
+
+    def _stop_requested(self) -> int:
+        """The signal, agreed by all ranks (one may have got it a step later than another)."""
+        flag = self._stop_signal
+        if self.info.world > 1 and dist.is_available() and dist.is_initialized():
+            t = torch.tensor([flag], device=self.info.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = int(t.item())
+        return flag
+
+    def _stop(self) -> None:
+        sig = signal.Signals(self._stop_signal or self._stop_requested())
+        path = self.save()
+        if self.info.is_main:
+            print(f"\n{self.cfg.name}: stopped by {sig.name} after step {self.step}/{self.total_steps}; checkpoint "
+                  f"{path}. To continue, run the same command with --resume.", file=sys.stderr, flush=True)
+        raise TrainingInterrupted(sig, path)
 
     # -- logging -------------------------------------------------------------------------------
     def _progress(self):
@@ -403,7 +465,7 @@ class Trainer:
                     return False
 
             rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
-            path.write_text("".join(r for r in rows if kept(r)), encoding="utf-8")
+            _replace_atomically(path, "".join(r for r in rows if kept(r)))
         self._jsonl = open(path, "a", encoding="utf-8")
         self._sinks = [self._jsonl]
         log = self.cfg.logging
@@ -443,4 +505,5 @@ class Trainer:
             self._wandb.log(rec, step=self.step)
 
 
-__all__ = ["Trainer", "LMObjective", "ObjectiveOutput", "Objective", "DataSource", "ValidationSource", "TrainingDiverged", "FAULT_ENV"]
+__all__ = ["Trainer", "LMObjective", "ObjectiveOutput", "Objective", "DataSource", "ValidationSource",
+           "TrainingDiverged", "TrainingInterrupted", "FAULT_ENV"]
