@@ -18,7 +18,7 @@ STAGES: dict[str, tuple[str | None, str]] = {
     "sft": (None, "supervised fine-tuning on chat data (loss on responses only)"),
     "merge": ("kollm.merge.cli", "linear / soup, SLERP, task arithmetic, TIES merges (mergekit YAML), streamed"),
     "dpo": (None, "offline and online DPO"),
-    "distill": (None, "skew-KL distillation with adaptive off-policy replay"),
+    "distill": ("kollm.train.distill", "skew-KL distillation with adaptive off-policy replay"),
     "grpo": ("kollm.train.grpo", "RL with verifiable rewards (GRPO)"),
     "eval": ("kollm.eval.cli", "benchmarks, Korean IFEval, cross-lingual consistency, LLM-as-judge"),
     "generate": ("kollm.model.generate", "generate text from a checkpoint (KV cache; greedy or sampling)"),

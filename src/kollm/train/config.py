@@ -124,6 +124,37 @@ class LoggingSection:
 
 
 @dataclass
+class TeacherSection:
+    """Distillation teacher: a Hugging Face directory with the student's tokenizer (run here,
+    without gradients, bf16 on CUDA), or top-k log-probs stored by `kollm distill precompute`."""
+
+    model: str | None = None
+    stored: str | None = None  # precompute output directory (offline distillation)
+    top_k: int = 64  # precompute: teacher log-probs kept per response token
+    dtype: str = "bfloat16"  # the online teacher's weights on CUDA (CPU: float32)
+
+
+@dataclass
+class DistillSection:
+    """kollm distill: the divergence (kollm.train.objectives.distill) and DistiLLM's adaptive
+    off-policy schedule (kollm.train.distill)."""
+
+    loss: str = "skl"  # fkl | rkl | skl | srkl
+    alpha: float = 0.1  # skew α
+    ce_weight: float = 0.0  # loss = (1 − w)·divergence + w·cross-entropy on the responses
+    off_policy: bool = True  # adaptive: P(student-generated batch) starts at 0, rises on validation
+    off_policy_init: float = 0.0
+    off_policy_step: float = 0.1  # added when val_loss fails to improve on the last one by `margin`
+    off_policy_margin: float = 0.0
+    replay_capacity: int = 1000  # generated samples kept per rank
+    fresh_prob: float = 0.5  # off-policy batch with a full buffer: generate anew with this probability
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclass
 class ValidationSection:
     """Validation on `data.validation` every `every` steps and once at the end (Trillion §3.3 keeps a
     held-out multilingual set); 0 = at the end only."""
@@ -148,6 +179,8 @@ class TrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     validation: ValidationSection = field(default_factory=ValidationSection)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    distill: DistillSection = field(default_factory=DistillSection)
 
     def __post_init__(self) -> None:
         problems = []

@@ -1,0 +1,511 @@
+"""`kollm distill CONFIG [--set KEY=VALUE] [--resume]`: knowledge distillation (DNA 1.0 §4.5,
+DistiLLM: Ko et al. 2024, github jongwooko/distillm) on the one trainer.
+
+The objective is kollm.train.objectives.distill (skew KL / skew reverse KL, forward / reverse KL,
+optional cross-entropy). This file is the data side and the command:
+
+- `ChatExamples`: chat / prompt-completion rows (kollm.data.chat formats) rendered with the
+  student's chat template; labels are the assistant tokens (plus each turn's end token), IGNORE
+  elsewhere; bad rows are counted by reason with file:line and skipped.
+- `DistillData`: the trainer's data source. Per micro-batch, with probability `off_policy_prob`
+  it trains on student-generated responses instead of the dataset's (DistiLLM's adaptive
+  off-policy): the probability starts at `off_policy_init` and rises by `off_policy_step` after
+  each validation whose loss fails to improve on the previous one by `off_policy_margin`
+  (`on_validation`, called by the trainer). Generations go to a bounded replay buffer; an
+  off-policy batch generates anew while the buffer is filling, then with probability
+  `fresh_prob`, and otherwise reuses buffered samples. A generated response is labelled the way
+  the dataset's are: labels aligned with the inputs, so the logits at the last prompt position
+  are trained toward the first response token and the stop token is kept (DistiLLM's sampler is
+  one position off here; docs/design.md). Its state (row order, RNG, schedule, buffer) is in
+  every checkpoint, so a resumed run continues exactly.
+- The teacher: a Hugging Face directory loaded here without gradients (bf16 on CUDA), checked to
+  have the student's vocabulary; or its top-k log-probs stored by
+  `kollm distill precompute CONFIG --out DIR` and named by `teacher.stored` (offline: no teacher
+  in memory, no student generations, since only the dataset's responses have stored logits).
+
+`kollm distill demo-data --corpus demo.jsonl --out DIR` turns the demo corpus into
+prompt/completion rows (first sentence → the rest of the paragraph) for recipes/tiny-distill.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from kollm.train.config import TrainConfig, load_config
+from kollm.train.objectives.lm import IGNORE
+
+STORED_FILES = ("ids.npy", "logp.npy", "tail.npy", "offsets.npy", "meta.json")
+
+
+# -- rows → examples -----------------------------------------------------------------------------
+@dataclass
+class Example:
+    ids: list[int]
+    labels: list[int]  # aligned with ids (the loss shifts), IGNORE outside assistant tokens
+    prompt: list[int]  # the conversation before the last assistant turn + the generation header
+
+
+class ChatExamples:
+    """All usable rows of a file (or a directory of files), rendered and cut to `max_len` tokens."""
+
+    def __init__(self, spec: str | Path, tokenizer, max_len: int):
+        from kollm.data.chat import RowErrors, read_conversations, render, render_prompt
+
+        self.path = Path(spec)
+        self.errors = RowErrors()
+        self.examples: list[Example] = []
+        for file, line, _, messages in read_conversations(spec, self.errors):
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            ids, trained = render(tokenizer, messages[:last + 1])
+            prompt = render_prompt(tokenizer, messages[:last])
+            ids, trained = ids[:max_len], trained[:max_len]
+            if not any(trained[1:]):
+                self.errors.add("no_response_within_max_len", file, line)
+                continue
+            self.examples.append(Example(ids, [t if m else IGNORE for t, m in zip(ids, trained)], prompt[:max_len - 1]))
+        if not self.examples:
+            raise ValueError(f"{self.path}: no usable rows ({self.errors.summary()})")
+
+    def report(self) -> str:
+        s = f"{self.path}: {len(self.examples)} rows"
+        return s + (f"; {self.errors.summary()}" if self.errors.total else "")
+
+
+def file_digest(spec: str | Path) -> str:
+    """sha256 over the contents of the data file(s), in kollm.data.chat.data_files order."""
+    from kollm.data.chat import data_files
+
+    h = hashlib.sha256()
+    for path in data_files(spec):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def vocab_digest(tokenizer) -> str:
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+
+
+# -- stored teacher top-k ------------------------------------------------------------------------
+class StoredTopK:
+    """Top-k teacher log-probs of every response target of one data file: flat (N, k) arrays in
+    the order of ChatExamples, `offsets[i]` the first target of example i (memory-mapped)."""
+
+    def __init__(self, root: str | Path, data_path: str | Path, tokenizer, max_len: int, n_examples: int):
+        self.root = Path(root)
+        missing = [f for f in STORED_FILES if not (self.root / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"teacher.stored: {self.root} lacks {', '.join(missing)} "
+                                    "(write it with `kollm distill precompute`)")
+        meta = json.loads((self.root / "meta.json").read_text())
+        want = {"data_sha256": file_digest(data_path), "vocab_sha256": vocab_digest(tokenizer), "max_len": max_len,
+                "examples": n_examples}
+        for key, value in want.items():
+            if meta.get(key) != value:
+                raise ValueError(f"teacher.stored: {self.root}/meta.json {key} is {meta.get(key)!r} but this run has "
+                                 f"{value!r} ({data_path}); precompute again for this data, tokenizer and seq_len")
+        self.meta = meta
+        self.ids = np.load(self.root / "ids.npy", mmap_mode="r")
+        self.logp = np.load(self.root / "logp.npy", mmap_mode="r")
+        self.tail = np.load(self.root / "tail.npy", mmap_mode="r")
+        self.offsets = np.load(self.root / "offsets.npy")
+
+    def rows(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self.ids[a:b], self.logp[a:b], self.tail[a:b]
+
+
+def collate(examples: list[Example], stored: StoredTopK | None = None, indices: list[int] | None = None
+            ) -> dict[str, torch.Tensor]:
+    """Right-padded (pad id 0, label IGNORE; causal attention never lets a real token see a pad)."""
+    T = max(len(e.ids) for e in examples)
+    ids = torch.zeros(len(examples), T, dtype=torch.long)
+    labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)
+    for b, e in enumerate(examples):
+        ids[b, :len(e.ids)] = torch.tensor(e.ids)
+        labels[b, :len(e.labels)] = torch.tensor(e.labels)
+    batch = {"input_ids": ids, "labels": labels}
+    if stored is not None:
+        k = stored.ids.shape[1]
+        t_ids = torch.zeros(len(examples), T, k, dtype=torch.int32)
+        t_logp = torch.zeros(len(examples), T, k)
+        t_tail = torch.zeros(len(examples), T)
+        has_target = labels[:, 1:] != IGNORE  # logits position t predicts labels[t + 1]
+        for b, i in enumerate(indices):
+            r_ids, r_logp, r_tail = stored.rows(i)
+            pos = has_target[b].nonzero().squeeze(-1)
+            if len(pos) != len(r_ids):
+                raise ValueError(f"teacher.stored: example {i} has {len(pos)} targets but {len(r_ids)} stored rows")
+            t_ids[b, pos] = torch.tensor(np.asarray(r_ids))
+            t_logp[b, pos] = torch.tensor(np.asarray(r_logp))
+            t_tail[b, pos] = torch.tensor(np.asarray(r_tail))
+        batch |= {"teacher_ids": t_ids, "teacher_logp": t_logp, "teacher_tail": t_tail}
+    return batch
+
+
+# -- the data source -----------------------------------------------------------------------------
+class DistillData:
+    """Trainer data source: dataset batches, or (adaptive off-policy) student generations."""
+
+    def __init__(self, examples: ChatExamples, cfg: TrainConfig, student: nn.Module | None, stop_ids: list[int],
+                 stored: StoredTopK | None = None, seed: int = 0, rank: int = 0, world: int = 1):
+        d = cfg.distill
+        self.examples, self.stored, self.student, self.stop_ids = examples.examples, stored, student, stop_ids
+        self.d, self.seed, self.rank, self.world = d, seed, rank, world
+        self.off_policy = d.off_policy and stored is None and student is not None
+        self.max_len = max(len(e.ids) for e in self.examples)
+        self.epoch, self.cursor, self.order = 0, 0, self._order(0)
+        self.rng = random.Random(seed * 7919 + rank)
+        self.prob = d.off_policy_init if self.off_policy else 0.0
+        self.last_val: float | None = None
+        self.buffer: deque[tuple[list[int], int]] = deque(maxlen=d.replay_capacity)  # (ids, prompt length)
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.examples)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order[self.rank::self.world] or order  # fewer rows than ranks: every rank sees them all
+
+    def _take(self, n: int) -> list[int]:
+        out = []
+        while len(out) < n:
+            if self.cursor >= len(self.order):
+                self.epoch, self.cursor = self.epoch + 1, 0
+                self.order = self._order(self.epoch)
+            out.append(self.order[self.cursor])
+            self.cursor += 1
+        return out
+
+    def set_phase(self, phase) -> None:
+        self.max_len = phase.seq_len
+
+    def next_batch(self, batch_size: int | None = None) -> dict[str, torch.Tensor]:
+        n = batch_size or 1
+        idx = self._take(n)
+        if self.off_policy and self.prob > 0 and self.rng.random() < self.prob:
+            if len(self.buffer) < self.buffer.maxlen or len(self.buffer) < n or self.rng.random() < self.d.fresh_prob:
+                samples = self._generate([self.examples[i].prompt for i in idx])
+                self.buffer.extend(samples)
+            else:
+                samples = self.rng.sample(list(self.buffer), n)
+            batch = collate([self._as_example(ids, p) for ids, p in samples])
+        else:
+            batch = collate([self.examples[i] for i in idx], self.stored, idx)
+        if self.off_policy:
+            batch["off_policy_prob"] = torch.tensor([self.prob])
+            batch["replay_size"] = torch.tensor([float(len(self.buffer))])
+        return batch
+
+    @staticmethod
+    def _as_example(ids: list[int], n_prompt: int) -> Example:
+        # Labels aligned with the inputs like the dataset's: the response tokens (stop token
+        # included) are targets; lm/distill losses shift by one, so the logits at the last prompt
+        # position learn the first response token.
+        return Example(ids, [IGNORE] * n_prompt + ids[n_prompt:], ids[:n_prompt])
+
+    def _generate(self, prompts: list[list[int]]) -> list[tuple[list[int], int]]:
+        from kollm.model.generate import GenerationConfig, generate
+        from kollm.train.parallel import unwrap
+
+        d = self.d
+        budget = max(1, min(d.max_new_tokens, self.max_len - max(len(p) for p in prompts)))
+        gcfg = GenerationConfig(max_new_tokens=budget, do_sample=True, temperature=d.temperature, top_p=d.top_p,
+                                top_k=d.top_k, seed=self.rng.randrange(2**31), stop_token_ids=self.stop_ids)
+        model = unwrap(self.student)
+        device = next(model.parameters()).device
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            outs = generate(model, prompts, gcfg)
+        return [(list(p) + list(o), len(p)) for p, o in zip(prompts, outs)]
+
+    def on_validation(self, metrics: dict) -> None:
+        """DistiLLM's adaptive schedule: raise P(off-policy) when the validation loss did not
+        improve on the previous validation by the margin."""
+        val = metrics.get("val_loss")
+        if not self.off_policy or val is None:
+            return
+        if self.last_val is not None and val > self.last_val - self.d.off_policy_margin:
+            self.prob = min(1.0, self.prob + self.d.off_policy_step)
+        self.last_val = float(val)
+
+    def state_dict(self) -> dict:
+        version, internal, gauss = self.rng.getstate()
+        return {"epoch": self.epoch, "cursor": self.cursor, "rng": [version, list(internal), gauss],
+                "prob": self.prob, "last_val": self.last_val, "buffer": [[ids, p] for ids, p in self.buffer]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor = state["epoch"], state["cursor"]
+        self.order = self._order(self.epoch)
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.prob, self.last_val = state["prob"], state["last_val"]
+        self.buffer.clear()
+        self.buffer.extend((list(ids), p) for ids, p in state["buffer"])
+
+
+class ValidationData:
+    """Held-out rows in a fixed order and fixed batches (the trainer's `val_data`)."""
+
+    def __init__(self, examples: ChatExamples, batch_size: int, stored: StoredTopK | None = None,
+                 rank: int = 0, world: int = 1):
+        self.examples, self.batch_size, self.stored = examples.examples, batch_size, stored
+        # the same number of rows (so of batches) on every rank: the remainder of len / world is dropped
+        n = len(self.examples) // world * world
+        self.indices = list(range(n))[rank::world] if n else list(range(len(self.examples)))
+
+    def batches(self):
+        for a in range(0, len(self.indices), self.batch_size):
+            idx = self.indices[a:a + self.batch_size]
+            yield collate([self.examples[i] for i in idx], self.stored, idx)
+
+
+# -- teacher ---------------------------------------------------------------------------------------
+def check_same_vocabulary(student_tok, teacher_tok, student_path: str, teacher_path: str) -> None:
+    """Logit distillation compares distributions id by id: the vocabularies must be identical."""
+    s, t = student_tok.get_vocab(), teacher_tok.get_vocab()
+    if s == t:
+        return
+    diff = sorted(set(s.items()) ^ set(t.items()), key=lambda kv: kv[1])[0]
+    raise ValueError(f"teacher.model {teacher_path}: its vocabulary ({len(t)} tokens) differs from the student's "
+                     f"{student_path} ({len(s)} tokens), e.g. token {diff[0]!r} (id {diff[1]}); logit distillation "
+                     "needs the same tokenizer")
+
+
+def load_teacher(path: str, device: torch.device, dtype_name: str) -> nn.Module:
+    from kollm.model.hf import DTYPES, load_hf
+
+    dtype = DTYPES[dtype_name] if device.type == "cuda" else torch.float32
+    teacher = load_hf(path, device=device, dtype=dtype).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def student_tokenizer_path(cfg: TrainConfig) -> str:
+    path = cfg.model.tokenizer or cfg.model.init_from
+    if not path:
+        raise ValueError("model.tokenizer or model.init_from must name the student's tokenizer")
+    return path
+
+
+def seq_len(cfg: TrainConfig) -> int:
+    from kollm.train.schedules import phase_data
+
+    return max(phase_data(p).seq_len for p in cfg.phases)
+
+
+# -- precompute ------------------------------------------------------------------------------------
+@torch.no_grad()
+def precompute(cfg: TrainConfig, out: str | Path, device: torch.device | None = None, batch_size: int = 8) -> list[Path]:
+    """Teacher top-k for every response target of data.train (and data.validation) → OUT/train,
+    OUT/validation (atomic: written to a temp dir, renamed)."""
+    from kollm.data.chat import load_tokenizer
+    from kollm.train.objectives.distill import target_mask, teacher_topk
+
+    if not cfg.teacher.model:
+        raise ValueError("teacher.model is required to precompute teacher top-k")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tok = load_tokenizer(student_tokenizer_path(cfg))
+    check_same_vocabulary(tok, load_tokenizer(cfg.teacher.model), student_tokenizer_path(cfg), cfg.teacher.model)
+    teacher = load_teacher(cfg.teacher.model, device, cfg.teacher.dtype)
+    k, L = cfg.teacher.top_k, seq_len(cfg)
+    written = []
+    for split in ("train", "validation"):
+        path = getattr(cfg.data, split)
+        if not path:
+            continue
+        ex = ChatExamples(path, tok, L)
+        final, tmp = Path(out) / split, Path(out) / f".tmp-{split}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        counts = [sum(1 for x in e.labels[1:] if x != IGNORE) for e in ex.examples]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        n = int(offsets[-1])
+        ids = np.lib.format.open_memmap(tmp / "ids.npy", "w+", np.int32, (n, k))
+        logp = np.lib.format.open_memmap(tmp / "logp.npy", "w+", np.float32, (n, k))
+        tail = np.lib.format.open_memmap(tmp / "tail.npy", "w+", np.float32, (n,))
+        for a in range(0, len(ex.examples), batch_size):
+            batch = collate(ex.examples[a:a + batch_size])
+            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+                logits = teacher(batch["input_ids"].to(device)).logits[:, :-1]
+            t_ids, t_logp, t_tail = teacher_topk(logits[target_mask(batch["labels"]).to(device)], k)
+            lo, hi = int(offsets[a]), int(offsets[min(a + batch_size, len(ex.examples))])
+            ids[lo:hi], logp[lo:hi], tail[lo:hi] = t_ids.cpu().numpy(), t_logp.cpu().numpy(), t_tail.cpu().numpy()
+        for arr in (ids, logp, tail):
+            arr.flush()
+        np.save(tmp / "offsets.npy", offsets)
+        meta = {"teacher": str(Path(cfg.teacher.model).resolve()), "top_k": k, "data": str(Path(path).resolve()),
+                "data_sha256": file_digest(path), "vocab_sha256": vocab_digest(tok), "max_len": L,
+                "examples": len(ex.examples), "targets": n}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if final.exists():
+            import shutil
+
+            shutil.rmtree(final)
+        tmp.rename(final)
+        print(f"kollm distill precompute: {ex.report()}; {n} targets × top-{k} → {final}", file=sys.stderr)
+        written.append(final)
+    return written
+
+
+# -- demo data -------------------------------------------------------------------------------------
+def demo_rows(corpus: str | Path, out: str | Path, held_out: float = 0.1, max_validation: int = 64
+              ) -> tuple[Path, Path]:
+    """The demo corpus's paragraphs as prompt/completion rows: the first sentence is the prompt,
+    the rest of the paragraph the completion; every 1/held_out-th document goes to validation
+    (held-out prompts; at most `max_validation` rows, so CPU validation stays quick)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list[dict]] = {"train": [], "validation": []}
+    from kollm.data.chat import iter_rows
+
+    # the demo corpus plants two malformed rows (kollm.demo_corpus): skipped here as everywhere
+    docs = [row["text"] for _, row, _ in iter_rows(corpus) if row and isinstance(row.get("text"), str)]
+    for i, text in enumerate(docs):
+        split = "validation" if i % round(1 / held_out) == 0 else "train"
+        for para in text.split("\n\n"):
+            first, sep, rest = para.partition(". ")
+            if sep and rest.strip():
+                rows[split].append({"prompt": first + ".", "completion": rest.strip()})
+    rows["validation"] = rows["validation"][:max_validation]
+    paths = []
+    for split, items in rows.items():
+        p = out / f"{split}.jsonl"
+        p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items), encoding="utf-8")
+        paths.append(p)
+    return paths[0], paths[1]
+
+
+# -- the command -----------------------------------------------------------------------------------
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="training config (YAML), e.g. recipes/tiny-distill.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config value (YAML), e.g. --set teacher.model=DIR (repeatable)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "demo-data":
+        p = argparse.ArgumentParser(prog="kollm distill demo-data")
+        p.add_argument("--corpus", required=True, help="the demo corpus (kollm demo: WORKDIR/raw/demo.jsonl)")
+        p.add_argument("--out", required=True)
+        args = p.parse_args(argv[1:])
+        for path in demo_rows(args.corpus, args.out):
+            print(path)
+        return 0
+    if argv and argv[0] == "precompute":
+        p = _parser("kollm distill precompute")
+        p.add_argument("--out", required=True, help="directory for OUT/train and OUT/validation")
+        args = p.parse_args(argv[1:])
+        precompute(load_config(args.config, args.set), args.out)
+        return 0
+    p = _parser("kollm distill")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--validate-only", action="store_true",
+                   help="print the untrained student's validation metrics (the run's step-0 baseline) and exit")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    return train(cfg, args.resume, args.validate_only)
+
+
+def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -> int:
+    import torch.distributed as dist
+
+    from kollm.data.chat import load_tokenizer, stop_token_ids
+    from kollm.train.export import export_checkpoint
+    from kollm.train.objectives.distill import DistillObjective
+    from kollm.train.parallel import init_distributed
+    from kollm.train.pretrain import build_run_model, link_latest, model_config
+    from kollm.train.schedules import phase_data
+    from kollm.train.trainer import Trainer, TrainingDiverged
+
+    if not cfg.data.train:
+        raise ValueError("data.train is required (chat or prompt/completion rows)")
+    d = cfg.distill
+    for key in ("off_policy_init", "off_policy_step", "fresh_prob"):
+        if not 0.0 <= getattr(d, key) <= 1.0:
+            raise ValueError(f"distill.{key} must be in [0, 1], got {getattr(d, key)}")
+    if d.replay_capacity < 0 or d.max_new_tokens < 1:
+        raise ValueError("distill.replay_capacity must be >= 0 and distill.max_new_tokens >= 1")
+    if not (cfg.teacher.model or cfg.teacher.stored):
+        raise ValueError("teacher.model (a Hugging Face directory) or teacher.stored (kollm distill precompute) "
+                         "is required")
+    if cfg.distill.off_policy and cfg.teacher.stored:
+        raise ValueError("distill.off_policy: student generations need the teacher online (teacher.stored holds "
+                         "targets for the dataset's responses only); set distill.off_policy=false")
+    if cfg.distill.off_policy and cfg.parallel.mode == "fsdp":
+        raise ValueError("distill.off_policy: student generation under parallel.mode fsdp is not supported "
+                         "(ranks would run different numbers of forward passes); use ddp or zero1")
+    if cfg.checkpoint.export_hf:
+        from kollm.model.hf import export_architecture
+
+        export_architecture(model_config(cfg))
+    tok_path = student_tokenizer_path(cfg)
+    tok = load_tokenizer(tok_path)
+    L = seq_len(cfg)
+    train_ex = ChatExamples(cfg.data.train, tok, L)
+    val_ex = ChatExamples(cfg.data.validation, tok, L) if cfg.data.validation else None
+    stored = val_stored = None
+    if cfg.teacher.stored:
+        stored = StoredTopK(Path(cfg.teacher.stored) / "train", cfg.data.train, tok, L, len(train_ex.examples))
+        if val_ex is not None:
+            val_stored = StoredTopK(Path(cfg.teacher.stored) / "validation", cfg.data.validation, tok, L,
+                                    len(val_ex.examples))
+    elif cfg.teacher.model:
+        check_same_vocabulary(tok, load_tokenizer(cfg.teacher.model), tok_path, cfg.teacher.model)
+    info = init_distributed()
+    try:
+        if info.is_main:
+            for ex in (train_ex, val_ex):
+                if ex is not None:
+                    print(f"kollm distill: {ex.report()}", file=sys.stderr)
+        model = build_run_model(cfg, info.device)
+        teacher = None if stored is not None else load_teacher(cfg.teacher.model, info.device, cfg.teacher.dtype)
+        if teacher is not None and teacher.config.vocab_size != model.config.vocab_size:
+            print(f"kollm distill: teacher has {teacher.config.vocab_size} embedding rows, the student "
+                  f"{model.config.vocab_size}; the divergence runs over the tokenizer's {len(tok)} ids", file=sys.stderr)
+        objective = DistillObjective(teacher, cfg.distill.loss, cfg.distill.alpha, cfg.distill.ce_weight, len(tok))
+        data = DistillData(train_ex, cfg, model, stop_token_ids(tok), stored, cfg.seed, info.rank, info.world)
+        val_bs = cfg.validation.batch_size or phase_data(cfg.phases[0]).batch_size
+        val = ValidationData(val_ex, val_bs, val_stored, info.rank, info.world) if val_ex is not None else None
+        trainer = Trainer(cfg, model, objective, data, info, val_data=val)
+        if validate_only:
+            if val is None:
+                raise ValueError("--validate-only needs data.validation")
+            metrics = trainer.validate()
+            if info.is_main:
+                print(json.dumps({"step": 0, **metrics}))
+            return 0
+        try:
+            trainer.fit(resume=resume)
+        except TrainingDiverged as e:
+            print(f"kollm distill: {e}", file=sys.stderr)
+            return 3
+        if cfg.checkpoint.export_hf and info.is_main:
+            from kollm.model.hf import DTYPES
+
+            out = trainer.run_dir / "hf" / trainer.last_checkpoint.name
+            if not out.exists():
+                export_checkpoint(trainer.last_checkpoint, out, dtype=DTYPES[cfg.checkpoint.export_dtype],
+                                  tokenizer=tok_path)
+            link_latest(out)
+            print(f"kollm distill: Hugging Face export in {out}", file=sys.stderr)
+        if info.distributed:
+            dist.barrier()
+    finally:
+        if info.distributed:
+            dist.destroy_process_group()
+    return 0
+
+
+__all__ = ["ChatExamples", "DistillData", "StoredTopK", "ValidationData", "check_same_vocabulary", "collate",
+           "demo_rows", "main", "precompute", "train"]
