@@ -162,6 +162,11 @@ def test_cli(tmp_path, capsys):
     assert cli_main(["merge", str(f), "--out", str(tmp_path / "o"), "--quiet"]) == 0
     A, B, M = read_all(a), read_all(b), read_all(tmp_path / "o")
     assert all(torch.allclose(M[n], A[n] + 0.5 * (B[n] - A[n]), atol=1e-6) for n in M)
+    # --set points the same YAML at other models (what a recipe does with its stages' outputs)
+    assert cli_main(["merge", str(f), "--out", str(tmp_path / "o3"), "--quiet", "--set", f"base_model={b}",
+                     "--set", f"models.0.model={a}", "--set", "models.0.parameters.weight=0.25"]) == 0
+    M3 = read_all(tmp_path / "o3")
+    assert all(torch.allclose(M3[n], B[n] + 0.25 * (A[n] - B[n]), atol=1e-6) for n in M3)
     f.write_text("merge_method: ties\nmodels: []\n")
     capsys.readouterr()
     assert cli_main(["merge", str(f), "--out", str(tmp_path / "o2")]) == 1

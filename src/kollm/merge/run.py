@@ -143,10 +143,12 @@ def _write_tokenizer(cfg: MergeConfig, donor: Path, vocab: Vocab | None, tmp: Pa
 
 
 def merge(config: dict | str | os.PathLike, out: str | os.PathLike, max_shard_size: int | str = "5GB",
-          progress: bool = False) -> Path:
-    """Run the merge `config` (a mergekit YAML file or the same dict) into the new directory `out`."""
+          progress: bool = False, root: str | os.PathLike | None = None) -> Path:
+    """Run the merge `config` (a mergekit YAML file or the same dict) into the new directory `out`;
+    `root`: where relative model paths of a dict config are also looked for (a YAML file's own
+    directory is used for a file)."""
     start = time.perf_counter()
-    cfg = parse_config(config)
+    cfg = parse_config(config, root)
     yaml_text = (Path(config).read_text() if not isinstance(config, dict)
                  else yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     out = Path(out)
