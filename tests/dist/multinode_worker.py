@@ -3,7 +3,8 @@ rendezvous), so each node holds one rank with LOCAL_RANK 0: the layout of a real
 
 argv: PHASE WORKDIR OUT. PHASE `first`: DDP and FSDP train the run of dist_worker.run_config to the
 end, and a second run of each stops at its mid-run checkpoint (as a job killed by the scheduler
-would). PHASE `resume`: a new pair of launches resumes those runs to the end. Every rank writes
+would); then each node trains in a directory of its own (an unshared filesystem), which must fail
+with a clear error on every rank. PHASE `resume`: a new pair of launches resumes those runs to the end. Every rank writes
 `OUT.rank<r>.json` with its losses and the launcher's view of it (node, local rank)."""
 
 import json
@@ -51,6 +52,15 @@ def main() -> None:
             t.fit()
         else:
             result[mode + "+resume"] = [h["loss"] for h in trainer(mode, workdir / (mode + "-r"), info).fit(resume=True)]
+    if phase == "first":
+        # Each node in its own directory with a relative output_dir: nodes that do not share the
+        # checkpoint filesystem. The checkpoint must fail on every rank, not publish half a checkpoint.
+        os.chdir(workdir / f"node{env['GROUP_RANK']}")
+        try:
+            trainer("ddp", Path("unshared"), info).fit()
+            result["unshared"] = None
+        except RuntimeError as e:
+            result["unshared"] = str(e)
     Path(f"{out}.rank{info.rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 

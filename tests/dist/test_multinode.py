@@ -3,7 +3,8 @@ rendezvous on 127.0.0.1 (node 0 hosts it, as the first node of a Slurm job does)
 LOCAL_RANK 0, so anything keyed on the local rank instead of the global one shows up here.
 DDP and FSDP give the single-process loss curve (the tolerance of test_parallel.py), every
 checkpoint and every metrics line is written once (not once per node), and a second pair of
-launches resumes the run killed at its mid-run checkpoint onto the uninterrupted curve."""
+launches resumes the run killed at its mid-run checkpoint onto the uninterrupted curve. Nodes whose
+output_dir is not shared fail on every rank with the reason instead of publishing half a checkpoint."""
 
 import json
 import os
@@ -64,6 +65,8 @@ def launch_two_nodes(phase: str, work: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     work = tmp_path_factory.mktemp("nodes")
+    for node in (0, 1):
+        (work / f"node{node}").mkdir()
     first = launch_two_nodes("first", work)
     return first, launch_two_nodes("resume", work), work
 
@@ -82,6 +85,11 @@ def test_two_nodes_match_single_process_write_once_and_resume(runs, tmp_path):
     assert [r["local_rank"] for r in first] == [0, 0]
     assert sorted(r["env"]["GROUP_RANK"] for r in first) == ["0", "1"]
     assert all(r["env"]["LOCAL_WORLD_SIZE"] == "1" and r["env"]["WORLD_SIZE"] == "2" for r in first)
+    # Nodes that do not share output_dir: every rank fails with the reason, no checkpoint is published.
+    for r in first:
+        assert "must be on a filesystem shared by all nodes" in (r["unshared"] or ""), r["unshared"]
+    for node in (0, 1):
+        assert not list((work / f"node{node}").rglob("step-*")) and not list((work / f"node{node}").rglob(".tmp-*"))
     single = single_process(tmp_path / "single")
     for mode in MODES:
         for r in first:  # every rank sees the global loss
