@@ -305,14 +305,23 @@ def _claim_output(cfg: CurateConfig, files: list[str]) -> None:
     record.write_text(json.dumps({"fingerprint": fingerprint, "inputs": files}, indent=2))
 
 
-def run_curation(cfg: CurateConfig) -> dict | None:
-    """Run (local) or submit (slurm/ray) the stages; returns the report when it ran locally."""
+def run_curation(cfg: CurateConfig, dry_run: bool = False) -> dict | None:
+    """Run (local) or submit (slurm/ray) the stages; returns the report when it ran locally.
+    `dry_run` (Slurm only): write the sbatch scripts to `<output>/slurm/` instead of submitting."""
+    if dry_run and cfg.executor != "slurm":
+        raise ValueError(f"--dry-run writes Slurm scripts: it needs --executor slurm, not {cfg.executor!r}")
     stages = build_stages(cfg)
     _claim_output(cfg, stages["prepare"][0].files)
     executor = None
     for name, pipeline in stages.items():
         tasks = cfg.dedup_cfg.num_buckets if name == "buckets" else 1 if name == "decide" else cfg.n_tasks
         executor = _executor(cfg, name, pipeline, tasks, executor)
+    if dry_run:
+        from kollm.data.slurm_dry_run import record_sbatch
+
+        with record_sbatch(Path(cfg.output) / "slurm"):
+            executor.run()
+        return None
     executor.run()
     return write_report(cfg.output) if cfg.executor == "local" else None
 
