@@ -30,12 +30,13 @@ def _curate(argv: list[str]) -> int:
     ap.add_argument("--workers", type=int, help="parallel worker processes (local executor)")
     ap.add_argument("--tasks", type=int, help="tasks for the prepare/write stages (default: workers)")
     ap.add_argument("--executor", choices=["local", "slurm", "ray"])
+    ap.add_argument("--ray-address", help="ray: address of a running cluster (`ray start --head` prints it)")
     ap.add_argument("--dry-run", action="store_true",
                     help="slurm: write the sbatch scripts and submit.sh to OUTPUT/slurm/ instead of submitting")
     ap.add_argument("--keep", help="keep preset: pretrain (en 80%%, others 50%%), anneal (20%%/10%%), all")
     args = ap.parse_args(argv)
     overrides = {"inputs": args.input, "output": args.output, "workers": args.workers, "tasks": args.tasks,
-                 "executor": args.executor}
+                 "executor": args.executor, "ray_address": args.ray_address}
     if args.keep:
         quality = {}
         if args.config:
