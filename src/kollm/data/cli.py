@@ -32,12 +32,15 @@ def _curate(argv: list[str]) -> int:
     ap.add_argument("--workers", type=positive_int, help="parallel worker processes (local executor)")
     ap.add_argument("--tasks", type=positive_int, help="tasks for the prepare/write stages (default: workers)")
     ap.add_argument("--executor", choices=["local", "slurm", "ray"])
+    ap.add_argument("--ray-address", help="ray: address of a running cluster (`ray start --head` prints it)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="slurm: write the sbatch scripts and submit.sh to OUTPUT/slurm/ instead of submitting")
     ap.add_argument("--keep", help="keep preset: pretrain (en 80%%, others 50%%), anneal (20%%/10%%), all")
     ap.add_argument("--verbose", action="store_true", help="datatrove's per-stage logs on the console too "
                     "(always in OUTPUT/logs/)")
     args = ap.parse_args(argv)
     overrides = {"inputs": args.input, "output": args.output, "workers": args.workers, "tasks": args.tasks,
-                 "executor": args.executor}
+                 "executor": args.executor, "ray_address": args.ray_address}
     if args.keep:
         quality = {}
         if args.config:
@@ -46,8 +49,10 @@ def _curate(argv: list[str]) -> int:
             quality = (yaml.safe_load(Path(args.config).read_text()) or {}).get("quality") or {}
         overrides["quality"] = {**quality, "keep": args.keep}
     cfg = load_config(args.config, overrides)
-    report = run_curation(cfg, verbose=args.verbose)
-    if report is None:
+    report = run_curation(cfg, dry_run=args.dry_run, verbose=args.verbose)
+    if args.dry_run:
+        print(f"sbatch scripts in {Path(cfg.output) / 'slurm'}; submit them with: bash {Path(cfg.output) / 'slurm' / 'submit.sh'}")
+    elif report is None:
         print(f"submitted; when the jobs finish run: kollm data report {cfg.output}")
     else:
         print((Path(cfg.output) / "report.md").read_text(encoding="utf-8"))

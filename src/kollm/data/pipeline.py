@@ -68,6 +68,7 @@ class CurateConfig:
     workers: int = 1
     tasks: int | None = None  # tasks for the prepare and write stages; default = workers
     executor_options: dict = field(default_factory=dict)  # passed to datatrove's Slurm/Ray executor
+    ray_address: str | None = None  # ray: a running cluster; None: RAY_ADDRESS, else a new local one
     steps: list[str] = field(default_factory=lambda: list(STEPS))
     normalize: dict = field(default_factory=dict)
     langid: dict = field(default_factory=dict)
@@ -291,7 +292,7 @@ def _executor(cfg: CurateConfig, name: str, pipeline: list[PipelineStep], tasks:
         from datatrove.executor import RayPipelineExecutor
 
         if importlib.util.find_spec("ray") is None:  # datatrove would only find out when run
-            raise ModuleNotFoundError(name="ray")
+            raise ValueError("executor 'ray' needs the 'ray' package: pip install 'kollm[ray]'")
         return RayPipelineExecutor(pipeline, tasks=tasks, workers=cfg.workers, logging_dir=logging_dir,
                                    depends=depends, **cfg.executor_options)
     except ModuleNotFoundError as e:
@@ -320,7 +321,8 @@ def _fingerprint(cfg: CurateConfig, files: list[str]) -> str:
     from kollm import __version__
 
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("workers", "executor",
-                                                                                               "executor_options")}
+                                                                                               "executor_options",
+                                                                                               "ray_address")}
     stat = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
     return hashlib.sha256(json.dumps([__version__, fields, stat], sort_keys=True, default=str).encode()).hexdigest()
 
@@ -337,9 +339,12 @@ def _claim_output(cfg: CurateConfig, files: list[str]) -> None:
     record.write_text(json.dumps({"fingerprint": fingerprint, "inputs": files}, indent=2))
 
 
-def run_curation(cfg: CurateConfig, verbose: bool = False) -> dict | None:
-    """Run (local) or submit (slurm/ray) the stages; returns the report when it ran locally.
+def run_curation(cfg: CurateConfig, dry_run: bool = False, verbose: bool = False) -> dict | None:
+    """Run (local, ray) or submit (slurm) the stages; returns the report when they ran here.
+    `dry_run` (Slurm only): write the sbatch scripts to `<output>/slurm/` instead of submitting.
     `verbose`: datatrove's INFO logs on the console too (they always go to OUTPUT/logs/)."""
+    if dry_run and cfg.executor != "slurm":
+        raise ValueError(f"--dry-run writes Slurm scripts: it needs --executor slurm, not {cfg.executor!r}")
     console_logs(verbose)
     stages = build_stages(cfg)
     _claim_output(cfg, stages["prepare"][0].files)
@@ -347,6 +352,18 @@ def run_curation(cfg: CurateConfig, verbose: bool = False) -> dict | None:
     for name, pipeline in stages.items():
         tasks = cfg.dedup_cfg.num_buckets if name == "buckets" else 1 if name == "decide" else cfg.n_tasks
         executor = _executor(cfg, name, pipeline, tasks, executor, verbose)
+    if dry_run:
+        from kollm.data.slurm_dry_run import record_sbatch
+
+        with record_sbatch(Path(cfg.output) / "slurm"):
+            executor.run()
+        return None
+    if cfg.executor == "ray":
+        import ray
+
+        if not ray.is_initialized():  # datatrove expects a connected driver
+            ray.init(address=cfg.ray_address, log_to_driver=False)
     executor.run()
-    return write_report(cfg.output) if cfg.executor == "local" else None
+    # Ray runs the stages to the end in this process (Slurm only submits them): report as locally.
+    return write_report(cfg.output) if cfg.executor in ("local", "ray") else None
 

@@ -5,7 +5,8 @@ part: FSDP shards, ZeRO-1 optimizer shards), plus small JSON files: `trainer.jso
 phase, run config, model config) and `rank-<r>.json` per rank (data-loader state and the torch
 RNG state, base64). Nothing is pickled by kollm; the scheduler is a pure function of the step.
 
-Writes are atomic: everything goes to `.tmp-step-…`, all ranks meet at a barrier, then rank 0
+Writes are atomic: everything goes to `.tmp-step-…`, all ranks meet at a barrier (and check that
+they see each other's files: across nodes the directory must be on a shared filesystem), then rank 0
 renames it into place, so a crash never leaves a half checkpoint that `latest()` would pick.
 Only the last `keep` checkpoints are kept. A state holding NaN/inf (parameters or optimizer
 moments) is never written or resumed. `checksums.json` records a CRC-32 per file at save; load
@@ -98,6 +99,23 @@ def _barrier() -> None:
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _check_shared(tmp: Path, rank: int) -> None:
+    """Every rank must see what the others wrote: across nodes the checkpoint directory has to be on a
+    shared filesystem, or rank 0 would publish a checkpoint missing the other nodes' shards (found only
+    at resume). Each rank looks for its neighbour's file; all ranks fail together, none hangs."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    missing = not (tmp / f"rank-{(rank + 1) % world}.json").is_file()
+    flags: list = [None] * world
+    dist.all_gather_object(flags, missing)
+    if any(flags):
+        ranks = [(r + 1) % world for r, f in enumerate(flags) if f]
+        shutil.rmtree(tmp, ignore_errors=True)  # never published: no rank may resume from it
+        raise RuntimeError(f"{tmp}: files written by rank(s) {ranks} are not visible to every rank; output_dir "
+                           "must be on a filesystem shared by all nodes, at the same absolute path")
 
 
 def rng_state() -> str:
@@ -205,6 +223,7 @@ def save(root: str | Path, step: int, model: nn.Module, optimizer: torch.optim.O
     dcp.save({"model": ModelState(model), "optim": OptimizerState(model, optimizer)}, checkpoint_id=str(tmp))
     (tmp / f"rank-{rank}.json").write_text(json.dumps({**rank_state, "rng": rng_state()}))
     _barrier()
+    _check_shared(tmp, rank)
     if rank == 0:
         (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "step": step}, indent=2) + "\n")
         (tmp / CHECKSUMS).write_text(json.dumps(checksums(tmp), indent=1) + "\n")
