@@ -15,7 +15,7 @@ STAGES: dict[str, tuple[str | None, str]] = {
     "tokenizer": ("kollm.tokenizer.cli", "tokenizer train / extend / stats"),
     "model": ("kollm.model.cli", "model info PRESET: parameters, FLOPs per token, memory"),
     "pretrain": ("kollm.train.pretrain", "pretraining / continual pretraining with XLDA packing"),
-    "sft": (None, "supervised fine-tuning on chat data (loss on responses only)"),
+    "sft": ("kollm.train.sft", "supervised fine-tuning on chat data (loss on responses only)"),
     "merge": (None, "linear / model soup / SLERP merges (mergekit-style YAML)"),
     "dpo": (None, "offline and online DPO"),
     "distill": (None, "skew-KL distillation with adaptive off-policy replay"),
