@@ -63,15 +63,21 @@ def export(checkpoint_dir: Path, out: Path, tokenizer, dtype) -> Path:
                        generation_config={"eos_token_id": stop_token_ids(tokenizer)})
 
 
-def data_sources(cfg: TrainConfig, tokenizer, info):
+def data_sources(cfg: TrainConfig, tokenizer, info, cache: dict | None = None):
+    """Train and validation sources; `cache` keeps the rendered conversations across seed runs."""
     from kollm.data.sft import SFTData, SFTValidation
     from kollm.train.schedules import phase_data
 
-    d, first = cfg.data, phase_data(cfg.phases[0])
+    d, first, cache = cfg.data, phase_data(cfg.phases[0]), {} if cache is None else cache
+    key = ("train", d.train, d.min_score, d.score_key)
     train = SFTData(d.train, tokenizer, seed=cfg.seed, rank=info.rank, world_size=info.world, packing=d.packing,
-                    min_score=d.min_score, score_key=d.score_key)
-    val = SFTValidation(d.validation, tokenizer, first.seq_len, cfg.validation.batch_size or first.batch_size,
-                        info.rank, info.world, d.packing) if d.validation else None
+                    min_score=d.min_score, score_key=d.score_key, convs=cache.get(key))
+    cache[key] = train.convs
+    val = None
+    if d.validation:
+        val = SFTValidation(d.validation, tokenizer, first.seq_len, cfg.validation.batch_size or first.batch_size,
+                            info.rank, info.world, d.packing, convs=cache.get(("val", d.validation)))
+        cache[("val", d.validation)] = val.convs
     return train, val
 
 
@@ -83,7 +89,7 @@ def describe(name: str, data, seq_len: int) -> str:
     return line + (f"; {data.convs.errors.summary()}" if data.convs.errors.total else "")
 
 
-def train_one(cfg: TrainConfig, info, tokenizer, resume: bool) -> Path | None:
+def train_one(cfg: TrainConfig, info, tokenizer, resume: bool, cache: dict | None = None) -> Path | None:
     """Train one run; returns the Hugging Face export (rank 0) or None."""
     import torch.distributed as dist
 
@@ -93,7 +99,7 @@ def train_one(cfg: TrainConfig, info, tokenizer, resume: bool) -> Path | None:
     from kollm.train.trainer import Trainer
 
     model = build_run_model(cfg, info.device)
-    data, val = data_sources(cfg, tokenizer, info)
+    data, val = data_sources(cfg, tokenizer, info, cache)
     data.set_phase(phase_data(cfg.phases[0]))
     if info.is_main:
         print(describe("kollm sft: train", data, data.seq_len), file=sys.stderr)
@@ -200,11 +206,11 @@ def main(argv: list[str]) -> int:
         raise ValueError("--seeds averages the exported runs: checkpoint.export_hf must be true")
     info = init_distributed()
     try:
-        exports = []
+        exports, cache = [], {}
         for k in range(args.seeds):
             run_cfg = seed_config(cfg, k) if args.seeds > 1 else cfg
             try:
-                exports.append(train_one(run_cfg, info, tokenizer, args.resume))
+                exports.append(train_one(run_cfg, info, tokenizer, args.resume, cache))
             except TrainingDiverged as e:
                 print(f"kollm sft: {e}", file=sys.stderr)
                 return 3
