@@ -15,7 +15,7 @@ STAGES: dict[str, tuple[str | None, str]] = {
     "tokenizer": ("kollm.tokenizer.cli", "tokenizer train / extend / stats"),
     "model": ("kollm.model.cli", "model info PRESET: parameters, FLOPs per token, memory"),
     "pretrain": ("kollm.train.pretrain", "pretraining / continual pretraining with XLDA packing"),
-    "sft": (None, "supervised fine-tuning on chat data (loss on responses only)"),
+    "sft": ("kollm.train.sft", "supervised fine-tuning on chat data (loss on responses only)"),
     "merge": ("kollm.merge.cli", "linear / soup, SLERP, task arithmetic, TIES merges (mergekit YAML), streamed"),
     "dpo": (None, "offline and online DPO"),
     "distill": ("kollm.train.distill", "skew-KL distillation with adaptive off-policy replay"),

@@ -17,7 +17,7 @@ USAGE = """usage: kollm data SUBCOMMAND [ARGS...]
 subcommands:
   curate      normalize, language-ID, filters, quality, dedup, percentile keep → Parquet + report
   report      rebuild report.json / report.md of a curate output (after a Slurm/Ray run)
-  judge       LLM-as-judge 0-5 educational scores on a sample (OpenAI-compatible endpoint)
+  judge       LLM-as-judge 0-5 scores: educational value of a sample, or SFT responses (--rubric sft)
   classifier  train a quality classifier on judged samples, or score a corpus with one
   tokenize    curated documents → token shards (kollm.data.tokenize)"""
 
@@ -92,10 +92,19 @@ def _judge(argv: list[str]) -> int:
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rubric", choices=["edu", "sft"], default="edu",
+                    help="edu: educational value of documents (sampled per language); sft: quality of the "
+                         "assistant's response in chat rows (every row; judged.jsonl = rows + score)")
+    ap.add_argument("--limit", type=int, default=None, help="--rubric sft: judge only the first N rows")
     args = ap.parse_args(argv)
     cfg = JudgeConfig(endpoint=args.endpoint, model=args.model, api_key=api_key_from_env(args.api_key_env),
                       concurrency=args.concurrency, max_retries=args.max_retries, timeout_s=args.timeout)
-    summary = run_judge(args.input, args.output, cfg, args.per_language, args.seed)
+    if args.rubric == "sft":
+        from kollm.data.judge import run_judge_sft
+
+        summary = run_judge_sft(args.input, args.output, cfg, args.limit)
+    else:
+        summary = run_judge(args.input, args.output, cfg, args.per_language, args.seed)
     print(json.dumps({k: v for k, v in summary.items() if not k.endswith("examples")}, indent=2))
     return 0 if summary["failed"] == 0 else 1
 

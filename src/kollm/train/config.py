@@ -55,6 +55,10 @@ class DataSection:
     train: str = ""
     # held-out data: token shards (pretraining) or rows (post-training); "" = no validation
     validation: str = ""
+    # SFT (kollm.data.sft): pack conversations (document mask); false: one per row, padded
+    packing: bool = True
+    min_score: float | None = None  # SFT: keep rows whose judge score (score_key) is >= this
+    score_key: str = "score"
 
 
 @dataclass

@@ -1,0 +1,232 @@
+"""`kollm sft CONFIG [--set KEY=VALUE] [--resume] [--dry-run] [--seeds N]`: supervised fine-tuning
+on chat data with the loss on responses only (Trillion 7B §5 after Tulu 3; DNA 1.0 §4.2).
+
+The one trainer (kollm.train.trainer) with the SFT objective (kollm.train.objectives.sft) and the
+chat data source (kollm.data.sft): the same config sections, parallel modes under `torchrun`, DCP
+checkpoints, exact resume and metrics as `kollm pretrain`. `model.init_from` is the Hugging Face
+directory to fine-tune (a `kollm pretrain` export, Llama 3.1 8B); `data.train` / `data.validation`
+the chat rows; the context is the phase's `seq_len`. Packing needs `data.mask_policy: document`
+(with `restart_positions: true`): no attention across packed conversations.
+
+The final model goes to `OUTPUT_DIR/hf/step-N` (`OUTPUT_DIR/hf/latest` points at it) with the
+tokenizer and its chat template — the tokenizer's own, or kollm's default Llama 3 template when it
+has none — so transformers, vLLM, `kollm generate --chat` and `kollm serve` render the prompt the
+model was trained on; generation stops at the end-of-turn token as well as at EOS.
+
+`--seeds N` (Trillion: 3) trains N runs with seeds seed, seed+1, ... into OUTPUT_DIR/seed-K and
+averages them with uniform weights (a model soup, Wortsman et al. 2022; kollm.merge.soup) into
+`OUTPUT_DIR/hf/soup`, which `OUTPUT_DIR/hf/latest` then points at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from kollm.train.config import TrainConfig, load_config
+from kollm.train.pretrain import build_run_model, link_latest, model_config
+
+
+def tokenizer_source(cfg: TrainConfig) -> str:
+    src = cfg.model.tokenizer or cfg.model.init_from
+    if not src:
+        raise ValueError("model.init_from (a Hugging Face directory) or model.tokenizer is required for SFT: "
+                         "the chat template comes from the tokenizer")
+    return src
+
+
+def check_config(cfg: TrainConfig, where: str) -> None:
+    if not cfg.data.train:
+        raise ValueError(f"{where}: data.train is required (chat rows: JSONL or Parquet files, a directory or a glob)")
+    if cfg.data.packing and cfg.data.mask_policy != "document":
+        raise ValueError(f"{where}: data.packing needs data.mask_policy: document (got {cfg.data.mask_policy!r}): "
+                         "packed conversations must not attend to each other")
+
+
+def export(checkpoint_dir: Path, out: Path, tokenizer, dtype) -> Path:
+    """The checkpoint as a Hugging Face directory with the tokenizer and its chat template (kept in
+    tokenizer_config.json, where every transformers version and vLLM read it); generation stops at
+    the end-of-turn token as well as at EOS."""
+    import tempfile
+
+    from kollm.data.chat import stop_token_ids
+    from kollm.model.hf import save_hf
+    from kollm.train.export import load_checkpoint_model
+
+    model, _ = load_checkpoint_model(checkpoint_dir)
+    with tempfile.TemporaryDirectory() as tok_dir:
+        tokenizer.save_pretrained(tok_dir, save_jinja_files=False)
+        return save_hf(model, out, tokenizer=tok_dir, dtype=dtype,
+                       generation_config={"eos_token_id": stop_token_ids(tokenizer)})
+
+
+def data_sources(cfg: TrainConfig, tokenizer, info, cache: dict | None = None):
+    """Train and validation sources; `cache` keeps the rendered conversations across seed runs."""
+    from kollm.data.sft import SFTData, SFTValidation
+    from kollm.train.schedules import phase_data
+
+    d, first, cache = cfg.data, phase_data(cfg.phases[0]), {} if cache is None else cache
+    key = ("train", d.train, d.min_score, d.score_key)
+    train = SFTData(d.train, tokenizer, seed=cfg.seed, rank=info.rank, world_size=info.world, packing=d.packing,
+                    min_score=d.min_score, score_key=d.score_key, convs=cache.get(key))
+    cache[key] = train.convs
+    val = None
+    if d.validation:
+        val = SFTValidation(d.validation, tokenizer, first.seq_len, cfg.validation.batch_size or first.batch_size,
+                            info.rank, info.world, d.packing, convs=cache.get(("val", d.validation)))
+        cache[("val", d.validation)] = val.convs
+    return train, val
+
+
+def describe(name: str, data, seq_len: int) -> str:
+    s = data.summary() if hasattr(data, "summary") else {}
+    line = (f"{name}: {s['conversations']} conversations, {s['tokens']} tokens ({s['trained_tokens']} trained); "
+            f"{s['truncated']} longer than seq_len {seq_len} truncated ({s['truncated_no_response']} left without "
+            f"a response, dropped); {s['below_min_score']} below min_score")
+    return line + (f"; {data.convs.errors.summary()}" if data.convs.errors.total else "")
+
+
+def train_one(cfg: TrainConfig, info, tokenizer, resume: bool, cache: dict | None = None) -> Path | None:
+    """Train one run; returns the Hugging Face export (rank 0) or None."""
+    import torch.distributed as dist
+
+    from kollm.model.hf import DTYPES
+    from kollm.train.objectives.sft import SFTObjective
+    from kollm.train.schedules import phase_data
+    from kollm.train.trainer import Trainer
+
+    model = build_run_model(cfg, info.device)
+    data, val = data_sources(cfg, tokenizer, info, cache)
+    data.set_phase(phase_data(cfg.phases[0]))
+    if info.is_main:
+        print(describe("kollm sft: train", data, data.seq_len), file=sys.stderr)
+    vocab = model.config.vocab_size
+    if int(data.convs.ids.max()) >= vocab:
+        raise ValueError(f"{cfg.data.train}: token ids reach {int(data.convs.ids.max())} but the model has {vocab} "
+                         f"embedding rows; the tokenizer ({tokenizer_source(cfg)}) does not belong to the model")
+    objective = SFTObjective(cfg.data.mask_policy, cfg.data.restart_positions)
+    trainer = Trainer(cfg, model, objective, data, info, val_data=val)
+    trainer.fit(resume=resume)
+    out = None
+    if cfg.checkpoint.export_hf and info.is_main:
+        out = trainer.run_dir / "hf" / trainer.last_checkpoint.name
+        if not out.exists():  # a resumed, already finished run exported it before
+            export(trainer.last_checkpoint, out, tokenizer, DTYPES[cfg.checkpoint.export_dtype])
+        link_latest(out)
+        print(f"kollm sft: Hugging Face export in {out}", file=sys.stderr)
+    if info.distributed:
+        dist.barrier()
+    return out
+
+
+def seed_config(cfg: TrainConfig, k: int) -> TrainConfig:
+    return dataclasses.replace(cfg, seed=cfg.seed + k, output_dir=str(Path(cfg.output_dir) / f"seed-{k}"),
+                               name=f"{cfg.name}-seed{k}")
+
+
+def soup(model_dirs: list[Path], out: Path) -> Path:
+    """Uniform linear merge of the seed runs (kollm.merge, mergekit's `linear`)."""
+    try:
+        from kollm.merge import soup as merge_soup
+    except ImportError as e:
+        raise RuntimeError(f"--seeds needs kollm.merge.soup to average the runs ({e})") from None
+    if out.exists():
+        return out
+    merge_soup([str(d) for d in model_dirs], str(out))
+    return out
+
+
+def dry_run(cfg: TrainConfig, world: int, mfu: float, peak_flops: float, seeds: int) -> str:
+    from kollm.train.pretrain import dry_run as plan
+
+    text = plan(cfg, world, mfu, peak_flops)
+    if seeds > 1:
+        text += f"\n× {seeds} seeds ({cfg.seed}..{cfg.seed + seeds - 1}) → uniform soup in {cfg.output_dir}/hf/soup"
+    try:
+        from kollm.data import chat
+        from kollm.data.sft import SFTData
+        from kollm.train.schedules import phase_data
+
+        tok = chat.load_tokenizer(tokenizer_source(cfg))
+        data = SFTData(cfg.data.train, tok, packing=cfg.data.packing, min_score=cfg.data.min_score,
+                       score_key=cfg.data.score_key)
+        data.set_phase(phase_data(cfg.phases[0]))
+        rows = len(data.epoch_rows(0))
+        text += "\n" + describe("data.train", data, data.seq_len)
+        text += f"\none epoch = {rows} rows of {data.seq_len} tokens ({'packed' if cfg.data.packing else 'padded'})"
+    except (FileNotFoundError, OSError, ValueError) as e:
+        text += f"\n(data not inspected: {e})"
+    return text
+
+
+def main(argv: list[str]) -> int:
+    from kollm.train.flops import H100_BF16_DENSE
+
+    p = argparse.ArgumentParser(prog="kollm sft", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="training config (YAML), e.g. recipes/tiny-sft.yaml")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the data summary, and exit")
+    p.add_argument("--peak-flops", type=float, default=H100_BF16_DENSE, help="dry run: peak FLOP/s per GPU")
+    p.add_argument("--mfu", type=float, default=0.4, help="dry run: model FLOPs utilisation (default 0.4)")
+    p.add_argument("--world-size", type=int, default=None, help="dry run: ranks (default: WORLD_SIZE or 1)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--seeds", type=int, default=1, help="train N seeds and average them (model soup)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config value (YAML), e.g. --set data.train=chat.jsonl (repeatable)")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+
+    if args.dry_run:
+        import os
+
+        world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+        print(dry_run(cfg, world, args.mfu, args.peak_flops, args.seeds))
+        return 0
+
+    import torch.distributed as dist
+
+    from kollm.data import chat
+    from kollm.train.parallel import init_distributed
+    from kollm.train.trainer import TrainingDiverged
+
+    check_config(cfg, args.config)
+    if not cfg.model.init_from:
+        model_config(cfg)  # a preset model: fail on a bad config before loading data
+    if cfg.checkpoint.export_hf and cfg.model.init_from is None:
+        from kollm.model.hf import export_architecture
+
+        export_architecture(model_config(cfg))
+    tokenizer = chat.load_tokenizer(tokenizer_source(cfg))
+    if args.seeds > 1 and not cfg.checkpoint.export_hf:
+        raise ValueError("--seeds averages the exported runs: checkpoint.export_hf must be true")
+    info = init_distributed()
+    try:
+        exports, cache = [], {}
+        for k in range(args.seeds):
+            run_cfg = seed_config(cfg, k) if args.seeds > 1 else cfg
+            try:
+                exports.append(train_one(run_cfg, info, tokenizer, args.resume, cache))
+            except TrainingDiverged as e:
+                print(f"kollm sft: {e}", file=sys.stderr)
+                return 3
+        if args.seeds > 1 and info.is_main:
+            out = soup(exports, Path(cfg.output_dir) / "hf" / "soup")
+            link_latest(out)
+            (Path(cfg.output_dir) / "seeds.json").write_text(json.dumps(
+                {"seeds": [cfg.seed + k for k in range(args.seeds)], "runs": [str(e) for e in exports],
+                 "soup": str(out), "method": "linear, uniform weights"}, indent=2) + "\n")
+            print(f"kollm sft: soup of {args.seeds} seeds in {out}", file=sys.stderr)
+        if info.distributed:
+            dist.barrier()
+    finally:
+        if info.distributed:
+            dist.destroy_process_group()
+    return 0
+
+
+__all__ = ["main", "export", "seed_config", "soup", "train_one", "check_config", "dry_run"]
