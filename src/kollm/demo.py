@@ -1,9 +1,10 @@
 """`kollm demo`: the tiny end-to-end run on the embedded bilingual corpus.
 
-Writes the corpus (kollm.demo_corpus) into the work directory, then runs the recipe
-`recipes/tiny-demo.yaml` with `kollm run`: curate → tokenizer → token shards → pretraining with
-XLDA (sandwich norm + MTP, stable → anneal phases) → Hugging Face export → generation. A few
-minutes on a 2-core CPU; re-running skips the stages already done.
+Writes the corpus and the post-training data (kollm.demo_corpus) into the work directory, then
+runs the recipe `recipes/tiny-demo.yaml` with `kollm run`: curate → tokenizer → token shards →
+pretraining with XLDA (sandwich norm + MTP, stable → anneal phases) → SFT → DPO → SLERP merge →
+GRPO → evaluation with cross-lingual consistency → a chat reply → the report, whose path it prints.
+Minutes on a 2-core CPU; re-running skips the stages already done.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kollm.demo_corpus import write_demo_corpus
+from kollm.demo_corpus import write_demo_corpus, write_demo_posttrain
 from kollm.recipe import StageFailed, load_recipe, run_recipe
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny-demo.yaml"
@@ -28,11 +29,13 @@ def main(argv: list[str]) -> int:
     recipe = load_recipe(RECIPE)
     recipe.workdir = args.workdir
     corpus = write_demo_corpus(Path(args.workdir) / "raw")
-    print(f"embedded corpus: {corpus}")
+    post = write_demo_posttrain(Path(args.workdir) / "posttrain")
+    print(f"embedded corpus: {corpus}; post-training data: {post['chat'].parent}")
     try:
         run_recipe(recipe, force=args.force)
     except StageFailed as e:
         print(f"kollm demo: {e}", file=sys.stderr)
         return 1
     print(f"\ndone: every stage's output is under {args.workdir}/ (run.json records each stage's command)")
+    print(f"report: {Path(args.workdir) / 'report' / 'report.html'} (and report.md beside it)")
     return 0
