@@ -17,7 +17,7 @@ STAGES: dict[str, tuple[str | None, str]] = {
     "pretrain": ("kollm.train.pretrain", "pretraining / continual pretraining with XLDA packing"),
     "sft": (None, "supervised fine-tuning on chat data (loss on responses only)"),
     "merge": (None, "linear / model soup / SLERP merges (mergekit-style YAML)"),
-    "dpo": (None, "offline and online DPO"),
+    "dpo": ("kollm.train.dpo", "offline and online DPO; `dpo pairs` builds pairs from scored responses"),
     "distill": (None, "skew-KL distillation with adaptive off-policy replay"),
     "grpo": (None, "RL with verifiable rewards (GRPO)"),
     "eval": ("kollm.eval.cli", "benchmarks, Korean IFEval, cross-lingual consistency, LLM-as-judge"),
