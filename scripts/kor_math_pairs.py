@@ -4,10 +4,11 @@ against the same reasoning with a wrong final number.
 
     python scripts/kor_math_pairs.py --data ../shared/data/post-train/kor-math --out runs/tiny-dpo/pairs
 
-writes OUT/prompts.jsonl ({id, prompt, answer}) and OUT/responses.jsonl ({id, responses: [right,
-wrong]}), then builds the pairs with `kollm dpo pairs --verifier math` (which checks each
-response's final number against the gold answer, so a corruption that happened to be right would
-tie and be dropped) into OUT/train.jsonl and OUT/heldout.jsonl (a tenth of the problems, by a hash of file and line, held out).
+writes OUT/{train,heldout}-prompts.jsonl ({id, prompt (one user turn), answer}) and
+OUT/{train,heldout}-responses.jsonl ({id, responses: [right, wrong]}), then builds the pairs with
+`kollm dpo pairs --verifier math` (which checks each response's final number against the gold
+answer, so a corruption that happened to be right would tie and be dropped) into OUT/train.jsonl
+and OUT/heldout.jsonl (a tenth of the problems, chosen by a hash of file and line, held out).
 Only the addsub / multiarith / single_eq files carry worked answers (kor-mwp's `reason` is
 model-written and not always right, so it is left out).
 """
@@ -71,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                 pid = f"{name.split('-')[1]}-{line}-{lang}"
                 # by problem, so the two languages of one problem never straddle the split
                 split = "heldout" if zlib.crc32(f"{name}:{line}".encode()) % args.heldout_every == 0 else "train"
-                splits[split][0].append({"id": pid, "prompt": q, "answer": row["answer"]})
+                # conversational: the chat template renders it, as for the SFT model and online sampling
+                splits[split][0].append({"id": pid, "prompt": [{"role": "user", "content": q}],
+                                         "answer": row["answer"]})
                 splits[split][1].append({"id": pid, "responses": [a, wrong]})
                 n += 1
     from kollm.data.pairs import main as pairs_main
