@@ -10,7 +10,10 @@ OUT/{train,heldout}-responses.jsonl ({id, responses: [right, wrong]}), then buil
 answer, so a corruption that happened to be right would tie and be dropped) into OUT/train.jsonl
 and OUT/heldout.jsonl (a tenth of the problems, chosen by a hash of file and line, held out).
 Only the addsub / multiarith / single_eq files carry worked answers (kor-mwp's `reason` is
-model-written and not always right, so it is left out).
+model-written and not always right, so it is left out). By default only answers that show the
+work — the final number appears in the text before the closing statement — are kept: there a
+wrong final number contradicts the answer's own reasoning, which a tiny model can learn to notice
+(`--all` keeps every answer that ends in the gold number; most only restate the question).
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ from pathlib import Path
 
 FILES = ("kor-addsub-train.jsonl", "kor-multiarith-train.jsonl", "kor-single_eq-train.jsonl")
 _LAST_NUMBER = re.compile(r"(-?\d[\d,]*(?:\.\d+)?)(?!.*\d)", re.S)
+
+
+def shows_work(text: str) -> bool:
+    """The worked answer reaches its final number before stating it (`4 + 5 = 9 ... The answer is
+    9`), so a wrong final number contradicts the text itself."""
+    nums = [n.replace(",", "") for n in re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)]
+    return len(nums) >= 2 and nums[-1] in nums[:-1]
 
 
 def corrupt(text: str, answer: float, rng: random.Random) -> str | None:
@@ -49,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--langs", default="ko,en", help="ko: kor_question/kor_answer, en: question/reasoning")
     p.add_argument("--heldout-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--all", action="store_true",
+                   help="keep problems whose worked answer does not show the final number before stating it")
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
     out = Path(args.out)
@@ -66,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 q, a = (row["kor_question"], row["kor_answer"]) if lang == "ko" else \
                     (row["question"], row["reasoning_completion"].strip())
                 wrong = corrupt(a, answer, rng)
-                if wrong is None:
+                if wrong is None or not (args.all or shows_work(a)):
                     skipped += 1
                     continue
                 pid = f"{name.split('-')[1]}-{line}-{lang}"
@@ -85,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        encoding="utf-8")
         pairs_main(["--prompts", str(out / f"{split}-prompts.jsonl"), "--responses",
                     str(out / f"{split}-responses.jsonl"), "--out", str(out / f"{split}.jsonl"), "--verifier", "math"])
-    print(f"{n} problems with a worked answer, {skipped} skipped (answer text does not end in the gold number)",
+    print(f"{n} worked answers kept, {skipped} skipped (not ending in the gold number, or not showing the work)",
           file=sys.stderr)
     return 0
 
