@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "eval"))
 from test_code_exec import HUMANEVAL  # noqa: E402
 from test_ifeval_en import CASES, NEEDS_DOWNLOAD, _lm_eval_registry  # noqa: E402
 
-from kollm.eval.code_exec import SandboxConfig, active_layers, humaneval_program, run_program  # noqa: E402
+from kollm.eval.code_exec import SandboxConfig, humaneval_program, run_program, sandbox_kind  # noqa: E402
 from kollm.eval.ifeval import score_row  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def bench_sandbox(n: int = 20) -> None:
     for p in progs:
         subprocess.run([sys.executable, "-c", p], check=True, capture_output=True)
     peer = (time.perf_counter() - t0) / n
-    print(f"sandbox: {ours * 1000:.1f} ms/program ({'+'.join(active_layers(cfg))}) vs bare subprocess "
+    print(f"sandbox: {ours * 1000:.1f} ms/program ({sandbox_kind()}) vs bare subprocess "
           f"{peer * 1000:.1f} ms/program: ratio {ours / peer:.2f}x")
 
 

@@ -71,3 +71,19 @@ def test_workdir_spelling_stale_outputs_and_one_line_failures(tmp_path, monkeypa
     assert main(["run", str(_write(tmp_path, stages))]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("kollm run: recipe stage 'a' failed with exit code 1") and "Traceback" not in "".join(err)
+
+
+def test_an_edited_config_file_re_runs_its_stage_and_what_follows(tmp_path):
+    from pathlib import Path
+
+    cfg = tmp_path / "pretrain.yaml"
+    cfg.write_text((Path(__file__).resolve().parents[1] / "recipes" / "tiny-pretrain.yaml").read_text())
+    stages = [{"name": "plan", "run": "pretrain", "args": [str(cfg), "--dry-run"]},
+              {"name": "after", "run": "model info", "args": ["tiny"]}]
+    r = load_recipe(_write(tmp_path, stages))
+    assert run_recipe(r, log=lambda *_: None) == [("plan", "ran"), ("after", "ran")]
+    assert run_recipe(r, log=lambda *_: None) == [("plan", "skipped"), ("after", "skipped")]
+    meta = json.loads((tmp_path / "w" / "plan" / "run.json").read_text())
+    assert list(meta["inputs"]) == [str(cfg.resolve())]  # lineage names the file and its hash
+    cfg.write_text(cfg.read_text().replace("lr: 3.0e-3", "lr: 1.0e-3"))  # same arguments, new contents
+    assert run_recipe(r, log=lambda *_: None) == [("plan", "ran"), ("after", "ran")]

@@ -19,12 +19,12 @@ STAGES: dict[str, tuple[str | None, str]] = {
     "merge": (None, "linear / model soup / SLERP merges (mergekit-style YAML)"),
     "dpo": ("kollm.train.dpo", "offline and online DPO; `dpo pairs` builds pairs from scored responses"),
     "distill": (None, "skew-KL distillation with adaptive off-policy replay"),
-    "grpo": (None, "RL with verifiable rewards (GRPO)"),
+    "grpo": ("kollm.train.grpo", "RL with verifiable rewards (GRPO)"),
     "eval": ("kollm.eval.cli", "benchmarks, Korean IFEval, cross-lingual consistency, LLM-as-judge"),
     "generate": ("kollm.model.generate", "generate text from a checkpoint (KV cache; greedy or sampling)"),
     "export": ("kollm.train.export", "export a training checkpoint (DCP) or a Hugging Face directory to Hugging Face format"),
-    "serve": (None, "OpenAI-compatible HTTP server"),
-    "report": (None, "HTML/Markdown report for a run directory"),
+    "serve": ("kollm.serve.cli", "OpenAI-compatible HTTP server (continuous batching)"),
+    "report": ("kollm.report", "HTML/Markdown report of a run: lineage, curation, tokenizer, curves, evaluation"),
 }
 
 

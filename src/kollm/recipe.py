@@ -14,7 +14,9 @@ Each stage writes into `{workdir}/{name}` (`{out}`); `{stages.NAME}` is an earli
 and `{recipe_dir}` the recipe file's directory (for configs that sit beside it). After a stage
 succeeds the runner writes `run.json` there: the stage, its arguments, the fingerprint of
 everything upstream, the kollm version and the wall time. The fingerprint chains: a stage re-runs when its own arguments
-change or when any stage before it re-ran, so lineage is exact without hashing outputs.
+change, when a file its arguments name outside the workdir changed (a config's contents are hashed;
+files over 16 MiB — corpora — by size and modification time), or when any stage before it re-ran,
+so lineage is exact without hashing outputs. docs/recipes.md has the format and the re-run rules.
 """
 
 from __future__ import annotations
@@ -81,6 +83,34 @@ def _expand(arg: str, workdir: Path, out: Path, done: dict[str, Path], recipe_di
     return arg
 
 
+HASHED_BYTES = 16 << 20  # larger input files (corpora) are fingerprinted by size and mtime, not read
+
+
+def _input_files(argv: list[str], workdir: Path) -> dict[str, str]:
+    """Files named by the arguments (also as `--set key=PATH`) that lie outside the workdir: their
+    contents (or, for big ones, size and mtime) go into the fingerprint. Files inside the workdir are
+    earlier stages' outputs, already covered by the upstream chain."""
+    found: dict[str, str] = {}
+    for arg in argv:
+        for cand in (arg, arg.partition("=")[2]):
+            if not cand or len(cand) > 4096:
+                continue
+            p = Path(cand)
+            try:
+                if not p.is_file():
+                    continue
+                p = p.resolve()
+            except OSError:
+                continue
+            if p.is_relative_to(workdir):
+                continue
+            st = p.stat()
+            digest = (hashlib.sha256(p.read_bytes()).hexdigest() if st.st_size <= HASHED_BYTES
+                      else f"size={st.st_size},mtime_ns={st.st_mtime_ns}")
+            found[str(p)] = digest
+    return found
+
+
 def run_recipe(recipe: Recipe, force: bool = False, log=print) -> list[tuple[str, str]]:
     """Run the stages in order; returns (name, "ran" | "skipped") per stage."""
     from kollm.cli import main as cli_main
@@ -94,7 +124,8 @@ def run_recipe(recipe: Recipe, force: bool = False, log=print) -> list[tuple[str
     for stage in recipe.stages:
         out = workdir / stage.name
         argv = stage.run.split() + [_expand(a, workdir, out, done, recipe.dir) for a in stage.args]
-        fingerprint = hashlib.sha256(json.dumps([upstream, argv]).encode()).hexdigest()
+        inputs = _input_files(argv, workdir)
+        fingerprint = hashlib.sha256(json.dumps([upstream, argv, inputs], sort_keys=True).encode()).hexdigest()
         record = out / "run.json"
         if not force and record.exists() and json.loads(record.read_text()).get("fingerprint") == fingerprint:
             log(f"[{stage.name}] up to date, skipped")
@@ -115,8 +146,9 @@ def run_recipe(recipe: Recipe, force: bool = False, log=print) -> list[tuple[str
             out.mkdir(parents=True, exist_ok=True)
             tmp = record.with_suffix(".tmp")
             tmp.write_text(json.dumps({
-                "stage": stage.name, "run": stage.run, "argv": argv, "fingerprint": fingerprint,
-                "upstream": upstream, "kollm_version": __version__, "wall_time_s": round(time.time() - t0, 3),
+                "stage": stage.name, "run": stage.run, "argv": argv, "inputs": inputs, "fingerprint": fingerprint,
+                "upstream": upstream, "kollm_version": __version__, "started": t0,
+                "wall_time_s": round(time.time() - t0, 3),
             }, indent=2))
             tmp.replace(record)
             outcome.append((stage.name, "ran"))

@@ -74,8 +74,9 @@ def test_documents_round_trip_through_shards(tmp_path, tok, texts):
         assert len(corpus) == len(expected)
         docs = [corpus.doc(i) for i in range(len(corpus))]
         assert all(d[-1] == tok.token_to_id("<|end_of_text|>") for d in docs)
+        assert all(d[0] == tok.token_to_id("<|begin_of_text|>") for d in docs)  # Llama 3: BOS text EOS
         assert [tok.decode(d[:-1].tolist()) for d in docs] == expected
-        assert corpus.num_tokens == sum(len(tok.encode(t, add_special_tokens=False).ids) + 1 for t in expected)
+        assert corpus.num_tokens == sum(len(tok.encode(t, add_special_tokens=False).ids) + 2 for t in expected)
         assert all(r.meta["tokenizer_hash"] == tokenizer_hash(tok) for r in shards[lang])
     part_b = next(r for r in shards["ko"] if r.dir.name == part_name(str((tmp_path / "in" / "b.parquet").resolve())))
     assert part_b.meta["quality"]["mean"] == pytest.approx(np.mean([q for *_, q in b]), abs=1e-6)
@@ -118,7 +119,7 @@ def test_other_tokenizer_in_same_root_is_an_error(tmp_path, tok, texts):
     other = train(texts, TrainConfig(budgets={"en": 100}))[0]
     with pytest.raises(ValueError, match="was tokenized with tokenizer"):
         tokenize([str(tmp_path / "in")], other, tmp_path / "s")
-    with pytest.raises(ValueError, match=re.escape("EOS '<|end_of_text|>', not ") + ".* and None"):
+    with pytest.raises(ValueError, match=re.escape("EOS '<|end_of_text|>' and BOS ids [") + ".*, not .*, None and"):
         tokenize([str(tmp_path / "in")], tok, tmp_path / "s", eos="")
     with pytest.raises(ValueError, match="EOS token '</s>' is not in the tokenizer"):
         tokenize([str(tmp_path / "in")], tok, tmp_path / "s2", eos="</s>")

@@ -2,23 +2,23 @@
 and reported as failures while this process carries on; HumanEval/MBPP rows in the HF layout."""
 
 import json
-import os
-import socket
-import threading
 
 import pytest
 
 from kollm.eval.code_exec import (
     SandboxConfig,
-    active_layers,
     humaneval_program,
     mbpp_program,
     run_many,
     run_program,
+    sandbox_kind,
 )
 from kollm.eval.task import get_task
 
-CFG = SandboxConfig(timeout_s=3, memory_mb=512)
+# these programs are trusted: where no sandbox works (tests/eval/test_code_exec_hostile.py is then
+# skipped) they still run, to test scoring
+UNSAFE = sandbox_kind() == "none"
+CFG = SandboxConfig(timeout_s=3, memory_mb=512, allow_unsafe=UNSAFE)
 
 HUMANEVAL = [
     {"task_id": "HumanEval/0",
@@ -70,72 +70,23 @@ def test_canonical_solutions_pass_and_wrong_ones_fail():
     assert "AssertionError" in res[4].stderr and "SyntaxError" in res[6].stderr
 
 
-@pytest.mark.parametrize("isolate", [True, False], ids=["all-layers", "no-namespaces"])
-def test_hostile_programs_are_contained(tmp_path, isolate):
-    # without namespaces (a non-root user, or no unshare) the audit hook and rlimits must still hold
-    cfg = SandboxConfig(timeout_s=3, memory_mb=512, isolate=isolate)
-    keep = tmp_path / "keep.txt"
-    keep.write_text("precious")
-    victim = tmp_path / "victim.txt"
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.settimeout(5)
-    port = server.getsockname()[1]
-    hits = []
-    threading.Thread(target=lambda: _accept(server, hits), daemon=True).start()
-    hostile = {
-        "write_outside": f"open({str(victim)!r}, 'w').write('pwned')",
-        "os_open_outside": f"import os; os.open({str(victim)!r}, os.O_WRONLY | os.O_CREAT)",
-        "delete_outside": f"import os; os.remove({str(keep)!r})",
-        "rename_outside": f"import os; os.rename({str(keep)!r}, 'stolen.txt')",
-        "rmtree_outside": f"import shutil; shutil.rmtree({str(tmp_path)!r})",
-        "socket": f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'x')",
-        "subprocess": f"import subprocess; subprocess.run(['rm', {str(keep)!r}])",
-        "fork_bomb": "import os\nwhile True:\n    os.fork()",
-        "alloc_10gb": "x = bytearray(10 * 2**30)",
-        "loop_forever": "while True:\n    pass",
-        "ctypes_escape": "import ctypes; ctypes.CDLL(None).system(b'touch /tmp/kollm-escaped')",
-        # fork_exec raises no audit event of its own: the module must not be importable
-        "posixsubprocess_escape": "import _posixsubprocess",
-    }
-    res = dict(zip(hostile, run_many(list(hostile.values()), cfg, workers=2)))
-    for name, r in res.items():
-        assert not r.passed, (name, r)
-    assert keep.read_text() == "precious" and not victim.exists() and tmp_path.exists()
-    assert not os.path.exists("/tmp/kollm-escaped")
-    assert res["loop_forever"].status == "timeout"
-    assert "MemoryError" in res["alloc_10gb"].stderr
-    for name in ("write_outside", "delete_outside", "socket", "fork_bomb", "subprocess", "ctypes_escape",
-                 "posixsubprocess_escape"):
-        assert "PermissionError: sandbox" in res[name].stderr, (name, res[name].stderr)
-    server.close()
-    assert hits == []  # nothing reached the test's socket
-
-
-def _accept(server, hits):
-    try:
-        hits.append(server.accept())
-    except OSError:
-        pass
-
-
 def test_reading_and_writing_inside_scratch_is_allowed():
     code = ("import os, json\nopen('out.txt', 'w').write('ok')\nos.mkdir('d'); os.remove('out.txt')\n"
-            "print(json.dumps({'cwd_files': sorted(os.listdir('.')), 'passwd': open('/etc/passwd').read()[:4],"
-            " 'env': sorted(os.environ)}))")
+            "print(json.dumps({'cwd_files': sorted(os.listdir('.')), 'etc': sorted(os.listdir('/etc')),"
+            " 'env': sorted(os.environ), 'uid': os.getuid()}))")
     r = run_program(code, CFG)
     assert r.passed, r.stderr
     got = json.loads(r.stdout)
-    assert "d" in got["cwd_files"] and "program.py" in got["cwd_files"] and got["passwd"] == "root"
-    assert set(got["env"]) <= {"PATH", "HOME", "TMPDIR", "LANG", "LC_CTYPE"}  # stripped environment
+    assert "d" in got["cwd_files"] and "program.py" in got["cwd_files"]
+    assert set(got["env"]) <= {"PATH", "HOME", "TMPDIR", "LANG", "LC_CTYPE", "PWD"}  # stripped environment
+    if r.sandbox == "bwrap":  # the host's /etc (passwd, ssh keys, ...) is not in the sandbox
+        assert got["etc"] == ["ld.so.cache"] and got["uid"] == 65534
 
 
-def test_network_namespace_when_root():
-    if "netns+pidns" not in active_layers(CFG):
-        pytest.skip("not root or no unshare: the audit hook alone blocks sockets")
-    # the namespace itself, independent of the audit hook: /proc/self/net lists the child's
-    # network namespace, which has a loopback interface and nothing else
+def test_network_namespace():
+    if sandbox_kind() != "bwrap":
+        pytest.skip("no bubblewrap here")
+    # /proc/self/net lists the program's own network namespace: a loopback interface, nothing else
     r = run_program("print([ln.split(':')[0].strip() for ln in open('/proc/self/net/dev').readlines()[2:]])", CFG)
     assert r.passed and r.stdout.strip() == "['lo']", r
 
@@ -146,14 +97,14 @@ def test_humaneval_and_mbpp_tasks_load_hf_layout_and_score(tmp_path):
         "\n".join(json.dumps(r) for r in HUMANEVAL) + "\n{not json\n")
     (tmp_path / "mbpp" / "full").mkdir(parents=True)
     (tmp_path / "mbpp" / "full" / "test.jsonl").write_text("\n".join(json.dumps(r) for r in MBPP) + "\n")
-    he = get_task("humaneval")
+    he = get_task("humaneval", allow_unsafe_code=UNSAFE)
     items = he.load(tmp_path)
     assert len(items) == 2 and len(he.bad_rows) == 1 and "test.jsonl:3" in he.bad_rows[0]
     req = he.requests(items[0])[0]
     assert req.args == (HUMANEVAL[0]["prompt"],) and "\ndef" in req.stop
     assert he.score_batch(items, [r["canonical_solution"] for r in HUMANEVAL]) == [1.0, 1.0]
     assert he.process(items[1], ["    return x * y\n"]) == {"pass@1": 0.0}
-    mb = get_task("mbpp")
+    mb = get_task("mbpp", allow_unsafe_code=UNSAFE)
     items = mb.load(tmp_path)
     shots = mb.select_fewshot(items[0], mb.few_shot_items(tmp_path), 3, None)
     prompt = mb.requests(items[1], shots)[0].args[0]
@@ -170,7 +121,7 @@ def test_trillion_cot_code_tasks_prompt_extract_and_score(tmp_path):
     (tmp_path / "openai_humaneval" / "test.jsonl").write_text("\n".join(json.dumps(r) for r in HUMANEVAL))
     (tmp_path / "mbpp" / "full").mkdir(parents=True)
     (tmp_path / "mbpp" / "full" / "test.jsonl").write_text("\n".join(json.dumps(r) for r in MBPP))
-    mb = get_task("mbpp_cot")
+    mb = get_task("mbpp_cot", allow_unsafe_code=UNSAFE)
     items = mb.load(tmp_path)
     req = mb.requests(items[1])[0]
     assert req.chat and req.stop == () and mb.few_shot_items(tmp_path) == []
@@ -183,7 +134,7 @@ def test_trillion_cot_code_tasks_prompt_extract_and_score(tmp_path):
     answer = f"First try:\n```python\n{draft}```\nFixed:\n```python\n{final}```\nDone."
     assert mb.score_batch(items[1:], [answer]) == [1.0]  # the last block is the answer
     assert mb.score_batch(items[1:], [f"```python\n{draft}```"]) == [0.0]
-    he = get_task("humaneval_cot")
+    he = get_task("humaneval_cot", allow_unsafe_code=UNSAFE)
     items = he.load(tmp_path)
     prompt = he.requests(items[1])[0].args[0]
     assert prompt.startswith("You are an expert Python programmer, and here is your task: def add(x: int, y: int):")

@@ -41,6 +41,9 @@ def runs(shards, tmp_path_factory):
     for name in ("full", "killed"):
         raw["output_dir"] = str(work / name)
         raw["data"]["shards"] = str(shards)
+        if name == "full":  # held-out validation must not change what training does (killed == full below)
+            raw["data"]["validation"] = str(shards)
+            raw["validation"] = {"every": 8, "batches": 2}
         (work / f"{name}.yaml").write_text(yaml.safe_dump(raw))
         paths[name] = work / f"{name}.yaml"
     full = pretrain(paths["full"])
@@ -62,6 +65,11 @@ def test_kill_resume_and_export(runs, tmp_path):
     full, killed = losses(work / "full"), losses(work / "killed")
     assert sorted(full) == list(range(1, 21))
     assert killed == full  # bit for bit: same floats, every step
+    full_rows = [json.loads(line) for line in (work / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in full_rows if "val_loss" in r] == [8, 16, 20]
+    # per-language next-token losses, in training and validation, weighted back to the whole
+    assert {"loss_en", "loss_ko", "val_loss_en", "val_loss_ko"} <= set(full_rows[-1])
+    assert min(r["loss_ko"] for r in full_rows) < full_rows[0]["loss_ko"]
     rows = [json.loads(line) for line in (work / "killed" / "metrics.jsonl").read_text().splitlines()]
     # steps 9-10 of the killed run were dropped on resume and trained again: one line per step
     assert [r["step"] for r in rows] == list(range(1, 21))

@@ -251,3 +251,84 @@ def test_weight_decay_groups_hold_matrices_only():
         n for n, p in model.named_parameters() if n.endswith("norm.weight") or n.endswith(".bias")}
     assert "model.embed_tokens.weight" in {names[id(p)] for p in decay["params"]}
     assert all(p.ndim == 2 for p in decay["params"]) and len(decay["params"]) + len(no_decay["params"]) == len(names)
+
+
+class HeldOut:
+    def __init__(self, n=3):
+        src = SyntheticLoader(seed=7)
+        self._b = [src.next_batch(2) for _ in range(n)]
+
+    def batches(self):
+        return self._b
+
+
+def test_validation_is_the_token_mean_over_all_held_out_batches_and_calls_the_hooks(tmp_path):
+    import torch.nn.functional as F
+
+    seen = []
+
+    class Obj(LMObjective):
+        def on_validation(self, metrics):
+            seen.append(metrics)
+
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny-sandwich-mtp"))
+    val = HeldOut()
+    t = Trainer(make_cfg(tmp_path, steps=5, validation={"every": 2}), model, Obj("document"), SyntheticLoader(),
+                val_data=val)
+    hist = t.fit()
+    assert [("val_loss" in h) for h in hist] == [False, True, False, True, True]  # every 2 steps and at the end
+    assert len(seen) == 3 and seen[-1]["val_loss"] == hist[-1]["val_loss"]
+    # by hand: eval mode (MTP idle), cross entropy summed over every target of every batch / their count
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for b in val.batches():
+            logits = model(b["input_ids"], doc_ids=b["doc_ids"], mask_policy="document").logits
+            total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), b["labels"][:, 1:].reshape(-1),
+                                     reduction="sum").item()
+            n += b["labels"][:, 1:].numel()
+    assert hist[-1]["val_loss"] == pytest.approx(total / n, rel=1e-5)
+    assert "val_mtp_loss" not in hist[-1]
+
+
+def test_per_language_losses_average_to_the_next_token_loss(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny"))
+    obj = LMObjective("xlda", langs=["en", "ko"])
+    batch = SyntheticLoader().next_batch(4)
+    totals = obj.targets(batch)
+    out = obj(model, batch, totals)
+    m = {k: float(v) for k, v in out.metrics.items()}
+    n_en, n_ko = float(totals[2]), float(totals[3])
+    assert n_en > 0 and n_ko > 0 and n_en + n_ko == float(totals[0])
+    assert (m["loss_en"] * n_en + m["loss_ko"] * n_ko) / (n_en + n_ko) == pytest.approx(m["ntp_loss"], rel=1e-6)
+    # the language of a target is the language of the token predicted, not of the one predicting
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        logits = model(batch["input_ids"], doc_ids=batch["doc_ids"], lang_ids=batch["lang_ids"],
+                       mask_policy="xlda").logits[:, :-1]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), reduction="none")
+    ko = (batch["lang_ids"][:, 1:] == 1).reshape(-1)
+    assert m["loss_ko"] == pytest.approx(float(ce[ko].mean()), rel=1e-5)
+    assert m["mix_en"] == pytest.approx(n_en / (n_en + n_ko)) and m["mix_en"] + m["mix_ko"] == pytest.approx(1)
+    batch["lang_ids"][0] = 0  # one monolingual sequence of four
+    assert float(obj(model, batch, obj.targets(batch)).metrics["xlingual_seqs"]) == 0.75
+    assert not any(k.startswith("loss_") for k in obj(model, batch, totals[:2]).metrics)  # no counts, no keys
+
+
+def test_tensorboard_scalars_equal_the_metrics_lines(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    cfg = make_cfg(tmp_path, steps=3, logging={"progress": False, "tensorboard": True})
+    Trainer(cfg, build_model(get_preset("tiny")), LMObjective("xlda", langs=["en", "ko"]), SyntheticLoader()).fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    for key in ("loss", "ntp_loss", "loss_ko", "mix_en", "lr"):
+        events = acc.Scalars(key)
+        assert [e.step for e in events] == [r["step"] for r in rows]
+        assert [e.value for e in events] == pytest.approx([r[key] for r in rows], rel=1e-6)

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from kollm.argtypes import positive_int
+
 USAGE = """usage: kollm data SUBCOMMAND [ARGS...]
 
 subcommands:
@@ -27,10 +29,12 @@ def _curate(argv: list[str]) -> int:
     ap.add_argument("--config", help="YAML config (keys: see docs/curation.md); flags below override it")
     ap.add_argument("--input", action="append", help="file, glob or directory (repeatable)")
     ap.add_argument("--output", help="output directory")
-    ap.add_argument("--workers", type=int, help="parallel worker processes (local executor)")
-    ap.add_argument("--tasks", type=int, help="tasks for the prepare/write stages (default: workers)")
+    ap.add_argument("--workers", type=positive_int, help="parallel worker processes (local executor)")
+    ap.add_argument("--tasks", type=positive_int, help="tasks for the prepare/write stages (default: workers)")
     ap.add_argument("--executor", choices=["local", "slurm", "ray"])
     ap.add_argument("--keep", help="keep preset: pretrain (en 80%%, others 50%%), anneal (20%%/10%%), all")
+    ap.add_argument("--verbose", action="store_true", help="datatrove's per-stage logs on the console too "
+                    "(always in OUTPUT/logs/)")
     args = ap.parse_args(argv)
     overrides = {"inputs": args.input, "output": args.output, "workers": args.workers, "tasks": args.tasks,
                  "executor": args.executor}
@@ -42,7 +46,7 @@ def _curate(argv: list[str]) -> int:
             quality = (yaml.safe_load(Path(args.config).read_text()) or {}).get("quality") or {}
         overrides["quality"] = {**quality, "keep": args.keep}
     cfg = load_config(args.config, overrides)
-    report = run_curation(cfg)
+    report = run_curation(cfg, verbose=args.verbose)
     if report is None:
         print(f"submitted; when the jobs finish run: kollm data report {cfg.output}")
     else:
@@ -107,7 +111,7 @@ def _classifier(argv: list[str]) -> int:
     sc.add_argument("--model", required=True)
     sc.add_argument("--input", action="append", required=True)
     sc.add_argument("--output", required=True, help="Parquet file")
-    sc.add_argument("--batch-size", type=int, default=4096)
+    sc.add_argument("--batch-size", type=positive_int, default=4096)
     args = ap.parse_args(argv)
     if args.cmd == "train":
         texts, scores, skipped = load_judged(args.judged)

@@ -24,6 +24,8 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
+from kollm.jsonrows import TooDeep, loads_row
+
 JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
 CORE = ("id", "text", "lang", "lang_score", "quality", "source")
@@ -95,9 +97,12 @@ def iter_rows(path: str) -> Iterator[tuple[int, dict | None, str | None]]:
                 if not raw.strip():
                     continue
                 try:
-                    row = json.loads(raw.decode("utf-8"))
+                    row = loads_row(raw)
                 except UnicodeDecodeError:
                     yield line, None, "invalid_utf8"
+                    continue
+                except TooDeep:
+                    yield line, None, "nested_too_deep"
                     continue
                 except json.JSONDecodeError:
                     yield line, None, "bad_json"

@@ -151,3 +151,25 @@ class PretrainLoader:
             raise ValueError(f"data state: version {state.get('version')!r}, this kollm reads {STATE_VERSION}")
         self.set_phase(PhaseData.from_dict(state["phase"]))
         self.packer.load_state_dict(state["packer"])
+
+
+class HeldOutBatches:
+    """Validation for pretraining (Trillion §3.3: a held-out multilingual set): `n` batches packed
+    once from held-out shards with the same packing as training, returned on every call. Language
+    ids are renumbered to the training loader's languages (`langs`), so per-language validation
+    losses line up with the training ones; a language training never saw gets -1."""
+
+    def __init__(self, shards: str | Path, phase: PhaseData, n: int, batch_size: int, langs: list[str],
+                 rank: int = 0, world_size: int = 1, block_size: int = 4096, seed: int = 1234):
+        loader = PretrainLoader(shards, phase, seed=seed, rank=rank, world_size=world_size, block_size=block_size)
+        remap = torch.tensor([langs.index(lang) if lang in langs else -1 for lang in loader.langs])
+        self._batches = []
+        for _ in range(n):
+            b = loader.next_batch(batch_size)
+            b["lang_ids"] = torch.where(b["lang_ids"] >= 0, remap[b["lang_ids"].clamp(min=0)], b["lang_ids"])
+            self._batches.append(b)
+        self.max_token_id = max((c.max_token_id for c in loader.corpora.values() if c.max_token_id is not None),
+                                default=None)
+
+    def batches(self) -> list[dict[str, torch.Tensor]]:
+        return self._batches

@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datatrove.data import DocumentsPipeline
+from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
 
@@ -35,7 +37,7 @@ from kollm.data.filters import HeuristicFilter, default_filter_configs, make_fil
 from kollm.data.langid import LangIdConfig, LanguageId
 from kollm.data.normalize import Normalize
 from kollm.data.quality import QualityConfig, QualityScore, select_top
-from kollm.data.stats import build_report, quality_bin, render_markdown
+from kollm.data.stats import DropSampler, build_report, quality_bin, read_drop_samples, render_markdown
 
 STEPS = ("normalize", "langid", "filters", "quality", "dedup", "keep")
 REASONS = ("exact_dup", "near_dup", "quality_percentile")
@@ -186,7 +188,7 @@ class Decide(PipelineStep):
         yield  # a generator with no output, as datatrove expects of a step
 
 
-class ApplyDecisions(PipelineStep):
+class ApplyDecisions(DropSampler, PipelineStep):
     """Stage 4: stream this task's prepared documents, drop the decided ones, pass on the rest."""
 
     type = "kollm"
@@ -200,6 +202,7 @@ class ApplyDecisions(PipelineStep):
         work = Path(self.work)
         dec = np.load(work / "decisions" / f"{rank:05d}.npz")
         drops = dict(zip(dec["index"].tolist(), dec["reason"].tolist()))
+        self._start_samples()
         for i, doc in enumerate(read_parquet_documents(str(work / "prepared" / f"{rank:05d}.parquet"))):
             doc.metadata.pop("text_hash", None)
             lang, nbytes = doc.metadata.get("lang", "und"), len(doc.text.encode("utf-8"))
@@ -207,12 +210,14 @@ class ApplyDecisions(PipelineStep):
             self.stat_update(f"bytes_in/{lang}", value=nbytes)
             if i in drops:
                 self.stat_update(f"drop/{REASONS[drops[i]]}/{lang}")
+                self._sample(REASONS[drops[i]], doc, lang)
                 continue
             self.stat_update(f"docs_out/{lang}")
             self.stat_update(f"bytes_out/{lang}", value=nbytes)
             if doc.metadata.get("quality") is not None:
                 self.stat_update(f"quality_bin/{lang}/{quality_bin(doc.metadata['quality'])}")
             yield doc
+        self._write_samples(rank)
 
 
 def build_stages(cfg: CurateConfig) -> dict[str, list[PipelineStep]]:
@@ -240,16 +245,42 @@ def build_stages(cfg: CurateConfig) -> dict[str, list[PipelineStep]]:
     keep = cfg.quality_cfg.fractions if {"keep", "quality"} <= steps else None
     stages["decide"] = [Decide(str(work), cfg.n_tasks, dedup, keep)]
     stages["write"] = [ApplyDecisions(str(work)), ParquetDocWriter(str(out / "data"))]
+    for step in (st for stage in stages.values() for st in stage):
+        if isinstance(step, DropSampler):
+            step.samples_folder = str(work / "dropped")
     return stages
 
 
-def _executor(cfg: CurateConfig, name: str, pipeline: list[PipelineStep], tasks: int, depends):
+def console_logs(verbose: bool) -> None:
+    """datatrove logs through loguru at INFO (hundreds of lines per stage): on the console only
+    warnings and errors unless `verbose`; every task's full log stays in OUTPUT/logs/<stage>/."""
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="DEBUG" if verbose else "WARNING")
+
+
+class QuietLocalExecutor(LocalPipelineExecutor):
+    """datatrove's local executor; its tasks print to the console only when `verbose` (datatrove
+    sends a task's console log at ERROR level when its local_rank is not 0)."""
+
+    verbose = False
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        try:
+            return super()._run_for_rank(rank, local_rank if self.verbose else max(local_rank, 1), node_rank)
+        finally:
+            console_logs(self.verbose)  # datatrove restores its own INFO console logger after a task
+
+
+def _executor(cfg: CurateConfig, name: str, pipeline: list[PipelineStep], tasks: int, depends,
+              verbose: bool = False):
     logging_dir = str(Path(cfg.output).resolve() / "logs" / name)
     if cfg.executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
-
-        return LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(cfg.workers, tasks),
-                                     logging_dir=logging_dir, depends=depends)
+        executor = QuietLocalExecutor(pipeline, tasks=tasks, workers=min(cfg.workers, tasks),
+                                      logging_dir=logging_dir, depends=depends)
+        executor.verbose = verbose
+        return executor
     try:
         if cfg.executor == "slurm":
             from datatrove.executor import SlurmPipelineExecutor
@@ -277,6 +308,7 @@ def write_report(output: str) -> dict:
     for path in sorted((out / "work" / "errors").glob("*.jsonl")):
         examples += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     report = build_report({s: out / "logs" / s for s in STAGES}, examples)
+    report["dropped_samples"] = read_drop_samples(out / "work" / "dropped")
     thresholds = out / "work" / "keep_thresholds.json"
     report["keep_thresholds"] = json.loads(thresholds.read_text()) if thresholds.is_file() else {}
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
@@ -305,14 +337,16 @@ def _claim_output(cfg: CurateConfig, files: list[str]) -> None:
     record.write_text(json.dumps({"fingerprint": fingerprint, "inputs": files}, indent=2))
 
 
-def run_curation(cfg: CurateConfig) -> dict | None:
-    """Run (local) or submit (slurm/ray) the stages; returns the report when it ran locally."""
+def run_curation(cfg: CurateConfig, verbose: bool = False) -> dict | None:
+    """Run (local) or submit (slurm/ray) the stages; returns the report when it ran locally.
+    `verbose`: datatrove's INFO logs on the console too (they always go to OUTPUT/logs/)."""
+    console_logs(verbose)
     stages = build_stages(cfg)
     _claim_output(cfg, stages["prepare"][0].files)
     executor = None
     for name, pipeline in stages.items():
         tasks = cfg.dedup_cfg.num_buckets if name == "buckets" else 1 if name == "decide" else cfg.n_tasks
-        executor = _executor(cfg, name, pipeline, tasks, executor)
+        executor = _executor(cfg, name, pipeline, tasks, executor, verbose)
     executor.run()
     return write_report(cfg.output) if cfg.executor == "local" else None
 

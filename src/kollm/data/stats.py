@@ -17,9 +17,50 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 QUALITY_BINS = 10  # histogram over [0, 1]; bin i covers [i/10, (i+1)/10)
+DROP_SAMPLES = 5  # dropped documents kept per step, reason and task
+SAMPLE_CHARS = 300  # of each one's text
 
 
-class CurationStep(PipelineStep):
+class DropSampler:
+    """Keeps the first few documents a step drops for each reason, so a user can see what
+    `too_short` or `alpha_words` removed (datatrove's exclusion writers keep all of them; a
+    bounded sample is enough to judge a rule). Written per task to
+    `<samples_folder>/<step>-<rank>.jsonl` and shown by the report."""
+
+    samples_folder: str | None = None  # set by the pipeline builder; None: keep nothing
+
+    def _start_samples(self) -> None:
+        self._samples: dict[str, list[dict]] = {}
+
+    def _sample(self, reason: str, doc: Document, lang: str) -> None:
+        kept = self._samples.setdefault(reason, [])
+        if len(kept) < DROP_SAMPLES:
+            kept.append({"step": self.name, "reason": reason, "lang": lang,
+                         "source": doc.metadata.get("source", doc.id), "text": doc.text[:SAMPLE_CHARS]})
+
+    def _write_samples(self, rank: int) -> None:
+        if not self.samples_folder or not self._samples:
+            return
+        folder = Path(self.samples_folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = [r for reason in sorted(self._samples) for r in self._samples[reason]]
+        (folder / f"{self.name.replace(' ', '_')}-{rank:05d}.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def read_drop_samples(folder: Path) -> list[dict]:
+    """All tasks' samples, at most DROP_SAMPLES per (step, reason)."""
+    out, count = [], defaultdict(int)
+    for f in sorted(Path(folder).glob("*.jsonl")):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            if count[r["step"], r["reason"]] < DROP_SAMPLES:
+                count[r["step"], r["reason"]] += 1
+                out.append(r)
+    return out
+
+
+class CurationStep(DropSampler, PipelineStep):
     """A per-document step: `process(doc)` edits the document in place and returns None to keep it
     or a drop reason. The in/out/drop bookkeeping lives here once, not in every step."""
 
@@ -29,6 +70,7 @@ class CurationStep(PipelineStep):
         raise NotImplementedError
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        self._start_samples()
         for doc in data:
             nbytes = len(doc.text.encode("utf-8"))
             with self.track_time():
@@ -38,10 +80,12 @@ class CurationStep(PipelineStep):
             self.stat_update(f"bytes_in/{lang}", value=nbytes)
             if reason is not None:
                 self.stat_update(f"drop/{reason}/{lang}")
+                self._sample(reason, doc, lang)
                 continue
             self.stat_update(f"docs_out/{lang}")
             self.stat_update(f"bytes_out/{lang}", value=len(doc.text.encode("utf-8")))
             yield doc
+        self._write_samples(rank)
 
 
 def quality_bin(score: float) -> int:
@@ -91,6 +135,13 @@ def render_markdown(report: dict) -> str:
         for reason, by_lang in sorted(s["drops"].items()):
             for lang, n in sorted(by_lang.items()):
                 out.append(f"| {s['step']} | {reason} | {lang} | {int(n)} |")
+    samples = report.get("dropped_samples") or []
+    if samples:
+        out += ["", f"## Dropped documents (first {DROP_SAMPLES} per step and reason)", ""]
+        for r in samples:
+            text = " ".join(r["text"].split())
+            out.append(f"- {r['step']} / {r['reason']} ({r['lang']}, {r['source']}): {text[:160]}"
+                       + ("…" if len(text) > 160 else ""))
     out += ["", "## Malformed input rows", ""]
     out += [f"- {reason}: {n}" for reason, n in sorted(report["malformed"].items())] or ["none"]
     out += [f"  - {e['file']}:{e['line']}: {e['reason']}" for e in report["malformed_examples"][:20]]

@@ -4,9 +4,11 @@ Each input file (Parquet/JSONL rows with `text`, `lang`, optional `quality`) bec
 language it contains, `ROOT/<lang>/<file stem>-<path hash>/`, so parts are named by their input
 and a rerun finds them again. Files are spread over worker processes; a single file is encoded
 in-process with `tokenizers`' own multi-threaded batch encoding instead. Each document is its
-text's tokens followed by the EOS token (`<|end_of_text|>` by default, as datatrove's
-DocumentTokenizer and Megatron's `--append-eod` do), so a model trained on packed sequences
-learns where documents end; index.npy keeps the exact boundaries for the attention masks.
+BOS token, the text's tokens and the EOS token, as Llama 3 trains: BOS is what the tokenizer's
+own post-processor puts before a text (`<|begin_of_text|>` for kollm's tokenizers), so the model
+sees in training what `AutoTokenizer` on its export feeds it; EOS (`<|end_of_text|>` by default, as
+datatrove's DocumentTokenizer and Megatron's `--append-eod` do) so a model trained on packed
+sequences learns where documents end; index.npy keeps the exact boundaries for the attention masks.
 
 Resuming: a file is done once `ROOT/.progress/<part>.json` exists (written after every language
 part of that file is closed). A file without it is redone from scratch, its partial parts
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from kollm.argtypes import positive_int
 from kollm.data.documents import iter_rows, resolve_inputs
 from kollm.data.shards import ShardWriter
 from kollm.tokenizer.extend import load_tokenizer
@@ -44,20 +47,32 @@ LANG_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
 MAX_LOGGED = 20  # malformed rows printed per file; all are counted
 
 
-def encode_texts(tok: Tokenizer, texts: list[str], eos_id: int | None = None) -> list[np.ndarray]:
+def encode_texts(tok: Tokenizer, texts: list[str], eos_id: int | None = None,
+                 prefix: tuple[int, ...] = ()) -> list[np.ndarray]:
     """The encode path: one batched call (no offsets, no special tokens) → uint32 arrays, each
-    followed by `eos_id` when given."""
+    `prefix` (the BOS) + text + `eos_id` when given."""
     encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
-    if eos_id is None:
+    if eos_id is None and not prefix:
         return [np.asarray(e.ids, dtype=np.uint32) for e in encodings]
-    out = []
-    for e in encodings:
-        ids = e.ids
-        a = np.empty(len(ids) + 1, dtype=np.uint32)
-        a[:-1] = ids
-        a[-1] = eos_id
-        out.append(a)
-    return out
+    tail = [] if eos_id is None else [eos_id]
+    return [np.asarray([*prefix, *e.ids, *tail], dtype=np.uint32) for e in encodings]
+
+
+def bos_prefix(tok: Tokenizer, bos: str | None = "auto") -> tuple[int, ...]:
+    """The ids a document starts with. "auto": what the tokenizer's own post-processor puts before
+    a text -- `<|begin_of_text|>` for kollm's (Llama 3's) tokenizers -- so training sees exactly
+    what `AutoTokenizer` on the exported model feeds it; a token name: that token; "": nothing."""
+    if not bos:
+        return ()
+    if bos != "auto":
+        i = tok.token_to_id(bos)
+        if i is None:
+            raise ValueError(f"BOS token {bos!r} is not in the tokenizer's vocabulary (pass --bos '' for none)")
+        return (i,)
+    plain = tok.encode("a", add_special_tokens=False).ids
+    full = tok.encode("a", add_special_tokens=True).ids
+    starts = [i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain]
+    return tuple(full[: starts[0]]) if starts else ()
 
 
 def eos_id_of(tok: Tokenizer, eos: str | None) -> int | None:
@@ -90,7 +105,7 @@ def _rows(path: str, bad: Counter, log: list[str]) -> Iterator[tuple[str, str, f
 
 
 def tokenize_file(tok: Tokenizer, path: str, root: Path, batch_size: int = 1000,
-                  eos: str | None = "<|end_of_text|>") -> dict:
+                  eos: str | None = "<|end_of_text|>", prefix: tuple[int, ...] = ()) -> dict:
     """Tokenize one input file into its per-language parts and mark it done; returns its record."""
     part, thash, eos_id = part_name(path), tokenizer_hash(tok), eos_id_of(tok, eos)
     for stale in root.glob(f"*/{part}"):  # left by an interrupted run: redo the whole file
@@ -102,7 +117,7 @@ def tokenize_file(tok: Tokenizer, path: str, root: Path, batch_size: int = 1000,
     tokens: Counter = Counter()
 
     def flush(batch: list[tuple[str, str, float | None]]) -> None:
-        for (_, lang, quality), ids in zip(batch, encode_texts(tok, [b[0] for b in batch], eos_id)):
+        for (_, lang, quality), ids in zip(batch, encode_texts(tok, [b[0] for b in batch], eos_id, prefix)):
             if lang not in writers:
                 writers[lang] = ShardWriter(root / lang / part, lang, thash)
             writers[lang].add(ids, quality)
@@ -121,7 +136,8 @@ def tokenize_file(tok: Tokenizer, path: str, root: Path, batch_size: int = 1000,
         w.close()
     for line in log:
         print(f"malformed row: {line}", file=sys.stderr)
-    record = {"file": path, "part": part, "tokenizer_hash": thash, "eos": eos or None, "docs": dict(docs), "tokens": dict(tokens),
+    record = {"file": path, "part": part, "tokenizer_hash": thash, "eos": eos or None, "bos": list(prefix),
+              "docs": dict(docs), "tokens": dict(tokens),
               "malformed": dict(bad), "malformed_examples": log}
     marker = root / PROGRESS / f"{part}.json"
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -141,17 +157,22 @@ def _init_worker(tok_json: str) -> None:
     _worker_tok = Tokenizer.from_str(tok_json)
 
 
-def _work(args: tuple[str, str, int, str | None]) -> dict:
-    path, root, batch_size, eos = args
-    return tokenize_file(_worker_tok, path, Path(root), batch_size, eos)
+def _work(args: tuple[str, str, int, str | None, tuple[int, ...]]) -> dict:
+    path, root, batch_size, eos, prefix = args
+    return tokenize_file(_worker_tok, path, Path(root), batch_size, eos, prefix)
 
 
 def tokenize(inputs: list[str], tokenizer: str | Path | Tokenizer, root: str | Path, workers: int = 1,
-             batch_size: int = 1000, eos: str | None = "<|end_of_text|>") -> dict:
-    """Tokenize every input file not already done under `root`. Returns a summary."""
+             batch_size: int = 1000, eos: str | None = "<|end_of_text|>", bos: str | None = "auto") -> dict:
+    """Tokenize every input file not already done under `root`. Returns a summary. Documents are
+    BOS (`bos_prefix`) + text + EOS, as Llama 3 trains."""
+    for key, v in (("workers", workers), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"tokenize: {key} must be a positive integer, got {v!r}")
     tok = load_tokenizer(tokenizer)
     eos = eos or None
     eos_id_of(tok, eos)  # fail before any work
+    prefix = bos_prefix(tok, bos)
     root = Path(root)
     files = resolve_inputs(inputs)
     thash = tokenizer_hash(tok)
@@ -160,19 +181,20 @@ def tokenize(inputs: list[str], tokenizer: str | Path | Tokenizer, root: str | P
         marker = root / PROGRESS / f"{part_name(f)}.json"
         if marker.is_file():
             record = json.loads(marker.read_text())
-            if (record.get("tokenizer_hash"), record.get("eos")) != (thash, eos):
-                raise ValueError(f"{marker}: {f} was tokenized with tokenizer {record.get('tokenizer_hash')} and "
-                                 f"EOS {record.get('eos')!r}, not {thash} and {eos!r}; use a new output directory")
+            if (record.get("tokenizer_hash"), record.get("eos"), record.get("bos")) != (thash, eos, list(prefix)):
+                raise ValueError(f"{marker}: {f} was tokenized with tokenizer {record.get('tokenizer_hash')}, EOS "
+                                 f"{record.get('eos')!r} and BOS ids {record.get('bos')}, not {thash}, {eos!r} and "
+                                 f"{list(prefix)}; use a new output directory")
             done.append(record)
         else:
             todo.append(f)
     t0 = time.perf_counter()
     if workers <= 1 or len(todo) <= 1:
-        new = [tokenize_file(tok, f, root, batch_size, eos) for f in todo]
+        new = [tokenize_file(tok, f, root, batch_size, eos, prefix) for f in todo]
     else:
         ctx = mp.get_context("spawn")  # fork after tokenizers' thread pool started is unsafe
         with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(tok.to_str(),)) as pool:
-            new = list(pool.imap_unordered(_work, [(f, str(root), batch_size, eos) for f in todo]))
+            new = list(pool.imap_unordered(_work, [(f, str(root), batch_size, eos, prefix) for f in todo]))
     seconds = time.perf_counter() - t0
     docs, tokens, bad = Counter(), Counter(), Counter()
     for r in done + new:
@@ -189,11 +211,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("inputs", nargs="+", help="curated .parquet/.jsonl files, globs or directories")
     p.add_argument("--tokenizer", required=True, help="tokenizer.json or a directory holding one")
     p.add_argument("--out", required=True, help="shard root (ROOT/<lang>/<part>/)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--batch-size", type=int, default=1000, help="documents per encode call")
+    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
+    p.add_argument("--batch-size", type=positive_int, default=1000, help="documents per encode call")
     p.add_argument("--eos", default="<|end_of_text|>", help="token appended to every document ('' for none)")
+    p.add_argument("--bos", default="auto", help="token every document starts with; auto (default): what the "
+                   "tokenizer puts before a text, as the exported model's AutoTokenizer does ('' for none)")
     args = p.parse_args(argv)
-    summary = tokenize(args.inputs, args.tokenizer, args.out, args.workers, args.batch_size, args.eos)
+    summary = tokenize(args.inputs, args.tokenizer, args.out, args.workers, args.batch_size, args.eos, args.bos)
     for lang in sorted(summary["tokens"]):
         print(f"{lang}: {summary['docs'][lang]} docs, {summary['tokens'][lang]} tokens")
     if summary["malformed"]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from kollm.argtypes import positive_int
 from kollm.eval.consistency import consistency, lang_of
 from kollm.eval.harness import EvalConfig, evaluate, no_nan, summary_table, write_results
 from kollm.eval.suites import SUITES, expand
@@ -61,7 +62,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--data-dir", help="folder holding the benchmarks' files (HF layouts or original releases)")
     p.add_argument("--out", help="directory for results.json")
     p.add_argument("--num-fewshot", type=int, help="shots for every task (default: the task's or suite's)")
-    p.add_argument("--limit", type=int, help="first N items per task")
+    p.add_argument("--limit", type=positive_int, help="first N items per task (N >= 1; default: all)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the checkpoint's")
@@ -72,6 +73,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--metric", default=None, help="correctness metric for --consistency (default: acc or exact_match)")
     p.add_argument("--task-arg", action="append", default=[], metavar="TASK:KEY=VALUE",
                    help="a task option, VALUE as YAML, e.g. niah_en:lengths=[1024,4096] (repeatable)")
+    p.add_argument("--allow-unsafe-code", action="store_true",
+                   help="where no code sandbox works (bubblewrap, docs/sandbox.md), run humaneval/mbpp programs "
+                        "UNSANDBOXED: model-written code could then read, change or delete your files")
     p.add_argument("--json", action="store_true", help="print results (without per-item records) as JSON")
     p.add_argument("--list", action="store_true", help="list tasks and suites")
     args = p.parse_args(argv)
@@ -85,6 +89,22 @@ def main(argv: list[str]) -> int:
         p.error("--model and --tasks are required")
     tasks = expand(args.tasks, set(task_names()), log=lambda m: print(m, file=sys.stderr))
 
+    options = task_options(args.task_arg, {name for name, _ in tasks})
+    if not args.model.startswith("http"):
+        for name, _ in tasks:
+            if name.startswith("niah_"):
+                options[name] = niah_defaults(args.model) | options.get(name, {})
+    if args.allow_unsafe_code:  # to every task that runs code (the ones taking the option)
+        for name, _ in tasks:
+            try:
+                get_task(name, **options.get(name, {}) | {"allow_unsafe_code": True})
+            except ValueError as e:
+                if "unknown option" in str(e):
+                    continue
+            options[name] = options.get(name, {}) | {"allow_unsafe_code": True}
+    # built before the model loads, so a task that cannot run here (no code sandbox) says so at once
+    tasks = [(get_task(name, **options.get(name, {})), shots) for name, shots in tasks]
+
     import torch
 
     from kollm.eval.models import load_model
@@ -94,12 +114,6 @@ def main(argv: list[str]) -> int:
     kw = {"dtype": dtype, "batch_tokens": args.batch_tokens} if not args.model.startswith("http") else {}
     model = load_model(args.model, device=device, endpoint_model=args.endpoint_model, **kw)
     cfg = EvalConfig(num_fewshot=args.num_fewshot, limit=args.limit, seed=args.seed, data_dir=args.data_dir)
-    options = task_options(args.task_arg, {name for name, _ in tasks})
-    if not args.model.startswith("http"):
-        for name, _ in tasks:
-            if name.startswith("niah_"):
-                options[name] = niah_defaults(args.model) | options.get(name, {})
-    tasks = [(get_task(name, **options[name]) if name in options else name, shots) for name, shots in tasks]
     results = evaluate(model, tasks, cfg)
 
     if args.consistency:

@@ -29,6 +29,11 @@ class EvalConfig:
     bootstrap_iters: int = 1000
     data_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
+            # items[:-1] would quietly drop the last item: a limit is a count, None means all
+            raise ValueError(f"limit must be a positive number of items (None: all), got {self.limit!r}")
+
 
 @dataclass
 class TaskRun:
@@ -66,16 +71,30 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
             items = items[: cfg.limit]
         k = cfg.num_fewshot if cfg.num_fewshot is not None else shots if shots is not None else task.num_fewshot
         pool = task.few_shot_items(data_dir) if k > 0 else []
+        if not hasattr(task, "bad_rows"):
+            task.bad_rows = []
+        bad = task.bad_rows
+        pool = [p for p in pool if _buildable(task, p, bad)]  # a broken shot would sink every item it joins
         if k > 0 and not pool:
             log(f"{task.name}: no train/dev split found; running 0-shot")
         rng = random.Random(cfg.seed)
-        run = TaskRun(task, items)
+        run = TaskRun(task, [])
         for item in items:
             shots = task.select_fewshot(item, pool, k, rng) if pool else []
-            run.requests.append(task.requests(item, shots))
+            try:
+                reqs = task.requests(item, shots)
+            except (KeyError, ValueError, TypeError, IndexError) as e:  # one bad row, not a failed task
+                bad.append(f"{item.get('_where', task.name)}: {type(e).__name__}: {e}")
+                continue
+            run.items.append(item)
+            run.requests.append(reqs)
+        if not run.items:
+            raise ValueError(f"{task.name}: no usable items in {data_dir} ({len(bad)} malformed rows; first: {bad[0]})")
+        items = run.items
         run.n_shot = k if pool else 0
         runs.append(run)
-        log(f"{task.name}: {len(items)} items, {k if pool else 0}-shot"
+        log(f"{task.name}: {len(items)} items" + (f" of the {task.split} split" if task.split else "")
+            + f", {k if pool else 0}-shot"
             + (f", {len(bad)} malformed rows skipped (first: {bad[0]})" if bad else ""))
 
     t0 = time.perf_counter()
@@ -112,11 +131,21 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
             })
         agg = r.task.aggregate(per_item, cfg.bootstrap_iters, cfg.seed)
         out["results"][r.task.name] = {
-            "metrics": agg, "n": len(r.items), "num_fewshot": r.n_shot,
+            "metrics": agg, "split": r.task.split, "n": len(r.items), "num_fewshot": r.n_shot,
             "output_type": r.task.output_type, "bad_rows": len(getattr(r.task, "bad_rows", [])),
+            **getattr(r.task, "run_info", {}),  # what a task reports about how it scored (e.g. its sandbox)
         }
         out["samples"][r.task.name] = records
     return out
+
+
+def _buildable(task: Task, item: dict, bad: list[str]) -> bool:
+    try:
+        task.requests(item, [])
+        return True
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        bad.append(f"{item.get('_where', task.name)} (few-shot pool): {type(e).__name__}: {e}")
+        return False
 
 
 def no_nan(v: Any) -> Any:
@@ -143,8 +172,9 @@ def write_results(results: dict, out_dir: str | Path) -> Path:
 
 
 def summary_table(results: dict) -> str:
-    lines = [f"{'task':<24} {'metric':<22} {'value':>8} {'± stderr':>9} {'n':>6}"]
+    lines = [f"{'task':<24} {'split':<10} {'metric':<22} {'value':>8} {'± stderr':>9} {'n':>6}"]
     for name, r in results["results"].items():
         for metric, v in r["metrics"].items():
-            lines.append(f"{name:<24} {metric:<22} {v['value']:>8.4f} {v['stderr']:>9.4f} {v['n']:>6}")
+            lines.append(f"{name:<24} {r.get('split') or '-':<10} {metric:<22} {v['value']:>8.4f} "
+                         f"{v['stderr']:>9.4f} {v['n']:>6}")
     return "\n".join(lines)

@@ -71,6 +71,7 @@ class Task:
     aggregations: dict[str, str | Callable[[list[float]], float]] | None = None
     # set by a parallel task (same items in several languages): the key that pairs items
     parallel_key: str | None = None
+    split: str | None = None  # the split `load` scored, where the task knows it
 
     def __init__(self, **options: Any) -> None:
         if options:
@@ -91,6 +92,7 @@ class Task:
             raise NotImplementedError
         for split in self.eval_splits:
             if items := self._load(data_dir, split):
+                self.split = split  # results.json says which one was scored (MMLU falls back to dev)
                 return items
         raise FileNotFoundError(f"{data_dir}: no {self.name} {' or '.join(self.eval_splits)} rows"
                                 + (f" ({self.expected_files})" if self.expected_files else ""))

@@ -23,8 +23,14 @@ def info(preset: str, seq_len: int | None = None) -> dict:
     }
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
+def human_bytes(n: float) -> str:
+    """Binary units that fit the number: 1.4 MiB for a tiny preset, 59.8 GiB for an 8B one."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
 
 
 def main(argv: list[str]) -> int:
@@ -42,7 +48,12 @@ def main(argv: list[str]) -> int:
     print(f"{r['preset']}: {r['params_total']:,} parameters ({r['params_non_embedding']:,} non-embedding)")
     if r["params_with_mtp"] != r["params_total"]:
         print(f"  with MTP head (training only): {r['params_with_mtp']:,}")
-    print(f"  training FLOPs/token at T={r['seq_len']}: {r['flops_per_token']:.3e}")
+    at = "the preset's full context; --seq-len to change" if args.seq_len is None else "--seq-len"
+    print(f"  training FLOPs/token at T={r['seq_len']} ({at}): {r['flops_per_token']:.3e}")
+    notes = {"fp32": "everything fp32", "bf16": "bf16 weights and grads; the AdamW figure holds fp32 moments and "
+             "the fp32 master copy of the weights, hence the same total as fp32"}
     for prec, m in r["memory_bytes"].items():
-        print(f"  {prec}: weights {_gib(m['weights'])}, grads {_gib(m['grads'])}, AdamW {_gib(m['adamw_states'])}, total {_gib(m['total'])}")
+        print(f"  {prec}: weights {human_bytes(m['weights'])}, grads {human_bytes(m['grads'])}, "
+              f"AdamW {human_bytes(m['adamw_states'])}, total {human_bytes(m['total'])} ({notes.get(prec, '')})")
+    print("  (training memory without activations, which grow with batch and sequence length)")
     return 0

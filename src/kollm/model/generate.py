@@ -10,7 +10,9 @@ is dropped from the batch and from the cache, so long and short answers cost wha
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,12 +99,27 @@ def generate(
             raise ValueError(f"prompt {i} has token ids outside the model's vocabulary [0, {vocab})")
     if cfg.stop_strings and decode is None:
         raise ValueError("stop_strings need a decode function (token ids -> text)")
+    cfg = cap_to_context(cfg, max(len(p) for p in prompts), model.config.max_seq_len)
     was_training = model.training
     model.eval()  # also keeps the MTP head idle
     try:
         return _decode(model, prompts, cfg, decode)
     finally:
         model.train(was_training)
+
+
+def cap_to_context(cfg: GenerationConfig, prompt_len: int, context: int,
+                   log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> GenerationConfig:
+    """`cfg` with max_new_tokens cut to what fits the model's context after the longest prompt
+    (positions past it were never trained; 1e8 tokens used to reserve memory for all of them)."""
+    room = context - prompt_len
+    if room < 1:
+        raise ValueError(f"the prompt has {prompt_len} tokens: it fills the model's context of {context}")
+    if cfg.max_new_tokens <= room:
+        return cfg
+    log(f"max_new_tokens {cfg.max_new_tokens} capped at {room}: the model's context is {context} tokens "
+        f"and the prompt takes {prompt_len}")
+    return dataclasses.replace(cfg, max_new_tokens=room)
 
 
 def _decode(model: CausalLM, prompts, cfg: GenerationConfig, decode) -> list[list[int]]:
@@ -158,6 +175,20 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = True) -> list[int]:
                                              add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has its own BOS
     return tokenizer(prompt)["input_ids"]
+
+
+def whole_characters(decode: Callable[[list[int]], str], ids: list[int]) -> str:
+    """The text of `ids` up to the last complete character. Byte-level tokens can split a
+    multi-byte character (a Hangul syllable is 3 UTF-8 bytes): decoding a cut there ends in U+FFFD
+    "�". Drop the up-to-3 tokens of an unfinished character rather than print half of it."""
+    text = decode(ids)
+    if not text.endswith("\ufffd"):
+        return text
+    for cut in range(1, min(3, len(ids)) + 1):
+        shorter = decode(ids[:-cut])
+        if not shorter.endswith("\ufffd"):
+            return shorter
+    return text  # not one unfinished character: leave it as decoded
 
 
 def generate_text(model: CausalLM, tokenizer, prompts: Sequence[str], cfg: GenerationConfig,
@@ -225,9 +256,15 @@ def main(argv: list[str]) -> int:
         stop_strings=args.stop,
     )
     [(text, ids)] = generate_text(model, tokenizer, [args.prompt], cfg, chat=not args.raw)
+
+    def decode(i: list[int]) -> str:
+        return tokenizer.decode(i, skip_special_tokens=True)
+
+    if text == decode(ids):  # not cut at a stop string: it may end inside a character
+        text = whole_characters(decode, ids)
     print(json.dumps({"completion": text, "token_ids": ids}, ensure_ascii=False) if args.json else text)
     return 0
 
 
-__all__ = ["GenerationConfig", "generate", "generate_text", "encode_prompt", "next_tokens", "sampling_logits",
+__all__ = ["GenerationConfig", "generate", "generate_text", "whole_characters", "cap_to_context", "encode_prompt", "next_tokens", "sampling_logits",
            "top_k_filter", "top_p_filter"]

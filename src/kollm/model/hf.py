@@ -347,6 +347,17 @@ def parse_size(size: int | str) -> int:
     raise ValueError(f"bad max_shard_size {size!r}; use e.g. 5GB, 500MB or a byte count")
 
 
+def _default_modes(d: Path) -> None:
+    """The modes a plain `open`/`mkdir` would give under the current umask (0644 / 0755 usually),
+    for the directory and every file in it: an export is meant to be shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(d, 0o777 & ~umask)
+    for f in d.iterdir():
+        if f.is_file():
+            os.chmod(f, 0o666 & ~umask)
+
+
 def _write_weights(model: CausalLM, out: Path, dtype: torch.dtype, max_shard_size: int) -> None:
     # Shards are filled in parameter order and written as soon as full: memory ≈ one shard.
     shards: list[list[str]] = []
@@ -432,7 +443,7 @@ def save_hf(
         _write_weights(model, tmp, dtype, parse_size(max_shard_size))
         if tokenizer is not None:
             _write_tokenizer(tokenizer, tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only
+        _default_modes(tmp)  # mkdtemp makes the directory owner-only, safetensors its files 0600
         os.replace(tmp, out)  # atomic; replaces an empty directory too
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

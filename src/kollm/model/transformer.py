@@ -41,20 +41,32 @@ class RMSNorm(nn.Module):
 
 
 class KVCache:
-    """Preallocated keys/values for incremental decoding; `pos` tokens are filled."""
+    """Keys/values for incremental decoding; `pos` tokens are filled, at most `max_len`. Memory
+    grows with the tokens (capacity doubles when full, amortised O(1) per token), so a request
+    for many tokens that stops early never holds memory for all of them."""
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
-        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        shape = (batch, cfg.n_kv_heads, 0, cfg.head_dim)
         n = cfg.n_layers
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)]
         self.pos = 0
         self.max_len = max_len
 
+    def _grow(self, layer: int, end: int) -> None:
+        cap = min(self.max_len, max(end, 2 * self.k[layer].shape[2], 64))
+        for buf in (self.k, self.v):
+            old = buf[layer]
+            new = old.new_zeros(*old.shape[:2], cap, old.shape[3])
+            new[:, :, :self.pos] = old[:, :, :self.pos]
+            buf[layer] = new
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.pos + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} tokens > max_len {self.max_len}")
+        if end > self.k[layer].shape[2]:
+            self._grow(layer, end)
         self.k[layer][:, :, self.pos:end] = k
         self.v[layer][:, :, self.pos:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]

@@ -14,6 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from kollm.argtypes import positive_int
+
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
     out = {}
@@ -127,7 +129,7 @@ def main(argv: list[str]) -> int:
     s = sub.add_parser("stats", help="tokens/char, tokens/word, bytes/token, throughput per language")
     s.add_argument("tokenizers", nargs="+", help="tokenizer.json files or directories")
     s.add_argument("--input", **inp)
-    s.add_argument("--limit", type=int, help="at most this many documents per language")
+    s.add_argument("--limit", type=positive_int, help="at most this many documents per language")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_stats)
 

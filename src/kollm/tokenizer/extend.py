@@ -53,7 +53,11 @@ def load_tokenizer(path: str | Path | Tokenizer) -> Tokenizer:
         p = p / "tokenizer.json"
     if not p.is_file():
         raise FileNotFoundError(f"no tokenizer.json at {path}")
-    return Tokenizer.from_file(str(p))
+    try:
+        return Tokenizer.from_file(str(p))
+    except Exception as e:  # tokenizers raises a bare Exception naming no file
+        raise ValueError(f"{p}: not a valid tokenizer.json ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
 
 
 def model_vocab(tok: Tokenizer) -> dict[str, int]:

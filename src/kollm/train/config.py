@@ -8,6 +8,7 @@ the way the reports write them: `2T`, `1.8T`, `60B`, `2M` tokens.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -50,6 +51,10 @@ class DataSection:
     mask_policy: str = "xlda"  # causal | document | xlda
     restart_positions: bool = False  # RoPE positions restart per isolated document
     block_size: int = 4096  # documents per stream block (kollm.data.xlda)
+    # post-training stages: training rows (a JSONL/Parquet file or directory); pretraining: unused
+    train: str = ""
+    # held-out data: token shards (pretraining) or rows (post-training); "" = no validation
+    validation: str = ""
 
 
 @dataclass
@@ -119,6 +124,16 @@ class LoggingSection:
 
 
 @dataclass
+class ValidationSection:
+    """Validation on `data.validation` every `every` steps and once at the end (Trillion §3.3 keeps a
+    held-out multilingual set); 0 = at the end only."""
+
+    every: int = 0
+    batches: int = 8  # pretraining: held-out batches drawn once (the same ones every time)
+    batch_size: int | None = None  # sequences per validation batch; None: the first phase's micro-batch
+
+
+@dataclass
 class TrainConfig:
     name: str = "run"
     output_dir: str = "runs/run"
@@ -132,6 +147,7 @@ class TrainConfig:
     parallel: ParallelSection = field(default_factory=ParallelSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    validation: ValidationSection = field(default_factory=ValidationSection)
 
     def __post_init__(self) -> None:
         problems = []
@@ -168,12 +184,53 @@ class TrainConfig:
                             "fully isolates documents)")
         if self.batch.tokens <= 0:
             problems.append("batch.tokens must be positive")
+        if self.validation.every < 0:
+            problems.append(f"validation.every must be >= 0, got {self.validation.every}")
+        if self.validation.batches < 1:
+            problems.append(f"validation.batches must be >= 1, got {self.validation.batches}")
+        problems += _range_problems(self)
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 
     @property
     def scheduled_phases(self) -> list[PhaseSection]:
         return [p for p in self.phases if p.lr is None]
+
+
+def _range_problems(cfg: TrainConfig) -> list[str]:
+    """Values outside their meaningful range, each naming its key (`steps: -3` would skip the phase
+    and exit 0, `logging.every: 0` divide by zero, `optimizer.lr: .inf` poison every weight)."""
+    def finite(v) -> bool:
+        return v is not None and math.isfinite(v)
+
+    rules: list[tuple[str, object, bool, str]] = [
+        ("optimizer.lr", cfg.optimizer.lr, finite(cfg.optimizer.lr) and cfg.optimizer.lr >= 0, "a finite number >= 0"),
+        ("optimizer.eps", cfg.optimizer.eps, finite(cfg.optimizer.eps) and cfg.optimizer.eps > 0, "> 0"),
+        ("optimizer.weight_decay", cfg.optimizer.weight_decay,
+         finite(cfg.optimizer.weight_decay) and cfg.optimizer.weight_decay >= 0, ">= 0"),
+        ("optimizer.grad_clip", cfg.optimizer.grad_clip, finite(cfg.optimizer.grad_clip) and cfg.optimizer.grad_clip >= 0,
+         ">= 0 (0 disables clipping)"),
+        ("optimizer.betas", list(cfg.optimizer.betas), all(finite(b) and 0 <= b < 1 for b in cfg.optimizer.betas),
+         "two numbers in [0, 1)"),
+        ("schedule.warmup_steps", cfg.schedule.warmup_steps, cfg.schedule.warmup_steps >= 0, ">= 0"),
+        ("batch.ramp_from", cfg.batch.ramp_from, cfg.batch.ramp_from is None or cfg.batch.ramp_from > 0, "positive"),
+        ("batch.ramp_tokens", cfg.batch.ramp_tokens, cfg.batch.ramp_tokens >= 0, ">= 0"),
+        ("data.block_size", cfg.data.block_size, cfg.data.block_size > 0, "positive"),
+        ("checkpoint.every", cfg.checkpoint.every, cfg.checkpoint.every >= 0, ">= 0 (0: only at the end)"),
+        ("checkpoint.keep", cfg.checkpoint.keep, cfg.checkpoint.keep >= 0, ">= 0 (0: keep all)"),
+        ("logging.every", cfg.logging.every, cfg.logging.every > 0, "positive"),
+    ]
+    for i, p in enumerate(cfg.phases):
+        at = f"phases[{i}]"
+        rules += [(f"{at}.steps", p.steps, p.steps is None or p.steps > 0, "positive"),
+                  (f"{at}.tokens", p.tokens, p.tokens is None or p.tokens > 0, "positive"),
+                  (f"{at}.lr", p.lr, p.lr is None or finite(p.lr) and p.lr >= 0, "a finite number >= 0"),
+                  (f"{at}.weight_decay", p.weight_decay, p.weight_decay is None or finite(p.weight_decay)
+                   and p.weight_decay >= 0, ">= 0"),
+                  (f"{at}.mtp_alpha", p.mtp_alpha, finite(p.mtp_alpha) and p.mtp_alpha >= 0, ">= 0"),
+                  (f"{at}.rope_theta", p.rope_theta, p.rope_theta is None or finite(p.rope_theta)
+                   and p.rope_theta > 0, "positive")]
+    return [f"{key} must be {want}, got {value!r}" for key, value, ok, want in rules if not ok]
 
 
 _COUNTS = {("BatchSection", "tokens"), ("BatchSection", "ramp_from"), ("BatchSection", "ramp_tokens"),

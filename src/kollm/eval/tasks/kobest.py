@@ -47,6 +47,7 @@ class KoBEST(MultipleChoiceTask):
                 for split in splits:
                     files = find_split(base / sub, split)
                     if files:
+                        self._found_split = split
                         return files, hf
         raise FileNotFoundError(f"{base}: no {self.hf_name}/ or {self.orig_name}/ with a {'/'.join(splits)} split")
 
@@ -56,7 +57,9 @@ class KoBEST(MultipleChoiceTask):
         return [it for f in files for it in convert_rows(read_rows(f, self.bad_rows), convert, self.bad_rows)]
 
     def load(self, data_dir: Path | None) -> list[dict]:
-        return self._load(data_dir, ("test", "validation"))
+        items = self._load(data_dir, ("test", "validation"))
+        self.split = self._found_split
+        return items
 
     def few_shot_items(self, data_dir: Path | None) -> list[dict]:
         return self._load(data_dir, ("train",))

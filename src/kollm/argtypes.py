@@ -1,0 +1,18 @@
+"""argparse value types shared by the stages: a number out of range is refused at parse time,
+naming the flag (`argument --workers: must be a positive integer, got 0`), instead of being
+accepted and failing later or silently doing nothing."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    """An int >= 1 (counts, sizes, workers, limits)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value

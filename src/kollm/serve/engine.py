@@ -1,0 +1,398 @@
+"""Continuous batching over kollm's KV-cache decoder: one thread owns the model, requests queue to it.
+
+Iteration-level scheduling as in Orca (Yu et al., OSDI '22) and vLLM: every iteration runs one
+decode step for all running sequences, then prefills whatever waiting sequences fit and merges
+them into the running batch, so a request joins at the next step instead of waiting for the batch
+to drain. The mechanics are `kollm.model.generate`'s: left padding, per-row RoPE positions that
+count only real tokens, an explicit boolean mask over real keys, finished rows dropped. Here the
+cache is also *re-aligned*: every row's keys are contiguous and end at the last filled column, so
+a freshly prefilled batch is merged by right-aligning both caches, and the columns no live row
+uses any more are trimmed whenever rows leave. A row therefore attends to exactly its own tokens,
+whatever its batch-mates are: at temperature 0 it gets the tokens it would get alone (up to the
+floating-point summation order of batched kernels, which argmax does not see in practice).
+
+Sampling follows `generate.next_tokens` (temperature → top-k → top-p → multinomial). A sequence
+with a `seed` owns a `torch.Generator` seeded with it, so its draws do not depend on batch-mates;
+sequences without one share the engine's generator.
+
+Memory is bounded before anything runs: a sequence is admitted only while
+(rows) × (longest prompt + max_tokens among rows) ≤ `kv_budget_tokens`, so the KV cache never
+outgrows its budget; a prefill batch holds at most `max_prefill_tokens` padded tokens (a single
+prompt always goes: the server already refused prompts beyond the context) and runs in chunks of
+max_prefill_tokens / rows query columns, so its attention is never quadratic in a long prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from kollm.model.generate import GenerationConfig, sampling_logits
+from kollm.model.transformer import CausalLM, KVCache
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0  # 0: greedy (argmax)
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k >= 0: the chosen token's logprob and the k most likely
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < 1e-5  # vLLM's threshold for "temperature 0"
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, logprob), most likely first
+
+
+@dataclass
+class Output:
+    """What one choice produced in one step; `text` is the newly released text."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None
+    finish_reason: str | None = None  # "stop" | "length" once finished
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+class QueueFull(RuntimeError):
+    pass
+
+
+@dataclass
+class Sequence:
+    req: Request
+    index: int  # choice index in the reply
+    prompt: list[int]
+    params: SamplingParams
+    generator: torch.Generator | None = None
+    out: list[int] = field(default_factory=list)
+    text: str = ""  # decoded text so far (cut at a stop string once one appears)
+    sent: int = 0  # characters of `text` already released
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # kept for a non-streamed reply
+    prefix_offset: int = 0  # incremental detokenisation window (as in TGI / vLLM)
+    read_offset: int = 0
+
+    @property
+    def bound(self) -> int:
+        return len(self.prompt) + self.params.max_tokens
+
+
+class Request:
+    """One HTTP request's choices. The model thread puts lists of `Output` (or an `EngineError`)
+    on `queue`, through the event loop that created the request."""
+
+    def __init__(self, prompts: list[list[int]], params: SamplingParams, n: int, loop: asyncio.AbstractEventLoop,
+                 stream: bool = True):
+        self.loop, self.queue = loop, asyncio.Queue()
+        self.cancelled = False
+        self.stream = stream  # False: one Output per choice, when it finishes (no per-step wake-ups)
+        self.seqs = [Sequence(self, p * n + j, list(prompt), params) for p, prompt in enumerate(prompts)
+                     for j in range(n)]
+
+    def put(self, item) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            self.cancelled = True
+
+
+class _Batch:
+    """The running sequences, their KV cache (columns [0, cache.pos) filled; row b's real keys are
+    the last len_b of them), the pending token of each row (sampled, not yet in the cache) and the
+    RoPE position it will take."""
+
+    def __init__(self, seqs: list[Sequence], cache: KVCache, valid: torch.Tensor, tok: torch.Tensor,
+                 next_pos: torch.Tensor):
+        self.seqs, self.cache, self.valid, self.tok, self.next_pos = seqs, cache, valid, tok, next_pos
+
+
+class Engine:
+    def __init__(self, model: CausalLM, tokenizer, stop_token_ids: list[int], *, max_batch: int = 64,
+                 kv_budget_tokens: int = 1 << 18, max_prefill_tokens: int = 8192, max_queue: int = 4096,
+                 seed: int | None = None, grow: int = 128):
+        self.model = model.eval()
+        param = next(model.parameters())
+        self.device, self.dtype, self.cfg = param.device, param.dtype, model.config
+        self.tokenizer = tokenizer
+        self.stop_ids = set(stop_token_ids)
+        self.max_batch, self.kv_budget, self.max_prefill = max_batch, kv_budget_tokens, max_prefill_tokens
+        self.max_queue, self.grow = max_queue, grow
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed if seed is not None else int(time.time_ns() % (1 << 62)))
+        self.waiting: deque[Sequence] = deque()
+        self.cv = threading.Condition()
+        self.batch: _Batch | None = None
+        self.closing = False
+        self.stats = {"running": 0, "waiting": 0, "peak_running": 0, "steps": 0, "row_steps": 0, "prefills": 0,
+                      "generated_tokens": 0, "finished": 0, "cancelled": 0}
+        self.thread = threading.Thread(target=self._run, name="kollm-serve-model", daemon=True)
+
+    # ---- called from the HTTP side ------------------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.cv:
+            self.closing = True
+            self.cv.notify()
+        self.thread.join(timeout=10)
+
+    def submit(self, req: Request) -> None:
+        for s in req.seqs:
+            if s.params.seed is not None:
+                # Choice i of a seeded request draws from its own generator seeded seed + i.
+                s.generator = torch.Generator(device=self.device).manual_seed(s.params.seed + s.index)
+        with self.cv:
+            if len(self.waiting) + len(req.seqs) > self.max_queue:
+                raise QueueFull(f"server busy: {len(self.waiting)} sequences waiting (max {self.max_queue})")
+            self.waiting.extend(req.seqs)
+            self.stats["waiting"] = len(self.waiting)
+            self.cv.notify()
+
+    def cancel(self, req: Request) -> None:
+        """The client went away: its sequences leave the batch at the next iteration."""
+        req.cancelled = True
+        with self.cv:
+            self.cv.notify()
+
+    # ---- the model thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self.cv:
+                    while not self.closing and self.batch is None and not self.waiting:
+                        self.cv.wait()
+                    if self.closing:
+                        return
+                    new = self._take()
+                try:
+                    self._drop_cancelled()
+                    if self.batch is not None:
+                        self._decode_step()
+                    if new:
+                        self._prefill(new)
+                except Exception as e:  # never leave a client waiting on a dead thread
+                    self._fail([s for s in (self.batch.seqs if self.batch else [])] + new, e)
+                    self.batch = None
+                self.stats["running"] = len(self.batch.seqs) if self.batch else 0
+
+    def _take(self) -> list[Sequence]:
+        """Pop the waiting sequences (FIFO) that fit the batch, KV and prefill budgets."""
+        rows = self.batch.seqs if self.batch else []
+        width = max((s.bound for s in rows), default=0)
+        taken: list[Sequence] = []
+        longest = 0
+        while self.waiting:
+            s = self.waiting[0]
+            if s.req.cancelled:
+                self.waiting.popleft()
+                self.stats["cancelled"] += 1
+                continue
+            b, w, L = len(rows) + len(taken) + 1, max(width, s.bound), max(longest, len(s.prompt))
+            if b > self.max_batch or b * w > self.kv_budget or (taken and (len(taken) + 1) * L > self.max_prefill):
+                break
+            taken.append(self.waiting.popleft())
+            width, longest = w, L
+        self.stats["waiting"] = len(self.waiting)
+        return taken
+
+    def _drop_cancelled(self) -> None:
+        b = self.batch
+        if b is None:
+            return
+        keep = [i for i, s in enumerate(b.seqs) if not s.req.cancelled]
+        if len(keep) < len(b.seqs):
+            self.stats["cancelled"] += len(b.seqs) - len(keep)
+            self.batch = self._rebuild([(b, keep)]) if keep else None
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        # Exactly generate._decode's prefill: left padding, positions over real tokens only.
+        B, L = len(seqs), max(len(s.prompt) for s in seqs)
+        ids = torch.zeros(B, L, dtype=torch.long, device=self.device)
+        valid = torch.zeros(B, L, dtype=torch.bool, device=self.device)
+        for i, s in enumerate(seqs):
+            ids[i, L - len(s.prompt):] = torch.tensor(s.prompt, dtype=torch.long)
+            valid[i, L - len(s.prompt):] = True
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        cache = KVCache(self.cfg, B, L, self.device, self.dtype)
+        # Chunked prefill: C query columns at a time against the cache, so the mask and attention
+        # scores are B x C x L, never B x L x L (a long prompt cannot exhaust memory). One chunk
+        # when the prompts are short: then it is generate's prefill exactly.
+        C = max(1, self.max_prefill // B)
+        keys = torch.arange(L, device=self.device)
+        for a in range(0, L, C):
+            b = min(L, a + C)
+            q = keys[a:b]
+            mask = (keys[None, :b] <= q[:, None])[None] & valid[:, None, :b]
+            mask[:, torch.arange(b - a, device=self.device), q] = True  # a pad query sees itself: no empty softmax
+            logits = self.model(ids[:, a:b], position_ids=positions[:, a:b], attn_mask=mask[:, None], cache=cache,
+                                last_only=True).logits[:, -1]
+        self.stats["prefills"] += 1
+        tok, keep = self._sample(seqs, logits)
+        part = _Batch(seqs, cache, valid, tok, positions[:, -1] + 1)
+        if keep:
+            parts = ([(self.batch, list(range(len(self.batch.seqs))))] if self.batch else []) + [(part, keep)]
+            self.batch = self._rebuild(parts)
+            self.stats["peak_running"] = max(self.stats["peak_running"], len(self.batch.seqs))
+
+    def _decode_step(self) -> None:
+        b = self.batch
+        if b.cache.pos == b.cache.max_len:
+            b = self.batch = self._rebuild([(b, list(range(len(b.seqs))))])
+        S = b.cache.pos + 1
+        b.valid[:, S - 1] = True
+        logits = self.model(b.tok[:, None], position_ids=b.next_pos[:, None], attn_mask=b.valid[:, None, None, :S],
+                            cache=b.cache).logits[:, -1]
+        b.next_pos = b.next_pos + 1
+        self.stats["steps"] += 1
+        self.stats["row_steps"] += len(b.seqs)  # row_steps / steps: the mean decode batch
+        b.tok, keep = self._sample(b.seqs, logits)
+        if len(keep) < len(b.seqs):
+            self.batch = self._rebuild([(b, keep)]) if keep else None
+
+    def _rebuild(self, parts: list[tuple[_Batch, list[int]]]) -> _Batch:
+        """A new batch from rows of old ones: each row's keys copied right-aligned to the new last
+        column, leading columns no row uses trimmed, room for `grow` more steps (never beyond what
+        the rows can still use)."""
+        dev = self.device
+        lens = [b.valid[idx, :b.cache.pos].sum(-1) for b, idx in parts]
+        width = max(int(x.max()) for x in lens)
+        seqs = [b.seqs[i] for b, idx in parts for i in idx]
+        rows = torch.cat(lens)
+        # row r's keys will end at column width - len_r + (prompt + max_tokens - 1)
+        need = int((width - rows + torch.tensor([s.bound - 1 for s in seqs], device=dev)).max())
+        cap = max(width + 1, min(width + self.grow, need))
+        cache = KVCache(self.cfg, len(seqs), cap, dev, self.dtype)
+        valid = torch.zeros(len(seqs), cap, dtype=torch.bool, device=dev)
+        r = 0
+        for (b, idx), n in zip(parts, lens):
+            S, w, sel = b.cache.pos, int(n.max()), torch.tensor(idx, device=dev)
+            for layer in range(self.cfg.n_layers):
+                cache.k[layer][r:r + len(idx), :, width - w:width] = b.cache.k[layer][sel, :, S - w:S]
+                cache.v[layer][r:r + len(idx), :, width - w:width] = b.cache.v[layer][sel, :, S - w:S]
+            valid[r:r + len(idx), width - w:width] = b.valid[sel, S - w:S]
+            r += len(idx)
+        cache.pos = width
+        tok = torch.cat([b.tok[torch.tensor(idx, device=dev)] for b, idx in parts])
+        next_pos = torch.cat([b.next_pos[torch.tensor(idx, device=dev)] for b, idx in parts])
+        return _Batch(seqs, cache, valid, tok, next_pos)
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Choose each row's next token, release its text, decide whether it goes on."""
+        tok = torch.empty(len(seqs), dtype=torch.long, device=self.device)
+        greedy = [i for i, s in enumerate(seqs) if s.params.greedy]
+        if greedy:
+            tok[greedy] = logits[greedy].argmax(dim=-1)
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(seqs):
+            if not s.params.greedy:
+                groups.setdefault((s.params.temperature, s.params.top_k, s.params.top_p), []).append(i)
+        for (temperature, top_k, top_p), idx in groups.items():
+            cfg = GenerationConfig(max_new_tokens=1, do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
+            probs = sampling_logits(logits[idx], cfg).softmax(dim=-1)
+            shared = [j for j, i in enumerate(idx) if seqs[i].generator is None]
+            if shared:
+                tok[[idx[j] for j in shared]] = torch.multinomial(probs[shared], 1, generator=self.generator)[:, 0]
+            for j, i in enumerate(idx):
+                if seqs[i].generator is not None:  # (1, V) per row, as generate draws for one prompt
+                    tok[i] = torch.multinomial(probs[j:j + 1], 1, generator=seqs[i].generator)[0, 0]
+        want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+        lp_rows: dict[int, TokenLogprob] = {}
+        if want:
+            lp = logits[want].float().log_softmax(dim=-1)  # the model's own distribution (vLLM's raw logprobs)
+            chosen = lp.gather(-1, tok[want][:, None])[:, 0].tolist()
+            k = max(seqs[i].params.logprobs for i in want)
+            top_v, top_i = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
+            top_v, top_i = top_v.tolist(), top_i.tolist()
+            for j, i in enumerate(want):
+                kk = seqs[i].params.logprobs
+                lp_rows[i] = TokenLogprob(int(tok[i]), chosen[j], list(zip(top_i[j][:kk], top_v[j][:kk])))
+        ids = tok.tolist()
+        keep: list[int] = []
+        by_req: dict[int, tuple[Request, list[Output]]] = {}
+        for i, (s, t) in enumerate(zip(seqs, ids)):
+            s.out.append(t)
+            self.stats["generated_tokens"] += 1
+            lp = [lp_rows[i]] if i in lp_rows else None
+            # Text is decoded as it comes only where it is needed now: streams and stop strings.
+            incremental = s.req.stream or bool(s.params.stop)
+            finish = "stop" if t in self.stop_ids and not s.params.ignore_eos else None
+            if incremental:
+                self._detokenize(s)
+                if s.params.stop and self._cut_at_stop(s):
+                    finish = "stop"
+            if finish is None and len(s.out) >= s.params.max_tokens:
+                finish = "length"
+            if finish is None and s.req.cancelled:
+                finish = "abort"
+            if finish is None:
+                keep.append(i)
+            else:
+                self.stats["finished" if finish != "abort" else "cancelled"] += 1
+            if finish == "abort":
+                continue
+            if s.req.stream:
+                hold = max(map(len, s.params.stop), default=1) - 1 if finish is None else 0
+                upto = max(s.sent, len(s.text) - hold)  # a stop string may still be forming: hold it back
+                out = Output(s.index, s.text[s.sent:upto], [t], lp, finish)
+                s.sent = upto
+            else:
+                s.logprobs += lp or []
+                if finish is None:
+                    continue
+                text = s.text if incremental else self.tokenizer.decode(s.out, skip_special_tokens=True)
+                out = Output(s.index, text, s.out, s.logprobs if s.params.logprobs is not None else None, finish)
+            by_req.setdefault(id(s.req), (s.req, []))[1].append(out)
+        for req, outs in by_req.values():
+            req.put(outs)
+        return tok, keep
+
+    def _detokenize(self, s: Sequence) -> None:
+        """Append the text of the new token: decode a short window of ids and hold back a
+        trailing incomplete UTF-8 character (the TGI / vLLM incremental scheme)."""
+        dec = self.tokenizer.decode
+        prefix = dec(s.out[s.prefix_offset:s.read_offset], skip_special_tokens=True)
+        full = dec(s.out[s.prefix_offset:], skip_special_tokens=True)
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            s.text += full[len(prefix):]
+            s.prefix_offset, s.read_offset = s.read_offset, len(s.out)
+        elif len(s.out) >= s.params.max_tokens or s.out[-1] in self.stop_ids:
+            s.text += full[len(prefix):]  # last token: release whatever is there
+
+    @staticmethod
+    def _cut_at_stop(s: Sequence) -> bool:
+        longest = max(map(len, s.params.stop))
+        start = max(0, s.sent - longest)
+        hits = [j for j in (s.text.find(x, start) for x in s.params.stop) if j >= 0]
+        if hits:
+            s.text = s.text[:min(hits)]
+            return True
+        return False
+
+    def _fail(self, seqs: list[Sequence], err: Exception) -> None:
+        reqs = {id(s.req): s.req for s in seqs}
+        for req in reqs.values():
+            req.put(EngineError(f"generation failed: {type(err).__name__}: {err}"))
+        import traceback
+
+        traceback.print_exception(err)
