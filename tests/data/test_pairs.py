@@ -96,7 +96,7 @@ def test_cli_with_verifier(tmp_path, capsys):
                        "--verifier", "math"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["kept"] == 2 and report["bad_prompt_rows_missing_prompt"] == 1
-    assert report["bad_response_rows_unknown_prompt_id"] == 1 and report["bad_response_rows_invalid_json"] == 1
+    assert report["bad_response_rows_unknown_prompt_id"] == 1 and report["bad_response_rows_bad_json"] == 1
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert rows[0] == {"id": "p1", "prompt": "3+4?", "chosen": "3+4=7. The answer is 7.",
                        "rejected": "3+4=8. The answer is 8.", "chosen_score": 1.0, "rejected_score": 0.0}

@@ -48,7 +48,7 @@ def test_bad_rows_counted_with_file_and_line(tmp_path):
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
     errors = RowErrors()
     pairs = read_pairs(str(f), errors)
-    assert len(pairs) == 1 and pairs[0].where == f"{f}:1"
+    assert len(pairs) == 1 and (pairs[0].path, pairs[0].line) == (str(f), 1)
     summary = errors.summary()
     for reason, line in [("missing_rejected", 2), ("bad_chosen_type", 3), ("no_common_prompt", 4),
                          ("unknown_role", 5), ("empty_chosen", 6), ("chosen_not_assistant", 7)]:

@@ -48,8 +48,9 @@ def setup(tmp_path_factory, write_tiny_llama):
     lines.insert(3, json.dumps({"prompt": "no rejected", "chosen": "x"}))
     lines.insert(7, "{not json")
     (data / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    (data / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(6, seed=1)))
     cfg = {"name": "t", "output_dir": str(root / "run"), "seed": 0, "model": {"init_from": str(model)},
-           "data": {"train": str(data / "pairs.jsonl")},
+           "data": {"train": str(data / "pairs.jsonl"), "validation": str(data / "heldout.jsonl")},
            "dpo": {"beta": 0.1, "epochs": 1, "pairs_per_step": 4, "micro_batch": 2, "max_length": 64, "ref_batch": 5},
            "optimizer": {"lr": 1e-3, "weight_decay": 0.0},
            "schedule": {"kind": "cosine", "warmup_steps": 1}, "checkpoint": {"every": 2, "keep": 5,
@@ -87,10 +88,14 @@ def test_first_step_is_ln2_and_metrics(first_run, setup):
     # rewards are β·(policy − reference): the margin is their difference, step by step
     assert all(r["margin"] == pytest.approx(r["chosen_reward"] - r["rejected_reward"], abs=1e-6) for r in rows)
     assert rows[-1]["loss"] < math.log(2)
+    # held-out pairs at the end: preference accuracy and the DPO loss on them
+    assert "val_reward_accuracy" in rows[-1] and 0 <= rows[-1]["val_reward_accuracy"] <= 1
+    assert rows[-1]["val_margin"] == pytest.approx(rows[-1]["val_chosen_reward"] - rows[-1]["val_rejected_reward"],
+                                                   abs=1e-6)
     assert "pairs.jsonl:4" in err and "missing_rejected" in err and "pairs.jsonl:8" in err
     assert (run / "hf" / "latest" / "config.json").is_file()
-    stored = list((setup[0] / "data").glob("pairs.jsonl.ref-*.pt"))
-    assert len(stored) == 1 and "stored in" in err
+    assert len(list((setup[0] / "data").glob("pairs.jsonl.ref-*.pt"))) == 1
+    assert len(list((setup[0] / "data").glob("heldout.jsonl.ref-*.pt"))) == 1 and "stored in" in err
 
 
 def test_reference_logps_are_reused(first_run, setup, capfd):

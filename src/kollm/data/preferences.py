@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kollm.data.chat import BadRow, RowErrors, iter_rows, render
+from kollm.data.chat import BadRow, RowErrors, data_files, iter_rows, render
 from kollm.train.objectives.lm import IGNORE
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -36,7 +36,8 @@ class Pair:
     chosen: str | list[dict]
     rejected: str | list[dict]
     id: str | None = None
-    where: str = ""  # file:line
+    path: str = ""
+    line: int = 0
 
     @property
     def conversational(self) -> bool:
@@ -78,7 +79,7 @@ def extract_prompt(chosen, rejected):
     return chosen[:idx], chosen[idx:], rejected[idx:]
 
 
-def parse_pair(row: dict, where: str = "") -> Pair:
+def parse_pair(row: dict, path: str = "", line: int = 0) -> Pair:
     """A TRL preference row → Pair; raises BadRow with a short reason."""
     if not isinstance(row, dict):
         raise BadRow("not_an_object")
@@ -107,22 +108,23 @@ def parse_pair(row: dict, where: str = "") -> Pair:
             if not v.strip():
                 raise BadRow(f"empty_{k}")
     rid = row.get("id")
-    return Pair(values["prompt"], values["chosen"], values["rejected"], None if rid is None else str(rid), where)
+    return Pair(values["prompt"], values["chosen"], values["rejected"], None if rid is None else str(rid), path, line)
 
 
-def read_pairs(path: str | Path, errors: RowErrors | None = None) -> list[Pair]:
-    """Every good row of a preference file; bad rows are counted in `errors` with file:line."""
+def read_pairs(spec: str | Path, errors: RowErrors | None = None) -> list[Pair]:
+    """Every good row of a preference file (or of every JSONL/Parquet file under a directory);
+    bad rows are counted in `errors` with file:line."""
     errors = errors if errors is not None else RowErrors()
     pairs = []
-    for line, row, reason in iter_rows(path):
-        where = f"{path}:{line}"
-        if reason is None:
-            try:
-                pairs.append(parse_pair(row, where))
-                continue
-            except BadRow as e:
-                reason = e.reason if hasattr(e, "reason") else str(e)
-        errors.add(reason, where)
+    for path in data_files(spec):
+        for line, row, reason in iter_rows(path):
+            if reason is None:
+                try:
+                    pairs.append(parse_pair(row, str(path), line))
+                    continue
+                except BadRow as e:
+                    reason = e.reason
+            errors.add(reason, path, line)
     return pairs
 
 
@@ -161,11 +163,11 @@ def tokenize_pairs(tokenizer, pairs: Sequence[Pair], max_length: int,
         t = tokenize_pair(tokenizer, p)
         if len(t.prompt) >= max_length:
             if errors is not None:
-                errors.add("prompt_too_long", p.where)
+                errors.add("prompt_too_long", p.path, p.line)
             continue
         if not t.chosen or not t.rejected:
             if errors is not None:
-                errors.add("empty_completion", p.where)
+                errors.add("empty_completion", p.path, p.line)
             continue
         out.append(t)
     return out
@@ -233,8 +235,10 @@ class PreferenceData:
         return self.batch_of(idx)
 
     def batches(self, batch_size: int = 8):
-        """Every pair of this rank once, in file order (validation: the same batches every call)."""
-        mine = list(range(len(self.pairs)))[self.rank::self.world]
+        """This rank's share of the pairs once, in file order (validation: the same batches every
+        call). Every rank gets the same number of pairs and so of forwards (FSDP runs ranks in
+        step); the last `len % world` pairs are left out."""
+        mine = list(range(self.per_rank * self.world))[self.rank::self.world]
         for i in range(0, len(mine), batch_size):
             yield self.batch_of(mine[i:i + batch_size])
 

@@ -76,6 +76,7 @@ class DPOSection:
 
 
 def load_dpo_config(path: str | Path, overrides: list[str] = ()) -> tuple[dict, DPOSection, str, str | None]:
+    """The raw config with `dpo:` split off (strictly checked), and `data.train` / `data.validation`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such DPO config")
@@ -91,7 +92,7 @@ def load_dpo_config(path: str | Path, overrides: list[str] = ()) -> tuple[dict, 
     except (KeyError, ValueError) as e:
         raise type(e)(f"{path}: {e.args[0]}") from None
     data = raw.setdefault("data", {})
-    train, val = data.pop("train", None), data.pop("validation", None)
+    train, val = data.get("train") or "", data.get("validation") or None
     data.setdefault("mask_policy", "causal")
     if "phases" in raw:
         raise KeyError(f"{path}: phases: set from dpo.epochs and dpo.pairs_per_step, remove it")
@@ -271,7 +272,8 @@ def train_dpo(raw: dict, dpo: DPOSection, data_train: str, data_val: str | None,
     if dpo.reference == "model":  # the comparison point: a frozen copy held through training
         reference = copy.deepcopy(model).to(info.device).eval().requires_grad_(False)
     objective = DPOObjective(dpo.beta, dpo.loss, reference)
-    trainer = Trainer(cfg, model, objective, train, info, run_dir=run_dir, **_val_kwargs(val, dpo))
+    trainer = Trainer(cfg, model, objective, train, info, run_dir=run_dir,
+                      val_data=_Validation(val, dpo.val_batch) if val is not None else None)
     if reference is None:
         key = reference_key or model_fingerprint(cfg.model.init_from, model)
         for d, p in ((train, data_train), (val, data_val)):
@@ -295,16 +297,6 @@ class _Validation:
 
     def batches(self):
         return self.data.batches(self.batch_size)
-
-
-def _val_kwargs(val, dpo: DPOSection) -> dict:
-    import inspect
-
-    from kollm.train.trainer import Trainer
-
-    if val is None or "val_data" not in inspect.signature(Trainer).parameters:
-        return {}
-    return {"val_data": _Validation(val, dpo.val_batch)}
 
 
 def main(argv: list[str]) -> int:

@@ -59,8 +59,8 @@ def _messages(prompt) -> list[dict]:
 def sample_round(policy_dir: str, tokenizer, prompts: list[tuple[str, dict]], on, seed: int, path: Path,
                  device: torch.device) -> list[dict]:
     """k samples per prompt, `on.gen_batch` sequences per generation call, appended per batch."""
-    from kollm.data.chat import render
-    from kollm.model.generate import GenerationConfig, _stop_ids, generate
+    from kollm.data.chat import render_prompt, stop_token_ids
+    from kollm.model.generate import GenerationConfig, generate
     from kollm.model.hf import load_hf
 
     jobs = [(pid, row, j) for pid, row in prompts for j in range(on.k)]
@@ -71,14 +71,12 @@ def sample_round(policy_dir: str, tokenizer, prompts: list[tuple[str, dict]], on
     done = done[:n_done_batches * on.gen_batch]  # a partly written batch is generated again
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done), encoding="utf-8")
     model = load_hf(policy_dir, device=device, dtype=torch.float32)
-    stop = _stop_ids(Path(policy_dir))
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop:
-        stop.append(tokenizer.eos_token_id)
+    stop = stop_token_ids(tokenizer)
     for b in range(n_done_batches, math.ceil(len(jobs) / on.gen_batch)):
         chunk = jobs[b * on.gen_batch:(b + 1) * on.gen_batch]
         cfg = GenerationConfig(max_new_tokens=on.max_new_tokens, do_sample=True, temperature=on.temperature,
                                top_p=on.top_p, seed=seed * 1_000_003 + b, stop_token_ids=stop)
-        ids = [render(tokenizer, _messages(row["prompt"]), add_generation_prompt=True)[0] for _, row, _ in chunk]
+        ids = [render_prompt(tokenizer, _messages(row["prompt"])) for _, row, _ in chunk]
         outs = generate(model, ids, cfg)
         _append(path, [{"id": pid, "sample": j, "response": tokenizer.decode(o, skip_special_tokens=True).strip()}
                        for (pid, _, j), o in zip(chunk, outs)])
