@@ -133,3 +133,17 @@ def test_config_errors(setup, capfd):
     assert "dpo.betaa: unknown key" in capfd.readouterr().err
     assert kollm_main(["dpo", str(cfg), "--set", f"data.train={root / 'nope.jsonl'}"]) == 1
     assert "nope.jsonl" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("recipe,pairs,steps,beta,loss,lr", [
+    ("dna-8b-dpo.yaml", 80_000, 1250, 0.1, "sigmoid", 1e-6),  # DNA 1.0 §4.4: 2 epochs of ~80K, β 0.1, 1e-6
+    ("trillion-7b-dpo.yaml", 200_000, 1563, 5.0, "sigmoid_norm", 5e-7),  # Tulu 3's settings, ~200K pairs
+    ("tiny-dpo.yaml", 400, 25, 0.1, "sigmoid", 1e-4),
+])
+def test_recipes_parse(recipe, pairs, steps, beta, loss, lr):
+    from kollm.train.dpo import load_dpo_config, train_config
+
+    raw, dpo, train, _ = load_dpo_config(Path(__file__).resolve().parents[2] / "recipes" / recipe)
+    cfg = train_config(raw, dpo, pairs)
+    assert (cfg.phases[0].steps, dpo.beta, dpo.loss, cfg.optimizer.lr) == (steps, beta, loss, lr)
+    assert train and cfg.data.mask_policy == "causal"
