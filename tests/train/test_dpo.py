@@ -138,7 +138,7 @@ def test_config_errors(setup, capfd):
 @pytest.mark.parametrize("recipe,pairs,steps,beta,loss,lr", [
     ("dna-8b-dpo.yaml", 80_000, 1250, 0.1, "sigmoid", 1e-6),  # DNA 1.0 §4.4: 2 epochs of ~80K, β 0.1, 1e-6
     ("trillion-7b-dpo.yaml", 200_000, 1563, 5.0, "sigmoid_norm", 5e-7),  # Tulu 3's settings, ~200K pairs
-    ("tiny-dpo.yaml", 400, 25, 0.1, "sigmoid", 1e-4),
+    ("tiny-dpo.yaml", 430, 54, 0.1, "sigmoid", 5e-4),
 ])
 def test_recipes_parse(recipe, pairs, steps, beta, loss, lr):
     from kollm.train.dpo import load_dpo_config, train_config
