@@ -17,7 +17,7 @@ STAGES: dict[str, tuple[str | None, str]] = {
     "pretrain": ("kollm.train.pretrain", "pretraining / continual pretraining with XLDA packing"),
     "sft": ("kollm.train.sft", "supervised fine-tuning on chat data (loss on responses only)"),
     "merge": ("kollm.merge.cli", "linear / soup, SLERP, task arithmetic, TIES merges (mergekit YAML), streamed"),
-    "dpo": (None, "offline and online DPO"),
+    "dpo": ("kollm.train.dpo", "offline and online DPO; `dpo pairs` builds pairs from scored responses"),
     "distill": ("kollm.train.distill", "skew-KL distillation with adaptive off-policy replay"),
     "grpo": ("kollm.train.grpo", "RL with verifiable rewards (GRPO)"),
     "eval": ("kollm.eval.cli", "benchmarks, Korean IFEval, cross-lingual consistency, LLM-as-judge"),

@@ -1,0 +1,182 @@
+"""`kollm dpo --online CONFIG`: online DPO (DNA 1.0 §4.3, after iterative/online DPO, Xu et al.
+2023; Guo et al. 2024). Round r:
+
+1. sample k responses per prompt from the current policy (kollm.model.generate, batched, seeded
+   per batch) → `OUT/round-r/samples.jsonl`, appended batch by batch;
+2. score them with the configured reward function or judge → `scores.jsonl`, appended in chunks;
+3. chosen = best, rejected = worst per prompt (kollm.data.pairs; ties and length-ratio drops
+   counted) → `pairs.jsonl`;
+4. reference log-probs of the pairs from the round-0 policy (`model.init_from`), loaded only for
+   this pass and freed before training, stored beside the pairs;
+5. one DPO run of the one trainer (kollm.train.dpo.train_dpo) from the current policy into
+   `round-r/train/`, whose export `round-r/train/hf/latest` is the next round's policy;
+6. `round-r/done.json` with the counts.
+
+`--resume` continues where a run stopped: finished rounds are skipped, samples and scores resume
+at the first missing batch (per-batch seeds make the continuation identical to an uninterrupted
+run), training resumes from its latest checkpoint. Generation and scoring run on rank 0 while
+the other ranks wait; reference passes and training use every rank.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from kollm.train.dpo import DPOSection, model_fingerprint, reference_logps, train_dpo
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Complete lines only: a line cut short by a crash is dropped (and rewritten on resume)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return rows
+
+
+def _append(path: Path, rows: list[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+
+
+def _messages(prompt) -> list[dict]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def sample_round(policy_dir: str, tokenizer, prompts: list[tuple[str, dict]], on, seed: int, path: Path,
+                 device: torch.device) -> list[dict]:
+    """k samples per prompt, `on.gen_batch` sequences per generation call, appended per batch."""
+    from kollm.data.chat import render_prompt, stop_token_ids
+    from kollm.model.generate import GenerationConfig, generate
+    from kollm.model.hf import load_hf
+
+    jobs = [(pid, row, j) for pid, row in prompts for j in range(on.k)]
+    done = _read_jsonl(path)
+    if len(done) >= len(jobs):
+        return done[:len(jobs)]
+    n_done_batches = len(done) // on.gen_batch
+    done = done[:n_done_batches * on.gen_batch]  # a partly written batch is generated again
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done), encoding="utf-8")
+    model = load_hf(policy_dir, device=device, dtype=torch.float32)
+    stop = stop_token_ids(tokenizer)
+    for b in range(n_done_batches, math.ceil(len(jobs) / on.gen_batch)):
+        chunk = jobs[b * on.gen_batch:(b + 1) * on.gen_batch]
+        cfg = GenerationConfig(max_new_tokens=on.max_new_tokens, do_sample=True, temperature=on.temperature,
+                               top_p=on.top_p, seed=seed * 1_000_003 + b, stop_token_ids=stop)
+        ids = [render_prompt(tokenizer, _messages(row["prompt"])) for _, row, _ in chunk]
+        outs = generate(model, ids, cfg)
+        _append(path, [{"id": pid, "sample": j, "response": tokenizer.decode(o, skip_special_tokens=True).strip()}
+                       for (pid, _, j), o in zip(chunk, outs)])
+    del model
+    return _read_jsonl(path)
+
+
+def score_round(samples: list[dict], prompts: dict[str, dict], scorer, path: Path, chunk: int = 64) -> list[dict]:
+    from kollm.data.pairs import score_all
+
+    done = _read_jsonl(path)
+    for i in range(len(done), len(samples), chunk):
+        part = samples[i:i + chunk]
+        scores = score_all([(prompts[s["id"]]["prompt"], s["response"], prompts[s["id"]]) for s in part], scorer)
+        _append(path, [{**s, "score": sc} for s, sc in zip(part, scores)])
+    return _read_jsonl(path)
+
+
+def run_online(raw: dict, dpo: DPOSection, data_val: str | None, info, resume: bool = False,
+               where: str = "config") -> Path:
+    """All rounds; returns the final policy's Hugging Face directory."""
+    import torch.distributed as dist
+
+    from kollm.data.chat import load_tokenizer
+    from kollm.data.pairs import choose_pairs, make_scorer, read_prompts, write_jsonl
+    from kollm.model.hf import load_hf
+    from kollm.train.dpo import load_preference_data
+
+    on = dpo.online
+    init = (raw.get("model") or {}).get("init_from")
+    if not init:
+        raise ValueError(f"{where}: model.init_from is required for online DPO (the round-0 policy and reference)")
+    if not on.prompts or not Path(on.prompts).exists():
+        raise FileNotFoundError(f"{where}: dpo.online.prompts: {on.prompts or '(unset)'}: no such prompts file")
+    scorer = make_scorer(on.reward, None, on.judge)
+    if scorer is None:
+        raise ValueError(f"{where}: dpo.online needs a reward (dotted path) or a judge endpoint")
+    out = Path(raw.get("output_dir", "runs/run"))
+    if any(out.glob("round-*")) and not resume:
+        raise ValueError(f"{out} holds rounds of an earlier run: pass --resume to continue it, or choose a new "
+                         "output_dir")
+    raw = copy.deepcopy(raw)
+    raw["model"].setdefault("tokenizer", init)  # every round reads the round-0 tokenizer
+    raw.setdefault("checkpoint", {})["export_hf"] = True  # the export is the next round's policy
+    tokenizer = load_tokenizer(raw["model"]["tokenizer"])
+    prompts, bad = read_prompts(on.prompts)
+    if not prompts:
+        raise ValueError(f"{on.prompts}: no usable prompts")
+    ref_key = model_fingerprint(init, None)
+    autocast = info.device.type == "cuda" and raw.get("parallel", {}).get("mode", "single") != "fsdp"
+    seed = int(raw.get("seed", 0))
+    policy = init
+    for r in range(on.rounds):
+        rd = out / f"round-{r}"
+        if (rd / "done.json").is_file():
+            policy = str(rd / "train" / "hf" / "latest")
+            continue
+        rd.mkdir(parents=True, exist_ok=True)
+        ids = list(prompts)
+        if on.prompts_per_round:  # a fresh subset each round, the same on resume
+            g = torch.Generator().manual_seed(seed * 7919 + r)
+            ids = [ids[i] for i in torch.randperm(len(ids), generator=g)[:on.prompts_per_round].tolist()]
+        if info.is_main:
+            samples = sample_round(policy, tokenizer, [(i, prompts[i]) for i in ids], on, seed * 1000 + r,
+                                   rd / "samples.jsonl", info.device)
+            scored = score_round(samples, prompts, scorer, rd / "scores.jsonl")
+            responses: dict[str, list[dict]] = {}
+            for s in scored:
+                responses.setdefault(s["id"], []).append(s)
+            pairs, counts = choose_pairs({i: prompts[i] for i in ids}, responses, on.max_length_ratio)
+            if not pairs:
+                raise ValueError(f"round {r}: no pairs (every prompt's samples tied or were dropped: {dict(counts)})")
+            write_jsonl(rd / "pairs.jsonl", pairs)
+            scores = [s["score"] for s in scored if s["score"] is not None]
+            summary = {"round": r, "policy": str(policy), "prompts": len(ids), "samples": len(scored),
+                       "mean_score": sum(scores) / max(1, len(scores)), **counts}
+            (rd / "pairs.json").write_text(json.dumps(summary, indent=1))
+            print(f"kollm dpo --online: round {r}: {json.dumps(summary)}", file=sys.stderr)
+        if info.distributed:
+            dist.barrier()
+        # The reference is the round-0 policy: loaded for this pass only, then freed.
+        ref = load_hf(init, device=info.device, dtype=torch.float32).eval()
+        for path in [str(rd / "pairs.jsonl")] + ([data_val] if data_val else []):
+            data = load_preference_data(path, tokenizer, dpo, info, seed=seed, shuffle=False)
+            reference_logps(ref, data, path, ref_key, dpo.ref_batch, info, autocast, rd / "train")
+        del ref
+        round_raw = copy.deepcopy(raw)
+        round_raw["seed"] = seed + r
+        round_raw["name"] = f"{raw.get('name', 'dpo')}-round-{r}"
+        trainer = train_dpo(round_raw, dpo, str(rd / "pairs.jsonl"), data_val, info,
+                            resume=(rd / "train" / "checkpoints").is_dir(), run_dir=rd / "train", init_from=policy,
+                            reference_key=ref_key, where=where)
+        policy = str(rd / "train" / "hf" / "latest")
+        if info.is_main:
+            last = trainer.history[-1] if trainer.history else {}
+            (rd / "done.json").write_text(json.dumps({"round": r, "policy": policy, "steps": trainer.step,
+                                                      "last": last}, indent=1, default=str))
+        if info.distributed:
+            dist.barrier()
+    return Path(policy)
+
+
+__all__ = ["run_online", "sample_round", "score_round"]

@@ -1,0 +1,104 @@
+"""Direct Preference Optimization (Rafailov et al. 2023) and two variants, as TRL's `DPOTrainer`
+computes them (trl 1.16 `trainer/dpo_trainer.py`, `_compute_loss`):
+
+    log-ratio  h_w = log πθ(y_w|x) − log π_ref(y_w|x),   h_l likewise for the rejected response
+    sigmoid       −log σ(β (h_w − h_l))                                   (DPO; β = 0.1 by default)
+    ipo           (h_w/|y_w| − h_l/|y_l| − 1/(2β))²                      (Azar et al. 2023 eq. 17, per-token
+                                                                            log-ratios as TRL and the IPO authors use)
+    sigmoid_norm  −log σ(β (h_w/|y_w| − h_l/|y_l|))                      (length-normalised DPO)
+
+log π(y|x) is the sum of the completion tokens' log-probabilities. Rewards are β·h (TRL's
+`rewards/chosen`, `rewards/rejected`); `reward_accuracy` is the share of pairs with β·h_w > β·h_l.
+When the policy equals the reference every h is 0 and the sigmoid loss is exactly ln 2.
+
+A batch holds the B pairs as 2B rows, chosen first then rejected (one forward, as TRL's
+concatenated forward): `input_ids`, `labels` (−100 outside the completion), and `ref_logps`
+(2B,) precomputed once (kollm.train.dpo) or, for comparison, computed here by a reference model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kollm.train.objectives.lm import IGNORE
+
+LOSSES = ("sigmoid", "ipo", "sigmoid_norm")
+
+
+def completion_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each row's labelled tokens and their count. `labels` are aligned
+    with the inputs (position t's logits predict labels[t+1]); only labelled positions go through
+    the float32 log-softmax, so a long prompt costs no (T, V) float copy."""
+    tgt = labels[:, 1:]
+    mask = tgt != IGNORE
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(tgt)[mask]
+    picked = logits[:, :-1][mask].float()  # (M, V)
+    lp = picked.log_softmax(-1).gather(-1, tgt[mask][:, None]).squeeze(-1)
+    sums = torch.zeros(labels.shape[0], device=logits.device, dtype=torch.float32).index_add(0, rows, lp)
+    return sums, mask.sum(1).float()
+
+
+def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor, beta: float = 0.1,
+             loss: str = "sigmoid") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair losses and the chosen / rejected rewards β·h. `policy`, `reference` and `counts`
+    are (2B,) with the B chosen rows first."""
+    h_w, h_l = (policy - reference).chunk(2)
+    n_w, n_l = counts.clamp(min=1).chunk(2)
+    if loss == "sigmoid":
+        losses = -F.logsigmoid(beta * (h_w - h_l))
+    elif loss == "ipo":
+        losses = (h_w / n_w - h_l / n_l - 1 / (2 * beta)) ** 2
+    elif loss == "sigmoid_norm":
+        losses = -F.logsigmoid(beta * (h_w / n_w - h_l / n_l))
+    else:
+        raise ValueError(f"dpo.loss: one of {', '.join(LOSSES)}, got {loss!r}")
+    return losses, beta * h_w.detach(), beta * h_l.detach()
+
+
+@torch.no_grad()
+def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log π(y|x) of every row of a batch, without gradients (the reference pass)."""
+    return completion_logps(model(batch["input_ids"]).logits, batch["labels"])[0]
+
+
+class DPOObjective:
+    """The trainer's objective for preference pairs. Every value is this micro-batch's share of a
+    mean over all the step's pairs (all micro-batches, all ranks), so the trainer's sums are means."""
+
+    def __init__(self, beta: float = 0.1, loss: str = "sigmoid", reference: nn.Module | None = None):
+        if loss not in LOSSES:
+            raise ValueError(f"dpo.loss: one of {', '.join(LOSSES)}, got {loss!r}")
+        if beta <= 0:
+            raise ValueError(f"dpo.beta must be positive, got {beta}")
+        self.beta, self.loss, self.reference = beta, loss, reference
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.tensor([batch["input_ids"].shape[0] // 2], dtype=torch.float32)
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], totals: torch.Tensor):
+        from kollm.train.trainer import ObjectiveOutput
+
+        out = model(batch["input_ids"])
+        logps, counts = completion_logps(out.logits, batch["labels"])
+        if "ref_logps" in batch:
+            ref = batch["ref_logps"].to(logps)
+        elif self.reference is not None:
+            ref = sequence_logps(self.reference, batch).float()
+        else:
+            raise ValueError("DPO batch without ref_logps and no reference model")
+        losses, r_w, r_l = dpo_loss(logps, ref, counts, self.beta, self.loss)
+        n = totals[0].clamp(min=1)
+        loss = losses.sum() / n
+        if out.mtp_logits is not None:  # an MTP checkpoint: the head gets no DPO gradient, keep DDP whole
+            loss = loss + 0.0 * out.mtp_logits.sum()
+        metrics = {"reward_accuracy": (r_w > r_l).float().sum() / n, "chosen_reward": r_w.sum() / n,
+                   "rejected_reward": r_l.sum() / n, "margin": (r_w - r_l).sum() / n}
+        return ObjectiveOutput(loss, metrics)
+
+    def on_phase(self, phase) -> None:
+        pass
+
+
+__all__ = ["DPOObjective", "dpo_loss", "completion_logps", "sequence_logps", "LOSSES"]
