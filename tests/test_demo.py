@@ -1,5 +1,6 @@
-"""The README's first command end to end: the tiny-demo recipe on the embedded corpus, with the
-pretraining shortened by --set overrides (the full demo trains 200 steps, minutes on 2 cores)."""
+"""The README's first command end to end: the tiny-demo recipe on the embedded corpus, from raw
+text through pretraining, SFT, DPO, the SLERP merge, GRPO and evaluation to the report, with every
+training stage shortened by --set overrides (the full demo takes minutes on 2 cores)."""
 
 import json
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kollm.demo_corpus import write_demo_corpus
+from kollm.demo_corpus import write_demo_corpus, write_demo_posttrain
 from kollm.recipe import load_recipe, run_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny-demo.yaml"
@@ -20,7 +21,18 @@ def test_demo_recipe_end_to_end(tmp_path, capsys):
     pretrain = next(s for s in recipe.stages if s.name == "pretrain")
     pretrain.args += ["--set", "phases.0.steps=3", "--set", "phases.1.steps=2", "--set", "checkpoint.every=5",
                       "--set", "logging.progress=false"]
+    short = {
+        "sft": ["--set", "phases.0.steps=3", "--set", "validation.every=0", "--set", "checkpoint.every=0"],
+        "dpo": ["--set", "dpo.epochs=0.04", "--set", "validation.every=0", "--set", "checkpoint.every=0"],
+        "grpo": ["--set", "phases.0.steps=2", "--set", "validation.every=0", "--set", "data.val_size=4",
+                 "--set", "checkpoint.every=0", "--set", "grpo.max_new_tokens=8"],
+        "eval": ["--limit", "6"],
+    }
+    for stage in recipe.stages:
+        if stage.name in short:
+            stage.args += short[stage.name] + (["--set", "logging.progress=false"] if stage.name != "eval" else [])
     write_demo_corpus(tmp_path / "demo" / "raw")
+    write_demo_posttrain(tmp_path / "demo" / "posttrain", n_train=120, n_val=12)
     outcome = run_recipe(recipe, log=lambda *_: None)
     assert outcome == [(s.name, "ran") for s in recipe.stages]
 
@@ -37,5 +49,29 @@ def test_demo_recipe_end_to_end(tmp_path, capsys):
     model = transformers.AutoModelForCausalLM.from_pretrained(hf)
     ids = transformers.AutoTokenizer.from_pretrained(hf)("오늘 서울의 날씨는", return_tensors="pt").input_ids
     assert torch.isfinite(model(ids).logits).all()
-    assert capsys.readouterr().out.strip()  # the generate stage printed a continuation
+    assert capsys.readouterr().out.strip()  # the generate stages printed a continuation
+
+    # post-training: each stage trained from the one before and exported a model transformers loads
+    for stage in ("sft", "dpo", "grpo"):
+        rows = [json.loads(line) for line in (work / stage / "metrics.jsonl").read_text().splitlines()]
+        assert rows and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows), stage
+    dpo_first = json.loads((work / "dpo" / "metrics.jsonl").read_text().splitlines()[0])
+    assert abs(dpo_first["loss"] - 0.6931471805599453) < 1e-5  # policy == reference at step 1: ln 2
+    merged = work / "merge" / "model"
+    assert (merged / "mergekit_config.yml").is_file()
+    assert f"model.init_from={merged}" in json.loads((work / "grpo" / "run.json").read_text())["argv"]
+    final = work / "grpo" / "hf" / "latest"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(final)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "7 더하기 5는 얼마입니까?"}], tokenize=False,
+                                           add_generation_prompt=True)
+    assert prompt.count("<|begin_of_text|>") == 1 and prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    results = json.loads((work / "eval" / "results.json").read_text())
+    assert set(results["results"]) == {"hrm8k_en", "hrm8k_ko"} and results["results"]["hrm8k_ko"]["n"] == 6
+    assert results["consistency"]["hrm8k_en:hrm8k_ko"]["pairs"] == 6
+    # the report covers every stage that ran before it
+    page = (work / "report" / "report.md").read_text()
+    for stage in ("curate", "tokenizer", "pretrain", "sft", "dpo", "grpo", "eval"):
+        assert f"| {stage} |" in page, stage
+    assert "Training (dpo)" in page and "reward_accuracy" in page and "P(ko✓" in page
+    assert (work / "report" / "report.html").stat().st_size > 10_000
     assert run_recipe(recipe, log=lambda *_: None) == [(s.name, "skipped") for s in recipe.stages]
