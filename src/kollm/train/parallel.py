@@ -5,8 +5,11 @@ Modes under `torchrun` (gloo on CPU, NCCL on GPU, the same code):
 - `ddp`:    DistributedDataParallel, gradients all-reduced (averaged) across ranks.
 - `zero1`:  DDP + ZeroRedundancyOptimizer: each rank keeps AdamW states for its share of the
             parameters only (Trillion §3.6: "we sharded optimizer states only").
-- `fsdp`:   FSDP2 `fully_shard` on every block, the MTP block and the root; parameters in bf16
-            and gradient reduction in fp32 on GPU (MixedPrecisionPolicy), fp32 on CPU.
+- `fsdp`:   FSDP2 `fully_shard` on every block, the MTP block and the root; with bf16 mixed
+            precision parameters are all-gathered in bf16 and gradients reduced in fp32
+            (MixedPrecisionPolicy) over the fp32 sharded master weights.
+Mixed precision (`parallel.mixed_precision`, default bf16 on CUDA and fp32 on CPU): bf16 autocast
+over fp32 weights and AdamW states in the other modes, the same code on CPU and CUDA.
 Activation checkpointing wraps each block (recompute in backward), before any sharding.
 
 AdamW weight decay follows nanoGPT / Megatron-LM: matrices (including the embedding and the
@@ -90,7 +93,17 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         model.mtp.block = checkpoint_wrapper(model.mtp.block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
 
 
-def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpointing: bool = False) -> nn.Module:
+def resolve_precision(setting: str | None, device: torch.device) -> str:
+    """`parallel.mixed_precision`: bf16 | fp32; unset, bf16 on CUDA and fp32 on CPU."""
+    if setting is None:
+        return "bf16" if device.type == "cuda" else "fp32"
+    if setting not in ("bf16", "fp32"):
+        raise ValueError(f"parallel.mixed_precision: bf16 | fp32, got {setting!r}")
+    return setting
+
+
+def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpointing: bool = False,
+                mixed_precision: str | None = None) -> nn.Module:
     """Wrap `model` for `mode`; returns the module the training loop calls."""
     if mode not in MODES:
         raise ValueError(f"parallel.mode: unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -110,7 +123,7 @@ def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpoi
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if info.device.type == "cuda" else MixedPrecisionPolicy()
+        if resolve_precision(mixed_precision, info.device) == "bf16" else MixedPrecisionPolicy()
     blocks = list(model.model.layers) + ([model.mtp.block] if getattr(model, "mtp", None) is not None else [])
     for block in blocks:
         fully_shard(block, mp_policy=mp)
