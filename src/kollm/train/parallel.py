@@ -10,7 +10,11 @@ Modes under `torchrun` (gloo on CPU, NCCL on GPU, the same code):
             (MixedPrecisionPolicy) over the fp32 sharded master weights.
 Mixed precision (`parallel.mixed_precision`, default bf16 on CUDA and fp32 on CPU): bf16 autocast
 over fp32 weights and AdamW states in the other modes, the same code on CPU and CUDA.
-Activation checkpointing wraps each block (recompute in backward), before any sharding.
+Activation checkpointing wraps each block (recompute in backward), then `parallel.compile`
+compiles each block in place (torchtitan's per-block torch.compile: every layer reuses one graph,
+and FSDP2 wraps the compiled blocks), before any sharding. Shapes are dynamic from the first
+compile, so a phase change (sequence length) or a ragged micro-batch does not recompile;
+`compile_stats()` counts graphs and recompiles for the log.
 
 AdamW weight decay follows nanoGPT / Megatron-LM: matrices (including the embedding and the
 LM head) decay, norms and biases do not. (torchtitan decays every parameter.)
@@ -93,6 +97,35 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         model.mtp.block = checkpoint_wrapper(model.mtp.block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
 
 
+def apply_compile(model: nn.Module) -> None:
+    """Compile every block (and the MTP block) in place: `Module.compile` keeps the state-dict keys,
+    so checkpoints and the Hugging Face export do not see it. dynamic=True marks batch and sequence
+    symbolic up front: the phase change 4K → 32K reuses the graph. A micro-batch of 1 (trillion-7b's
+    32K phase) is the exception: dynamo specialises sizes 0 and 1, so it compiles once more, which
+    the log's `recompiles` shows (marking the batch unbacked instead broke the graph at SDPA).
+    KOLLM_COMPILE_BACKEND picks another backend (CPU tests: aot_eager, the same graph capture
+    and autograd without inductor's code generation, which takes minutes on a shared 2-core box)."""
+    blocks = list(model.model.layers) + ([model.mtp.block] if getattr(model, "mtp", None) is not None else [])
+    _FIRST_STEP_GRAPHS.clear()  # a new model: count from its first step
+    backend = os.environ.get("KOLLM_COMPILE_BACKEND", "inductor")
+    for block in blocks:
+        block.compile(dynamic=True, backend=backend)
+
+
+_FIRST_STEP_GRAPHS: list[int] = []
+
+
+def compile_stats() -> dict[str, int]:
+    """Graphs dynamo has compiled in this process, and how many of them came after the first
+    logged step (recompiles: a guard failed on a new shape, dtype or grad mode)."""
+    from torch._dynamo.utils import counters
+
+    graphs = int(counters["stats"]["unique_graphs"])
+    if not _FIRST_STEP_GRAPHS:
+        _FIRST_STEP_GRAPHS.append(graphs)
+    return {"compiled_graphs": graphs, "recompiles": graphs - _FIRST_STEP_GRAPHS[0]}
+
+
 def resolve_precision(setting: str | None, device: torch.device) -> str:
     """`parallel.mixed_precision`: bf16 | fp32; unset, bf16 on CUDA and fp32 on CPU."""
     if setting is None:
@@ -103,7 +136,7 @@ def resolve_precision(setting: str | None, device: torch.device) -> str:
 
 
 def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpointing: bool = False,
-                mixed_precision: str | None = None) -> nn.Module:
+                mixed_precision: str | None = None, compile: bool = False) -> nn.Module:
     """Wrap `model` for `mode`; returns the module the training loop calls."""
     if mode not in MODES:
         raise ValueError(f"parallel.mode: unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -113,6 +146,8 @@ def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpoi
         raise ValueError(f"parallel.mode 'single' with WORLD_SIZE={info.world}: pick ddp, zero1 or fsdp")
     if activation_checkpointing:
         apply_activation_checkpointing(model)
+    if compile:
+        apply_compile(model)
     if mode == "single":
         return model
     if mode in ("ddp", "zero1"):
@@ -205,4 +240,4 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     return norm
 
 
-__all__ = ["DistInfo", "init_distributed", "parallelize", "build_optimizer", "clip_grad_norm", "MODES"]
+__all__ = ["DistInfo", "init_distributed", "parallelize", "apply_compile", "compile_stats", "resolve_precision", "build_optimizer", "clip_grad_norm", "MODES"]
