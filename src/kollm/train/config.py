@@ -108,6 +108,9 @@ class PhaseSection:
 class ParallelSection:
     mode: str = "single"  # single | ddp | zero1 | fsdp
     activation_checkpointing: bool = False
+    # bf16 autocast (fp32 master weights and AdamW states) or fp32; None: bf16 on CUDA, fp32 on CPU
+    mixed_precision: str | None = None
+    compile: bool = False  # torch.compile each block (kollm.train.parallel.apply_compile)
 
 
 @dataclass
@@ -212,6 +215,8 @@ class TrainConfig:
                             f"({', '.join(scheduled)}) of a wsd schedule")
         if self.parallel.mode not in ("single", "ddp", "zero1", "fsdp"):
             problems.append(f"parallel.mode: single | ddp | zero1 | fsdp, got {self.parallel.mode!r}")
+        if self.parallel.mixed_precision not in (None, "bf16", "fp32"):
+            problems.append(f"parallel.mixed_precision: bf16 | fp32, got {self.parallel.mixed_precision!r}")
         if self.data.mask_policy not in ("causal", "document", "xlda", "xlda_literal"):
             problems.append(f"data.mask_policy: causal | document | xlda | xlda_literal, got {self.data.mask_policy!r}")
         if self.data.restart_positions and self.data.mask_policy != "document":

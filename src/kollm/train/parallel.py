@@ -5,9 +5,16 @@ Modes under `torchrun` (gloo on CPU, NCCL on GPU, the same code):
 - `ddp`:    DistributedDataParallel, gradients all-reduced (averaged) across ranks.
 - `zero1`:  DDP + ZeroRedundancyOptimizer: each rank keeps AdamW states for its share of the
             parameters only (Trillion §3.6: "we sharded optimizer states only").
-- `fsdp`:   FSDP2 `fully_shard` on every block, the MTP block and the root; parameters in bf16
-            and gradient reduction in fp32 on GPU (MixedPrecisionPolicy), fp32 on CPU.
-Activation checkpointing wraps each block (recompute in backward), before any sharding.
+- `fsdp`:   FSDP2 `fully_shard` on every block, the MTP block and the root; with bf16 mixed
+            precision parameters are all-gathered in bf16 and gradients reduced in fp32
+            (MixedPrecisionPolicy) over the fp32 sharded master weights.
+Mixed precision (`parallel.mixed_precision`, default bf16 on CUDA and fp32 on CPU): bf16 autocast
+over fp32 weights and AdamW states in the other modes, the same code on CPU and CUDA.
+Activation checkpointing wraps each block (recompute in backward), then `parallel.compile`
+compiles each block in place (torchtitan's per-block torch.compile: every layer reuses one graph,
+and FSDP2 wraps the compiled blocks), before any sharding. Shapes are dynamic from the first
+compile, so a phase change (sequence length) or a ragged micro-batch does not recompile;
+`compile_stats()` counts graphs and recompiles for the log.
 
 AdamW weight decay follows nanoGPT / Megatron-LM: matrices (including the embedding and the
 LM head) decay, norms and biases do not. (torchtitan decays every parameter.)
@@ -90,7 +97,46 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         model.mtp.block = checkpoint_wrapper(model.mtp.block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
 
 
-def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpointing: bool = False) -> nn.Module:
+def apply_compile(model: nn.Module) -> None:
+    """Compile every block (and the MTP block) in place: `Module.compile` keeps the state-dict keys,
+    so checkpoints and the Hugging Face export do not see it. dynamic=True marks batch and sequence
+    symbolic up front: the phase change 4K → 32K reuses the graph. A micro-batch of 1 (trillion-7b's
+    32K phase) is the exception: dynamo specialises sizes 0 and 1, so it compiles once more, which
+    the log's `recompiles` shows (marking the batch unbacked instead broke the graph at SDPA).
+    KOLLM_COMPILE_BACKEND picks another backend (CPU tests: aot_eager, the same graph capture
+    and autograd without inductor's code generation, which takes minutes on a shared 2-core box)."""
+    blocks = list(model.model.layers) + ([model.mtp.block] if getattr(model, "mtp", None) is not None else [])
+    _FIRST_STEP_GRAPHS.clear()  # a new model: count from its first step
+    backend = os.environ.get("KOLLM_COMPILE_BACKEND", "inductor")
+    for block in blocks:
+        block.compile(dynamic=True, backend=backend)
+
+
+_FIRST_STEP_GRAPHS: list[int] = []
+
+
+def compile_stats() -> dict[str, int]:
+    """Graphs dynamo has compiled in this process, and how many of them came after the first
+    logged step (recompiles: a guard failed on a new shape, dtype or grad mode)."""
+    from torch._dynamo.utils import counters
+
+    graphs = int(counters["stats"]["unique_graphs"])
+    if not _FIRST_STEP_GRAPHS:
+        _FIRST_STEP_GRAPHS.append(graphs)
+    return {"compiled_graphs": graphs, "recompiles": graphs - _FIRST_STEP_GRAPHS[0]}
+
+
+def resolve_precision(setting: str | None, device: torch.device) -> str:
+    """`parallel.mixed_precision`: bf16 | fp32; unset, bf16 on CUDA and fp32 on CPU."""
+    if setting is None:
+        return "bf16" if device.type == "cuda" else "fp32"
+    if setting not in ("bf16", "fp32"):
+        raise ValueError(f"parallel.mixed_precision: bf16 | fp32, got {setting!r}")
+    return setting
+
+
+def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpointing: bool = False,
+                mixed_precision: str | None = None, compile: bool = False) -> nn.Module:
     """Wrap `model` for `mode`; returns the module the training loop calls."""
     if mode not in MODES:
         raise ValueError(f"parallel.mode: unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -100,6 +146,8 @@ def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpoi
         raise ValueError(f"parallel.mode 'single' with WORLD_SIZE={info.world}: pick ddp, zero1 or fsdp")
     if activation_checkpointing:
         apply_activation_checkpointing(model)
+    if compile:
+        apply_compile(model)
     if mode == "single":
         return model
     if mode in ("ddp", "zero1"):
@@ -110,7 +158,7 @@ def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpoi
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if info.device.type == "cuda" else MixedPrecisionPolicy()
+        if resolve_precision(mixed_precision, info.device) == "bf16" else MixedPrecisionPolicy()
     blocks = list(model.model.layers) + ([model.mtp.block] if getattr(model, "mtp", None) is not None else [])
     for block in blocks:
         fully_shard(block, mp_policy=mp)
@@ -192,4 +240,4 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     return norm
 
 
-__all__ = ["DistInfo", "init_distributed", "parallelize", "build_optimizer", "clip_grad_norm", "MODES"]
+__all__ = ["DistInfo", "init_distributed", "parallelize", "apply_compile", "compile_stats", "resolve_precision", "build_optimizer", "clip_grad_norm", "MODES"]

@@ -152,10 +152,19 @@ def link_latest(export: Path) -> None:
     tmp.replace(link)
 
 
-def dry_run(cfg: TrainConfig, world: int, mfu: float, peak_flops: float) -> str:
+def dry_run(cfg: TrainConfig, world: int, mfu: float, peak_flops: float, device_memory: float | None = None) -> str:
+    """The FLOPs/GPU-hours plan, then the per-rank memory of each phase's micro-batch (kollm.train.memory)."""
     from kollm.train.flops import format_plan, make_plan
+    from kollm.train.memory import H100_MEMORY, format_memory, memory_plan
+    from kollm.train.schedules import phase_data
 
-    return format_plan(make_plan(cfg, model_config(cfg), world), mfu, peak_flops)
+    mc = model_config(cfg)
+    plan = make_plan(cfg, mc, world)
+    precision = cfg.parallel.mixed_precision or "bf16"  # a plan is for the GPU, where bf16 is the default
+    rows = [(ph.name, memory_plan(mc, cfg.parallel.mode, world, phase_data(ph).batch_size, p.seq_len, precision))
+            for ph, p in zip(cfg.phases, plan.phases)]
+    return (format_plan(plan, mfu, peak_flops) + "\n\n"
+            + format_memory(rows, device_memory or H100_MEMORY, cfg.parallel.activation_checkpointing))
 
 
 def main(argv: list[str]) -> int:
@@ -170,6 +179,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--mfu", type=float, default=0.4, help="dry run: model FLOPs utilisation (default 0.4)")
     p.add_argument("--world-size", type=int, default=None,
                    help="dry run: ranks the steps are planned for (default: WORLD_SIZE or 1)")
+    p.add_argument("--device-memory", type=float, default=80e9,
+                   help="dry run: memory per device in bytes (default: 80e9, an 80 GB H100)")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value (YAML), e.g. --set data.shards=runs/x/shards (repeatable)")
@@ -180,7 +191,7 @@ def main(argv: list[str]) -> int:
         import os
 
         world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-        print(dry_run(cfg, world, args.mfu, args.peak_flops))
+        print(dry_run(cfg, world, args.mfu, args.peak_flops, args.device_memory))
         return 0
 
     import torch.distributed as dist

@@ -202,7 +202,9 @@ class Trainer:
         on_meta = any(p.is_meta for p in model.parameters())
         if not on_meta:
             model.to(self.info.device)
-        self.model = parallel.parallelize(model, cfg.parallel.mode, self.info, cfg.parallel.activation_checkpointing)
+        self.precision = parallel.resolve_precision(cfg.parallel.mixed_precision, self.info.device)
+        self.model = parallel.parallelize(model, cfg.parallel.mode, self.info, cfg.parallel.activation_checkpointing,
+                                          self.precision, cfg.parallel.compile)
         if on_meta:  # built on the meta device: allocate and initialise after sharding
             parallel.materialize(self.model, self.info.device)
         self.optimizer = parallel.build_optimizer(self.model, cfg.parallel.mode, cfg.optimizer)
@@ -211,7 +213,7 @@ class Trainer:
         self.phase_idx = -1
         self.last_checkpoint: Path | None = None
         self.peak_flops = cfg.logging.peak_flops or default_peak_flops(self.info.device)
-        self.autocast = self.info.device.type == "cuda" and cfg.parallel.mode != "fsdp"  # FSDP2 casts itself
+        self.autocast = self.precision == "bf16" and cfg.parallel.mode != "fsdp"  # FSDP2 casts itself
         self.history: list[dict] = []
         self._sinks: list = []
 
@@ -492,6 +494,8 @@ class Trainer:
                "mfu": mfu(tok_s, self.model_config.flops_per_token(seq_len), self.peak_flops, self.info.world)
                if self.peak_flops else None,
                "peak_mem_mb": peak_memory_mb(self.info.device), "time": time.time()}
+        if self.cfg.parallel.compile:  # a recompile mid-run costs minutes on a big model: visible in the log
+            rec |= parallel.compile_stats()
         self.history.append(rec)
         if not self.info.is_main or self.step % self.cfg.logging.every:
             return

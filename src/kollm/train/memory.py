@@ -1,0 +1,154 @@
+"""Per-rank memory plan for `kollm pretrain CONFIG --dry-run`: will each phase fit on the device?
+
+Model states (N parameters, W ranks; ZeRO paper, Rajbhandari et al. 2020, §3: 16 bytes/parameter
+for mixed-precision AdamW), as kollm lays them out:
+- fp32 master weights 4N, fp32 gradients 4N, AdamW moments 8N (two fp32 tensors).
+- `single`/`ddp`: nothing sharded. `zero1`: the moments only (8N/W). `fsdp`: all three (/W).
+- DDP keeps its own gradient buckets (gradient_as_bucket_view is off): another 4N.
+- bf16 autocast (single/ddp/zero1) caches a bf16 copy of every matmul weight for the whole
+  forward+backward of a micro-batch (the trainer runs backward inside the autocast region): 2N'
+  with N' the parameters that enter a matmul (all but the input embedding).
+- FSDP2 with bf16 parameters all-gathers the root group (embedding, LM head, final norms) and
+  about two blocks at a time (the current one and the prefetched next), 2 bytes each, and reduces
+  one block's unsharded gradient in fp32 (2 + 4 bytes per block parameter).
+
+Activations saved for backward, per token of a micro-batch (bytes; a = compute dtype size, p =
+parameter dtype size; Korthikanti et al. 2022's per-tensor accounting, with a fused attention
+kernel that keeps no T×T matrix, as FlexAttention and SDPA flash/cuDNN do on CUDA):
+- each RMSNorm feeding matmuls: its fp32 input copy 4d, the normalised output p·d and the matmuls'
+  a·d input — one copy per matmul under autocast (3 for q/k/v, 2 for gate/up), one shared copy
+  when parameters are already in the compute dtype — plus a 4-byte rstd; a sandwich post-norm
+  keeps (4 + a)·d + 4;
+- attention: q, k, v after RoPE and the output (a·(2·q + 2·kv), q = heads·head_dim, kv =
+  kv_heads·head_dim), and the fp32 log-sum-exp per head (4·heads);
+- SwiGLU MLP: gate, up, silu(gate) and their product, a·4·f;
+- the loss: fp32 log-softmax kept for backward, 4·V per head (next token, and MTP), plus the
+  transient a·V logits and their 4·V fp32 copy of the head being computed.
+With activation checkpointing each block keeps only its input (p bytes·d when the residual is in
+the parameter dtype) and one block's activations exist again during its recomputation.
+The test (tests/train/test_memory.py) compares the block formula with the bytes autograd really
+saves on CPU; docs/memory-plan.md works the numbers for trillion-7b and dna-8b-cpt by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kollm.model.config import ModelConfig
+
+GB = 1e9
+H100_MEMORY = 80 * GB  # H100 SXM/PCIe 80 GB
+# allocator fragmentation, CUDA context, NCCL buffers, kernels' workspaces: not counted above
+RESERVE_FRACTION = 0.1
+
+
+def block_activation_bytes(cfg: ModelConfig, a: int = 2, p: int = 4) -> int:
+    """Bytes one block saves for backward, per token (a: compute dtype bytes, p: parameter dtype bytes)."""
+    d, f = cfg.dim, cfg.ffn_dim
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    # autocast casts a matmul's input once per matmul (q, k, v: three copies; gate, up: two); with
+    # parameters already in the compute dtype the norm's output is the one saved tensor
+    casts = (3, 2) if a != p else (1, 1)
+    norms = sum((4 + p + c * a) * d + 4 for c in casts)
+    if cfg.norm_placement == "sandwich":
+        norms += 2 * ((4 + a) * d + 4)
+    attn = a * (2 * q + 2 * kv) + 4 * cfg.n_heads
+    mlp = 4 * a * f
+    return norms + attn + mlp
+
+
+def head_activation_bytes(cfg: ModelConfig, a: int = 2, p: int = 4) -> int:
+    """Per token: the heads' fp32 log-softmax kept for backward plus one head's transient logits."""
+    heads = 2 if cfg.mtp else 1
+    v = cfg.vocab_size
+    return 4 * v * heads + (a * v if a != 4 else 0) + 4 * v + (4 + p + a) * cfg.dim + 4  # + final norm
+
+
+@dataclass
+class MemoryPlan:
+    """Bytes per rank; `activations` without and `activations_ckpt` with activation checkpointing."""
+
+    mode: str
+    world: int
+    mixed_precision: str
+    params: float
+    grads: float
+    optimizer: float
+    buffers: float  # DDP buckets, autocast weight copies, FSDP all-gathered params and gradients
+    activations: float
+    activations_ckpt: float
+    tokens: int  # micro-batch tokens (batch_size × seq_len)
+    logits: float = 0.0  # the loss's share of the activations (log-softmax and logits)
+
+    @property
+    def states(self) -> float:
+        return self.params + self.grads + self.optimizer + self.buffers
+
+    def total(self, checkpointing: bool) -> float:
+        return self.states + (self.activations_ckpt if checkpointing else self.activations)
+
+
+def memory_plan(cfg: ModelConfig, mode: str, world: int, micro_batch: int, seq_len: int,
+                mixed_precision: str = "bf16") -> MemoryPlan:
+    """Per-rank memory of one training micro-batch of `micro_batch` × `seq_len` tokens."""
+    if mode not in ("single", "ddp", "zero1", "fsdp"):
+        raise ValueError(f"parallel.mode: unknown mode {mode!r}")
+    if mixed_precision not in ("bf16", "fp32"):
+        raise ValueError(f"parallel.mixed_precision: bf16 | fp32, got {mixed_precision!r}")
+    w = world if mode != "single" else 1
+    n = cfg.num_params()
+    embed = cfg.vocab_size * cfg.dim
+    matmul = n - embed  # the input embedding is a lookup
+    bf16 = mixed_precision == "bf16"
+    a = 2 if bf16 else 4
+    p = 2 if bf16 and mode == "fsdp" else 4  # FSDP2 computes in bf16 parameters; autocast keeps fp32 ones
+    params, grads = 4 * n / (w if mode == "fsdp" else 1), 4 * n / (w if mode == "fsdp" else 1)
+    optimizer = 8 * n / (w if mode in ("zero1", "fsdp") else 1)
+    buffers = 0.0
+    if mode in ("ddp", "zero1"):
+        buffers += 4 * n
+    if bf16 and mode != "fsdp":
+        buffers += 2 * matmul
+    if mode == "fsdp":
+        root = n - (cfg.n_layers + (1 if cfg.mtp else 0)) * cfg.block_params()
+        buffers += p * root + 2 * p * cfg.block_params() + (p + 4) * cfg.block_params()
+    layers = cfg.n_layers + (1 if cfg.mtp else 0)
+    t = micro_batch * seq_len
+    block = block_activation_bytes(cfg, a, p)
+    head = head_activation_bytes(cfg, a, p)
+    residual = p * cfg.dim  # a block's input, kept under checkpointing
+    acts = t * (layers * block + head)
+    acts_ckpt = t * (layers * residual + block + head)
+    return MemoryPlan(mode, w, mixed_precision, params, grads, optimizer, buffers, float(acts), float(acts_ckpt), t,
+                      float(t * head))
+
+
+def format_memory(rows: list[tuple[str, MemoryPlan]], device_memory: float, checkpointing: bool) -> str:
+    """One line per phase; a warning line for each phase that will not fit."""
+    usable = device_memory * (1 - RESERVE_FRACTION)
+    m0 = rows[0][1]
+    lines = [f"memory per rank ({m0.mode}, {m0.world} rank{'s' if m0.world > 1 else ''}, {m0.mixed_precision}; "
+             f"device {device_memory / GB:.0f} GB, {usable / GB:.0f} GB usable after a "
+             f"{RESERVE_FRACTION:.0%} reserve; GB = 1e9 bytes)",
+             f"{'phase':<16}{'tokens/micro':>13}{'params':>9}{'grads':>9}{'optim':>9}{'buffers':>9}"
+             f"{'acts':>9}{'acts ckpt':>11}{'total':>9}{'ckpt':>7}"]
+    warnings = []
+    for name, m in rows:
+        total = m.total(checkpointing)
+        lines.append(f"{name:<16}{m.tokens:>13,}{m.params / GB:>9.1f}{m.grads / GB:>9.1f}{m.optimizer / GB:>9.1f}"
+                     f"{m.buffers / GB:>9.1f}{m.activations / GB:>9.1f}{m.activations_ckpt / GB:>11.1f}"
+                     f"{total / GB:>9.1f}{'on' if checkpointing else 'off':>7}")
+        if total > usable:
+            other = m.total(not checkpointing)
+            acts = m.activations_ckpt if checkpointing else m.activations
+            parts = sorted([("states (params, grads, optimizer, buffers)", m.states),
+                            ("activations", acts - m.logits), ("the loss's logits", m.logits)], key=lambda x: -x[1])
+            hint = (f"; with activation checkpointing {other / GB:.1f} GB" if not checkpointing and other <= usable
+                    else "; largest: " + ", ".join(f"{k} {v / GB:.1f} GB" for k, v in parts[:2]))
+            warnings.append(f"WARNING: phase {name}: {total / GB:.1f} GB per rank does not fit in "
+                            f"{usable / GB:.0f} GB{hint}")
+    return "\n".join(lines + warnings)
+
+
+__all__ = ["memory_plan", "format_memory", "MemoryPlan", "block_activation_bytes", "head_activation_bytes",
+           "H100_MEMORY", "GB"]

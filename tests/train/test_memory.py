@@ -1,0 +1,102 @@
+"""The dry run's per-rank memory plan (kollm.train.memory): hand-computed bytes for the tiny preset
+in each parallel mode, the block formula against the bytes autograd really saves on CPU, and the
+warnings for the full-size recipes (numbers worked by hand in docs/memory-plan.md)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kollm.model.config import get_preset
+from kollm.model.transformer import build_model
+from kollm.train.memory import block_activation_bytes, head_activation_bytes, memory_plan
+from kollm.train.pretrain import main
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+TINY = get_preset("tiny")  # V 512, d 64, 2 layers, 4 heads of 16, 2 KV heads, f 176, untied
+N = 158_016  # 2·512·64 embeddings + 2 · 46,208 per block + 64 final norm
+BLOCK = 46_208  # attention 64·16·(4+2+2) + 4·16·64 = 12,288; MLP 3·64·176 = 33,792; norms 128
+
+
+def test_tiny_parameter_count():
+    assert TINY.num_params() == N and TINY.block_params() == BLOCK
+
+
+def test_block_and_head_bytes_by_hand():
+    # bf16 autocast over fp32 weights (a 2, p 4): norms (4+4+3·2)·64+4 = 900 and (4+4+2·2)·64+4 = 772,
+    # attention 2·(2·64 + 2·32) + 4·4 = 400, MLP 2·4·176 = 1,408
+    assert block_activation_bytes(TINY, a=2, p=4) == 900 + 772 + 400 + 1408 == 3480
+    # bf16 parameters (FSDP2): one shared norm output, (4+2+2)·64+4 = 516 per norm
+    assert block_activation_bytes(TINY, a=2, p=2) == 2 * 516 + 400 + 1408
+    # fp32: (4+4+4)·64+4 = 772 per norm, attention 4·192+16 = 784, MLP 16·176 = 2,816
+    assert block_activation_bytes(TINY, a=4, p=4) == 2 * 772 + 784 + 2816
+    # fp32 log-softmax 4·512, transient bf16 logits 2·512 and fp32 copy 4·512, final norm 10·64+4
+    assert head_activation_bytes(TINY, a=2, p=4) == 2048 + 1024 + 2048 + 644
+
+
+def test_zero1_plan_by_hand():
+    m = memory_plan(TINY, "zero1", world=4, micro_batch=2, seq_len=128, mixed_precision="bf16")
+    assert (m.params, m.grads, m.optimizer) == (4 * N, 4 * N, 8 * N / 4)
+    # DDP's gradient buckets 4N + autocast's bf16 weight copies 2·(N − 512·64)
+    assert m.buffers == 4 * N + 2 * (N - 512 * 64)
+    t = 256
+    assert m.activations == t * (2 * 3480 + 5764)
+    assert m.activations_ckpt == t * (2 * 4 * 64 + 3480 + 5764)  # block inputs + one block recomputed + head
+    assert m.total(False) == 4 * N + 4 * N + 2 * N + 4 * N + 2 * (N - 32768) + t * (2 * 3480 + 5764)
+
+
+def test_modes_shard_what_they_say():
+    plans = {mode: memory_plan(TINY, mode, 4, 1, 64, "bf16") for mode in ("single", "ddp", "zero1", "fsdp")}
+    assert plans["single"].world == 1 and plans["single"].optimizer == 8 * N
+    assert plans["ddp"].optimizer == 8 * N and plans["ddp"].buffers == plans["single"].buffers + 4 * N
+    fsdp = plans["fsdp"]
+    assert (fsdp.params, fsdp.grads, fsdp.optimizer) == (N, N, 2 * N)
+    root = N - 2 * BLOCK
+    # root group gathered in bf16, two blocks in flight, one block's bf16 + fp32 gradient
+    assert fsdp.buffers == 2 * root + 4 * BLOCK + 6 * BLOCK
+    with pytest.raises(ValueError, match="parallel.mode"):
+        memory_plan(TINY, "tp", 4, 1, 64)
+
+
+def _saved_bytes_per_token(cfg, bf16: bool) -> float:
+    """Bytes one block saves for backward on CPU, per token: autograd's saved tensors, each storage
+    once, less the parameters, autocast's weight copies (counted as a buffer, not an activation) and
+    the RoPE tables (shared by all layers)."""
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    B, T = 2, 48  # B·T = 96 rows: no activation shares a weight's shape
+    x = torch.randn(B, T, cfg.dim, requires_grad=True)
+    cos, sin = model.rope(torch.arange(T).expand(B, T), x.dtype)
+    skip = {t.untyped_storage().data_ptr() for t in (*model.parameters(), cos, sin)}
+    weight_shapes = {s for p in model.parameters() if p.ndim == 2 for s in (tuple(p.shape), tuple(p.shape)[::-1])}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in skip and not (t.dtype == torch.bfloat16 and tuple(t.shape) in weight_shapes):
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autocast("cpu", torch.bfloat16, enabled=bf16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.model.layers[0](x, cos, sin, None)
+    return sum(seen.values()) / (B * T)
+
+
+@pytest.mark.parametrize("cfg,bf16", [(TINY, True), (TINY, False), (get_preset("tiny-sandwich-mtp"), True)],
+                         ids=["pre-bf16", "pre-fp32", "sandwich-bf16"])
+def test_block_formula_matches_autograd(cfg, bf16):
+    a = 2 if bf16 else 4
+    assert _saved_bytes_per_token(cfg, bf16) == block_activation_bytes(cfg, a=a, p=4)
+
+
+def test_dry_run_warns_for_the_full_size_recipes(capsys):
+    assert main([str(RECIPES / "trillion-7b.yaml"), "--dry-run", "--world-size", "256"]) == 0
+    out = capsys.readouterr().out
+    assert "memory per rank (zero1, 256 ranks, bf16" in out
+    assert "WARNING: phase long_context" in out and "WARNING: phase stable" in out
+    assert main([str(RECIPES / "dna-8b-cpt.yaml"), "--dry-run", "--world-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "memory per rank (fsdp, 8 ranks" in out and "WARNING" not in out
+    # a 24 GB device does not hold DNA's 8K micro-batch even with checkpointing and FSDP over 8 ranks
+    assert main([str(RECIPES / "dna-8b-cpt.yaml"), "--dry-run", "--world-size", "8", "--device-memory", "24e9"]) == 0
+    assert "WARNING: phase cpt" in capsys.readouterr().out
