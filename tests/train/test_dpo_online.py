@@ -100,3 +100,25 @@ def test_round_with_judge_server(setup):
     scores = rows(run / "round-0" / "scores.jsonl")
     assert [s["score"] for s in scores] == [len(s["response"]) % 10 + 1 for s in scores]
     assert (run / "round-0" / "done.json").is_file()
+
+
+def test_round_judged_by_kollm_serve(setup):
+    """The same round with the judge behind a real `kollm serve` (serving the tiny model itself): every
+    response goes through the server's chat endpoint; a tiny model's verdicts carry no [[score]], so
+    each is counted unscored and the round stops with a message saying so, instead of training on
+    nothing."""
+    from kollm.serve.testing import running_server
+
+    root, cfg = setup
+    run = root / "served"
+    model = yaml.safe_load(cfg.read_text())["model"]["init_from"]
+    with running_server(model) as server:
+        rc = kollm_main(["dpo", "--online", str(cfg), "--set", f"output_dir={run}", "--set", "dpo.online.reward=null",
+                         "--set", f"dpo.online.judge={{endpoint: '{server.base_url}', model: '{server.model}'}}"])
+        served = server.health()
+    scores = rows(run / "round-0" / "scores.jsonl")
+    assert len(scores) == 8 * 3  # every sample was sent to the server and came back
+    if all(s["score"] is None for s in scores):
+        assert rc != 0  # no pair can be built: a clear failure, not an empty training run
+    else:
+        assert rc == 0

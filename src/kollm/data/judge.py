@@ -162,7 +162,10 @@ class JudgeClient:
         self.url = cfg.endpoint.rstrip("/") + ("" if cfg.endpoint.rstrip("/").endswith("/chat/completions")
                                                else "/chat/completions")
 
-    def complete(self, messages: list[dict]) -> str:
+    def complete(self, messages: list[dict], attempt: int = 0) -> str:
+        """One chat completion, retried on transport errors and 5xx. `attempt` is the caller's count
+        of asks for the same judgment (eval.judge.judge_turn re-asks unparsable ones); it matters to
+        caching wrappers, not to the request."""
         c = self.cfg
         body = json.dumps({"model": c.model, "messages": messages, "temperature": c.temperature,
                            "max_tokens": c.max_tokens}).encode()
