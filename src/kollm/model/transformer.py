@@ -43,10 +43,11 @@ class RMSNorm(nn.Module):
 class KVCache:
     """Keys/values for incremental decoding; `pos` tokens are filled, at most `max_len`. Memory
     grows with the tokens (capacity doubles when full, amortised O(1) per token), so a request
-    for many tokens that stops early never holds memory for all of them."""
+    for many tokens that stops early never holds memory for all of them. `reserve`: columns to
+    allocate up front, for a caller that manages capacity itself (the server's batches)."""
 
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
-        shape = (batch, cfg.n_kv_heads, 0, cfg.head_dim)
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype, reserve: int = 0):
+        shape = (batch, cfg.n_kv_heads, min(reserve, max_len), cfg.head_dim)
         n = cfg.n_layers
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)]

@@ -234,7 +234,7 @@ class Engine:
             ids[i, L - len(s.prompt):] = torch.tensor(s.prompt, dtype=torch.long)
             valid[i, L - len(s.prompt):] = True
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
-        cache = KVCache(self.cfg, B, L, self.device, self.dtype)
+        cache = KVCache(self.cfg, B, L, self.device, self.dtype, reserve=L)
         # Chunked prefill: C query columns at a time against the cache, so the mask and attention
         # scores are B x C x L, never B x L x L (a long prompt cannot exhaust memory). One chunk
         # when the prompts are short: then it is generate's prefill exactly.
@@ -282,7 +282,7 @@ class Engine:
         # row r's keys will end at column width - len_r + (prompt + max_tokens - 1)
         need = int((width - rows + torch.tensor([s.bound - 1 for s in seqs], device=dev)).max())
         cap = max(width + 1, min(width + self.grow, need))
-        cache = KVCache(self.cfg, len(seqs), cap, dev, self.dtype)
+        cache = KVCache(self.cfg, len(seqs), cap, dev, self.dtype, reserve=cap)  # filled in place below
         valid = torch.zeros(len(seqs), cap, dtype=torch.bool, device=dev)
         r = 0
         for (b, idx), n in zip(parts, lens):
