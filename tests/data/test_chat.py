@@ -113,6 +113,6 @@ def test_bad_rows_are_counted_with_file_and_line_and_the_rest_kept(tmp_path):
     errors = RowErrors()
     got = list(read_conversations(f, errors))
     assert [line for _, line, _, _ in got] == [1, 5]
-    assert errors.counts == {"bad_json": 2, "no_assistant_turn": 1}
+    assert errors.counts == {"bad_json": 1, "nested_too_deep": 1, "no_assistant_turn": 1}
     assert errors.where["no_assistant_turn"] == [f"{f}:3"]
     assert "3 bad rows skipped" in errors.summary()

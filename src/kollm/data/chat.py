@@ -16,14 +16,9 @@ Row formats (TRL's and OpenAI's, the ones datasets ship in):
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 # Llama 3's template (BOS once, a header per message, trimmed content, <|eot_id|>), with the
 # assistant's content and its end-of-turn token inside {% generation %}: the tokens SFT trains.
@@ -165,39 +160,12 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 # -- files -------------------------------------------------------------------------------------
 def iter_rows(path: str | Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    """(line, row, None) for rows that parse and (line, None, reason) for those that do not;
-    1-based lines (Parquet: row numbers; 0 = the whole file)."""
-    path = str(path)
-    if path.endswith(PARQUET_SUFFIXES):
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowException, OSError) as e:
-            yield 0, None, f"unreadable_parquet: {e}"
-            return
-        line = 0
-        for batch in pf.iter_batches(batch_size=1024):
-            for row in batch.to_pylist():
-                line += 1
-                yield line, row, None
-        return
-    opener = gzip.open if path.endswith(".gz") else open
-    line = 0
-    try:
-        with opener(path, "rb") as f:
-            for line, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    yield line, None, "invalid_utf8"
-                    continue
-                except (json.JSONDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
-                    yield line, None, "bad_json"
-                    continue
-                yield line, row, None
-    except (OSError, EOFError) as e:
-        yield line + 1, None, f"unreadable_file: {e}"
+    """(line, row, None) for rows that parse and (line, None, reason) for those that do not (bad
+    JSON, invalid UTF-8, absurd nesting, an unreadable file); 1-based lines (Parquet: row numbers;
+    0 = the whole file). The documents' reader, without its `text` requirement."""
+    from kollm.data.documents import iter_rows as iter_document_rows
+
+    return iter_document_rows(str(path), check=lambda row: (row, None), column=None)
 
 
 def data_files(spec: str | Path) -> list[Path]:

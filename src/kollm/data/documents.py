@@ -70,23 +70,25 @@ def _check_row(row: object) -> tuple[dict | None, str | None]:
     return row, None
 
 
-def iter_rows(path: str) -> Iterator[tuple[int, dict | None, str | None]]:
+def iter_rows(path: str, check=_check_row, column: str | None = "text") -> Iterator[tuple[int, dict | None, str | None]]:
     """Yield (line, row, None) for good rows and (line, None, reason) for malformed ones.
-    Lines are 1-based; for Parquet they are row numbers, 0 means the whole file."""
+    Lines are 1-based; for Parquet they are row numbers, 0 means the whole file. `check` (row →
+    (row, None) or (None, reason)) and the Parquet `column` every row needs are a document's by
+    default; other readers (chat rows) pass their own."""
     if path.endswith(PARQUET_SUFFIXES):
         try:
             pf = pq.ParquetFile(path)
         except (pa.ArrowException, OSError) as e:
             yield 0, None, f"unreadable_parquet: {e}"
             return
-        if "text" not in pf.schema_arrow.names:
-            yield 0, None, f"no_text_column (columns: {pf.schema_arrow.names})"
+        if column is not None and column not in pf.schema_arrow.names:
+            yield 0, None, f"no_{column}_column (columns: {pf.schema_arrow.names})"
             return
         line = 0
         for batch in pf.iter_batches(batch_size=4096):
             for row in batch.to_pylist():
                 line += 1
-                good, reason = _check_row(row)
+                good, reason = check(row)
                 yield line, good, reason
         return
     opener = gzip.open if path.endswith(".gz") else open
@@ -107,7 +109,7 @@ def iter_rows(path: str) -> Iterator[tuple[int, dict | None, str | None]]:
                 except json.JSONDecodeError:
                     yield line, None, "bad_json"
                     continue
-                good, reason = _check_row(row)
+                good, reason = check(row)
                 yield line, good, reason
     except (OSError, EOFError) as e:  # a truncated or corrupt .gz: keep what was read, report the rest
         yield line + 1, None, f"unreadable_file: {e}"

@@ -421,10 +421,10 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
     import torch.distributed as dist
 
     from kollm.data.chat import load_tokenizer, stop_token_ids
-    from kollm.train.export import export_checkpoint
+    from kollm.train.export import export_final
     from kollm.train.objectives.distill import DistillObjective
     from kollm.train.parallel import init_distributed
-    from kollm.train.pretrain import build_run_model, link_latest, model_config
+    from kollm.train.pretrain import build_run_model, model_config
     from kollm.train.schedules import phase_data
     from kollm.train.trainer import Trainer, TrainingDiverged
 
@@ -490,14 +490,7 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
         except TrainingDiverged as e:
             print(f"kollm distill: {e}", file=sys.stderr)
             return 3
-        if cfg.checkpoint.export_hf and info.is_main:
-            from kollm.model.hf import DTYPES
-
-            out = trainer.run_dir / "hf" / trainer.last_checkpoint.name
-            if not out.exists():
-                export_checkpoint(trainer.last_checkpoint, out, dtype=DTYPES[cfg.checkpoint.export_dtype],
-                                  tokenizer=tok_path)
-            link_latest(out)
+        if (out := export_final(trainer, cfg, tokenizer=tok_path)) is not None:
             print(f"kollm distill: Hugging Face export in {out}", file=sys.stderr)
         if info.distributed:
             dist.barrier()

@@ -227,20 +227,6 @@ def load_preference_data(path: str, tokenizer, dpo: DPOSection, info, seed: int,
                           shuffle=shuffle)
 
 
-def export_final(trainer, cfg: TrainConfig) -> Path | None:
-    from kollm.model.hf import DTYPES
-    from kollm.train.export import export_checkpoint
-    from kollm.train.pretrain import link_latest
-
-    if not (cfg.checkpoint.export_hf and trainer.info.is_main):
-        return None
-    out = trainer.run_dir / "hf" / trainer.last_checkpoint.name
-    if not out.exists():
-        export_checkpoint(trainer.last_checkpoint, out, dtype=DTYPES[cfg.checkpoint.export_dtype])
-    link_latest(out)
-    return out
-
-
 def train_dpo(raw: dict, dpo: DPOSection, data_train: str, data_val: str | None, info, resume: bool,
               run_dir: str | Path | None = None, init_from: str | None = None, reference_key: str | None = None,
               where: str = "config"):
@@ -249,6 +235,7 @@ def train_dpo(raw: dict, dpo: DPOSection, data_train: str, data_val: str | None,
     reference weights when they are not the initial policy's (online rounds > 0 pass the
     round-0 key and precomputed reference log-probs beside their pairs)."""
     from kollm.data.chat import load_tokenizer
+    from kollm.train.export import export_final
     from kollm.train.pretrain import build_run_model
     from kollm.train.trainer import Trainer
 

@@ -46,6 +46,21 @@ def load_checkpoint_model(path: str | Path) -> tuple[CausalLM, dict]:
     return model.eval(), state
 
 
+def export_final(trainer, cfg, tokenizer=None) -> Path | None:
+    """End of a training run (rank 0, when `checkpoint.export_hf`): the last checkpoint as
+    `OUTPUT_DIR/hf/step-N` with `OUTPUT_DIR/hf/latest` pointing at it; a resumed, already finished
+    run exported it before and only relinks. Returns the export, None on other ranks."""
+    from kollm.train.pretrain import link_latest
+
+    if not (cfg.checkpoint.export_hf and trainer.info.is_main):
+        return None
+    out = trainer.run_dir / "hf" / trainer.last_checkpoint.name
+    if not out.exists():
+        export_checkpoint(trainer.last_checkpoint, out, dtype=DTYPES[cfg.checkpoint.export_dtype], tokenizer=tokenizer)
+    link_latest(out)
+    return out
+
+
 def export_checkpoint(path: str | Path, out: str | Path, dtype: torch.dtype | None = None, tokenizer=None,
                       max_shard_size: str = "5GB") -> Path:
     model, state = load_checkpoint_model(path)

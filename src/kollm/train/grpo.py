@@ -424,10 +424,10 @@ def main(argv: list[str]) -> int:
 
     import torch.distributed as dist
 
-    from kollm.train.export import export_checkpoint
+    from kollm.train.export import export_final
     from kollm.train.objectives.grpo import GRPOObjective
     from kollm.train.parallel import init_distributed
-    from kollm.train.pretrain import build_run_model, link_latest
+    from kollm.train.pretrain import build_run_model
     from kollm.train.trainer import Trainer, TrainingDiverged
 
     cfg = load_grpo_config(args.config, args.set, world=int(os.environ.get("WORLD_SIZE", "1")))
@@ -452,14 +452,7 @@ def main(argv: list[str]) -> int:
         except TrainingDiverged as e:
             print(f"kollm grpo: {e}", file=sys.stderr)
             return 3
-        if tc.checkpoint.export_hf and info.is_main:
-            from kollm.model.hf import DTYPES
-
-            out = trainer.run_dir / "hf" / trainer.last_checkpoint.name
-            if not out.exists():
-                export_checkpoint(trainer.last_checkpoint, out, dtype=DTYPES[tc.checkpoint.export_dtype],
-                                  tokenizer=tc.model.tokenizer or tc.model.init_from)
-            link_latest(out)
+        if (out := export_final(trainer, tc, tokenizer=tc.model.tokenizer or tc.model.init_from)) is not None:
             print(f"kollm grpo: Hugging Face export in {out}", file=sys.stderr)
         if info.distributed:
             dist.barrier()

@@ -197,7 +197,7 @@ def main(argv: list[str]) -> int:
     import torch.distributed as dist
 
     from kollm.data.loader import PretrainLoader
-    from kollm.train.export import export_checkpoint
+    from kollm.train.export import export_final
     from kollm.train.parallel import init_distributed
     from kollm.train.schedules import phase_data
     from kollm.train.trainer import LMObjective, Trainer, TrainingDiverged
@@ -232,13 +232,7 @@ def main(argv: list[str]) -> int:
         except TrainingDiverged as e:
             print(f"kollm pretrain: {e}", file=sys.stderr)
             return 3
-        if cfg.checkpoint.export_hf and info.is_main:
-            from kollm.model.hf import DTYPES
-
-            out = trainer.run_dir / "hf" / trainer.last_checkpoint.name
-            if not out.exists():  # a resumed, already finished run exported it before
-                export_checkpoint(trainer.last_checkpoint, out, dtype=DTYPES[cfg.checkpoint.export_dtype])
-            link_latest(out)
+        if (out := export_final(trainer, cfg)) is not None:
             print(f"kollm pretrain: Hugging Face export in {out}", file=sys.stderr)
         if info.distributed:
             dist.barrier()
