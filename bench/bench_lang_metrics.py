@@ -10,31 +10,24 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import RandomTokens  # noqa: E402
 
-class TwoLanguages:
-    """Random tokens in documents of 64 tokens, alternating between two language ids."""
 
-    def __init__(self, vocab: int, seq: int):
-        self.gen, self.vocab, self.seq = torch.Generator().manual_seed(0), vocab, seq
+class TwoLanguages(RandomTokens):
+    """bench_train's random-token source, in documents of 64 tokens alternating two language ids."""
 
     def next_batch(self, batch_size: int | None = None) -> dict[str, torch.Tensor]:
-        ids = torch.randint(0, self.vocab, (batch_size, self.seq), generator=self.gen)
+        batch = super().next_batch(batch_size)
         docs = (torch.arange(self.seq) // 64).expand(batch_size, -1).contiguous()
-        return {"input_ids": ids, "labels": ids.clone(), "doc_ids": docs, "lang_ids": docs % 2}
-
-    def set_phase(self, phase) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+        return batch | {"doc_ids": docs, "lang_ids": docs % 2}
 
 
 def main() -> None:
