@@ -34,7 +34,9 @@ def _curate(argv: list[str]) -> int:
     ap.add_argument("--executor", choices=["local", "slurm", "ray"])
     ap.add_argument("--ray-address", help="ray: address of a running cluster (`ray start --head` prints it)")
     ap.add_argument("--dry-run", action="store_true",
-                    help="slurm: write the sbatch scripts and submit.sh to OUTPUT/slurm/ instead of submitting")
+                    help="print the input bytes and exit; slurm: write the sbatch scripts and submit.sh to "
+                         "OUTPUT/slurm/ instead of submitting")
+    ap.add_argument("--plan-json", action="store_true", help="dry run: print the plan as one JSON object")
     ap.add_argument("--keep", help="keep preset: pretrain (en 80%%, others 50%%), anneal (20%%/10%%), all")
     ap.add_argument("--verbose", action="store_true", help="datatrove's per-stage logs on the console too "
                     "(always in OUTPUT/logs/)")
@@ -49,6 +51,13 @@ def _curate(argv: list[str]) -> int:
             quality = (yaml.safe_load(Path(args.config).read_text()) or {}).get("quality") or {}
         overrides["quality"] = {**quality, "keep": args.keep}
     cfg = load_config(args.config, overrides)
+    if args.dry_run:
+        from kollm.plan import emit
+
+        plan = input_plan("data curate", cfg.inputs or [], f"{cfg.workers} worker(s), executor {cfg.executor}")
+        if cfg.executor != "slurm" or args.plan_json:
+            return emit(plan, args)
+        print(plan["text"])
     report = run_curation(cfg, dry_run=args.dry_run, verbose=args.verbose)
     if args.dry_run:
         print(f"sbatch scripts in {Path(cfg.output) / 'slurm'}; submit them with: bash {Path(cfg.output) / 'slurm' / 'submit.sh'}")
@@ -57,6 +66,17 @@ def _curate(argv: list[str]) -> int:
     else:
         print((Path(cfg.output) / "report.md").read_text(encoding="utf-8"))
     return 0
+
+
+def input_plan(stage: str, inputs: list[str], note: str = "") -> dict:
+    """The kollm.plan dict of a stage that streams its inputs once (curation, tokenization): their bytes."""
+    from kollm.plan import make, path_bytes
+
+    sizes = {str(i): path_bytes(i) for i in inputs}
+    notes = [f"{i}: " + ("not there yet" if b is None else f"{b:,} bytes") for i, b in sizes.items()]
+    missing = [i for i, b in sizes.items() if b is None]
+    return make(stage, argparse.Namespace(), notes=notes + ([note] if note else []),
+                bytes_read=sum(b or 0 for b in sizes.values()), inputs_missing=missing)
 
 
 def _report(argv: list[str]) -> int:

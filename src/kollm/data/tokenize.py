@@ -216,7 +216,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--eos", default="<|end_of_text|>", help="token appended to every document ('' for none)")
     p.add_argument("--bos", default="auto", help="token every document starts with; auto (default): what the "
                    "tokenizer puts before a text, as the exported model's AutoTokenizer does ('' for none)")
+    p.add_argument("--dry-run", action="store_true", help="print the input bytes and exit")
+    p.add_argument("--plan-json", action="store_true", help="dry run: print the plan as one JSON object")
     args = p.parse_args(argv)
+    if args.dry_run:
+        from kollm.data.cli import input_plan
+        from kollm.plan import emit
+
+        return emit(input_plan("data tokenize", args.inputs, "shards: 4 bytes (uint32) per token"), args)
     summary = tokenize(args.inputs, args.tokenizer, args.out, args.workers, args.batch_size, args.eos, args.bos)
     for lang in sorted(summary["tokens"]):
         print(f"{lang}: {summary['docs'][lang]} docs, {summary['tokens'][lang]} tokens")

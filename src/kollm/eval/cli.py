@@ -57,6 +57,99 @@ def niah_defaults(model_dir: str) -> dict:
     return out
 
 
+# Dry run without a task's data: tokens per example (question + answer) and per generated answer,
+# stated assumptions (the dry run counts real tokens when --data-dir holds the task).
+EXAMPLE_TOKENS, GENERATED_TOKENS = 256, 256
+
+
+def _measure(task, shots: int | None, data_dir: str | None, limit: int | None, seed: int, count) -> dict | None:
+    """Items, requests and tokens of one task as the harness would build them; None without its data."""
+    import random
+
+    try:
+        items = task.load(Path(data_dir) if data_dir else None)
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        return None
+    if not items:
+        return None
+    items = items[:limit] if limit else items
+    k = shots if shots is not None else task.num_fewshot
+    try:
+        pool = task.few_shot_items(Path(data_dir) if data_dir else None) if k > 0 else []
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        pool = []
+    rng, out = random.Random(seed), {"items": len(items), "requests": 0, "tokens": 0, "generated": 0}
+    for item in items:
+        try:
+            reqs = task.requests(item, task.select_fewshot(item, pool, k, rng) if pool else [])
+        except (KeyError, ValueError, TypeError, IndexError):
+            continue
+        for q in reqs:
+            out["requests"] += 1
+            out["tokens"] += sum(count(a) for a in q.args)
+            out["generated"] += q.max_new_tokens if q.kind == "generate" else 0
+    return out
+
+
+def dry_run(specs: list[tuple[str, int | None]], args) -> dict:
+    """The kollm.plan dict of an evaluation: per task its items, requests and (approximate) tokens,
+    and the forward FLOPs on the model (the checkpoint's config.json, else --preset): prompt and
+    continuation tokens at the MFU, generated tokens at the sampling MFU. Judged tasks' judge calls
+    are external and counted as requests only."""
+    from kollm.eval.suites import SIZES
+    from kollm.model.config import get_preset
+    from kollm.plan import human, make, part
+
+    model_dir = Path(args.model) if args.model and not args.model.startswith("http") else None
+    mc = None
+    if model_dir is not None and (model_dir / "config.json").is_file():
+        from kollm.model.hf import config_from_hf, read_config
+
+        mc = config_from_hf(read_config(model_dir))
+    elif args.preset:
+        mc = get_preset(args.preset)
+    count, tok_note = (lambda s: max(1, len(s) // 4)), "tokens ≈ characters / 4"
+    if model_dir is not None and (model_dir / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tk = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        count, tok_note = (lambda s: len(tk.encode(s, add_special_tokens=False).ids)), "tokens counted"
+    rows, notes, parts = [], [], []
+    prompt_tokens = gen_tokens = requests = 0
+    for name, shots in specs:
+        task = get_task(name)
+        k = shots if shots is not None else task.num_fewshot
+        m = _measure(task, shots, args.data_dir, args.limit, args.seed, count)
+        if m is None and name in SIZES:
+            n, choices, turns = SIZES[name]
+            n = min(n, args.limit) if args.limit else n
+            reqs = n * (choices or turns)
+            m = {"items": n, "requests": reqs, "tokens": reqs * (k + 1) * EXAMPLE_TOKENS,
+                 "generated": 0 if choices else reqs * GENERATED_TOKENS, "source": "published size"}
+        elif m is not None:
+            m["source"] = tok_note
+        if m is None:
+            rows.append(f"{name:<22}{'?':>9}  no data in {args.data_dir} and no published size here: not counted")
+            continue
+        prompt_tokens, gen_tokens, requests = prompt_tokens + m["tokens"], gen_tokens + m["generated"], \
+            requests + m["requests"]
+        rows.append(f"{name:<22}{m['items']:>9,}{m['requests']:>11,}{human(m['tokens']):>10}"
+                    f"{human(m['generated']):>11}  {k}-shot, {m['source']}")
+    head = f"{'task':<22}{'items':>9}{'requests':>11}{'tokens':>10}{'generated':>11}"
+    if mc is not None:
+        f = mc.flops_per_token(EXAMPLE_TOKENS)
+        parts = [part("prompts and continuations", "forward", prompt_tokens, f),
+                 part("generated tokens (upper bound)", "generate", gen_tokens, f)]
+    else:
+        notes.append("model shapes unknown (no config.json in --model, no --preset): FLOPs not planned")
+    notes.append(f"without a task's data: {EXAMPLE_TOKENS} tokens per example × (shots + 1) per request and "
+                 f"{GENERATED_TOKENS} generated per answer are assumed (approximate)")
+    plan = make("eval", args, parts, notes=notes, requests=requests, tokens=prompt_tokens + gen_tokens)
+    plan["text"] = "\n".join([head, *rows, f"{'total':<22}{'':>9}{requests:>11,}{human(prompt_tokens):>10}"
+                                              f"{human(gen_tokens):>11}", plan["text"]])
+    return plan
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="kollm eval", description="Evaluate a model on benchmarks → results.json.")
     p.add_argument("--model", help="checkpoint directory (Hugging Face layout) or http(s)://host:port endpoint")
@@ -80,6 +173,10 @@ def main(argv: list[str]) -> int:
                         "UNSANDBOXED: model-written code could then read, change or delete your files")
     p.add_argument("--json", action="store_true", help="print results (without per-item records) as JSON")
     p.add_argument("--list", action="store_true", help="list tasks and suites")
+    from kollm.plan import add_plan_args, emit
+
+    add_plan_args(p, "print items, requests and approximate tokens per task, and the forward FLOPs, then exit")
+    p.add_argument("--preset", help="dry run: the model's shapes when --model is not there yet (e.g. llama3.1-8b)")
     args = p.parse_args(argv)
 
     if args.list:
@@ -90,6 +187,8 @@ def main(argv: list[str]) -> int:
     if not args.model or not args.tasks:
         p.error("--model and --tasks are required")
     tasks = expand(args.tasks, set(task_names()), log=lambda m: print(m, file=sys.stderr))
+    if args.dry_run:
+        return emit(dry_run(tasks, args), args)
 
     options = task_options(args.task_arg, {name for name, _ in tasks})
     if not args.model.startswith("http"):

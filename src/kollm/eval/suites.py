@@ -40,3 +40,23 @@ def expand(spec: str, known: set[str], log=print) -> list[tuple[str, int | None]
                 raise KeyError(f"unknown task or suite {name!r}; suites: {', '.join(SUITES)}")
             out.append((name, int(shots) if shots else None))
     return out
+
+
+# Dry-run sizes of the suites' tasks when their data are not there: (items in the scored split,
+# loglikelihood requests per item — the answer choices — or 0 for a generation task, turns per
+# item). From the benchmarks' releases (the split lm-evaluation-harness scores); choices are the
+# usual count (TruthfulQA's vary per item: mean rounded). `kollm eval --dry-run` counts the real
+# items and requests instead when --data-dir holds the task.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "hellaswag": (10042, 4, 1), "truthfulqa_mc1": (817, 5, 1), "truthfulqa_mc2": (817, 8, 1),
+    "arc_challenge": (1172, 4, 1), "haerae": (1538, 5, 1), "kobest_boolq": (1404, 2, 1), "kobest_copa": (1000, 2, 1),
+    "kobest_hellaswag": (500, 4, 1), "kobest_sentineg": (397, 2, 1), "kobest_wic": (1260, 2, 1),
+    "bbh_cot": (6511, 0, 1), "bbh": (6511, 0, 1), "xwinograd_en": (2325, 2, 1), "xwinograd_jp": (959, 2, 1),
+    "xwinograd_zh": (504, 2, 1), "kmmlu": (35030, 4, 1), "kmmlu_hard": (4104, 4, 1), "mmlu": (14042, 4, 1),
+    "global_mmlu_en": (14042, 4, 1), "global_mmlu_ko": (14042, 4, 1), "global_mmlu_ja": (14042, 4, 1),
+    "global_mmlu_zh": (14042, 4, 1), "gpqa_main": (448, 4, 1), "gsm8k": (1319, 0, 1), "gsm8k_cot": (1319, 0, 1),
+    "math": (5000, 0, 1), "math_cot": (5000, 0, 1), "hrm8k_ko": (8011, 0, 1), "hrm8k_en": (8011, 0, 1),
+    "mbpp_cot": (500, 0, 1), "humaneval_cot": (164, 0, 1), "ifeval": (541, 0, 1), "mt_bench": (80, 0, 2),
+    "ko_mt_bench": (80, 0, 2), "logickor": (42, 0, 2), "belebele_ko": (900, 4, 1), "csatqa": (936, 5, 1),
+    "mmlu_pro": (12032, 10, 1),
+}

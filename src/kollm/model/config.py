@@ -112,6 +112,17 @@ PRESETS: dict[str, ModelConfig] = {
         vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=11008,
         rope_theta=100000.0, max_seq_len=4096, norm_placement="sandwich", mtp=True,
     ),
+    # Trillion 7B as exported for post-training: the MTP block is dropped at export (SFT, DPO, GRPO dry runs).
+    "trillion-7b-nomtp": ModelConfig(
+        vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=11008,
+        rope_theta=100000.0, max_seq_len=4096, norm_placement="sandwich",
+    ),
+    # Llama 3.1 405B (DNA 1.0's distillation teacher): 405,853,388,800 parameters; dry runs only.
+    "llama3.1-405b": ModelConfig(
+        vocab_size=128256, dim=16384, n_layers=126, n_heads=128, n_kv_heads=8, ffn_dim=53248,
+        rope_theta=500000.0, rope_scaling=RopeScaling(), max_seq_len=131072, norm_eps=1e-5,
+        bos_token_id=128000, eos_token_id=128001,
+    ),
     # Qwen2.5 7B (the DNA teacher and judge family): q/k/v bias, GQA 28/4, θ 1e6.
     "qwen2.5-7b": ModelConfig(
         vocab_size=152064, dim=3584, n_layers=28, n_heads=28, n_kv_heads=4, ffn_dim=18944,

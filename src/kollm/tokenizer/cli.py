@@ -42,6 +42,13 @@ def _report_bad(bad) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        from kollm.data.cli import input_plan
+        from kollm.plan import emit
+
+        budgets = ", ".join(args.budget)
+        return emit(input_plan("tokenizer train", [i.partition("=")[2] if "=" in i else i for i in args.input],
+                               f"budgets {budgets}; the text is read into memory"), args)
     from kollm.tokenizer.train import TrainConfig, read_texts, save, train
 
     budgets = {k: _int(v, f"--budget {k}") for k, v in _pairs(args.budget, "--budget").items()}
@@ -115,6 +122,8 @@ def main(argv: list[str]) -> int:
     t.add_argument("--vocab-size", type=int, help="pad with reserved special tokens to this size")
     t.add_argument("--min-frequency", type=int, default=2)
     t.add_argument("--out", required=True)
+    t.add_argument("--dry-run", action="store_true", help="print the input bytes and exit")
+    t.add_argument("--plan-json", action="store_true", help="dry run: print the plan as one JSON object")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("extend", help="add target-language tokens to an existing tokenizer.json")

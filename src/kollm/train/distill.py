@@ -384,12 +384,74 @@ def demo_rows(corpus: str | Path, out: str | Path, held_out: float = 0.1, max_va
     return paths[0], paths[1]
 
 
+# -- dry run ---------------------------------------------------------------------------------------
+def teacher_config(cfg: TrainConfig, preset: str | None):
+    """The teacher's shapes: its config.json, else the dry run's --teacher-preset; None if neither."""
+    from kollm.model.config import get_preset
+
+    if cfg.teacher.model and (Path(cfg.teacher.model) / "config.json").is_file():
+        from kollm.model.hf import config_from_hf, read_config
+
+        return config_from_hf(read_config(cfg.teacher.model))
+    return get_preset(preset) if preset else None
+
+
+def dry_run(cfg: TrainConfig, args, precompute_only: bool = False) -> dict:
+    """The kollm.plan dict. `kollm distill`: the student's forward+backward over the trained tokens,
+    plus the teacher's forward over the same tokens when it runs online (teacher.model); with
+    teacher.stored that pass belongs to `kollm distill precompute` (`precompute_only`), which is
+    planned over the trained tokens too (the dataset read once: one epoch)."""
+    from kollm.plan import human, make, part, world_of
+    from kollm.train.memory import memory_plan
+    from kollm.train.pretrain import plan_model_config
+    from kollm.train.schedules import phase_data, plan_phases
+
+    mc, notes = plan_model_config(cfg)
+    world = world_of(args)
+    phases = plan_phases(cfg, world)
+    tokens = sum(p.tokens for p in phases)
+    tc = teacher_config(cfg, getattr(args, "teacher_preset", None))
+    teacher_parts, teacher_mem = [], 0.0
+    if tc is None:
+        notes.append(f"teacher shapes unknown ({cfg.teacher.model or 'no teacher.model'} has no config.json): pass "
+                     "--teacher-preset to plan its forward pass")
+    else:
+        teacher_parts = [part(f"teacher forward ({tc.num_params() / 1e9:.0f}B)", "forward", p.tokens,
+                              tc.flops_per_token(p.seq_len), p.seq_len) for p in phases]
+        teacher_mem = 2 * tc.num_params()  # bf16 weights, whole on each rank (kollm does not shard the teacher)
+    if precompute_only:
+        notes.append(f"teacher top-{cfg.teacher.top_k} log-probs of the dataset's responses, in one process")
+        return make("distill precompute", args, teacher_parts, memory=teacher_mem or None, notes=notes,
+                    bytes_written=int(tokens * (8 * cfg.teacher.top_k + 4)))
+    precision = cfg.parallel.mixed_precision or "bf16"
+    ckpt = cfg.parallel.activation_checkpointing
+    memory = max(memory_plan(mc, cfg.parallel.mode, world, phase_data(ph).batch_size, p.seq_len, precision)
+                 .total(ckpt) for ph, p in zip(cfg.phases, phases))
+    parts = [dict(part(f"student fwd+bwd ({p.name})", "train", p.tokens, mc.flops_per_token(p.seq_len), p.seq_len),
+                  steps=p.steps) for p in phases]
+    if cfg.teacher.stored:
+        notes.append(f"teacher.stored {cfg.teacher.stored}: its forward pass is `kollm distill precompute`'s")
+    else:
+        parts += teacher_parts
+        memory += teacher_mem
+    if cfg.distill.off_policy:
+        gen = sum(p.tokens for p in phases) * cfg.distill.max_new_tokens / seq_len(cfg)
+        notes.append(f"adaptive off-policy: student generations (≤ {human(gen)} new tokens if every batch were "
+                     "generated, plus the teacher's pass over them) depend on validation and are not in the total")
+    return make("distill", args, parts, memory=memory, notes=notes, params=mc.num_params())
+
+
 # -- the command -----------------------------------------------------------------------------------
 def _parser(prog: str) -> argparse.ArgumentParser:
+    from kollm.plan import add_plan_args
+
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="training config (YAML), e.g. recipes/tiny-distill.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value (YAML), e.g. --set teacher.model=DIR (repeatable)")
+    add_plan_args(p, "print the compute plan (student training, teacher forward) and exit")
+    p.add_argument("--teacher-preset", help="dry run: the teacher's shapes when teacher.model has no config.json "
+                   "(e.g. llama3.1-405b)")
     return p
 
 
@@ -406,6 +468,10 @@ def main(argv: list[str]) -> int:
         p = _parser("kollm distill precompute")
         p.add_argument("--out", required=True, help="directory for OUT/train and OUT/validation")
         args = p.parse_args(argv[1:])
+        if args.dry_run:
+            from kollm.plan import emit
+
+            return emit(dry_run(load_config(args.config, args.set), args, precompute_only=True), args)
         precompute(load_config(args.config, args.set), args.out)
         return 0
     p = _parser("kollm distill")
@@ -414,6 +480,10 @@ def main(argv: list[str]) -> int:
                    help="print the untrained student's validation metrics (the run's step-0 baseline) and exit")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.set)
+    if args.dry_run:
+        from kollm.plan import emit
+
+        return emit(dry_run(cfg, args), args)
     return train(cfg, args.resume, args.validate_only)
 
 
@@ -501,4 +571,4 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
 
 
 __all__ = ["ChatExamples", "DistillData", "StoredTopK", "ValidationData", "check_same_vocabulary", "collate",
-           "demo_rows", "main", "precompute", "train"]
+           "demo_rows", "dry_run", "main", "precompute", "train"]

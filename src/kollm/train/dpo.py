@@ -48,6 +48,7 @@ class OnlineSection:
     reward: str | None = None  # dotted path `pkg.module:function` (prompt, response, row) -> float
     judge: dict = field(default_factory=dict)  # {endpoint, model, api_key_env, concurrency}
     max_length_ratio: float | None = None  # drop pairs whose lengths differ by more than this ratio
+    planned_prompts: int = 0  # dry run with prompts_per_round 0 and no prompts file: prompts assumed
 
 
 @dataclass
@@ -61,6 +62,7 @@ class DPOSection:
     ref_batch: int = 16  # pairs per reference forward
     reference: str = "precomputed"  # precomputed | model (keep the reference model in memory; benchmark)
     val_batch: int = 16
+    planned_pairs: int = 0  # dry run without data.train: the pairs assumed (e.g. DNA's ~80K)
     online: OnlineSection = field(default_factory=OnlineSection)
 
     def __post_init__(self) -> None:
@@ -112,6 +114,75 @@ def train_config(raw: dict, dpo: DPOSection, n_pairs: int, where: str = "config"
         return config_from_dict(raw)
     except (KeyError, ValueError) as e:
         raise type(e)(f"{where}: {e.args[0]}") from None
+
+
+# -- dry run ---------------------------------------------------------------------------------------
+def _count_rows(path: str | None) -> int | None:
+    """Rows of a JSONL file (non-blank lines); None when it is not there or not JSONL."""
+    if not path or not Path(path).is_file() or not str(path).endswith((".jsonl", ".jsonl.gz")):
+        return None
+    import gzip
+
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def _dpo_parts(dpo: DPOSection, n_pairs: int, f: float, label: str = "") -> list[dict]:
+    """Reference forward once over every pair (chosen and rejected, ≤ max_length tokens each),
+    then epochs·pairs/pairs_per_step steps of policy forward+backward on both sequences."""
+    from kollm.plan import part
+
+    L = dpo.max_length
+    steps = max(1, math.ceil(dpo.epochs * n_pairs / dpo.pairs_per_step))
+    return [part(f"{label}reference forward", "forward", n_pairs * 2 * L, f, L),
+            dict(part(f"{label}policy fwd+bwd", "train", steps * dpo.pairs_per_step * 2 * L, f, L), steps=steps)]
+
+
+def dry_run(raw: dict, dpo: DPOSection, data_train: str, args, online: bool, where: str = "config") -> dict:
+    """The kollm.plan dict of an offline or online DPO run, from the config alone when the data are
+    not there (dpo.planned_pairs, dpo.online.prompts_per_round). Token counts are upper bounds:
+    every sequence at max_length (real pairs are shorter; batches pad to the longest)."""
+    from kollm.plan import make, part, world_of
+    from kollm.train.memory import memory_plan
+    from kollm.train.pretrain import plan_model_config
+
+    notes = []
+    if online:
+        on = dpo.online
+        prompts = on.prompts_per_round or _count_rows(on.prompts) or on.planned_prompts
+        if not prompts:
+            raise ValueError(f"{where}: dry run: set dpo.online.prompts_per_round (or planned_prompts): the prompts "
+                             f"file {on.prompts or '(unset)'} is not there to count")
+        n_pairs = prompts  # best vs worst per prompt: at most one pair each (ties and length drops remove some)
+    else:
+        counted = _count_rows(data_train)
+        n_pairs = counted or dpo.planned_pairs
+        if not n_pairs:
+            raise ValueError(f"{where}: dry run: data.train {data_train or '(unset)'} is not there to count: set "
+                             "dpo.planned_pairs")
+        notes.append(f"{n_pairs:,} pairs ({'counted in ' + data_train if counted else 'dpo.planned_pairs'})")
+    cfg = train_config(raw, dpo, n_pairs, where)
+    mc, more = plan_model_config(cfg)
+    notes += more
+    L, f = dpo.max_length, mc.flops_per_token(dpo.max_length)
+    if online:
+        parts = []
+        for r in range(on.rounds):
+            parts.append(part(f"round {r} sampling ({prompts:,}×{on.k})", "generate", prompts * on.k * L, f, L))
+            parts += _dpo_parts(dpo, n_pairs, f, f"round {r} ")
+        notes.append(f"{on.rounds} rounds × {prompts:,} prompts × k={on.k} samples ≤ {L} tokens (max_length); "
+                     f"{on.rounds * prompts * on.k:,} judge/reward requests (external, not in the GPU-hours)")
+        requests = on.rounds * prompts * on.k
+    else:
+        parts, requests = _dpo_parts(dpo, n_pairs, f), None
+    notes.append(f"tokens are upper bounds: chosen and rejected at max_length {L} each")
+    precision = cfg.parallel.mixed_precision or "bf16"
+    mem = memory_plan(mc, cfg.parallel.mode, world_of(args), 2 * dpo.micro_batch, L, precision)
+    memory = mem.total(cfg.parallel.activation_checkpointing)
+    if dpo.reference == "model":
+        memory += 4 * mc.num_params()  # a frozen fp32 copy held through training
+    return make("dpo --online" if online else "dpo", args, parts, memory=memory, notes=notes,
+                params=mc.num_params(), pairs=n_pairs, requests=requests)
 
 
 # -- reference log-probabilities -------------------------------------------------------------------
@@ -299,8 +370,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint / round")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value (YAML), e.g. --set data.train=pairs.jsonl (repeatable)")
+    from kollm.plan import add_plan_args, emit
+
+    add_plan_args(p, "print the compute plan (reference pass, sampling, training) and exit")
     args = p.parse_args(argv)
     raw, dpo, data_train, data_val = load_dpo_config(args.config, args.set)
+    if args.dry_run:
+        return emit(dry_run(raw, dpo, data_train, args, args.online, args.config), args)
 
     import torch.distributed as dist
 
@@ -328,5 +404,5 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["main", "DPOSection", "OnlineSection", "load_dpo_config", "train_config", "train_dpo",
+__all__ = ["main", "dry_run", "DPOSection", "OnlineSection", "load_dpo_config", "train_config", "train_dpo",
            "reference_logps", "compute_ref_logps", "model_fingerprint", "load_preference_data"]

@@ -411,6 +411,44 @@ def build(cfg: GRPOConfig, info, model):
     return tokenizer, source, val
 
 
+def dry_run(cfg: GRPOConfig, args) -> dict:
+    """The kollm.plan dict: per rollout batch (every μ steps) the sampling of prompts_per_step · G
+    rollouts, the old-policy pass (μ > 1) and the reference pass (β > 0); per optimizer step the
+    policy's forward+backward over the batch. Rollouts are counted at max_prompt_len +
+    max_new_tokens tokens (an upper bound: generation stops at the stop token)."""
+    import math
+
+    from kollm.plan import make, part, world_of
+    from kollm.train.memory import memory_plan
+    from kollm.train.pretrain import plan_model_config
+    from kollm.train.schedules import plan_phases
+
+    tc, g = cfg.train, cfg.grpo
+    mc, notes = plan_model_config(tc)
+    world, T = world_of(args), cfg.seq_len
+    f = mc.flops_per_token(T)
+    steps = sum(p.steps for p in plan_phases(tc, world))
+    batches = math.ceil(steps / g.iterations)
+    rollouts = g.prompts_per_step * g.group_size
+    parts = [dict(part(f"rollouts ({batches:,} × {rollouts:,})", "generate", batches * rollouts * T, f, T),
+                  rollouts=batches * rollouts)]
+    if g.iterations > 1:
+        parts.append(part("old-policy forward", "forward", batches * rollouts * T, f, T))
+    if g.beta > 0:
+        parts.append(part("reference forward", "forward", batches * rollouts * T, f, T))
+    parts.append(dict(part(f"policy fwd+bwd ({steps:,} steps)", "train", steps * rollouts * T, f, T), steps=steps))
+    precision = tc.parallel.mixed_precision or "bf16"
+    memory = memory_plan(mc, tc.parallel.mode, world, g.micro_batch_size, T, precision).total(
+        tc.parallel.activation_checkpointing)
+    if g.beta > 0:
+        memory += 4 * mc.num_params()  # the reference: a frozen fp32 copy of the initial policy per rank
+    notes.append(f"{steps:,} steps × {g.prompts_per_step} prompts × G={g.group_size} at ≤ {T} tokens "
+                 f"({cfg.data.max_prompt_len} prompt + {g.max_new_tokens} new); rollouts "
+                 + (f"by the server {g.server} (its GPUs are extra)" if g.server else "in process")
+                 + "; memory excludes the rollout KV cache")
+    return make("grpo", args, parts, memory=memory, notes=notes, params=mc.num_params(), steps=steps)
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="kollm grpo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -418,7 +456,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value (YAML), e.g. --set data.train=prompts.jsonl (repeatable)")
+    from kollm.plan import add_plan_args, emit, world_of
+
+    add_plan_args(p, "print the compute plan (rollouts, reference pass, training) and exit")
     args = p.parse_args(argv)
+    if args.dry_run:
+        return emit(dry_run(load_grpo_config(args.config, args.set, world=world_of(args)), args), args)
 
     import os
 
@@ -462,5 +505,5 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["main", "GRPOConfig", "GRPOData", "GRPOSection", "RolloutSource", "ValidationSource", "PromptSet",
+__all__ = ["main", "dry_run", "GRPOConfig", "GRPOData", "GRPOSection", "RolloutSource", "ValidationSource", "PromptSet",
            "load_grpo_config", "grpo_config_from_dict", "mean_reward", "encode_prompt"]

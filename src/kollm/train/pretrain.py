@@ -3,7 +3,8 @@ pretraining from a Hugging Face checkpoint (DNA 1.0 on Llama 3.1 8B) with XLDA p
 
 Under `torchrun` the same command trains on every rank (gloo on CPU, NCCL on GPU). `--dry-run`
 builds the model on the meta device and prints the plan: parameters, steps and tokens per
-phase, FLOPs, and GPU-hours at a given MFU and peak FLOP/s. At the end the last checkpoint is
+phase, FLOPs, and GPU-hours at a given MFU and peak FLOP/s (`--plan-json`: as JSON, for `kollm run
+--dry-run`). At the end the last checkpoint is
 exported as a Hugging Face directory `OUTPUT_DIR/hf/step-N`, with `OUTPUT_DIR/hf/latest`
 pointing at it (checkpoint.export_hf).
 """
@@ -11,6 +12,7 @@ pointing at it (checkpoint.export_hf).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -152,35 +154,72 @@ def link_latest(export: Path) -> None:
     tmp.replace(link)
 
 
-def dry_run(cfg: TrainConfig, world: int, mfu: float, peak_flops: float, device_memory: float | None = None) -> str:
-    """The FLOPs/GPU-hours plan, then the per-rank memory of each phase's micro-batch (kollm.train.memory)."""
+def plan_model_config(cfg: TrainConfig) -> tuple[ModelConfig, list[str]]:
+    """The model a dry run plans: the checkpoint's or the preset's shapes, without a tokenizer or
+    checkpoint that an earlier recipe stage has not written yet (a note says so)."""
+    m, notes = cfg.model, []
+    if m.tokenizer and not _tokenizer_file(m.tokenizer).is_file():
+        notes.append(f"model.tokenizer {m.tokenizer} is not there yet: planned with the preset's vocabulary")
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, tokenizer=None))
+        m = cfg.model
+    if m.init_from and not (Path(m.init_from) / "config.json").is_file():
+        if not m.preset:
+            raise FileNotFoundError(f"model.init_from: {m.init_from}: no config.json, and no model.preset to plan "
+                                    "with: set model.preset to the checkpoint's shapes for the dry run")
+        notes.append(f"model.init_from {m.init_from} is not there yet: planned with preset {m.preset}")
+    return model_config(cfg), notes
+
+
+def dry_run(cfg: TrainConfig, world: int, mfu: float, peak_flops: float, device_memory: float | None = None,
+            as_plan: bool = False):
+    """The FLOPs/GPU-hours plan, then the per-rank memory of each phase's micro-batch (kollm.train.memory).
+    `as_plan`: the kollm.plan dict (parts per phase) with the text inside."""
     from kollm.train.flops import format_plan, make_plan
     from kollm.train.memory import H100_MEMORY, format_memory, memory_plan
     from kollm.train.schedules import phase_data
 
-    mc = model_config(cfg)
+    mc, notes = plan_model_config(cfg)
     plan = make_plan(cfg, mc, world)
     precision = cfg.parallel.mixed_precision or "bf16"  # a plan is for the GPU, where bf16 is the default
     rows = [(ph.name, memory_plan(mc, cfg.parallel.mode, world, phase_data(ph).batch_size, p.seq_len, precision))
             for ph, p in zip(cfg.phases, plan.phases)]
-    return (format_plan(plan, mfu, peak_flops) + "\n\n"
-            + format_memory(rows, device_memory or H100_MEMORY, cfg.parallel.activation_checkpointing))
+    device_memory = device_memory or H100_MEMORY
+    text = (format_plan(plan, mfu, peak_flops) + "\n\n"
+            + format_memory(rows, device_memory, cfg.parallel.activation_checkpointing)
+            + "".join("\n" + n for n in notes))
+    if not as_plan:
+        return text
+    from kollm.plan import part
+
+    ckpt = cfg.parallel.activation_checkpointing
+    parts = [dict(part(p.name, "train", p.tokens, mc.flops_per_token(p.seq_len), p.seq_len),
+                  flops_6nd=6.0 * plan.params_without_mtp * p.tokens, steps=p.steps) for p in plan.phases]
+    return {"parts": parts, "memory": max(m.total(ckpt) for _, m in rows), "notes": notes, "text": text,
+            "params": plan.params, "params_without_mtp": plan.params_without_mtp, "steps": plan.steps}
+
+
+def plan_of(stage: str, cfg: TrainConfig, args, repeat: int = 1, extra_text: str = "") -> dict:
+    """The kollm.plan dict of a trainer run (pretrain, SFT; `repeat` runs of it, e.g. SFT seeds)."""
+    from kollm.plan import make, world_of
+
+    d = dry_run(cfg, world_of(args), args.mfu, args.peak_flops, args.device_memory, as_plan=True)
+    parts = d["parts"]
+    if repeat > 1:
+        parts = [dict(p, name=f"{p['name']} × {repeat}", tokens=p["tokens"] * repeat, flops=p["flops"] * repeat,
+                      flops_6nd=p["flops_6nd"] * repeat) for p in parts]
+    plan = make(stage, args, parts, memory=d["memory"], notes=d["notes"], params=d["params"],
+                params_without_mtp=d["params_without_mtp"], steps=d["steps"] * repeat)
+    plan["text"] = d["text"] + extra_text
+    return plan
 
 
 def main(argv: list[str]) -> int:
-    from kollm.train.flops import H100_BF16_DENSE
+    from kollm.plan import add_plan_args, emit
 
     p = argparse.ArgumentParser(prog="kollm pretrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="training config (YAML), e.g. recipes/tiny-pretrain.yaml")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (meta device) and exit")
-    p.add_argument("--peak-flops", type=float, default=H100_BF16_DENSE,
-                   help="dry run: peak FLOP/s per GPU (default: H100 bf16 dense, 989e12)")
-    p.add_argument("--mfu", type=float, default=0.4, help="dry run: model FLOPs utilisation (default 0.4)")
-    p.add_argument("--world-size", type=int, default=None,
-                   help="dry run: ranks the steps are planned for (default: WORLD_SIZE or 1)")
-    p.add_argument("--device-memory", type=float, default=80e9,
-                   help="dry run: memory per device in bytes (default: 80e9, an 80 GB H100)")
+    add_plan_args(p, "print the plan (meta device) and exit")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value (YAML), e.g. --set data.shards=runs/x/shards (repeatable)")
@@ -188,11 +227,7 @@ def main(argv: list[str]) -> int:
     cfg = load_config(args.config, args.set)
 
     if args.dry_run:
-        import os
-
-        world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-        print(dry_run(cfg, world, args.mfu, args.peak_flops, args.device_memory))
-        return 0
+        return emit(plan_of("pretrain", cfg, args), args)
 
     import torch.distributed as dist
 
@@ -242,4 +277,5 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["main", "model_config", "tokenizer_fields", "resize_to_tokenizer", "build_run_model", "extend_vocab", "dry_run"]
+__all__ = ["main", "model_config", "tokenizer_fields", "resize_to_tokenizer", "build_run_model", "extend_vocab", "dry_run",
+           "plan_model_config", "plan_of"]

@@ -139,10 +139,11 @@ def soup(model_dirs: list[Path], out: Path) -> Path:
     return out
 
 
-def dry_run(cfg: TrainConfig, world: int, mfu: float, peak_flops: float, seeds: int) -> str:
-    from kollm.train.pretrain import dry_run as plan
+def dry_run(cfg: TrainConfig, args: argparse.Namespace, seeds: int) -> dict:
+    """The kollm.plan dict: the trainer's plan × seeds, and a summary of the data when it is there."""
+    from kollm.train.pretrain import plan_of
 
-    text = plan(cfg, world, mfu, peak_flops)
+    text = ""
     if seeds > 1:
         text += f"\n× {seeds} seeds ({cfg.seed}..{cfg.seed + seeds - 1}) → uniform soup in {cfg.output_dir}/hf/soup"
     try:
@@ -159,19 +160,16 @@ def dry_run(cfg: TrainConfig, world: int, mfu: float, peak_flops: float, seeds: 
         text += f"\none epoch = {rows} rows of {data.seq_len} tokens ({'packed' if cfg.data.packing else 'padded'})"
     except (FileNotFoundError, OSError, ValueError) as e:
         text += f"\n(data not inspected: {e})"
-    return text
+    return plan_of("sft", cfg, args, repeat=seeds, extra_text=text)
 
 
 def main(argv: list[str]) -> int:
-    from kollm.train.flops import H100_BF16_DENSE
+    from kollm.plan import add_plan_args, emit
 
     p = argparse.ArgumentParser(prog="kollm sft", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="training config (YAML), e.g. recipes/tiny-sft.yaml")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and the data summary, and exit")
-    p.add_argument("--peak-flops", type=float, default=H100_BF16_DENSE, help="dry run: peak FLOP/s per GPU")
-    p.add_argument("--mfu", type=float, default=0.4, help="dry run: model FLOPs utilisation (default 0.4)")
-    p.add_argument("--world-size", type=int, default=None, help="dry run: ranks (default: WORLD_SIZE or 1)")
+    add_plan_args(p, "print the plan and the data summary, and exit")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.add_argument("--seeds", type=int, default=1, help="train N seeds and average them (model soup)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -182,11 +180,7 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
 
     if args.dry_run:
-        import os
-
-        world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-        print(dry_run(cfg, world, args.mfu, args.peak_flops, args.seeds))
-        return 0
+        return emit(dry_run(cfg, args, args.seeds), args)
 
     import torch.distributed as dist
 
