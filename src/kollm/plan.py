@@ -107,7 +107,7 @@ def format_parts(plan: dict) -> str:
                      + ("" if plan["fits"] else "  WARNING: does not fit"))
     for key, label in (("bytes_read", "reads"), ("bytes_written", "writes")):
         if plan.get(key) is not None:
-            lines.append(f"{label} {human(plan[key])}B")
+            lines.append(f"{label} {human_bytes(plan[key])}")
     lines += plan["notes"]
     return "\n".join(lines)
 
@@ -119,6 +119,15 @@ def human(x: float) -> str:
     return f"{x:.3g}"
 
 
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit, v in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= v:
+            return f"{n / v:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
 def emit(plan: dict, args: argparse.Namespace) -> int:
     """Print the plan: one JSON object (--plan-json) or its text."""
     if getattr(args, "plan_json", False):
@@ -128,4 +137,4 @@ def emit(plan: dict, args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_plan_args", "world_of", "part", "gpu_hours", "path_bytes", "make", "emit", "human", "GEN_MFU"]
+__all__ = ["add_plan_args", "world_of", "part", "gpu_hours", "path_bytes", "make", "emit", "human", "human_bytes", "GEN_MFU"]

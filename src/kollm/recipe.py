@@ -324,7 +324,7 @@ def dry_run(recipe: Recipe, force: bool = False, defaults: dict | None = None) -
 
 
 def format_dry_run(d: dict, verbose: bool = False) -> str:
-    from kollm.plan import human
+    from kollm.plan import human, human_bytes
     from kollm.train.memory import GB
 
     lines = [f"dry run of {d['recipe']} (workdir {d['workdir']}); nothing is run", ""]
@@ -351,8 +351,10 @@ def format_dry_run(d: dict, verbose: bool = False) -> str:
                 fits = "fits" if p["fits"] else "DOES NOT FIT"
                 lines.append(f"  memory per rank {p['memory_per_rank'] / GB:,.1f} GB ({fits} in "
                              f"{p['device_memory'] / GB:.0f} GB)")
-            io_ = [f"{lbl} {human(p[k])}B" for k, lbl in (("bytes_read", "reads"), ("bytes_written", "writes"))
+            io_ = [f"{lbl} {human_bytes(p[k])}" for k, lbl in (("bytes_read", "reads"), ("bytes_written", "writes"))
                    if p.get(k) is not None]
+            if p.get("inputs_missing"):
+                io_.append(f"(not counted: {', '.join(p['inputs_missing'])}, not there yet)")
             if p.get("requests"):
                 io_.append(f"{p['requests']:,} requests")
             if p.get("tokens") and p["stage"] == "eval":
@@ -363,8 +365,8 @@ def format_dry_run(d: dict, verbose: bool = False) -> str:
                 lines += ["    " + ln for ln in p["text"].splitlines()]
         lines.append("")
     t = d["total"]
-    lines.append(f"total: {t['flops']:.3e} FLOPs, {t['gpu_hours']:,.0f} GPU-hours; reads {human(t['bytes_read'])}B, "
-                 f"writes {human(t['bytes_written'])}B; {t['requests']:,} eval/judge requests")
+    lines.append(f"total: {t['flops']:.3e} FLOPs, {t['gpu_hours']:,.0f} GPU-hours; reads {human_bytes(t['bytes_read'])}, "
+                 f"writes {human_bytes(t['bytes_written'])}; {t['requests']:,} eval/judge requests")
     failed = [s["name"] for s in d["stages"] if s["plan"] and "error" in s["plan"]]
     if failed:
         lines.append(f"not planned (see above): {', '.join(failed)}")

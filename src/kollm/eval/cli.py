@@ -91,7 +91,7 @@ def _measure(task, shots: int | None, data_dir: str | None, limit: int | None, s
     return out
 
 
-def dry_run(specs: list[tuple[str, int | None]], args) -> dict:
+def dry_run(specs: list[tuple[str, int | None]], args, options: dict | None = None) -> dict:
     """The kollm.plan dict of an evaluation: per task its items, requests and (approximate) tokens,
     and the forward FLOPs on the model (the checkpoint's config.json, else --preset): prompt and
     continuation tokens at the MFU, generated tokens at the sampling MFU. Judged tasks' judge calls
@@ -114,12 +114,16 @@ def dry_run(specs: list[tuple[str, int | None]], args) -> dict:
 
         tk = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         count, tok_note = (lambda s: len(tk.encode(s, add_special_tokens=False).ids)), "tokens counted"
-    rows, notes, parts = [], [], []
+    rows, notes, parts, options = [], [], [], options or {}
     prompt_tokens = gen_tokens = requests = 0
     for name, shots in specs:
-        task = get_task(name)
-        k = shots if shots is not None else task.num_fewshot
-        m = _measure(task, shots, args.data_dir, args.limit, args.seed, count)
+        try:
+            task = get_task(name, **options.get(name, {}))
+        except (ValueError, KeyError, RuntimeError) as e:  # e.g. a code task with no sandbox here
+            task = None
+            notes.append(f"{name}: {e}")
+        k = shots if shots is not None else task.num_fewshot if task is not None else 0
+        m = _measure(task, shots, args.data_dir, args.limit, args.seed, count) if task is not None else None
         if m is None and name in SIZES:
             n, choices, turns = SIZES[name]
             n = min(n, args.limit) if args.limit else n
@@ -187,10 +191,10 @@ def main(argv: list[str]) -> int:
     if not args.model or not args.tasks:
         p.error("--model and --tasks are required")
     tasks = expand(args.tasks, set(task_names()), log=lambda m: print(m, file=sys.stderr))
-    if args.dry_run:
-        return emit(dry_run(tasks, args), args)
 
     options = task_options(args.task_arg, {name for name, _ in tasks})
+    if args.dry_run:
+        return emit(dry_run(tasks, args, options), args)
     if not args.model.startswith("http"):
         for name, _ in tasks:
             if name.startswith("niah_"):

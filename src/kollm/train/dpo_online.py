@@ -12,6 +12,8 @@
    `round-r/train/`, whose export `round-r/train/hf/latest` is the next round's policy;
 6. `round-r/done.json` with the counts.
 
+After the last round `OUT/hf/latest` points at the final policy (`round-R/train/hf/latest`).
+
 `--resume` continues where a run stopped: finished rounds are skipped, samples and scores resume
 at the first missing batch (per-batch seeds make the continuation identical to an uninterrupted
 run), training resumes from its latest checkpoint. Generation and scoring run on rank 0 while
@@ -176,6 +178,13 @@ def run_online(raw: dict, dpo: DPOSection, data_val: str | None, info, resume: b
                                                       "last": last}, indent=1, default=str))
         if info.distributed:
             dist.barrier()
+    if info.is_main and Path(policy).is_relative_to(out):  # OUT/hf/latest: the final policy, for recipes
+        latest = out / "hf" / "latest"
+        latest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = latest.with_name(".latest.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(Path("..") / Path(policy).relative_to(out), target_is_directory=True)
+        tmp.replace(latest)
     return Path(policy)
 
 
