@@ -76,6 +76,8 @@ def test_rounds_with_reward_function_and_resume(setup):
     # round 1 starts from the trained policy while the reference is still round 0's: loss ≠ ln 2
     assert abs(m1[0]["loss"] - math.log(2)) > 1e-4
     assert (r1 / "train" / "hf" / "latest" / "config.json").is_file()
+    # the stage's model for what follows (recipes): OUT/hf/latest is the last round's policy
+    assert (run / "hf" / "latest").resolve() == (r1 / "train" / "hf" / "latest").resolve()
 
     # within a round: lose round 1's end, its pairs and scores, and half its samples (one line cut short)
     want = rows(r1 / "samples.jsonl")
