@@ -33,7 +33,7 @@ def dry_run(raw: dict, root: Path | None, args) -> dict:
     dtype = raw.get("dtype") or "bfloat16"
     out_bytes = BYTES.get(raw.get("out_dtype") or dtype, 2)
     preset = get_preset(args.preset) if args.preset else None
-    read, params, notes = 0, None, []
+    read, params, notes, uncounted = 0, None, [], []
     for ref in _inputs(raw):
         path = Path(ref)
         if not path.is_dir() and root is not None and (root / path).is_dir():
@@ -50,9 +50,11 @@ def dry_run(raw: dict, root: Path | None, args) -> dict:
             notes.append(f"{ref}: not there yet, sized as preset {args.preset}")
         else:
             notes.append(f"{ref}: not there yet and no --preset: its bytes are not counted")
+            uncounted.append(ref)
     written = None if params is None else params * out_bytes
     return make("merge", argparse.Namespace(), [], notes=notes, bytes_read=read,
-                bytes_written=written, inputs=len(_inputs(raw)), method=raw.get("merge_method"))
+                bytes_written=written, inputs=len(_inputs(raw)), method=raw.get("merge_method"),
+                inputs_missing=uncounted)
 
 
 def main(argv: list[str] | None = None) -> int:
