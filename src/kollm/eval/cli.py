@@ -10,7 +10,8 @@ write results.json, print a table (or the JSON), and optionally cross-lingual co
 `--task-arg TASK:KEY=VALUE` passes a task option (VALUE read as YAML: numbers, lists, strings).
 NIAH tasks on a checkpoint directory count lengths in its tokenizer's tokens and stop at its
 context length unless told otherwise; with --out, each NIAH task's heat map is written beside
-results.json as niah_TASK.png.
+results.json as niah_TASK.png. `--dry-run` prints items, requests and approximate tokens per task and
+the forward FLOPs (kollm.plan), from the data when --data-dir has them, else published sizes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """`kollm merge CONFIG.yaml --out DIR [--set KEY.PATH=VALUE ...]`: run a mergekit-style merge YAML (see
 kollm.merge.config). `--set` overrides a value of the YAML as training configs do, e.g.
 `--set base_model=runs/x/sft/hf/latest --set slices.0.sources.1.model=runs/x/dpo/hf/latest`, so a
-recipe can point a merge at its own stages' outputs."""
+recipe can point a merge at its own stages' outputs. `--dry-run` prints the bytes it would read and
+write (inputs not there yet sized by `--preset`)."""
 
 from __future__ import annotations
 

@@ -23,6 +23,10 @@ optional cross-entropy). This file is the data side and the command:
   `kollm distill precompute CONFIG --out DIR` and named by `teacher.stored` (offline: no teacher
   in memory, no student generations, since only the dataset's responses have stored logits).
 
+`--dry-run` (also after `precompute`) prints the compute plan from the config alone (kollm.plan):
+the student's training and the teacher's forward pass, whose shapes come from its config.json or
+`--teacher-preset`.
+
 `kollm distill demo-data --corpus demo.jsonl --out DIR` turns the demo corpus into
 prompt/completion rows (first sentence → the rest of the paragraph) for recipes/tiny-distill.yaml.
 """

@@ -12,6 +12,9 @@ which *is* the reference — before training (batched, no gradients), stored bes
 max_length) and of the reference weights, and reused; no second model is held during training
 (TRL's `precompute_ref_log_probs`). Under torchrun every rank computes its share, the shares are
 gathered on every rank and rank 0 writes the file.
+
+`--dry-run` prints the compute plan without data or model (kollm.plan): the reference pass, the
+online rounds' sampling and the training steps, in FLOPs, GPU-hours and per-rank memory.
 """
 
 from __future__ import annotations

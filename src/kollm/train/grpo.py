@@ -19,7 +19,8 @@ checkpoint, logging), plus
 max_prompt_len + max_new_tokens tokens per step) and must not be given. Rows: `{"prompt", "answer"}`
 (math) or `{"prompt", "instruction_id_list", "kwargs"}` (IFEval); malformed rows are counted by
 reason with file:line and skipped. At the end the policy is exported to `OUTPUT_DIR/hf/step-N`
-with `OUTPUT_DIR/hf/latest` pointing at it.
+with `OUTPUT_DIR/hf/latest` pointing at it. `--dry-run` prints the compute plan (rollouts,
+reference pass, training; kollm.plan) from the config alone.
 """
 
 from __future__ import annotations
