@@ -231,3 +231,38 @@ def test_stops_before_the_first_stage_whose_input_is_missing(tmp_path, capsys):
     with pytest.raises(StageFailed, match="stage 'b' failed"):
         run_recipe(load_recipe(path, [f"vars.model={model}"]), log=log.append)
     assert log[0] == "[a] up to date, skipped"
+
+
+def test_eval_plan_counts_the_data_when_it_is_there(capsys):
+    """With --data-dir holding the tasks: the harness's own requests (6 COPA items × 2 choices, 5 GSM8K
+    questions), characters / 4 as tokens without a tokenizer, each generation's max_new_tokens."""
+    from kollm.cli import main
+    from kollm.eval.task import get_task
+
+    data = Path(__file__).parent / "eval" / "fixtures"
+    assert main(["eval", "--model", "nowhere", "--tasks", "kobest_copa:0,gsm8k:0", "--data-dir", str(data),
+                 "--preset", "tiny", "--dry-run", "--plan-json"]) == 0
+    p = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    copa, gsm = (get_task(t).load(data) for t in ("kobest_copa", "gsm8k"))
+    assert p["requests"] == 2 * len(copa) + len(gsm) == 17
+    chars = sum(max(1, len(a) // 4) for item in copa for q in get_task("kobest_copa").requests(item, []) for a in q.args)
+    chars += sum(max(1, len(q.args[0]) // 4) for item in gsm for q in get_task("gsm8k").requests(item, []))
+    prompt, gen = p["parts"]
+    assert prompt["tokens"] == chars and gen["tokens"] == 256 * len(gsm)
+
+
+def test_input_bytes_of_curation_and_tokenizer(tmp_path, capsys):
+    from kollm.cli import main
+
+    corpus = tmp_path / "raw"
+    corpus.mkdir()
+    (corpus / "a.jsonl").write_text('{"text": "안녕하세요"}\n' * 10, encoding="utf-8")
+    (corpus / "b.jsonl").write_text('{"text": "hello"}\n' * 3, encoding="utf-8")
+    size = sum(f.stat().st_size for f in corpus.iterdir())
+    for argv in (["data", "curate", "--input", str(corpus), "--output", str(tmp_path / "c")],
+                 ["tokenizer", "train", "--input", str(corpus), "--budget", "ko=10", "--out", str(tmp_path / "t")],
+                 ["data", "tokenize", str(corpus), "--tokenizer", "x", "--out", str(tmp_path / "s")]):
+        assert main(argv + ["--dry-run", "--plan-json"]) == 0
+        p = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert p["bytes_read"] == size and p["inputs_missing"] == [], argv
+    assert not (tmp_path / "c").exists() and not (tmp_path / "t").exists()  # nothing ran
