@@ -222,6 +222,7 @@ def test_stops_before_the_first_stage_whose_input_is_missing(tmp_path, capsys):
     # the dry run says the same: a done, b would run and stop there
     d = dry_run(load_recipe(path))
     assert [s["status"] for s in d["stages"]] == ["up to date", "would run"] and d["stops_at"] == "b"
+    assert "a run would stop before stage 'b'" in format_dry_run(d)
     assert d["stages"][1]["inputs"] == [{"var": "model", "value": str(model), "present": False}]
     assert main(["run", str(path)]) == 1
     assert "kollm run: stage 'b' needs input(s) that are not there" in capsys.readouterr().err
@@ -266,3 +267,16 @@ def test_input_bytes_of_curation_and_tokenizer(tmp_path, capsys):
         p = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert p["bytes_read"] == size and p["inputs_missing"] == [], argv
     assert not (tmp_path / "c").exists() and not (tmp_path / "t").exists()  # nothing ran
+
+
+def test_online_teacher_is_planned_in_the_distill_stage(capsys):
+    from kollm.cli import main
+
+    assert main(["distill", str(RECIPES / "dna-8b-distill.yaml"), "--set", "teacher.stored=null", "--dry-run",
+                 "--plan-json", "--world-size", "8", "--teacher-preset", "llama3.1-405b"]) == 0
+    p = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    student, teacher = p["parts"]
+    tokens = 2000 * 262_144
+    assert (student["kind"], teacher["kind"]) == ("train", "forward") and teacher["tokens"] == tokens
+    assert teacher["flops"] == pytest.approx(tokens * flops_per_token(LLAMA_405B, V, 16384, 126, 4096) / 3)
+    assert p["memory_per_rank"] > 2 * LLAMA_405B and not p["fits"]  # the whole bf16 teacher on every rank

@@ -305,6 +305,7 @@ def dry_run(recipe: Recipe, force: bool = False, defaults: dict | None = None) -
     workdir = Path(recipe.workdir).resolve()
     stages, first_missing = [], None
     total = {"flops": 0.0, "gpu_hours": 0.0, "bytes_read": 0, "bytes_written": 0, "requests": 0}
+    remaining = dict(total)  # the stages that would run
     would_run = False
     for stage, argv, _out, _, _, _, current in _walk(recipe):
         would_run = would_run or force or not current
@@ -317,10 +318,11 @@ def dry_run(recipe: Recipe, force: bool = False, defaults: dict | None = None) -
             plan = stage_plan(argv, flags + _flags(stage.plan))
             for k in total:
                 total[k] += plan.get(k) or 0
+                remaining[k] += (plan.get(k) or 0) if would_run else 0
         stages.append({"name": stage.name, "argv": argv, "status": "would run" if would_run else "up to date",
                        "inputs": [{"var": n, "value": v, "present": p} for n, v, p in inputs], "plan": plan})
     return {"recipe": recipe.path, "workdir": str(workdir), "stages": stages, "total": total,
-            "stops_at": first_missing}
+            "remaining": remaining, "stops_at": first_missing}
 
 
 def format_dry_run(d: dict, verbose: bool = False) -> str:
@@ -367,6 +369,10 @@ def format_dry_run(d: dict, verbose: bool = False) -> str:
     t = d["total"]
     lines.append(f"total: {t['flops']:.3e} FLOPs, {t['gpu_hours']:,.0f} GPU-hours; reads {human_bytes(t['bytes_read'])}, "
                  f"writes {human_bytes(t['bytes_written'])}; {t['requests']:,} eval/judge requests")
+    r = d["remaining"]
+    if r != t:
+        lines.append(f"still to run: {r['flops']:.3e} FLOPs, {r['gpu_hours']:,.0f} GPU-hours (stages up to date "
+                     "are in the total above)")
     failed = [s["name"] for s in d["stages"] if s["plan"] and "error" in s["plan"]]
     if failed:
         lines.append(f"not planned (see above): {', '.join(failed)}")
