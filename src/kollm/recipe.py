@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 import shlex
 import shutil
@@ -148,8 +149,13 @@ def _expand(arg: str, workdir: Path, out: Path, done: dict[str, Path], recipe_di
     values = {"workdir": str(workdir), "out": str(out), "recipe_dir": recipe_dir} | {
         f"stages.{k}": str(v) for k, v in done.items()}
     # variables first: their values may hold {workdir} or {recipe_dir}
-    arg = VAR_REF.sub(lambda m: (variables or {})[m.group(1)].value if m.group(1) in (variables or {}) else m.group(0),
-                      arg)
+    def value(m: re.Match) -> str:
+        v = (variables or {}).get(m.group(1))
+        if v is None:
+            return m.group(0)
+        return os.path.expanduser(v.value) if v.path else v.value  # `--set vars.x=~/data` is not shell-expanded
+
+    arg = VAR_REF.sub(value, arg)
     for key, value in values.items():
         arg = arg.replace("{" + key + "}", value)
     if "{" in arg and "}" in arg:
@@ -158,7 +164,7 @@ def _expand(arg: str, workdir: Path, out: Path, done: dict[str, Path], recipe_di
 
 
 def _var_path(var: Var, workdir: Path, recipe_dir: str) -> Path:
-    return Path(var.value.replace("{workdir}", str(workdir)).replace("{recipe_dir}", recipe_dir))
+    return Path(var.value.replace("{workdir}", str(workdir)).replace("{recipe_dir}", recipe_dir)).expanduser()
 
 
 def stage_inputs(recipe: Recipe, stage: Stage, workdir: Path) -> list[tuple[str, str, bool]]:
