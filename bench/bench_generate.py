@@ -2,11 +2,17 @@
 peak memory and time of loading the same checkpoint with kollm.model.hf.load_hf against
 `AutoModelForCausalLM.from_pretrained`.
 
+kollm runs eager (static KV cache) and, at the batch sizes of --compiled-batch, with the compiled
+decode step (static cache + torch.compile; inductor on CPU unless KOLLM_COMPILE_BACKEND says
+otherwise). The compile happens in an untimed first call whose time is reported on its own
+(`compile_s`: that call's time minus a steady call's).
+
 One checkpoint (preset `small-20m` by default, random weights, exported with save_hf) is read by
 both; rounds alternate so machine noise hits both. CPU, fp32, no stop token (every row runs the
 full --new tokens). Loading is measured in fresh subprocesses (peak RSS from getrusage).
 
-    .venv/bin/python bench/bench_generate.py [--preset small-20m --batch 1 8 --prompt 64 --new 128 --threads 1]
+    .venv/bin/python bench/bench_generate.py [--preset small-20m --batch 1 8 --prompt 64 --new 128 --threads 1
+                                              --compiled-batch 1 --no-load]
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 import torch
 
 from kollm.model import build_model, get_preset
-from kollm.model.generate import GenerationConfig, generate
+from kollm.model.generate import GenerationConfig, compile_settings, generate
 from kollm.model.hf import load_hf, save_hf
 
 # Linux: writing 5 to clear_refs resets the peak-RSS counter (VmHWM) after the imports, so the
@@ -57,6 +63,8 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="1: a loaded 2-core box makes 2-thread SDPA erratic")
+    ap.add_argument("--compiled-batch", type=int, nargs="*", default=[1], help="batch sizes to also run compiled")
+    ap.add_argument("--no-load", action="store_true", help="skip the checkpoint-loading comparison")
     ap.add_argument("--load-layers", type=int, default=64, help="layers of the preset for the load test (~400 MB)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,20 +87,39 @@ def main() -> None:
             for i, p in enumerate(prompts):
                 ids[i, L - len(p):], mask[i, L - len(p):] = torch.tensor(p), 1
             gcfg = GenerationConfig(max_new_tokens=args.new)
-            t_k, t_h = [], []
+            ccfg = GenerationConfig(max_new_tokens=args.new, compile=True)
+            compiled = B in args.compiled_batch
+            if compiled:
+                t = time.perf_counter()
+                generate(ours, prompts, ccfg)  # compiles the decode step
+                first = time.perf_counter() - t
+            t_k, t_c, t_h = [], [], []
             for _ in range(args.rounds):
                 t = time.perf_counter()
                 out_k = generate(ours, prompts, gcfg)
                 t_k.append(time.perf_counter() - t)
+                if compiled:
+                    t = time.perf_counter()
+                    out_c = generate(ours, prompts, ccfg)
+                    t_c.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 with torch.no_grad():
                     out_h = theirs.generate(ids, attention_mask=mask, max_new_tokens=args.new, min_new_tokens=args.new,
                                             do_sample=False, eos_token_id=None, pad_token_id=0)
                 t_h.append(time.perf_counter() - t)
-            same = sum(a == b for a, b in zip(out_k, out_h[:, L:].tolist()))
+            hf_rows = out_h[:, L:].tolist()
             k, h = B * args.new / min(t_k), B * args.new / min(t_h)
-            results[f"batch{B}"] = {"kollm_tok_s": round(k, 1), "hf_tok_s": round(h, 1), "ratio": round(k / h, 2),
-                                    "rows_identical": f"{same}/{B}"}
+            row = {"kollm_tok_s": round(k, 1), "hf_tok_s": round(h, 1), "ratio": round(k / h, 2),
+                   "rows_identical": f"{sum(a == b for a, b in zip(out_k, hf_rows))}/{B}"}
+            if compiled:
+                c = B * args.new / min(t_c)
+                row |= {"compiled_tok_s": round(c, 1), "compiled_ratio": round(c / h, 2),
+                        "compiled_rows_identical": f"{sum(a == b for a, b in zip(out_c, hf_rows))}/{B}",
+                        "compile_s": round(first - min(t_c), 1), "backend": compile_settings(torch.device("cpu"))[0]}
+            results[f"batch{B}"] = row
+        if args.no_load:
+            print(json.dumps(results, indent=2))
+            return
         big = save_hf(build_model(cfg.replace(n_layers=args.load_layers)), Path(tmp) / "big")
         results["load_checkpoint_mib"] = round(sum(f.stat().st_size for f in big.glob("*.safetensors")) / 2**20)
         for who in ("kollm", "hf"):
