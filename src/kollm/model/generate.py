@@ -233,13 +233,16 @@ def use_compile(setting: bool | None, device: torch.device) -> bool:
     return device.type == "cuda" if setting is None else setting
 
 
-def decode_step(device: torch.device, compile: bool) -> Callable:
+def decode_step(device: torch.device, compile: bool, cuda_graphs: bool = True) -> Callable:
     """The one-token forward `(model, tok, pos, valid, cache) -> (B, V) logits`, compiled once per
     process and backend (every model, batch and cache length shares the compiled function; dynamo
-    adds a graph only for a new shape: `decode_graphs()` counts them)."""
+    adds a graph only for a new shape: `decode_graphs()` counts them). `cuda_graphs=False`: inductor
+    without CUDA graphs, for a caller whose shapes and buffers change often (the serve engine)."""
     if not compile:
         return _one_token
     backend, mode = compile_settings(device)
+    if not cuda_graphs:
+        mode = None
     key = (backend, mode)
     if key not in _COMPILED:
         compiled = torch.compile(_one_token, backend=backend, mode=mode, fullgraph=True)
