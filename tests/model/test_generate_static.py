@@ -121,3 +121,16 @@ def test_cli_compile_flag_equals_transformers(model_dir, hf_tokens, capsys, aot_
     x = torch.tensor([tokenizer(prompt)["input_ids"]])
     want = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=NEW, do_sample=False)[0, x.shape[1]:]
     assert got == want.tolist()
+
+
+def test_eval_generation_takes_the_compiled_step(model_dir, model, aot_eager):
+    """Evaluation's generation tasks run the same generator: LocalLM(compile=True) answers as eager does."""
+    from kollm.eval.models import LocalLM
+    from kollm.eval.task import Request
+
+    reqs = [Request("generate", (p,), max_new_tokens=12) for p in ("The quick", "서울은 대한민국의", "Language")]
+    before = decode_graphs()
+    compiled = LocalLM(model_dir, model=model, compile=True).generate(reqs)
+    assert decode_graphs() > before
+    assert compiled == LocalLM(model_dir, model=model, compile=False).generate(reqs)
+    assert all(compiled)

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import sys
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,8 +230,14 @@ def compile_settings(device: torch.device) -> tuple[str, str | None]:
     return backend, ("reduce-overhead" if backend == "inductor" and device.type == "cuda" else None)
 
 
-def use_compile(setting: bool | None, device: torch.device) -> bool:
-    return device.type == "cuda" if setting is None else setting
+def use_compile(setting: bool | None, device: torch.device, model: CausalLM | None = None) -> bool:
+    """`GenerationConfig.compile`: None compiles on CUDA, except a model whose parameters FSDP2 has
+    sharded (DTensor, gathered by hooks at each forward): that one stays eager."""
+    if setting is not None:
+        return setting
+    if device.type != "cuda":
+        return False
+    return model is None or not any(type(p).__name__ == "DTensor" for p in model.parameters())
 
 
 def decode_step(device: torch.device, compile: bool, cuda_graphs: bool = True) -> Callable:
@@ -269,25 +276,24 @@ def decode_graphs() -> int:
 
 # CUDA graphs replay on fixed addresses: the compiled CUDA path keeps the last cache per model and
 # reuses it for a request of the same shape (a new buffer would make them record again).
-_KEPT: dict[int, StaticKVCache] = {}
+_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its last StaticKVCache
 
 
 def static_cache(model: CausalLM, batch: int, length: int, device: torch.device, dtype: torch.dtype,
                  keep: bool = False) -> StaticKVCache:
-    key = id(model)
-    old = _KEPT.get(key)
+    old = _KEPT.get(model)
     if keep and old is not None and old.k[0].shape[0] == batch and old.max_len == length \
             and old.k[0].dtype == dtype and old.k[0].device == device:
         for t in old.k + old.v:
             t.zero_()  # stale keys are masked, but a stale NaN would still poison 0 x NaN
         old.pos = 0
         return old
-    _KEPT.pop(key, None)
+    _KEPT.pop(model, None)
     cache = StaticKVCache(model.config, batch, length, device, dtype)
     if keep:
         for t in cache.k + cache.v:
             torch._dynamo.mark_static_address(t)
-        _KEPT[key] = cache
+        _KEPT[model] = cache
     return cache
 
 
@@ -298,7 +304,7 @@ def _decode_static(model: CausalLM, prompts, cfg: GenerationConfig, decode) -> l
     device, dtype = param.device, param.dtype
     B, L = len(prompts), max(len(p) for p in prompts)
     N = cfg.cache_len or -(-(L + cfg.max_new_tokens) // BUCKET) * BUCKET
-    compiled = use_compile(cfg.compile, device)
+    compiled = use_compile(cfg.compile, device, model)
     ids = torch.zeros(B, L, dtype=torch.long, device=device)  # left padding: id 0, never attended to
     valid = torch.zeros(B, N, dtype=torch.bool, device=device)  # column j of row b holds a real token
     for b, p in enumerate(prompts):
