@@ -218,7 +218,7 @@ def _one_token(model: CausalLM, tok: torch.Tensor, pos: torch.Tensor, valid: tor
     return forward_static(model, tok[:, None], pos[:, None], valid[:, None, None, :], cache)
 
 
-_COMPILED: dict[tuple[str, str | None], Callable] = {}
+_COMPILED: dict[tuple[str, str | None, str], Callable] = {}
 _GRAPHS = {"decode_graphs": 0}
 
 
@@ -250,9 +250,13 @@ def decode_step(device: torch.device, compile: bool, cuda_graphs: bool = True) -
     backend, mode = compile_settings(device)
     if not cuda_graphs:
         mode = None
-    key = (backend, mode)
+    key = (backend, mode, device.type)
     if key not in _COMPILED:
-        compiled = torch.compile(_one_token, backend=backend, mode=mode, fullgraph=True)
+        # CPU inductor: the C++ wrapper calls the kernels without Python in between (measured on
+        # small-20m, batch 1: 8.2 ms a step against 9.6 ms with the Python wrapper; the GEMVs alone
+        # take 6.7 ms). mode and options cannot both be given to torch.compile.
+        options = {"cpp_wrapper": True} if backend == "inductor" and device.type == "cpu" else None
+        compiled = torch.compile(_one_token, backend=backend, mode=mode, options=options, fullgraph=True)
 
         def counted(*args):
             from torch._dynamo.utils import counters
@@ -269,8 +273,9 @@ def decode_step(device: torch.device, compile: bool, cuda_graphs: bool = True) -
 
 
 def decode_graphs() -> int:
-    """Graphs dynamo has compiled for the decode step in this process (one per batch size and
-    cache length seen; the same shapes never compile again)."""
+    """Graphs dynamo has compiled for the decode step in this process: one for the first (batch,
+    cache length); a second shape compiles once more with that size made dynamic (and batch 1,
+    which dynamo specialises, once); shapes seen before never compile again."""
     return _GRAPHS["decode_graphs"]
 
 
