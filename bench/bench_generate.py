@@ -12,7 +12,7 @@ both; rounds alternate so machine noise hits both. CPU, fp32, no stop token (eve
 full --new tokens). Loading is measured in fresh subprocesses (peak RSS from getrusage).
 
     .venv/bin/python bench/bench_generate.py [--preset small-20m --batch 1 8 --prompt 64 --new 128 --threads 1
-                                              --compiled-batch 1 --no-load]
+                                              --compiled-batch 1 --no-load --step-breakdown]
 """
 
 from __future__ import annotations
@@ -55,6 +55,39 @@ def load_stats(who: str, path: Path) -> tuple[float, float, float]:
     return float(out[-3]), int(out[-2]) / 1024, int(out[-1]) / 1024
 
 
+def step_breakdown(model, rounds: int = 15, reps: int = 10) -> dict:
+    """ms per one-token step at batch 1 (cache of 192 columns, 100 filled), min over rounds:
+    the eager step, the compiled step (what `generate(compile=True)` runs) and the model's GEMVs
+    alone (every Linear once on a random vector: the weights' memory traffic, the floor any fp32
+    implementation pays)."""
+    import torch.nn.functional as F
+
+    from kollm.model.generate import decode_step
+    from kollm.model.transformer import StaticKVCache
+
+    cpu = torch.device("cpu")
+    cache = StaticKVCache(model.config, 1, 192, cpu, torch.float32)
+    cache.index = torch.tensor([100])
+    valid = torch.zeros(1, 192, dtype=torch.bool)
+    valid[:, :101] = True
+    tok, pos = torch.tensor([5]), torch.tensor([100])
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = {n: torch.randn(1, n) for n in {w.shape[1] for w in linears}}
+    fns = {"eager_step_ms": decode_step(cpu, False), "compiled_step_ms": decode_step(cpu, True),
+           "gemvs_alone_ms": lambda *a: [F.linear(xs[w.shape[1]], w) for w in linears]}
+    best = dict.fromkeys(fns, float("inf"))
+    with torch.no_grad():
+        for f in fns.values():
+            f(model, tok, pos, valid, cache)  # warm (compiled: already compiled by the run above)
+        for _ in range(rounds):
+            for name, f in fns.items():
+                t = time.perf_counter()
+                for _ in range(reps):
+                    f(model, tok, pos, valid, cache)
+                best[name] = min(best[name], (time.perf_counter() - t) / reps * 1e3)
+    return {k: round(v, 2) for k, v in best.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="small-20m")
@@ -65,6 +98,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="1: a loaded 2-core box makes 2-thread SDPA erratic")
     ap.add_argument("--compiled-batch", type=int, nargs="*", default=[1], help="batch sizes to also run compiled")
     ap.add_argument("--no-load", action="store_true", help="skip the checkpoint-loading comparison")
+    ap.add_argument("--step-breakdown", action="store_true", help="also time one decode step: eager, compiled, "
+                    "and the GEMVs alone")
     ap.add_argument("--load-layers", type=int, default=64, help="layers of the preset for the load test (~400 MB)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -117,6 +152,8 @@ def main() -> None:
                         "compiled_rows_identical": f"{sum(a == b for a, b in zip(out_c, hf_rows))}/{B}",
                         "compile_s": round(first - min(t_c), 1), "backend": compile_settings(torch.device("cpu"))[0]}
             results[f"batch{B}"] = row
+        if args.step_breakdown:
+            results["step_breakdown"] = step_breakdown(ours)
         if args.no_load:
             print(json.dumps(results, indent=2))
             return
