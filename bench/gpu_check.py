@@ -187,7 +187,7 @@ def check_decode(device: torch.device, args) -> dict:
     model = build_model(mc, device=device, dtype=dtype).eval()
     prompt = [torch.randint(0, mc.vocab_size, (args.prompt,)).tolist()]
     n = args.new_tokens
-    res = {"batch": 1, "prompt": args.prompt, "dtype": str(dtype)}
+    res, outs = {"batch": 1, "prompt": args.prompt, "dtype": str(dtype)}, {}
     # eager, then the compiled static-cache step (CUDA graphs on CUDA); the first compiled call, with
     # the timed call's shapes, compiles and records: its time is reported apart
     for name, compile_ in (("eager", False), ("compiled", True)):
@@ -202,9 +202,11 @@ def check_decode(device: torch.device, args) -> dict:
         sync(device)
         dt = time.perf_counter() - t0
         res[name] = {"new_tokens": len(out[0]), "tokens_per_s": len(out[0]) / dt}
+        outs[name] = out
         if compile_:
             res[name]["compile_s"] = first - dt
     res["tokens_per_s"] = res["compiled"]["tokens_per_s"]
+    res["compiled_tokens_equal_eager"] = outs["compiled"] == outs["eager"]  # bf16: a late flip is rounding
     return res
 
 

@@ -134,3 +134,19 @@ def test_eval_generation_takes_the_compiled_step(model_dir, model, aot_eager):
     assert decode_graphs() > before
     assert compiled == LocalLM(model_dir, model=model, compile=False).generate(reqs)
     assert all(compiled)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (bench/gpu_check.sh runs this)")
+def test_cuda_graph_step_equals_eager_and_keeps_its_cache(model_dir):
+    """On CUDA the default compiles (mode reduce-overhead: CUDA graphs); the cache buffers are kept
+    and reused for a request of the same shape, so the graph is neither compiled nor recorded again."""
+    from kollm.model.generate import _KEPT
+
+    model = load_hf(model_dir, device="cuda")
+    eager = generate(model, PROMPTS, GenerationConfig(max_new_tokens=NEW, compile=False))
+    before = decode_graphs()
+    first = generate(model, PROMPTS, GenerationConfig(max_new_tokens=NEW))
+    cache = _KEPT[model]
+    again = generate(model, PROMPTS, GenerationConfig(max_new_tokens=NEW))
+    assert first == again == eager
+    assert _KEPT[model] is cache and decode_graphs() - before == 1
