@@ -150,3 +150,25 @@ def test_cuda_graph_step_equals_eager_and_keeps_its_cache(model_dir):
     again = generate(model, PROMPTS, GenerationConfig(max_new_tokens=NEW))
     assert first == again == eager
     assert _KEPT[model] is cache and decode_graphs() - before == 1
+
+
+def test_grpo_rollout_of_a_checkpointed_policy_takes_the_compiled_step(aot_eager):
+    """GRPO's in-process rollouts (LocalRollout) go through the same generator, also for a policy the
+    trainer has wrapped (activation checkpointing): the same tokens as the plain model, one decode
+    graph. (Checked by hand with the blocks also compiled in place, `parallel.compile`: the same; 20 s
+    more of compiling, so not in CI.)"""
+    from kollm.model import build_model, get_preset
+    from kollm.rl.rollout import LocalRollout
+    from kollm.train.parallel import apply_activation_checkpointing
+
+    torch.manual_seed(0)
+    plain = build_model(get_preset("tiny"))
+    policy = build_model(get_preset("tiny"))
+    policy.load_state_dict(plain.state_dict())
+    apply_activation_checkpointing(policy)
+    policy.train()
+    want = LocalRollout(plain, GenerationConfig(max_new_tokens=10, compile=False)).sample(PROMPTS[:2], 2, seed=None)
+    before = decode_graphs()
+    got = LocalRollout(policy, GenerationConfig(max_new_tokens=10, compile=True)).sample(PROMPTS[:2], 2, seed=None)
+    assert got == want and decode_graphs() - before == 1
+    assert policy.training  # generate restores the mode it found
