@@ -44,7 +44,8 @@ class KVCache:
     """Keys/values for incremental decoding; `pos` tokens are filled, at most `max_len`. Memory
     grows with the tokens (capacity doubles when full, amortised O(1) per token), so a request
     for many tokens that stops early never holds memory for all of them. `reserve`: columns to
-    allocate up front, for a caller that manages capacity itself (the server's batches)."""
+    allocate up front. `generate(cache="dynamic")` decodes with it; the fixed-shape cache that
+    compiled steps and the server use is `StaticKVCache`."""
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype, reserve: int = 0):
         shape = (batch, cfg.n_kv_heads, min(reserve, max_len), cfg.head_dim)

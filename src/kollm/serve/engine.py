@@ -11,9 +11,9 @@ static cache of the new rows x width) where `generate` keeps one shape for a who
 Compiled, the first rebuild to a new shape makes dynamo mark the sizes dynamic (one more graph,
 then no recompiles); CUDA graphs are not used here (a CUDA graph is recorded per shape and per
 buffer address, and every rebuild brings both new): inductor's kernels only. Finished rows are
-dropped. Here the cache is also *re-aligned*: every row's keys are contiguous and end at the last filled column, so
-a freshly prefilled batch is merged by right-aligning both caches, and the columns no live row
-uses any more are trimmed whenever rows leave. A row therefore attends to exactly its own tokens,
+dropped. Here the cache is also *re-aligned*: every row's keys are contiguous and end at the last
+filled column, so a freshly prefilled batch is merged by right-aligning both caches, and the
+columns no live row uses any more are trimmed whenever rows leave. A row therefore attends to exactly its own tokens,
 whatever its batch-mates are: at temperature 0 it gets the tokens it would get alone (up to the
 floating-point summation order of batched kernels, which argmax does not see in practice).
 
