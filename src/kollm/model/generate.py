@@ -237,7 +237,11 @@ def use_compile(setting: bool | None, device: torch.device, model: CausalLM | No
         return setting
     if device.type != "cuda":
         return False
-    return model is None or not any(type(p).__name__ == "DTensor" for p in model.parameters())
+    if model is None:
+        return True
+    from torch.distributed.tensor import DTensor
+
+    return not any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def decode_step(device: torch.device, compile: bool, cuda_graphs: bool = True) -> Callable:

@@ -96,8 +96,10 @@ class StaticKVCache:
         self.max_len = max_len
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k[layer].index_copy_(2, self.index, k)
-        self.v[layer].index_copy_(2, self.index, v)
+        # under autocast the projections come out bf16 while the cache holds the weights' dtype;
+        # index_copy_ does not cast (slice assignment did)
+        self.k[layer].index_copy_(2, self.index, k.to(self.k[layer].dtype))
+        self.v[layer].index_copy_(2, self.index, v.to(self.v[layer].dtype))
         return self.k[layer], self.v[layer]
 
 
