@@ -15,9 +15,11 @@ Two caches (`GenerationConfig.cache`):
   place at the current column, so every decode step has the same shapes and the one-token step
   can be compiled (gpt-fast; transformers' StaticCache): `torch.compile` with CUDA graphs
   (mode="reduce-overhead") on CUDA, inductor on CPU. The prompt's prefill stays eager (its length
-  varies). A finished row stays in the batch (its tokens are dropped): shapes do not change.
-- "dynamic": the cache grows as tokens come and a finished row leaves the batch and the cache, so
-  long and short answers cost what they each need; eager only.
+  varies). Compiled, a finished row stays in the batch (its tokens are dropped) so the shapes do
+  not change; eager, it leaves the batch and the cache. (Seeded sampling is reproducible for a
+  given mode; a row leaving changes the batch the later draws are made over.)
+- "dynamic": the cache grows as tokens come (no memory reserved for tokens a request may never
+  generate) and a finished row leaves the batch and the cache; eager only.
 """
 
 from __future__ import annotations
@@ -334,16 +336,23 @@ def _decode_static(model: CausalLM, prompts, cfg: GenerationConfig, decode) -> l
     cache.index = torch.zeros(1, dtype=torch.long, device=device)  # the column each step writes
     step = decode_step(device, compiled)
     next_pos = positions[:, -1] + 1
-    live = [True] * B
+    rows = list(range(B))  # prompt index of each batch row
+    done = [False] * B
     out: list[list[int]] = [[] for _ in range(B)]
     for s in range(cfg.max_new_tokens):
         tok = next_tokens(logits, cfg, generator)
-        for b, t in enumerate(tok.tolist()):
-            if live[b]:
-                out[b].append(t)
-                live[b] = not (t in stop_ids or (cfg.stop_strings and any(x in decode(out[b]) for x in cfg.stop_strings)))
-        if not any(live) or s == cfg.max_new_tokens - 1:
+        for r, t in zip(rows, tok.tolist()):
+            if not done[r]:
+                out[r].append(t)
+                done[r] = t in stop_ids or bool(cfg.stop_strings and any(x in decode(out[r]) for x in cfg.stop_strings))
+        if all(done) or s == cfg.max_new_tokens - 1:
             break
+        keep = [j for j, r in enumerate(rows) if not done[r]]
+        if not compiled and len(keep) < len(rows):
+            # eager: finished rows leave the batch (a compiled step keeps its shapes and their rows)
+            sel = torch.tensor(keep, device=device)
+            cache.select(sel)
+            rows, tok, valid, next_pos = [rows[j] for j in keep], tok[sel], valid[sel], next_pos[sel]
         valid[:, L + s] = True
         cache.index.fill_(L + s)
         logits = step(model, tok, next_pos, valid, cache)

@@ -102,6 +102,11 @@ class StaticKVCache:
         self.v[layer].index_copy_(2, self.index, v.to(self.v[layer].dtype))
         return self.k[layer], self.v[layer]
 
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows` (finished sequences dropped; eager decoding only)."""
+        self.k = [t[rows] for t in self.k]
+        self.v = [t[rows] for t in self.v]
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
