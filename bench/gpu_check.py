@@ -6,7 +6,8 @@
    and AdamW), eager and `parallel.compile`, on a trillion-7b-shaped model cut to --layers blocks
    (d 4096, f 11008, 32 heads, vocab 128,256, sandwich norm, MTP) at micro-batch --batch × --seq,
    XLDA mask; peak memory against the dry run's plan (kollm.train.memory) for the same shape.
-3. Batch-1 greedy decode tokens/s of the same model in bf16 (kollm.model.generate).
+3. Batch-1 greedy decode tokens/s of the same model in bf16 (kollm.model.generate), eager and with
+   the compiled static-cache step (CUDA graphs), its compile time apart.
 Every part is timed and caught on its own; a JSON summary goes to --out. Without CUDA it writes
 {"cuda": false} and exits 0, unless --smoke-cpu runs every part on CPU at tiny sizes (to keep
 the script working where there is no GPU).
@@ -186,14 +187,27 @@ def check_decode(device: torch.device, args) -> dict:
     model = build_model(mc, device=device, dtype=dtype).eval()
     prompt = [torch.randint(0, mc.vocab_size, (args.prompt,)).tolist()]
     n = args.new_tokens
-    generate(model, prompt, GenerationConfig(max_new_tokens=8))  # warm-up
-    sync(device)
-    t0 = time.perf_counter()
-    out = generate(model, prompt, GenerationConfig(max_new_tokens=n))
-    sync(device)
-    dt = time.perf_counter() - t0
-    return {"batch": 1, "prompt": args.prompt, "new_tokens": len(out[0]), "tokens_per_s": len(out[0]) / dt,
-            "dtype": str(dtype)}
+    res, outs = {"batch": 1, "prompt": args.prompt, "dtype": str(dtype)}, {}
+    # eager, then the compiled static-cache step (CUDA graphs on CUDA); the first compiled call, with
+    # the timed call's shapes, compiles and records: its time is reported apart
+    for name, compile_ in (("eager", False), ("compiled", True)):
+        cfg = GenerationConfig(max_new_tokens=n, compile=compile_)
+        sync(device)
+        t0 = time.perf_counter()
+        generate(model, prompt, cfg)  # warm-up (compile, CUDA graph recording)
+        sync(device)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = generate(model, prompt, cfg)
+        sync(device)
+        dt = time.perf_counter() - t0
+        res[name] = {"new_tokens": len(out[0]), "tokens_per_s": len(out[0]) / dt}
+        outs[name] = out
+        if compile_:
+            res[name]["compile_s"] = first - dt
+    res["tokens_per_s"] = res["compiled"]["tokens_per_s"]
+    res["compiled_tokens_equal_eager"] = outs["compiled"] == outs["eager"]  # bf16: a late flip is rounding
+    return res
 
 
 def main() -> int:

@@ -1,5 +1,6 @@
 """The batching engine in-process (no HTTP): requests that join a running batch at staggered steps
-get exactly `generate`'s tokens, also when prompts are prefilled in chunks; the KV and batch
+get exactly `generate`'s tokens, also when prompts are prefilled in chunks and when the decode step
+is compiled; the KV and batch
 budgets hold admission back; CLI errors are one line."""
 
 import asyncio
@@ -65,6 +66,23 @@ def test_requests_joining_a_running_batch_get_what_generate_gives(model, tokeniz
     assert serve_all(engine, stagger=3) == want(model)
     assert engine.stats["prefills"] == 4 and engine.stats["peak_running"] >= 3
     assert engine.stats["running"] == 0 and engine.batch is None
+
+
+def test_compiled_engine_gets_what_generate_gives_with_few_graphs(model, tokenizer, monkeypatch):
+    """The engine's compiled step (generate.decode_step, aot_eager here as in tests/train/test_compile.py):
+    the same tokens; rebuilds to new (rows, width) shapes make dynamo mark them dynamic instead of
+    compiling a graph per shape: at most 3 graphs (the first shape, the dynamic one, and batch 1,
+    which dynamo specialises) for 29 steps through rebuilds every 4 steps."""
+    import os
+
+    from kollm.model.generate import decode_graphs
+
+    monkeypatch.setenv("KOLLM_COMPILE_BACKEND", os.environ.get("KOLLM_COMPILE_BACKEND", "aot_eager"))
+    before = decode_graphs()
+    engine = Engine(model, tokenizer, [2], grow=4, compile=True)
+    assert serve_all(engine, stagger=3) == want(model)
+    graphs = decode_graphs() - before
+    assert engine.stats["steps"] >= 25 and 1 <= graphs <= 3, graphs
 
 
 def test_kv_and_batch_budgets_hold_admission_back(model, tokenizer):

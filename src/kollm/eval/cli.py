@@ -165,6 +165,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--limit", type=positive_int, help="first N items per task (N >= 1; default: all)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile generation's decode step (default: on for CUDA, off on CPU)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the checkpoint's")
     p.add_argument("--batch-tokens", type=int, help="tokens per log-likelihood forward (default: 512 CPU, 16384 GPU)")
     p.add_argument("--endpoint-model", default="default", help="model name sent to the endpoint")
@@ -217,7 +219,8 @@ def main(argv: list[str]) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    kw = {"dtype": dtype, "batch_tokens": args.batch_tokens} if not args.model.startswith("http") else {}
+    kw = {"dtype": dtype, "batch_tokens": args.batch_tokens, "compile": args.compile} \
+        if not args.model.startswith("http") else {}
     model = load_model(args.model, device=device, endpoint_model=args.endpoint_model, **kw)
     cfg = EvalConfig(num_fewshot=args.num_fewshot, limit=args.limit, seed=args.seed, data_dir=args.data_dir)
     for task, _ in tasks:  # judged answers cost money: keep them beside results.json, resume from them

@@ -48,7 +48,8 @@ class LocalLM:
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None,
                  batch_tokens: int | None = None, max_length: int | None = None, add_bos: bool = False,
-                 mode: Literal["packed", "rows"] = "packed", model=None, tokenizer=None):
+                 mode: Literal["packed", "rows"] = "packed", model=None, tokenizer=None,
+                 compile: bool | None = None):
         from transformers import AutoTokenizer
 
         from kollm.model.hf import load_hf
@@ -65,6 +66,7 @@ class LocalLM:
         if mode not in ("packed", "rows"):
             raise ValueError(f"mode must be packed or rows, got {mode!r}")
         self.mode = mode
+        self.compile = compile  # generation's decode step (kollm.model.generate): None = on for CUDA
         tok = self.tokenizer
         self.prefix_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         self.name = str(self.path)
@@ -191,7 +193,8 @@ class LocalLM:
             # leaves it nothing (CoT and IFEval ask for 1,024+ tokens) is capped at half the context.
             if max_new >= self.max_length:
                 max_new = self.max_length // 2
-            cfg = GenerationConfig(max_new_tokens=max_new, stop_token_ids=eos, stop_strings=list(stop))
+            cfg = GenerationConfig(max_new_tokens=max_new, stop_token_ids=eos, stop_strings=list(stop),
+                                   compile=self.compile)
             prompts = []
             for i in idx:
                 text = requests[i].args[0]

@@ -44,7 +44,8 @@ class KVCache:
     """Keys/values for incremental decoding; `pos` tokens are filled, at most `max_len`. Memory
     grows with the tokens (capacity doubles when full, amortised O(1) per token), so a request
     for many tokens that stops early never holds memory for all of them. `reserve`: columns to
-    allocate up front, for a caller that manages capacity itself (the server's batches)."""
+    allocate up front. `generate(cache="dynamic")` decodes with it; the fixed-shape cache that
+    compiled steps and the server use is `StaticKVCache`."""
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype, reserve: int = 0):
         shape = (batch, cfg.n_kv_heads, min(reserve, max_len), cfg.head_dim)
@@ -78,6 +79,35 @@ class KVCache:
         self.v = [t[rows] for t in self.v]
 
 
+class StaticKVCache:
+    """Keys/values preallocated for a request's whole length bound, `(batch, kv_heads, max_len,
+    head_dim)` per layer, written in place at the columns `index` (a long tensor the caller sets
+    before each forward), so every decode step has the same shapes and the same buffers: what
+    `torch.compile` and CUDA graphs need (gpt-fast's and transformers' StaticCache). Attention
+    reads all `max_len` columns; the caller's mask hides the ones not written yet (and left
+    padding). `pos` is the callers' bookkeeping of filled columns; the forward never reads it."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
+        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.index = torch.zeros(1, dtype=torch.long, device=device)
+        self.pos = 0
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # under autocast the projections come out bf16 while the cache holds the weights' dtype;
+        # index_copy_ does not cast (slice assignment did)
+        self.k[layer].index_copy_(2, self.index, k.to(self.k[layer].dtype))
+        self.v[layer].index_copy_(2, self.index, v.to(self.v[layer].dtype))
+        return self.k[layer], self.v[layer]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows` (finished sequences dropped; eager decoding only)."""
+        self.k = [t[rows] for t in self.k]
+        self.v = [t[rows] for t in self.v]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -88,7 +118,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask, cache: KVCache | StaticKVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -145,7 +175,7 @@ class Block(nn.Module):
         if self.placement in ("post", "sandwich"):
             self.post_feedforward_layernorm = norm()
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask, cache: KVCache | StaticKVCache | None = None) -> torch.Tensor:
         if self.placement == "pre":
             x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
             return x + self.mlp(self.post_attention_layernorm(x))

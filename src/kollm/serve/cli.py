@@ -56,6 +56,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 above it)")
     p.add_argument("--max-queue", type=int, default=4096, help="waiting sequences before 429")
     p.add_argument("--seed", type=int, default=None, help="seed of the generator shared by unseeded requests")
+    p.add_argument("--compile", action="store_true", help="compile the decode step (inductor, dynamic shapes, no "
+                   "CUDA graphs: the batch changes shape as requests join and leave; first steps pay the compile)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     args = p.parse_args(argv)
     for name in ("max_batch", "max_prefill_tokens", "max_n", "max_body_bytes", "max_queue"):
@@ -87,7 +89,8 @@ def main(argv: list[str]) -> int:
 
     # The model thread decodes with its own tokenizer copy; the HTTP side encodes with this one.
     engine = Engine(model, copy.deepcopy(tokenizer), stop_ids, max_batch=args.max_batch, kv_budget_tokens=budget,
-                    max_prefill_tokens=args.max_prefill_tokens, max_queue=args.max_queue, seed=args.seed)
+                    max_prefill_tokens=args.max_prefill_tokens, max_queue=args.max_queue, seed=args.seed,
+                    compile=args.compile)
     limits = Limits(context=context, max_tokens=min(args.max_tokens or context, context), max_n=args.max_n,
                     max_body_bytes=args.max_body_bytes)
     name = args.served_model_name or args.model

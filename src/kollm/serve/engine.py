@@ -4,10 +4,16 @@ Iteration-level scheduling as in Orca (Yu et al., OSDI '22) and vLLM: every iter
 decode step for all running sequences, then prefills whatever waiting sequences fit and merges
 them into the running batch, so a request joins at the next step instead of waiting for the batch
 to drain. The mechanics are `kollm.model.generate`'s: left padding, per-row RoPE positions that
-count only real tokens, an explicit boolean mask over real keys, finished rows dropped. Here the
-cache is also *re-aligned*: every row's keys are contiguous and end at the last filled column, so
-a freshly prefilled batch is merged by right-aligning both caches, and the columns no live row
-uses any more are trimmed whenever rows leave. A row therefore attends to exactly its own tokens,
+count only real tokens, an explicit boolean mask over real keys, and the same static KV cache and
+one-token step (`generate.forward_static`, `generate.decode_step`), compiled with `compile=True`.
+The scheduling stays here: rows join and leave between steps, so the batch is rebuilt (a new
+static cache of the new rows x width) where `generate` keeps one shape for a whole request.
+Compiled, the first rebuild to a new shape makes dynamo mark the sizes dynamic (one more graph,
+then no recompiles); CUDA graphs are not used here (a CUDA graph is recorded per shape and per
+buffer address, and every rebuild brings both new): inductor's kernels only. Finished rows are
+dropped. Here the cache is also *re-aligned*: every row's keys are contiguous and end at the last
+filled column, so a freshly prefilled batch is merged by right-aligning both caches, and the
+columns no live row uses any more are trimmed whenever rows leave. A row therefore attends to exactly its own tokens,
 whatever its batch-mates are: at temperature 0 it gets the tokens it would get alone (up to the
 floating-point summation order of batched kernels, which argmax does not see in practice).
 
@@ -32,8 +38,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kollm.model.generate import GenerationConfig, sampling_logits
-from kollm.model.transformer import CausalLM, KVCache
+from kollm.model.generate import GenerationConfig, decode_step, forward_static, sampling_logits
+from kollm.model.transformer import CausalLM, StaticKVCache
 
 
 @dataclass(frozen=True)
@@ -117,11 +123,11 @@ class Request:
 
 
 class _Batch:
-    """The running sequences, their KV cache (columns [0, cache.pos) filled; row b's real keys are
+    """The running sequences, their static KV cache (columns [0, cache.pos) filled; row b's real keys are
     the last len_b of them), the pending token of each row (sampled, not yet in the cache) and the
     RoPE position it will take."""
 
-    def __init__(self, seqs: list[Sequence], cache: KVCache, valid: torch.Tensor, tok: torch.Tensor,
+    def __init__(self, seqs: list[Sequence], cache: StaticKVCache, valid: torch.Tensor, tok: torch.Tensor,
                  next_pos: torch.Tensor):
         self.seqs, self.cache, self.valid, self.tok, self.next_pos = seqs, cache, valid, tok, next_pos
 
@@ -129,7 +135,7 @@ class _Batch:
 class Engine:
     def __init__(self, model: CausalLM, tokenizer, stop_token_ids: list[int], *, max_batch: int = 64,
                  kv_budget_tokens: int = 1 << 18, max_prefill_tokens: int = 8192, max_queue: int = 4096,
-                 seed: int | None = None, grow: int = 128):
+                 seed: int | None = None, grow: int = 128, compile: bool = False):
         self.model = model.eval()
         param = next(model.parameters())
         self.device, self.dtype, self.cfg = param.device, param.dtype, model.config
@@ -137,6 +143,7 @@ class Engine:
         self.stop_ids = set(stop_token_ids)
         self.max_batch, self.kv_budget, self.max_prefill = max_batch, kv_budget_tokens, max_prefill_tokens
         self.max_queue, self.grow = max_queue, grow
+        self.step = decode_step(self.device, compile, cuda_graphs=False)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed if seed is not None else int(time.time_ns() % (1 << 62)))
         self.waiting: deque[Sequence] = deque()
@@ -234,7 +241,7 @@ class Engine:
             ids[i, L - len(s.prompt):] = torch.tensor(s.prompt, dtype=torch.long)
             valid[i, L - len(s.prompt):] = True
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
-        cache = KVCache(self.cfg, B, L, self.device, self.dtype, reserve=L)
+        cache = StaticKVCache(self.cfg, B, L, self.device, self.dtype)
         # Chunked prefill: C query columns at a time against the cache, so the mask and attention
         # scores are B x C x L, never B x L x L (a long prompt cannot exhaust memory). One chunk
         # when the prompts are short: then it is generate's prefill exactly.
@@ -243,10 +250,11 @@ class Engine:
         for a in range(0, L, C):
             b = min(L, a + C)
             q = keys[a:b]
-            mask = (keys[None, :b] <= q[:, None])[None] & valid[:, None, :b]
+            mask = (keys[None, :] <= q[:, None])[None] & valid[:, None, :]
             mask[:, torch.arange(b - a, device=self.device), q] = True  # a pad query sees itself: no empty softmax
-            logits = self.model(ids[:, a:b], position_ids=positions[:, a:b], attn_mask=mask[:, None], cache=cache,
-                                last_only=True).logits[:, -1]
+            cache.index = q
+            logits = forward_static(self.model, ids[:, a:b], positions[:, a:b], mask[:, None], cache)
+        cache.pos = L
         self.stats["prefills"] += 1
         tok, keep = self._sample(seqs, logits)
         part = _Batch(seqs, cache, valid, tok, positions[:, -1] + 1)
@@ -259,10 +267,10 @@ class Engine:
         b = self.batch
         if b.cache.pos == b.cache.max_len:
             b = self.batch = self._rebuild([(b, list(range(len(b.seqs))))])
-        S = b.cache.pos + 1
-        b.valid[:, S - 1] = True
-        logits = self.model(b.tok[:, None], position_ids=b.next_pos[:, None], attn_mask=b.valid[:, None, None, :S],
-                            cache=b.cache).logits[:, -1]
+        b.valid[:, b.cache.pos] = True
+        b.cache.index.fill_(b.cache.pos)
+        logits = self.step(self.model, b.tok, b.next_pos, b.valid, b.cache)
+        b.cache.pos += 1
         b.next_pos = b.next_pos + 1
         self.stats["steps"] += 1
         self.stats["row_steps"] += len(b.seqs)  # row_steps / steps: the mean decode batch
@@ -282,7 +290,7 @@ class Engine:
         # row r's keys will end at column width - len_r + (prompt + max_tokens - 1)
         need = int((width - rows + torch.tensor([s.bound - 1 for s in seqs], device=dev)).max())
         cap = max(width + 1, min(width + self.grow, need))
-        cache = KVCache(self.cfg, len(seqs), cap, dev, self.dtype, reserve=cap)  # filled in place below
+        cache = StaticKVCache(self.cfg, len(seqs), cap, dev, self.dtype)  # filled in place below
         valid = torch.zeros(len(seqs), cap, dtype=torch.bool, device=dev)
         r = 0
         for (b, idx), n in zip(parts, lens):
