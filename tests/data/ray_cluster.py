@@ -9,7 +9,10 @@ records every task execution (`executions.log`: rank, pid, time) and, while `<co
 exists, stops one task mid-way so the test can kill its Ray worker by PID. The Ray workers import
 this module (tests/data on their PYTHONPATH): the pickled executor names the class by module."""
 
+import fcntl
 import os
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -22,15 +25,24 @@ from datatrove.pipeline.base import PipelineStep
 NETNS = "KOLLM_TEST_PRIVATE_NETNS"
 
 
+def _loopback_up() -> None:
+    """`ip link set lo up` without iproute2 (not in every CI image): a new namespace's loopback is down."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sH22x", b"lo", 0)  # struct ifreq: name, flags, rest of the union
+        flags = struct.unpack("16sH22x", fcntl.ioctl(s, siocgifflags, ifreq))[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
+
+
 def in_private_netns(test_file: str, test_name: str) -> bool:
     """True inside the namespace (run the test); outside, run it there and return False (the
     caller returns), or skip where no namespace can be made (needs root and util-linux)."""
     if os.environ.get(NETNS) == "1":
+        _loopback_up()
         return True
-    inner = (f"ip link set lo up && exec {sys.executable} -m pytest -q -p no:cacheprovider "
-             f"{Path(test_file).resolve()}::{test_name}")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{Path(test_file).resolve()}::{test_name}"]
     try:
-        proc = subprocess.run(["unshare", "--net", "sh", "-c", inner], env={**os.environ, NETNS: "1"},
+        proc = subprocess.run(["unshare", "--net", *cmd], env={**os.environ, NETNS: "1"},
                               capture_output=True, text=True, timeout=900)
     except FileNotFoundError:
         pytest.skip("no `unshare` (util-linux): the Ray cluster tests run only in a private network namespace")
