@@ -6,7 +6,7 @@ cluster's traffic ever leaves 127.0.0.1.
 
 `Hold`: a test-only datatrove step for the resume test. It passes documents through unchanged,
 records every task execution (`executions.log`: rank, pid, time) and, while `<control>/hold`
-exists, stops one task mid-way so the test can kill its Ray worker by PID. The Ray workers import
+exists, stops one task mid-way so the test can kill its Ray worker by PID and makes another raise. The Ray workers import
 this module (tests/data on their PYTHONPATH): the pickled executor names the class by module."""
 
 import fcntl
@@ -57,14 +57,16 @@ class Hold(PipelineStep):
     type = "test"
     name = "hold"
 
-    def __init__(self, control: str, rank: int, timeout: float = 120.0):
+    def __init__(self, control: str, rank: int, fail_rank: int | None = None, timeout: float = 120.0):
         super().__init__()
-        self.control, self.rank, self.timeout = control, rank, timeout
+        self.control, self.rank, self.fail_rank, self.timeout = control, rank, fail_rank, timeout
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         ctl = Path(self.control)
         with open(ctl / "executions.log", "a") as f:
             f.write(f"{rank} {os.getpid()} {time.time()}\n")
+        if rank == self.fail_rank and (ctl / "hold").exists():
+            raise RuntimeError(f"task {rank} fails (test)")  # an application error, not a crash
         for i, doc in enumerate(data):
             if i == 1 and rank == self.rank and (ctl / "hold").exists():
                 # Mid-task (one document already passed on): say who we are, then wait to be killed.
