@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from curate_corpus import LOOSE, read_rows, write_corpus  # noqa: E402
+from ray_cluster import in_private_netns  # noqa: E402
 
 from kollm.data.pipeline import CurateConfig, run_curation  # noqa: E402
 
@@ -29,33 +30,17 @@ def test_without_ray_the_error_names_the_extra(tmp_path, monkeypatch):
         run_curation(cfg)
 
 
-NETNS = "KOLLM_TEST_PRIVATE_NETNS"
-
-
 @pytest.mark.slow
 def test_ray_cluster_curates_as_the_local_executor(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
-    if os.environ.get(NETNS) != "1":
-        # Ray binds its cluster to the host's network address, whatever it is told: the test runs
-        # itself again inside a network namespace of its own (only loopback), so no traffic of the
-        # cluster ever leaves 127.0.0.1.
-        inner = (f"ip link set lo up && exec {sys.executable} -m pytest -q -p no:cacheprovider "
-                 f"{Path(__file__).resolve()}::test_ray_cluster_curates_as_the_local_executor")
-        try:
-            proc = subprocess.run(["unshare", "--net", "sh", "-c", inner], env={**os.environ, NETNS: "1"},
-                                  capture_output=True, text=True, timeout=900)
-        except FileNotFoundError:
-            pytest.skip("no `unshare` (util-linux): the Ray cluster test runs only in a private network namespace")
-        if proc.returncode != 0 and "Operation not permitted" in proc.stderr:
-            pytest.skip("cannot create a network namespace here (needs root): the Ray cluster test runs only "
-                        "inside one, since Ray binds the host's address")
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    if not in_private_netns(__file__, "test_ray_cluster_curates_as_the_local_executor"):
         return
     (tmp_path / "in").mkdir()
     write_corpus(tmp_path / "in")
     base = {"inputs": [str(tmp_path / "in")], "tasks": 2, "workers": 2, "filters": LOOSE,
             "dedup": {"num_buckets": 2}}
-    local_report = run_curation(CurateConfig.from_dict({**base, "output": str(tmp_path / "local")}))
+    # One local worker: the same documents as two (test_pipeline), without forking a pool (~12 s here).
+    local_report = run_curation(CurateConfig.from_dict({**base, "workers": 1, "output": str(tmp_path / "local")}))
     local = read_rows(tmp_path / "local")
 
     # A throwaway test cluster: no token auth (Ray 2.60 enables it for a new local cluster and a

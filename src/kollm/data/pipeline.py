@@ -42,6 +42,11 @@ from kollm.data.stats import DropSampler, build_report, quality_bin, read_drop_s
 STEPS = ("normalize", "langid", "filters", "quality", "dedup", "keep")
 REASONS = ("exact_dup", "near_dup", "quality_percentile")
 STAGES = ("prepare", "buckets", "decide", "write")
+RAY_RETRIES = {"max_restarts": 0, "max_task_retries": 0}  # Ray's defaults, pinned: see _run_ray_stages
+
+
+class TasksIncomplete(ValueError):
+    """Some tasks of a stage did not complete (Ray); a ValueError, so the CLI prints it as one line."""
 
 
 def _strict(cls, data: dict | None, where: str):
@@ -293,8 +298,12 @@ def _executor(cfg: CurateConfig, name: str, pipeline: list[PipelineStep], tasks:
 
         if importlib.util.find_spec("ray") is None:  # datatrove would only find out when run
             raise ValueError("executor 'ray' needs the 'ray' package: pip install 'kollm[ray]'")
+        # Retries are datatrove's alone (a crashed task resubmitted up to 3 times, _run_ray_stages):
+        # Ray restarting the actor and re-running its method too would multiply them.
+        options = dict(cfg.executor_options)
+        options["ray_remote_kwargs"] = {**RAY_RETRIES, **(options.get("ray_remote_kwargs") or {})}
         return RayPipelineExecutor(pipeline, tasks=tasks, workers=cfg.workers, logging_dir=logging_dir,
-                                   depends=depends, **cfg.executor_options)
+                                   depends=depends, **options)
     except ModuleNotFoundError as e:
         raise ValueError(f"executor {cfg.executor!r} needs the {e.name!r} package (pip install {e.name})") from None
     except TypeError as e:  # a missing or unknown executor argument, e.g. Slurm's partition and time
@@ -339,6 +348,26 @@ def _claim_output(cfg: CurateConfig, files: list[str]) -> None:
     record.write_text(json.dumps({"fingerprint": fingerprint, "inputs": files}, indent=2))
 
 
+def _run_ray_stages(cfg: CurateConfig, executors: dict) -> None:
+    """Run the Ray stages one after another and stop at the first with unfinished tasks.
+
+    datatrove's RayPipelineExecutor resubmits a task whose worker died (Ray's WorkerCrashedError /
+    RayActorError: a killed process, a lost node) up to 3 times within the run, and never one that
+    raised; Ray's own retries stay off (actor `max_restarts`/`max_task_retries` 0, Ray's defaults),
+    so a task is re-executed by datatrove alone. A task that still failed only leaves a warning, and
+    the next stage would then wait for it forever (datatrove polls its dependency every 2 minutes):
+    here the run fails instead, naming the tasks; the same command again skips the completed tasks
+    (their `logs/<stage>/completions/` markers) and runs the rest."""
+    for name, executor in executors.items():
+        executor.run()
+        missing = executor.get_incomplete_ranks(skip_completed=True)
+        if missing:
+            logs = Path(cfg.output).resolve() / "logs" / name / "logs"
+            raise TasksIncomplete(f"curate (ray): stage {name!r}: {len(missing)} of {executor.world_size} tasks "
+                                  f"did not complete: {missing} (logs: {logs}/task_<rank>.log); run the same "
+                                  "command again to resume: completed tasks are skipped")
+
+
 def run_curation(cfg: CurateConfig, dry_run: bool = False, verbose: bool = False) -> dict | None:
     """Run (local, ray) or submit (slurm) the stages; returns the report when they ran here.
     `dry_run` (Slurm only): write the sbatch scripts to `<output>/slurm/` instead of submitting.
@@ -348,10 +377,10 @@ def run_curation(cfg: CurateConfig, dry_run: bool = False, verbose: bool = False
     console_logs(verbose)
     stages = build_stages(cfg)
     _claim_output(cfg, stages["prepare"][0].files)
-    executor = None
+    executor, executors = None, {}
     for name, pipeline in stages.items():
         tasks = cfg.dedup_cfg.num_buckets if name == "buckets" else 1 if name == "decide" else cfg.n_tasks
-        executor = _executor(cfg, name, pipeline, tasks, executor, verbose)
+        executor = executors[name] = _executor(cfg, name, pipeline, tasks, executor, verbose)
     if dry_run:
         from kollm.data.slurm_dry_run import record_sbatch
 
@@ -363,7 +392,9 @@ def run_curation(cfg: CurateConfig, dry_run: bool = False, verbose: bool = False
 
         if not ray.is_initialized():  # datatrove expects a connected driver
             ray.init(address=cfg.ray_address, log_to_driver=False)
-    executor.run()
+        _run_ray_stages(cfg, executors)
+    else:
+        executor.run()
     # Ray runs the stages to the end in this process (Slurm only submits them): report as locally.
     return write_report(cfg.output) if cfg.executor in ("local", "ray") else None
 
