@@ -110,7 +110,8 @@ class ParallelSection:
     activation_checkpointing: bool = False
     # bf16 autocast (fp32 master weights and AdamW states) or fp32; None: bf16 on CUDA, fp32 on CPU
     mixed_precision: str | None = None
-    compile: bool = False  # torch.compile each block (kollm.train.parallel.apply_compile)
+    # torch.compile each block (kollm.train.parallel.apply_compile); None: on for CUDA, off on CPU
+    compile: bool | None = None
 
 
 @dataclass

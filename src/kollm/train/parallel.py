@@ -10,11 +10,12 @@ Modes under `torchrun` (gloo on CPU, NCCL on GPU, the same code):
             (MixedPrecisionPolicy) over the fp32 sharded master weights.
 Mixed precision (`parallel.mixed_precision`, default bf16 on CUDA and fp32 on CPU): bf16 autocast
 over fp32 weights and AdamW states in the other modes, the same code on CPU and CUDA.
-Activation checkpointing wraps each block (recompute in backward), then `parallel.compile`
-compiles each block in place (torchtitan's per-block torch.compile: every layer reuses one graph,
-and FSDP2 wraps the compiled blocks), before any sharding. Shapes are dynamic from the first
-compile, so a phase change (sequence length) or a ragged micro-batch does not recompile;
-`compile_stats()` counts graphs and recompiles for the log.
+Activation checkpointing wraps each block (recompute in backward), then `parallel.compile` (unset:
+on for CUDA, off on CPU) compiles each block in place (torchtitan's per-block torch.compile: every
+layer reuses one graph, and FSDP2 wraps the compiled blocks), before any sharding. Batch and
+sequence are dynamic from the first compile, so a phase change (sequence length), a batch-size
+ramp step or a ragged micro-batch, even of one sequence, does not recompile; `compile_stats()`
+counts graphs and recompiles for the log.
 
 AdamW weight decay follows nanoGPT / Megatron-LM: matrices (including the embedding and the
 LM head) decay, norms and biases do not. (torchtitan decays every parameter.)
@@ -97,19 +98,52 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         model.mtp.block = checkpoint_wrapper(model.mtp.block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
 
 
+# Dimensions of a block's tensor arguments (x, cos, sin, dense mask) that vary: batch and sequence.
+# Marked dynamic explicitly rather than `dynamic=True`, which would also make cos/sin's broadcast
+# head dimension (always 1) symbolic and break the broadcast once sizes are size-oblivious.
+_DYNAMIC_DIMS = ((0, (0, 1)), (1, (0, 2)), (2, (0, 2)), (3, (0, 2, 3)))
+_COMPILED: dict[tuple[type, str], object] = {}  # (block class, backend) -> compiled forward, one per process
+
+
+def _compiled_forward(self: nn.Module, *args, **kwargs):
+    """A compiled block's `forward`. Training shapes share one graph: batch and sequence are marked
+    dynamic and `backed_size_oblivious` keeps dynamo from specialising a size of 1, so the ragged
+    micro-batch of a batch-size ramp step ([2, 1]), a micro-batch of 1 (trillion-7b's 32K phase) and
+    a phase's new sequence length all reuse the first graph. A call with a KV cache (decoding, with
+    the policy in GRPO or distillation) runs eager: its growing cache is not a training shape."""
+    cls = type(self)
+    if (len(args) > 4 and args[4] is not None) or kwargs.get("cache") is not None:
+        return cls.forward(self, *args, **kwargs)
+    for i, dims in _DYNAMIC_DIMS:
+        if i < len(args) and isinstance(args[i], torch.Tensor):
+            for d in dims:
+                torch._dynamo.maybe_mark_dynamic(args[i], d)
+    fn = _COMPILED.get((cls, self._kollm_compile_backend))
+    if fn is None:
+        fn = _COMPILED[(cls, self._kollm_compile_backend)] = torch.compile(cls.forward,
+                                                                           backend=self._kollm_compile_backend)
+    from torch.fx.experimental import _config as fx_config
+
+    with fx_config.patch(backed_size_oblivious=True):
+        return fn(self, *args, **kwargs)
+
+
 def apply_compile(model: nn.Module) -> None:
-    """Compile every block (and the MTP block) in place: `Module.compile` keeps the state-dict keys,
-    so checkpoints and the Hugging Face export do not see it. dynamic=True marks batch and sequence
-    symbolic up front: the phase change 4K → 32K reuses the graph. A micro-batch of 1 (trillion-7b's
-    32K phase) is the exception: dynamo specialises sizes 0 and 1, so it compiles once more, which
-    the log's `recompiles` shows (marking the batch unbacked instead broke the graph at SDPA).
-    KOLLM_COMPILE_BACKEND picks another backend (CPU tests: aot_eager, the same graph capture
-    and autograd without inductor's code generation, which takes minutes on a shared 2-core box)."""
+    """Compile every block (and the MTP block) in place, torchtitan's per-block compile: the blocks
+    share one graph (same code, parameters are inputs), FSDP2 wraps the compiled blocks and its
+    hooks stay outside the graph. Only `forward` is replaced (a method bound to the block, so a
+    deepcopy binds to the copy): state-dict keys, checkpoints and the Hugging Face export do not
+    see it. KOLLM_COMPILE_BACKEND picks another backend (CPU tests: aot_eager, the same graph
+    capture, guards and AOT autograd without inductor's code generation, which takes minutes on a
+    shared 2-core box)."""
+    import types
+
     blocks = list(model.model.layers) + ([model.mtp.block] if getattr(model, "mtp", None) is not None else [])
     _FIRST_STEP_GRAPHS.clear()  # a new model: count from its first step
     backend = os.environ.get("KOLLM_COMPILE_BACKEND", "inductor")
     for block in blocks:
-        block.compile(dynamic=True, backend=backend)
+        block._kollm_compile_backend = backend
+        block.forward = types.MethodType(_compiled_forward, block)
 
 
 _FIRST_STEP_GRAPHS: list[int] = []
@@ -124,6 +158,12 @@ def compile_stats() -> dict[str, int]:
     if not _FIRST_STEP_GRAPHS:
         _FIRST_STEP_GRAPHS.append(graphs)
     return {"compiled_graphs": graphs, "recompiles": graphs - _FIRST_STEP_GRAPHS[0]}
+
+
+def resolve_compile(setting: bool | None, device: torch.device) -> bool:
+    """`parallel.compile`: true | false; unset, on for CUDA (where it pays: bench/gpu_check.sh) and
+    off on CPU (inductor's first compile takes minutes on a small CPU box)."""
+    return device.type == "cuda" if setting is None else bool(setting)
 
 
 def resolve_precision(setting: str | None, device: torch.device) -> str:
@@ -240,4 +280,4 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     return norm
 
 
-__all__ = ["DistInfo", "init_distributed", "parallelize", "apply_compile", "compile_stats", "resolve_precision", "build_optimizer", "clip_grad_norm", "MODES"]
+__all__ = ["DistInfo", "init_distributed", "parallelize", "apply_compile", "compile_stats", "resolve_compile", "resolve_precision", "build_optimizer", "clip_grad_norm", "MODES"]

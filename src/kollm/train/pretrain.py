@@ -184,8 +184,11 @@ def dry_run(cfg: TrainConfig, world: int, mfu: float, peak_flops: float, device_
     rows = [(ph.name, memory_plan(mc, cfg.parallel.mode, world, phase_data(ph).batch_size, p.seq_len, precision))
             for ph, p in zip(cfg.phases, plan.phases)]
     device_memory = device_memory or H100_MEMORY
+    compiled = cfg.parallel.compile is not False  # unset: on, as on the CUDA device the plan is for
+    how = "unset: on for CUDA, off on CPU" if cfg.parallel.compile is None else "parallel.compile"
     text = (format_plan(plan, mfu, peak_flops) + "\n\n"
             + format_memory(rows, device_memory, cfg.parallel.activation_checkpointing)
+            + f"\ncompile: {'on' if compiled else 'off'} ({how}); precision: {precision}"
             + "".join("\n" + n for n in notes))
     if not as_plan:
         return text

@@ -203,8 +203,13 @@ class Trainer:
         if not on_meta:
             model.to(self.info.device)
         self.precision = parallel.resolve_precision(cfg.parallel.mixed_precision, self.info.device)
+        self.compile = parallel.resolve_compile(cfg.parallel.compile, self.info.device)
+        if self.info.is_main:  # the choice made for an unset key, said once at the start of the log
+            print(f"{cfg.name}: {self.info.device.type}, compile {'on' if self.compile else 'off'}"
+                  f"{' (parallel.compile unset)' if cfg.parallel.compile is None else ''}, {self.precision}",
+                  file=sys.stderr, flush=True)
         self.model = parallel.parallelize(model, cfg.parallel.mode, self.info, cfg.parallel.activation_checkpointing,
-                                          self.precision, cfg.parallel.compile)
+                                          self.precision, self.compile)
         if on_meta:  # built on the meta device: allocate and initialise after sharding
             parallel.materialize(self.model, self.info.device)
         self.optimizer = parallel.build_optimizer(self.model, cfg.parallel.mode, cfg.optimizer)
@@ -494,7 +499,7 @@ class Trainer:
                "mfu": mfu(tok_s, self.model_config.flops_per_token(seq_len), self.peak_flops, self.info.world)
                if self.peak_flops else None,
                "peak_mem_mb": peak_memory_mb(self.info.device), "time": time.time()}
-        if self.cfg.parallel.compile:  # a recompile mid-run costs minutes on a big model: visible in the log
+        if self.compile:  # a recompile mid-run costs minutes on a big model: visible in the log
             rec |= parallel.compile_stats()
         self.history.append(rec)
         if not self.info.is_main or self.step % self.cfg.logging.every:
