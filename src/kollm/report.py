@@ -331,6 +331,9 @@ def training(report: Report, name: str, d: Path) -> Section | None:
         summary.append(["mean MFU", sum(mfus) / len(mfus)])
     if "peak_mem_mb" in last:
         summary.append(["peak memory (MiB)", last["peak_mem_mb"]])
+    for k, what in (("attn_sparsity", "attention matrix masked"), ("attn_block_sparsity", "128-tiles skipped")):
+        if vals := [r[k] for r in rows if isinstance(r.get(k), (int, float))]:
+            summary.append([f"mean {k} ({what})", sum(vals) / len(vals)])
     sec.table(["", "value"], summary)
 
     loss_series = {loss_key: _series(rows, loss_key)}

@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from kollm.model import masks
 from kollm.model.masks import ISOLATES_DOCUMENTS
 from kollm.train import checkpoint, parallel, schedules
 from kollm.train.config import PhaseSection, TrainConfig
@@ -137,7 +138,20 @@ class LMObjective:
                 loss = loss + 0.0 * out.mtp_logits.sum()
         if self.langs and "lang_ids" in batch and len(totals) > 2:
             metrics |= self._language_metrics(ce, labels, batch["lang_ids"], totals)
+        if docs is not None:
+            metrics |= self._mask_sparsity(docs, batch.get("lang_ids"), labels, totals)
         return ObjectiveOutput(loss, metrics)
+
+    @torch.no_grad()
+    def _mask_sparsity(self, docs: torch.Tensor, lang_ids: torch.Tensor | None, labels: torch.Tensor,
+                       totals: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`attn_sparsity`: the fraction of the T×T attention matrix the mask policy blocks (causal
+        alone ≈ 0.5; documents and XLDA blocks more); `attn_block_sparsity`: the 128-tiles
+        FlexAttention skips. Counted from the ids (kollm.model.masks.sparsity, no T×T tensor); a
+        mean over the step's sequences weighted by their targets (equal weights when packed)."""
+        elems, tiles = masks.sparsity(self.mask_policy, docs, lang_ids)
+        w = (labels[:, 1:] != IGNORE).sum(1).float() / totals[0].clamp(min=1)
+        return {"attn_sparsity": (elems * w).sum(), "attn_block_sparsity": (tiles * w).sum()}
 
     @torch.no_grad()
     def _language_metrics(self, ce: torch.Tensor, labels: torch.Tensor, lang_ids: torch.Tensor,
