@@ -1,12 +1,16 @@
-"""Training tokens/s and peak memory: kollm's Trainer against a plain AdamW loop on transformers'
-LlamaForCausalLM. CPU, fp32, preset `small-20m` (~19M parameters), sequence 512.
+"""Training tokens/s and peak memory: kollm's Trainer, eager and with `parallel.compile: true`
+(inductor, every block compiled: the real Trainer step), against a plain AdamW loop on
+transformers' LlamaForCausalLM. CPU, fp32, preset `small-20m` (~19M parameters), sequence 512.
 
 Both sides get the same config, the same initial weights and the same batches, and do the same
 work per step: forward, token-mean cross entropy, backward, clip to 1.0, AdamW (0.9, 0.95), wd 0.1.
 Each side runs in its own subprocess (peak RSS is per process), sides alternate over rounds so that
-machine noise hits both; tokens/s is the median over the timed steps of all rounds.
+machine noise hits both; tokens/s is the median over the timed steps of all rounds. The compiled
+side's compile time is reported apart: its warm-up steps' time less as many timed (median) steps;
+the first round's is the cold one (later rounds may hit inductor's on-disk cache).
 
     .venv/bin/python bench/bench_train.py [--batch 8 --seq 512 --steps 5 --warmup 2 --rounds 2 --threads 2]
+                                          [--sides kollm,compiled,hf]
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class RandomTokens:
         pass
 
 
-def kollm_side(args) -> list[float]:
+def kollm_side(args, compiled: bool = False) -> tuple[list[float], float]:
     from kollm.model import build_model, get_preset
     from kollm.train.config import config_from_dict
     from kollm.train.trainer import LMObjective, Trainer
@@ -57,16 +61,19 @@ def kollm_side(args) -> list[float]:
             "output_dir": out, "batch": {"tokens": args.batch * args.seq},
             "optimizer": {"lr": 3e-4, "weight_decay": 0.1, "grad_clip": 1.0},
             "schedule": {"warmup_steps": 0}, "logging": {"progress": False},
-            "checkpoint": {"export_hf": False},
+            "checkpoint": {"export_hf": False}, "parallel": {"compile": compiled},
             "phases": [{"name": "bench", "steps": args.warmup + args.steps,
                         "data": {"seq_len": args.seq, "batch_size": args.batch}}]})
         trainer = Trainer(cfg, model, LMObjective("causal"), RandomTokens(model.config.vocab_size, args.seq))
         trainer.save = lambda: None  # timing only: no checkpoint at the end
         history = trainer.fit()
-    return [h["tokens_per_s"] for h in history[args.warmup:]]
+    rates = [h["tokens_per_s"] for h in history[args.warmup:]]
+    tokens = args.batch * args.seq
+    warm_s = sum(tokens / h["tokens_per_s"] for h in history[:args.warmup])
+    return rates, max(0.0, warm_s - args.warmup * tokens / statistics.median(rates))
 
 
-def hf_side(args) -> list[float]:
+def hf_side(args) -> tuple[list[float], float]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from kollm.model import build_model, get_preset
@@ -94,7 +101,10 @@ def hf_side(args) -> list[float]:
         opt.zero_grad(set_to_none=True)
         if step >= args.warmup:
             rates.append(args.batch * args.seq / (time.perf_counter() - t0))
-    return rates
+    return rates, 0.0
+
+
+LABELS = {"kollm": "kollm Trainer (eager)", "compiled": "kollm Trainer, compiled", "hf": "transformers + AdamW"}
 
 
 def main() -> None:
@@ -105,31 +115,41 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--side", choices=["kollm", "hf"], help=argparse.SUPPRESS)  # child process
+    ap.add_argument("--sides", default="kollm,compiled,hf", help="comma-separated: kollm, compiled, hf")
+    ap.add_argument("--side", choices=list(LABELS), help=argparse.SUPPRESS)  # child process
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.side:
-        rates = (kollm_side if args.side == "kollm" else hf_side)(args)
+        rates, compile_s = hf_side(args) if args.side == "hf" else kollm_side(args, compiled=args.side == "compiled")
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"rates": rates, "peak_rss_mb": peak_mb}))
+        print(json.dumps({"rates": rates, "peak_rss_mb": peak_mb, "compile_s": compile_s}))
         return
-    results: dict[str, dict] = {"kollm": {"rates": [], "peak": []}, "hf": {"rates": [], "peak": []}}
+    sides = args.sides.split(",")
+    results: dict[str, dict] = {s: {"rates": [], "peak": [], "compile": []} for s in sides}
     for _ in range(args.rounds):
-        for side in ("kollm", "hf"):
+        for side in sides:
             cmd = [sys.executable, __file__, "--side", side] + [
                 f"--{k}={getattr(args, k)}" for k in ("batch", "seq", "steps", "warmup", "threads")]
             out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
             results[side]["rates"] += out["rates"]
             results[side]["peak"].append(out["peak_rss_mb"])
-    k, h = (statistics.median(results[s]["rates"]) for s in ("kollm", "hf"))
-    kp, hp = (max(results[s]["peak"]) for s in ("kollm", "hf"))
+            results[side]["compile"].append(out["compile_s"])
+    rate = {s: statistics.median(results[s]["rates"]) for s in sides}
+    peak = {s: max(results[s]["peak"]) for s in sides}
     print(f"small-20m, batch {args.batch} x seq {args.seq}, fp32 CPU, {args.threads} threads, "
           f"{args.rounds} rounds x {args.steps} timed steps")
-    print(f"  kollm Trainer          {k:10,.0f} tokens/s   peak RSS {kp:8,.0f} MB")
-    print(f"  transformers + AdamW   {h:10,.0f} tokens/s   peak RSS {hp:8,.0f} MB")
-    print(f"  ratio kollm / transformers: {k / h:.2f}x tokens/s, {kp / hp:.2f}x peak RSS")
-    for side in ("kollm", "hf"):  # the spread: a shared machine makes single steps noisy
-        print(f"  {side} steps (tokens/s): {', '.join(f'{r:,.0f}' for r in results[side]['rates'])}")
+    for s in sides:
+        extra = f"   compile {', '.join(f'{c:.0f}' for c in results[s]['compile'])} s" if s == "compiled" else ""
+        print(f"  {LABELS[s]:<26} {rate[s]:10,.0f} tokens/s   peak RSS {peak[s]:8,.0f} MB{extra}")
+    if "hf" in sides:
+        for s in sides:
+            if s != "hf":
+                print(f"  ratio {s} / transformers: {rate[s] / rate['hf']:.2f}x tokens/s, "
+                      f"{peak[s] / peak['hf']:.2f}x peak RSS")
+    if "kollm" in sides and "compiled" in sides:
+        print(f"  ratio compiled / eager kollm: {rate['compiled'] / rate['kollm']:.2f}x tokens/s")
+    for s in sides:  # the spread: a shared machine makes single steps noisy
+        print(f"  {s} steps (tokens/s): {', '.join(f'{r:,.0f}' for r in results[s]['rates'])}")
 
 
 if __name__ == "__main__":

@@ -168,6 +168,8 @@ def check_train(device: torch.device, args, compile_: bool) -> dict:
            "first_step_s": first_s, "median_step_s": step_s, "tokens_per_s": tok_s,
            "mfu": mfu(tok_s, mc.flops_per_token(args.seq), peak), "peak_flops": peak,
            "first_loss": first["loss"], "last_loss": losses[-1],
+           # XLDA mask over RandomDocs: the share of the matrix masked, and of 128-tiles FlexAttention skips
+           "attn_sparsity": m["attn_sparsity"], "attn_block_sparsity": m["attn_block_sparsity"],
            "planned_memory_gb": plan.total(False) / 1e9}
     if device.type == "cuda":
         res["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9

@@ -232,6 +232,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(model: nn.Module, mode: str, cfg: OptimSection) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay)
     kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps}
+    # fused AdamW (one kernel over all parameters) where torch has it: on this CPU 25 ms a step for
+    # small-20m's 19M parameters against 105 ms for the default multi-tensor (foreach) update
+    devices = {p.device.type for g in groups for p in g["params"]}
+    if devices and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for g in groups for p in g["params"]):
+        kwargs["fused"] = True
     if mode == "zero1":
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
