@@ -5,7 +5,9 @@ transformers' LlamaForCausalLM. CPU, fp32, preset `small-20m` (~19M parameters),
 Both sides get the same config, the same initial weights and the same batches, and do the same
 work per step: forward, token-mean cross entropy, backward, clip to 1.0, AdamW (0.9, 0.95), wd 0.1.
 Each side runs in its own subprocess (peak RSS is per process), sides alternate over rounds so that
-machine noise hits both; tokens/s is the median over the timed steps of all rounds. The compiled
+machine noise hits both; tokens/s is the median over the timed steps of all rounds. tokens per
+CPU-second (the process's CPU time per step) is printed beside it: on a machine shared with other
+jobs, time spent descheduled does not count there, so it is the steadier comparison. The compiled
 side's compile time is reported apart: its warm-up steps' time less as many timed (median) steps;
 the first round's is the cold one (later rounds may hit inductor's on-disk cache).
 
@@ -49,7 +51,7 @@ class RandomTokens:
         pass
 
 
-def kollm_side(args, compiled: bool = False) -> tuple[list[float], float]:
+def kollm_side(args, compiled: bool = False) -> dict:
     from kollm.model import build_model, get_preset
     from kollm.train.config import config_from_dict
     from kollm.train.trainer import LMObjective, Trainer
@@ -66,14 +68,24 @@ def kollm_side(args, compiled: bool = False) -> tuple[list[float], float]:
                         "data": {"seq_len": args.seq, "batch_size": args.batch}}]})
         trainer = Trainer(cfg, model, LMObjective("causal"), RandomTokens(model.config.vocab_size, args.seq))
         trainer.save = lambda: None  # timing only: no checkpoint at the end
+        cpu, step = [], trainer.train_step
+
+        def timed_step() -> dict:
+            c0 = time.process_time()
+            m = step()
+            cpu.append(time.process_time() - c0)
+            return m
+
+        trainer.train_step = timed_step
         history = trainer.fit()
     rates = [h["tokens_per_s"] for h in history[args.warmup:]]
     tokens = args.batch * args.seq
     warm_s = sum(tokens / h["tokens_per_s"] for h in history[:args.warmup])
-    return rates, max(0.0, warm_s - args.warmup * tokens / statistics.median(rates))
+    return {"rates": rates, "cpu_rates": [tokens / c for c in cpu[args.warmup:]],
+            "compile_s": max(0.0, warm_s - args.warmup * tokens / statistics.median(rates))}
 
 
-def hf_side(args) -> tuple[list[float], float]:
+def hf_side(args) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from kollm.model import build_model, get_preset
@@ -90,9 +102,9 @@ def hf_side(args) -> tuple[list[float], float]:
     hf.train()
     opt = torch.optim.AdamW(hf.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
     data = RandomTokens(c.vocab_size, args.seq)
-    rates = []
+    rates, cpu_rates = [], []
     for step in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ids = data.next_batch(args.batch)["input_ids"]
         logits = hf(input_ids=ids).logits
         F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).backward()
@@ -101,7 +113,8 @@ def hf_side(args) -> tuple[list[float], float]:
         opt.zero_grad(set_to_none=True)
         if step >= args.warmup:
             rates.append(args.batch * args.seq / (time.perf_counter() - t0))
-    return rates, 0.0
+            cpu_rates.append(args.batch * args.seq / (time.process_time() - c0))
+    return {"rates": rates, "cpu_rates": cpu_rates, "compile_s": 0.0}
 
 
 LABELS = {"kollm": "kollm Trainer (eager)", "compiled": "kollm Trainer, compiled", "hf": "transformers + AdamW"}
@@ -120,34 +133,37 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.side:
-        rates, compile_s = hf_side(args) if args.side == "hf" else kollm_side(args, compiled=args.side == "compiled")
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"rates": rates, "peak_rss_mb": peak_mb, "compile_s": compile_s}))
+        res = hf_side(args) if args.side == "hf" else kollm_side(args, compiled=args.side == "compiled")
+        print(json.dumps(res | {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
         return
     sides = args.sides.split(",")
-    results: dict[str, dict] = {s: {"rates": [], "peak": [], "compile": []} for s in sides}
+    results: dict[str, dict] = {s: {"rates": [], "cpu_rates": [], "peak": [], "compile": []} for s in sides}
     for _ in range(args.rounds):
         for side in sides:
             cmd = [sys.executable, __file__, "--side", side] + [
                 f"--{k}={getattr(args, k)}" for k in ("batch", "seq", "steps", "warmup", "threads")]
             out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
             results[side]["rates"] += out["rates"]
+            results[side]["cpu_rates"] += out["cpu_rates"]
             results[side]["peak"].append(out["peak_rss_mb"])
             results[side]["compile"].append(out["compile_s"])
     rate = {s: statistics.median(results[s]["rates"]) for s in sides}
+    cpu = {s: statistics.median(results[s]["cpu_rates"]) for s in sides}
     peak = {s: max(results[s]["peak"]) for s in sides}
     print(f"small-20m, batch {args.batch} x seq {args.seq}, fp32 CPU, {args.threads} threads, "
           f"{args.rounds} rounds x {args.steps} timed steps")
     for s in sides:
         extra = f"   compile {', '.join(f'{c:.0f}' for c in results[s]['compile'])} s" if s == "compiled" else ""
-        print(f"  {LABELS[s]:<26} {rate[s]:10,.0f} tokens/s   peak RSS {peak[s]:8,.0f} MB{extra}")
+        print(f"  {LABELS[s]:<26} {rate[s]:10,.0f} tokens/s {cpu[s]:8,.0f} tokens/CPU-s   "
+              f"peak RSS {peak[s]:8,.0f} MB{extra}")
     if "hf" in sides:
         for s in sides:
             if s != "hf":
                 print(f"  ratio {s} / transformers: {rate[s] / rate['hf']:.2f}x tokens/s, "
-                      f"{peak[s] / peak['hf']:.2f}x peak RSS")
+                      f"{cpu[s] / cpu['hf']:.2f}x tokens/CPU-s, {peak[s] / peak['hf']:.2f}x peak RSS")
     if "kollm" in sides and "compiled" in sides:
-        print(f"  ratio compiled / eager kollm: {rate['compiled'] / rate['kollm']:.2f}x tokens/s")
+        print(f"  ratio compiled / eager kollm: {rate['compiled'] / rate['kollm']:.2f}x tokens/s, "
+              f"{cpu['compiled'] / cpu['kollm']:.2f}x tokens/CPU-s")
     for s in sides:  # the spread: a shared machine makes single steps noisy
         print(f"  {s} steps (tokens/s): {', '.join(f'{r:,.0f}' for r in results[s]['rates'])}")
 
