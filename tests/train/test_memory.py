@@ -94,6 +94,7 @@ def test_dry_run_warns_for_the_full_size_recipes(capsys):
     out = capsys.readouterr().out
     assert "memory per rank (zero1, 256 ranks, bf16" in out
     assert "WARNING: phase long_context" in out and "WARNING: phase stable" in out
+    assert "compile: on (unset: on for CUDA, off on CPU); precision: bf16" in out  # what the GPU run would choose
     assert main([str(RECIPES / "dna-8b-cpt.yaml"), "--dry-run", "--world-size", "8"]) == 0
     out = capsys.readouterr().out
     assert "memory per rank (fsdp, 8 ranks" in out and "WARNING" not in out
