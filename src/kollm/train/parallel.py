@@ -102,6 +102,8 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
 # Marked dynamic explicitly rather than `dynamic=True`, which would also make cos/sin's broadcast
 # head dimension (always 1) symbolic and break the broadcast once sizes are size-oblivious.
 _DYNAMIC_DIMS = ((0, (0, 1)), (1, (0, 2)), (2, (0, 2)), (3, (0, 2, 3)))
+_BLOCK_MASK_TENSORS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
+                       "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices")
 _COMPILED: dict[tuple[type, str], object] = {}  # (block class, backend) -> compiled forward, one per process
 
 
@@ -109,8 +111,11 @@ def _compiled_forward(self: nn.Module, *args, **kwargs):
     """A compiled block's `forward`. Training shapes share one graph: batch and sequence are marked
     dynamic and `backed_size_oblivious` keeps dynamo from specialising a size of 1, so the ragged
     micro-batch of a batch-size ramp step ([2, 1]), a micro-batch of 1 (trillion-7b's 32K phase) and
-    a phase's new sequence length all reuse the first graph. A call with a KV cache (decoding, with
-    the policy in GRPO or distillation) runs eager: its growing cache is not a training shape."""
+    a phase's new sequence length all reuse the first graph (SDPA's dense mask). With FlexAttention's
+    BlockMask (CUDA) the first new sequence length and the first micro-batch of 1 compile once each
+    (the mask keeps its lengths as ints; flex's kernel guards batch >= 2), then reuse. A call with
+    a KV cache (decoding, with the policy in GRPO or distillation) runs eager: its growing cache is
+    not a training shape."""
     cls = type(self)
     if (len(args) > 4 and args[4] is not None) or kwargs.get("cache") is not None:
         return cls.forward(self, *args, **kwargs)
@@ -118,6 +123,15 @@ def _compiled_forward(self: nn.Module, *args, **kwargs):
         if i < len(args) and isinstance(args[i], torch.Tensor):
             for d in dims:
                 torch._dynamo.maybe_mark_dynamic(args[i], d)
+    if len(args) > 3 and hasattr(args[3], "kv_num_blocks"):  # a FlexAttention BlockMask: (B, 1, blocks[, blocks])
+        mask = args[3]
+        for t in (getattr(mask, name, None) for name in _BLOCK_MASK_TENSORS):
+            for d in (0, 2, 3)[:t.ndim - 1] if isinstance(t, torch.Tensor) else ():
+                torch._dynamo.maybe_mark_dynamic(t, d)
+        for cell in getattr(mask.mask_mod, "__closure__", None) or ():  # its mask_mod's (B, T) document/language ids
+            if isinstance(cell.cell_contents, torch.Tensor) and cell.cell_contents.ndim == 2:
+                for d in (0, 1):
+                    torch._dynamo.maybe_mark_dynamic(cell.cell_contents, d)
     fn = _COMPILED.get((cls, self._kollm_compile_backend))
     if fn is None:
         fn = _COMPILED[(cls, self._kollm_compile_backend)] = torch.compile(cls.forward,
