@@ -135,3 +135,18 @@ def test_resume_mid_rollout_batch_is_exact_and_exports(tiny, prompts, tmp_path):
     init = load_file(tiny / "model.safetensors")
     assert any(not torch.equal(a[k], init[k]) for k in a if k in init)  # the policy moved
     assert (full / "hf" / "latest" / "tokenizer.json").is_file()
+
+
+def test_bf16_reference_and_old_policy_match_the_policy_at_step_one(tiny, prompts, tmp_path):
+    # Under parallel.mixed_precision bf16 the reference and old-policy passes run under the same
+    # autocast as the policy's forward: at step 1 π_θ = π_old = π_ref, so the ratio is exactly 1
+    # (nothing clipped) and the k3 KL exactly 0. An fp32 reference beside a bf16 policy gives KL > 0.
+    cfg = config(tiny, prompts, tmp_path / "run")
+    cfg["parallel"] = {"mixed_precision": "bf16"}
+    cfg["phases"] = [{"name": "rl", "steps": 1}]
+    cfg["validation"] = {"every": 0}
+    cfg["data"].pop("validation")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert grpo_main([str(tmp_path / "c.yaml")]) == 0
+    [m] = metrics(tmp_path / "run")
+    assert m["kl"] == 0.0 and m["clip_frac"] == 0.0

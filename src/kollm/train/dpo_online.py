@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from kollm.train.dpo import DPOSection, model_fingerprint, reference_logps, train_dpo
+from kollm.train.parallel import uses_autocast
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -128,7 +129,8 @@ def run_online(raw: dict, dpo: DPOSection, data_val: str | None, info, resume: b
     if not prompts:
         raise ValueError(f"{on.prompts}: no usable prompts")
     ref_key = model_fingerprint(init, None)
-    autocast = info.device.type == "cuda" and raw.get("parallel", {}).get("mode", "single") != "fsdp"
+    par = raw.get("parallel", {})
+    autocast = uses_autocast(par.get("mixed_precision"), par.get("mode", "single"), info.device)
     seed = int(raw.get("seed", 0))
     policy = init
     for r in range(on.rounds):

@@ -222,11 +222,13 @@ class RolloutSource:
     """The trainer's data source for GRPO (see the module docstring)."""
 
     def __init__(self, policy, tokenizer, prompts: PromptSet, cfg: GRPOConfig, rewards, engine,
-                 reference=None, rank: int = 0, world: int = 1, seed: int = 0, device=None):
+                 reference=None, rank: int = 0, world: int = 1, seed: int = 0, device=None,
+                 autocast: bool = False):
         self.policy, self.tokenizer, self.prompts, self.cfg = policy, tokenizer, prompts, cfg
         self.rewards, self.engine, self.reference = rewards, engine, reference
         self.rank, self.world, self.seed = rank, world, seed
         self.device = device or torch.device("cpu")
+        self.autocast = autocast  # the trainer's (parallel.uses_autocast): old/ref log-probs as the policy's
         self.per_rank = cfg.grpo.prompts_per_step // world
         self.epoch, self.pos = 0, 0  # global prompt position within the epoch's permutation
         self.gen = torch.Generator().manual_seed(seed * 1000003 + rank)
@@ -319,7 +321,7 @@ class RolloutSource:
         out = []
         mb = self.cfg.grpo.micro_batch_size
         try:
-            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
                 for s in range(0, len(ids), mb):
                     x = ids[s:s + mb].to(self.device)
                     out.append(token_logps(model(x).logits, x, self.cfg.grpo.temperature).cpu())
@@ -385,7 +387,7 @@ def build(cfg: GRPOConfig, info, model):
     from kollm.model.generate import GenerationConfig
     from kollm.rl.rewards import Rewards
     from kollm.rl.rollout import LocalRollout, ServerRollout
-    from kollm.train.parallel import unwrap
+    from kollm.train.parallel import unwrap, uses_autocast
 
     tc, g = cfg.train, cfg.grpo
     tok_dir = tc.model.tokenizer or tc.model.init_from
@@ -404,7 +406,8 @@ def build(cfg: GRPOConfig, info, model):
     if g.beta > 0:
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
     source = RolloutSource(policy, tokenizer, train, cfg, rewards, engine, reference, info.rank, info.world,
-                           tc.seed, info.device)
+                           tc.seed, info.device,
+                           uses_autocast(tc.parallel.mixed_precision, tc.parallel.mode, info.device))
     val = None
     if cfg.data.validation:
         held = PromptSet(cfg.data.validation, tokenizer, cfg.data, needs, limit=cfg.data.val_size)

@@ -189,6 +189,13 @@ def resolve_precision(setting: str | None, device: torch.device) -> str:
     return setting
 
 
+def uses_autocast(setting: str | None, mode: str, device: torch.device) -> bool:
+    """Whether forwards run under bf16 autocast: bf16 precision outside FSDP (FSDP2 casts the
+    parameters itself). Every forward whose log-probabilities meet the policy's (DPO's reference,
+    GRPO's old policy and reference) must take the same answer, or the ratio at step 0 is not 1."""
+    return resolve_precision(setting, device) == "bf16" and mode != "fsdp"
+
+
 def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpointing: bool = False,
                 mixed_precision: str | None = None, compile: bool = False) -> nn.Module:
     """Wrap `model` for `mode`; returns the module the training loop calls."""
@@ -299,4 +306,4 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     return norm
 
 
-__all__ = ["DistInfo", "init_distributed", "parallelize", "apply_compile", "compile_stats", "resolve_compile", "resolve_precision", "build_optimizer", "clip_grad_norm", "MODES"]
+__all__ = ["DistInfo", "init_distributed", "parallelize", "apply_compile", "compile_stats", "resolve_compile", "resolve_precision", "uses_autocast", "build_optimizer", "clip_grad_norm", "MODES"]

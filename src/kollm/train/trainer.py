@@ -232,7 +232,7 @@ class Trainer:
         self.phase_idx = -1
         self.last_checkpoint: Path | None = None
         self.peak_flops = cfg.logging.peak_flops or default_peak_flops(self.info.device)
-        self.autocast = self.precision == "bf16" and cfg.parallel.mode != "fsdp"  # FSDP2 casts itself
+        self.autocast = parallel.uses_autocast(cfg.parallel.mixed_precision, cfg.parallel.mode, self.info.device)
         self.history: list[dict] = []
         self._sinks: list = []
 
