@@ -154,23 +154,32 @@ def cap_to_context(cfg: GenerationConfig, prompt_len: int, context: int,
     return dataclasses.replace(cfg, max_new_tokens=room)
 
 
+def _start(prompts, width: int, cfg: GenerationConfig, device: torch.device):
+    """The left-padded prompt batch both caches start from: ids (B, L), `valid` (B, width) marking
+    the columns that hold real tokens, each row's RoPE positions (counting only its real tokens) and
+    the sampling generator (None: torch's global RNG)."""
+    B, L = len(prompts), max(len(p) for p in prompts)
+    ids = torch.zeros(B, L, dtype=torch.long, device=device)  # left padding: id 0, never attended to
+    valid = torch.zeros(B, width, dtype=torch.bool, device=device)
+    for b, p in enumerate(prompts):
+        ids[b, L - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        valid[b, L - len(p):L] = True
+    positions = (valid[:, :L].long().cumsum(-1) - 1).clamp(min=0)
+    generator = None
+    if cfg.do_sample and cfg.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    return ids, valid, positions, generator
+
+
 def _decode(model: CausalLM, prompts, cfg: GenerationConfig, decode) -> list[list[int]]:
     """The dynamic cache: grows with the tokens, finished rows dropped."""
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     B, L = len(prompts), max(len(p) for p in prompts)
     total = L + cfg.max_new_tokens
-    ids = torch.zeros(B, L, dtype=torch.long, device=device)  # left padding: id 0, never attended to
-    valid = torch.zeros(B, total, dtype=torch.bool, device=device)  # key j of row b is a real token
-    for b, p in enumerate(prompts):
-        ids[b, L - len(p):] = torch.tensor(list(p), dtype=torch.long)
-        valid[b, L - len(p):L] = True
-    generator = None
-    if cfg.do_sample and cfg.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    ids, valid, positions, generator = _start(prompts, total, cfg, device)
     stop_ids = set(cfg.stop_token_ids)
 
-    positions = (valid[:, :L].long().cumsum(-1) - 1).clamp(min=0)
     causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
     # A pad query may see only itself: an empty softmax row would put NaN into the cache.
     mask = (causal & valid[:, None, :L]) | torch.eye(L, dtype=torch.bool, device=device)
@@ -316,18 +325,10 @@ def _decode_static(model: CausalLM, prompts, cfg: GenerationConfig, decode) -> l
     B, L = len(prompts), max(len(p) for p in prompts)
     N = cfg.cache_len or -(-(L + cfg.max_new_tokens) // BUCKET) * BUCKET
     compiled = use_compile(cfg.compile, device, model)
-    ids = torch.zeros(B, L, dtype=torch.long, device=device)  # left padding: id 0, never attended to
-    valid = torch.zeros(B, N, dtype=torch.bool, device=device)  # column j of row b holds a real token
-    for b, p in enumerate(prompts):
-        ids[b, L - len(p):] = torch.tensor(list(p), dtype=torch.long)
-        valid[b, L - len(p):L] = True
-    generator = None
-    if cfg.do_sample and cfg.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    ids, valid, positions, generator = _start(prompts, N, cfg, device)
     stop_ids = set(cfg.stop_token_ids)
 
     cache = static_cache(model, B, N, device, dtype, keep=compiled and device.type == "cuda")
-    positions = (valid[:, :L].long().cumsum(-1) - 1).clamp(min=0)
     cols, keys = torch.arange(L, device=device), torch.arange(N, device=device)
     # Causal over real keys; a pad query sees only itself (an empty softmax row would put NaN in the cache).
     mask = ((keys[None, :] <= cols[:, None]) & valid[:, None, :]) | (keys[None, :] == cols[:, None])
