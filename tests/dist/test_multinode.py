@@ -105,10 +105,11 @@ def test_two_nodes_match_single_process_write_once_and_resume(runs, tmp_path):
             assert [c.name for c in ckpts] == ["step-00000002", "step-00000004"], ckpts
             assert not list(root.rglob(".tmp-step-*")), "a half-written checkpoint was left behind"
             for c in ckpts:
-                # one trainer state, one file per global rank, one DCP shard per rank, one metadata
+                # one trainer state, one file per global rank, one DCP shard per rank, one metadata,
+                # one record of their CRC-32s
                 names = sorted(p.name for p in c.iterdir())
-                assert names == [".metadata", "__0_0.distcp", "__1_0.distcp", "rank-0.json", "rank-1.json",
-                                 "trainer.json"], names
+                assert names == [".metadata", "__0_0.distcp", "__1_0.distcp", "checksums.json", "rank-0.json",
+                                 "rank-1.json", "trainer.json"], names
                 assert json.loads((c / "trainer.json").read_text())["world"] == 2
             metrics = [json.loads(line) for f in root.rglob("metrics.jsonl") for line in f.read_text().splitlines()]
             assert [m["step"] for m in metrics] == [1, 2, 3, 4], f"{run}: metrics written once per step"
