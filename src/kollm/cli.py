@@ -61,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"kollm {stage}: error: {msg}", file=sys.stderr)
         return 1
+    except RuntimeError as e:
+        from kollm.train.trainer import TrainingDiverged  # torch is loaded by now: the import is free
+
+        if not isinstance(e, TrainingDiverged):
+            raise
+        # a NaN/inf loss or update: the message names the step and the last good checkpoint
+        print(f"kollm {stage}: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -160,3 +160,26 @@ def test_a_flipped_byte_is_found_on_load_and_export(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(ck), "--out", str(tmp_path / "hf")]) == 1
     err = capsys.readouterr().err
     assert f"{weights}: checksum mismatch" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "dpo", "distill", "grpo"])
+def test_a_diverged_stage_exits_3_with_its_message(stage, monkeypatch, capsys):
+    # Every training stage lets TrainingDiverged rise; the `kollm` dispatcher turns it into exit
+    # code 3 and the one line naming the step and the last good checkpoint (docs/training.md).
+    import importlib
+
+    from kollm import cli
+
+    def diverge(argv):
+        raise TrainingDiverged("non-finite loss (nan) at step 3; last good checkpoint: runs/x/checkpoints/step-00000002")
+
+    monkeypatch.setattr(importlib.import_module(cli.STAGES[stage][0]), "main", diverge)
+    assert cli.main([stage, "cfg.yaml"]) == 3
+    assert capsys.readouterr().err == (f"kollm {stage}: non-finite loss (nan) at step 3; "
+                                       "last good checkpoint: runs/x/checkpoints/step-00000002\n")
+    def bug(argv):
+        raise RuntimeError("a bug, not a divergence")
+
+    monkeypatch.setattr(importlib.import_module(cli.STAGES[stage][0]), "main", bug)
+    with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError keeps its traceback
+        cli.main([stage, "cfg.yaml"])

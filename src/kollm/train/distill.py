@@ -492,15 +492,13 @@ def main(argv: list[str]) -> int:
 
 
 def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -> int:
-    import torch.distributed as dist
-
     from kollm.data.chat import load_tokenizer, stop_token_ids
     from kollm.train.export import export_final
     from kollm.train.objectives.distill import DistillObjective
-    from kollm.train.parallel import init_distributed
+    from kollm.train.parallel import distributed_run
     from kollm.train.pretrain import build_run_model, model_config
     from kollm.train.schedules import phase_data
-    from kollm.train.trainer import Trainer, TrainingDiverged
+    from kollm.train.trainer import Trainer
 
     if not cfg.data.train:
         raise ValueError("data.train is required (chat or prompt/completion rows)")
@@ -536,8 +534,7 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
                                     len(val_ex.examples))
     elif cfg.teacher.model:
         check_same_vocabulary(tok, load_tokenizer(cfg.teacher.model), tok_path, cfg.teacher.model)
-    info = init_distributed()
-    try:
+    with distributed_run() as info:
         if info.is_main:
             for ex in (train_ex, val_ex):
                 if ex is not None:
@@ -559,18 +556,9 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
             if info.is_main:
                 print(json.dumps({"step": 0, **metrics}))
             return 0
-        try:
-            trainer.fit(resume=resume)
-        except TrainingDiverged as e:
-            print(f"kollm distill: {e}", file=sys.stderr)
-            return 3
+        trainer.fit(resume=resume)  # a diverged run raises: `kollm` exits 3 with its message
         if (out := export_final(trainer, cfg, tokenizer=tok_path)) is not None:
             print(f"kollm distill: Hugging Face export in {out}", file=sys.stderr)
-        if info.distributed:
-            dist.barrier()
-    finally:
-        if info.distributed:
-            dist.destroy_process_group()
     return 0
 
 

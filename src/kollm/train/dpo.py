@@ -381,13 +381,9 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         return emit(dry_run(raw, dpo, data_train, args, args.online, args.config), args)
 
-    import torch.distributed as dist
+    from kollm.train.parallel import distributed_run
 
-    from kollm.train.parallel import init_distributed
-    from kollm.train.trainer import TrainingDiverged
-
-    info = init_distributed()
-    try:
+    with distributed_run() as info:  # a diverged run raises: `kollm` exits 3 with its message
         if args.online:
             from kollm.train.dpo_online import run_online
 
@@ -396,14 +392,6 @@ def main(argv: list[str]) -> int:
             trainer = train_dpo(raw, dpo, data_train, data_val, info, args.resume, where=args.config)
             if trainer.export is not None:
                 print(f"kollm dpo: Hugging Face export in {trainer.export}", file=sys.stderr)
-        if info.distributed:
-            dist.barrier()
-    except TrainingDiverged as e:
-        print(f"kollm dpo: {e}", file=sys.stderr)
-        return 3
-    finally:
-        if info.distributed:
-            dist.destroy_process_group()
     return 0
 
 

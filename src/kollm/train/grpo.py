@@ -469,13 +469,11 @@ def main(argv: list[str]) -> int:
 
     import os
 
-    import torch.distributed as dist
-
     from kollm.train.export import export_final
     from kollm.train.objectives.grpo import GRPOObjective
-    from kollm.train.parallel import init_distributed
+    from kollm.train.parallel import distributed_run
     from kollm.train.pretrain import build_run_model
-    from kollm.train.trainer import Trainer, TrainingDiverged
+    from kollm.train.trainer import Trainer
 
     cfg = load_grpo_config(args.config, args.set, world=int(os.environ.get("WORLD_SIZE", "1")))
     tc = cfg.train
@@ -486,26 +484,16 @@ def main(argv: list[str]) -> int:
     if tc.parallel.mode == "fsdp":
         raise ValueError(f"{args.config}: parallel.mode fsdp: in-process rollouts need whole weights on every "
                          "rank; use ddp/zero1, or fsdp with grpo.server for rollouts")
-    info = init_distributed()
-    try:
+    with distributed_run() as info:
         model = build_run_model(tc, info.device)
         trainer_model = model
         objective = GRPOObjective(cfg.grpo.loss_type, cfg.grpo.epsilon, cfg.grpo.epsilon_high, cfg.grpo.beta,
                                   cfg.grpo.max_new_tokens, cfg.grpo.temperature)
         _, source, val = build(cfg, info, model.to(info.device))
         trainer = Trainer(tc, trainer_model, objective, source, info, val_data=val)
-        try:
-            trainer.fit(resume=args.resume)
-        except TrainingDiverged as e:
-            print(f"kollm grpo: {e}", file=sys.stderr)
-            return 3
+        trainer.fit(resume=args.resume)  # a diverged run raises: `kollm` exits 3 with its message
         if (out := export_final(trainer, tc, tokenizer=tc.model.tokenizer or tc.model.init_from)) is not None:
             print(f"kollm grpo: Hugging Face export in {out}", file=sys.stderr)
-        if info.distributed:
-            dist.barrier()
-    finally:
-        if info.distributed:
-            dist.destroy_process_group()
     return 0
 
 

@@ -69,6 +69,22 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank, world, local, device)
 
 
+@contextlib.contextmanager
+def distributed_run():
+    """A stage's run under `torchrun` (or alone): `init_distributed()`; when the body succeeds every
+    rank waits at a barrier (rank 0 may still be exporting), and the process group is destroyed
+    however the body ends. A body that raises (a diverged run) skips the barrier: the other ranks
+    diverged too, or are stopped by torchrun."""
+    info = init_distributed()
+    try:
+        yield info
+        if info.distributed:
+            dist.barrier()
+    finally:
+        if info.distributed:
+            dist.destroy_process_group()
+
+
 def exit_with_launcher(rank: int, poll_s: float = 0.5) -> threading.Thread:
     """Stop this rank when the process that launched it dies. torchrun stops its workers when one
     of them fails, but a SIGKILLed torchrun stops nothing: its ranks trained on and wrote 15 more
@@ -306,4 +322,4 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     return norm
 
 
-__all__ = ["DistInfo", "init_distributed", "parallelize", "apply_compile", "compile_stats", "resolve_compile", "resolve_precision", "uses_autocast", "build_optimizer", "clip_grad_norm", "MODES"]
+__all__ = ["DistInfo", "init_distributed", "distributed_run", "parallelize", "apply_compile", "compile_stats", "resolve_compile", "resolve_precision", "uses_autocast", "build_optimizer", "clip_grad_norm", "MODES"]

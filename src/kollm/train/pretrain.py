@@ -232,13 +232,11 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         return emit(plan_of("pretrain", cfg, args), args)
 
-    import torch.distributed as dist
-
     from kollm.data.loader import PretrainLoader
     from kollm.train.export import export_final
-    from kollm.train.parallel import init_distributed
+    from kollm.train.parallel import distributed_run
     from kollm.train.schedules import phase_data
-    from kollm.train.trainer import LMObjective, Trainer, TrainingDiverged
+    from kollm.train.trainer import LMObjective, Trainer
 
     if not cfg.data.shards:
         raise ValueError(f"{args.config}: data.shards is required to train (a `kollm data tokenize` output)")
@@ -246,8 +244,7 @@ def main(argv: list[str]) -> int:
         from kollm.model.hf import export_architecture
 
         export_architecture(model_config(cfg))  # an unexportable model fails now, not after training
-    info = init_distributed()
-    try:
+    with distributed_run() as info:
         model = build_run_model(cfg, info.device)
         data = PretrainLoader(cfg.data.shards, phase_data(cfg.phases[0]), seed=cfg.seed, rank=info.rank,
                               world_size=info.world, block_size=cfg.data.block_size)
@@ -265,18 +262,9 @@ def main(argv: list[str]) -> int:
                                  f"{model.config.vocab_size} embedding rows (shards from another tokenizer?)")
         objective = LMObjective(cfg.data.mask_policy, cfg.data.restart_positions, langs=data.langs)
         trainer = Trainer(cfg, model, objective, data, info, val_data=val)
-        try:
-            trainer.fit(resume=args.resume)
-        except TrainingDiverged as e:
-            print(f"kollm pretrain: {e}", file=sys.stderr)
-            return 3
+        trainer.fit(resume=args.resume)  # a diverged run raises: `kollm` exits 3 with its message
         if (out := export_final(trainer, cfg)) is not None:
             print(f"kollm pretrain: Hugging Face export in {out}", file=sys.stderr)
-        if info.distributed:
-            dist.barrier()
-    finally:
-        if info.distributed:
-            dist.destroy_process_group()
     return 0
 
 

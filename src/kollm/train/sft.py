@@ -182,11 +182,8 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         return emit(dry_run(cfg, args, args.seeds), args)
 
-    import torch.distributed as dist
-
     from kollm.data import chat
-    from kollm.train.parallel import init_distributed
-    from kollm.train.trainer import TrainingDiverged
+    from kollm.train.parallel import distributed_run
 
     check_config(cfg, args.config)
     if not cfg.model.init_from:
@@ -198,16 +195,11 @@ def main(argv: list[str]) -> int:
     tokenizer = chat.load_tokenizer(tokenizer_source(cfg))
     if args.seeds > 1 and not cfg.checkpoint.export_hf:
         raise ValueError("--seeds averages the exported runs: checkpoint.export_hf must be true")
-    info = init_distributed()
-    try:
+    with distributed_run() as info:
         exports, cache = [], {}
-        for k in range(args.seeds):
+        for k in range(args.seeds):  # a diverged seed raises: `kollm` exits 3 with its message
             run_cfg = seed_config(cfg, k) if args.seeds > 1 else cfg
-            try:
-                exports.append(train_one(run_cfg, info, tokenizer, args.resume, cache))
-            except TrainingDiverged as e:
-                print(f"kollm sft: {e}", file=sys.stderr)
-                return 3
+            exports.append(train_one(run_cfg, info, tokenizer, args.resume, cache))
         if args.seeds > 1 and info.is_main:
             out = soup(exports, Path(cfg.output_dir) / "hf" / "soup")
             link_latest(out)
@@ -215,11 +207,6 @@ def main(argv: list[str]) -> int:
                 {"seeds": [cfg.seed + k for k in range(args.seeds)], "runs": [str(e) for e in exports],
                  "soup": str(out), "method": "linear, uniform weights"}, indent=2) + "\n")
             print(f"kollm sft: soup of {args.seeds} seeds in {out}", file=sys.stderr)
-        if info.distributed:
-            dist.barrier()
-    finally:
-        if info.distributed:
-            dist.destroy_process_group()
     return 0
 
 
