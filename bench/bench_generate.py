@@ -57,9 +57,9 @@ def load_stats(who: str, path: Path) -> tuple[float, float, float]:
 
 def step_breakdown(model, rounds: int = 15, reps: int = 10) -> dict:
     """ms per one-token step at batch 1 (cache of 192 columns, 100 filled), min over rounds:
-    the eager step, the compiled step (what `generate(compile=True)` runs) and the model's GEMVs
-    alone (every Linear once on a random vector: the weights' memory traffic, the floor any fp32
-    implementation pays)."""
+    the eager step, the compiled step (what `generate(compile=True)` runs), the model's GEMVs
+    through MKL alone (every Linear once on a random vector, as eager PyTorch and transformers run
+    them) and one read of every weight (`sum`: the memory traffic, the floor any fp32 step pays)."""
     import torch.nn.functional as F
 
     from kollm.model.generate import decode_step
@@ -74,7 +74,8 @@ def step_breakdown(model, rounds: int = 15, reps: int = 10) -> dict:
     linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     xs = {n: torch.randn(1, n) for n in {w.shape[1] for w in linears}}
     fns = {"eager_step_ms": decode_step(cpu, False), "compiled_step_ms": decode_step(cpu, True),
-           "gemvs_alone_ms": lambda *a: [F.linear(xs[w.shape[1]], w) for w in linears]}
+           "mkl_gemvs_ms": lambda *a: [F.linear(xs[w.shape[1]], w) for w in linears],
+           "weights_read_ms": lambda *a: [w.sum() for w in linears]}
     best = dict.fromkeys(fns, float("inf"))
     with torch.no_grad():
         for f in fns.values():
@@ -99,7 +100,7 @@ def main() -> None:
     ap.add_argument("--compiled-batch", type=int, nargs="*", default=[1], help="batch sizes to also run compiled")
     ap.add_argument("--no-load", action="store_true", help="skip the checkpoint-loading comparison")
     ap.add_argument("--step-breakdown", action="store_true", help="also time one decode step: eager, compiled, "
-                    "and the GEMVs alone")
+                    "MKL's GEMVs alone and one read of the weights")
     ap.add_argument("--load-layers", type=int, default=64, help="layers of the preset for the load test (~400 MB)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -185,3 +185,19 @@ def test_static_cache_under_autocast_as_distillation_samples(model, aot_eager):
     # bf16 rounds differently over the static cache's masked columns: rows may part after a few
     # tokens (here one row, at its 5th token)
     assert [o[:4] for o in static] == [o[:4] for o in dynamic]
+
+
+def test_batch1_linears_become_reductions_on_cpu_and_answer_the_same(model, hf_tokens, aot_eager):
+    """The CPU step writes a Linear of <= 4 rows as multiply-and-sum (one inductor reduction: 1.9x
+    MKL's sgemv at batch 1); every Linear of the batch-1 graph is rewritten, a batch of 8 keeps
+    its matmuls, and the tokens are transformers' either way."""
+    from kollm.model import generate as gen
+
+    torch._dynamo.reset()
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    before = gen._GRAPHS["linears_as_reductions"]
+    cfg = GenerationConfig(max_new_tokens=NEW, compile=True)
+    assert generate(model, [PROMPTS[3]], cfg)[0] == hf_tokens[3]
+    assert gen._GRAPHS["linears_as_reductions"] - before == linears
+    assert generate(model, PROMPTS * 2, cfg) == hf_tokens * 2  # batch 8: a new graph, no rewrite
+    assert gen._GRAPHS["linears_as_reductions"] - before == linears
