@@ -1,6 +1,8 @@
 """Training tokens/s and peak memory: kollm's Trainer, eager and with `parallel.compile: true`
 (inductor, every block compiled: the real Trainer step), against a plain AdamW loop on
 transformers' LlamaForCausalLM. CPU, fp32, preset `small-20m` (~19M parameters), sequence 512.
+A fourth side, `floor`, times the step's GEMMs and attention kernels alone: the bound on the
+tokens/s of any fp32 implementation on this machine (see floor_side).
 
 Both sides get the same config, the same initial weights and the same batches, and do the same
 work per step: forward, token-mean cross entropy, backward, clip to 1.0, AdamW (0.9, 0.95), wd 0.1.
@@ -12,7 +14,7 @@ side's compile time is reported apart: its warm-up steps' time less as many time
 the first round's is the cold one (later rounds may hit inductor's on-disk cache).
 
     .venv/bin/python bench/bench_train.py [--batch 8 --seq 512 --steps 5 --warmup 2 --rounds 2 --threads 2]
-                                          [--sides kollm,compiled,hf]
+                                          [--sides kollm,compiled,hf,floor]
 """
 
 from __future__ import annotations
@@ -117,7 +119,48 @@ def hf_side(args) -> dict:
     return {"rates": rates, "cpu_rates": cpu_rates, "compile_s": 0.0}
 
 
-LABELS = {"kollm": "kollm Trainer (eager)", "compiled": "kollm Trainer, compiled", "hf": "transformers + AdamW"}
+def floor_side(args) -> dict:
+    """The step's unavoidable kernels alone, as a bound on any fp32 implementation of it: every
+    Linear's three GEMMs (forward, input gradient, weight gradient) through MKL at the step's shapes,
+    and causal attention forward and backward through PyTorch's CPU flash kernel (the SDPA both
+    other sides call), per layer. No norms, RoPE, SwiGLU, loss or optimizer: a step can only be
+    slower than this, so tokens / floor is the most any implementation could reach."""
+    from kollm.model import build_model, get_preset
+
+    model = build_model(get_preset("small-20m"))
+    c, T = model.config, args.batch * args.seq
+    shapes = [tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    mats = {(o, i): (torch.randn(T, i), torch.randn(o, i), torch.randn(T, o)) for o, i in set(shapes)}
+    hd = c.dim // c.n_heads
+    q = torch.randn(args.batch, c.n_heads, args.seq, hd, requires_grad=True)
+    kv = [torch.randn(args.batch, c.n_kv_heads, args.seq, hd, requires_grad=True) for _ in range(2)]
+
+    def gemms() -> None:
+        for o, i in shapes:
+            x, w, dy = mats[(o, i)]
+            x @ w.t(), dy @ w, dy.t() @ x
+
+    def attention() -> None:
+        for _ in range(c.n_layers):
+            F.scaled_dot_product_attention(q, *kv, is_causal=True, enable_gqa=True).sum().backward()
+
+    rates = []
+    for _ in range(args.warmup + args.steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        gemms()
+        t1 = time.perf_counter()
+        attention()
+        t2 = time.perf_counter()
+        rates.append((T / (t2 - t0), t1 - t0, t2 - t1, T / (time.process_time() - c0)))
+    rates = rates[args.warmup:]
+    return {"rates": [r[0] for r in rates], "cpu_rates": [r[3] for r in rates], "compile_s": 0.0,
+            "gemm_s": min(r[1] for r in rates), "attention_s": min(r[2] for r in rates),
+            "gemm_gflops": 6 * sum(o * i for o, i in shapes) * T / min(r[1] for r in rates) / 1e9}
+
+
+LABELS = {"kollm": "kollm Trainer (eager)", "compiled": "kollm Trainer, compiled", "hf": "transformers + AdamW",
+          "floor": "GEMMs + attention alone"}
+SIDES = {"hf": hf_side, "floor": floor_side}
 
 
 def main() -> None:
@@ -128,12 +171,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--sides", default="kollm,compiled,hf", help="comma-separated: kollm, compiled, hf")
+    ap.add_argument("--sides", default="kollm,compiled,hf,floor", help="comma-separated: kollm, compiled, hf, floor")
     ap.add_argument("--side", choices=list(LABELS), help=argparse.SUPPRESS)  # child process
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.side:
-        res = hf_side(args) if args.side == "hf" else kollm_side(args, compiled=args.side == "compiled")
+        res = SIDES[args.side](args) if args.side in SIDES else kollm_side(args, compiled=args.side == "compiled")
         print(json.dumps(res | {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
         return
     sides = args.sides.split(",")
@@ -147,6 +190,8 @@ def main() -> None:
             results[side]["cpu_rates"] += out["cpu_rates"]
             results[side]["peak"].append(out["peak_rss_mb"])
             results[side]["compile"].append(out["compile_s"])
+            if side == "floor":
+                results[side]["parts"] = out
     rate = {s: statistics.median(results[s]["rates"]) for s in sides}
     cpu = {s: statistics.median(results[s]["cpu_rates"]) for s in sides}
     peak = {s: max(results[s]["peak"]) for s in sides}
@@ -158,12 +203,17 @@ def main() -> None:
               f"peak RSS {peak[s]:8,.0f} MB{extra}")
     if "hf" in sides:
         for s in sides:
-            if s != "hf":
+            if s not in ("hf", "floor"):
                 print(f"  ratio {s} / transformers: {rate[s] / rate['hf']:.2f}x tokens/s, "
                       f"{cpu[s] / cpu['hf']:.2f}x tokens/CPU-s, {peak[s] / peak['hf']:.2f}x peak RSS")
     if "kollm" in sides and "compiled" in sides:
         print(f"  ratio compiled / eager kollm: {rate['compiled'] / rate['kollm']:.2f}x tokens/s, "
               f"{cpu['compiled'] / cpu['kollm']:.2f}x tokens/CPU-s")
+    if "floor" in sides:
+        f = results["floor"]["parts"]
+        print(f"  floor: GEMMs {f['gemm_s']:.2f} s ({f['gemm_gflops']:.0f} GFLOP/s), attention "
+              f"{f['attention_s']:.2f} s a step; no implementation of this step in fp32 passes "
+              f"{rate['floor']:,.0f} tokens/s" + (f" = {rate['floor'] / rate['hf']:.2f}x transformers" if "hf" in sides else ""))
     for s in sides:  # the spread: a shared machine makes single steps noisy
         print(f"  {s} steps (tokens/s): {', '.join(f'{r:,.0f}' for r in results[s]['rates'])}")
 
