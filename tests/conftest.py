@@ -1,5 +1,11 @@
-"""Fixtures shared across test packages."""
+"""Fixtures shared across test packages: a tiny random Llama checkpoint (`write_tiny_llama`) and a
+stub OpenAI-compatible server (`openai_stub`)."""
 
+import json
+import threading
+from dataclasses import dataclass
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -43,3 +49,84 @@ def _write_tiny_llama(out: Path, texts: list[str], specials: list[str], vocab_si
 @pytest.fixture(scope="session")
 def write_tiny_llama():
     return _write_tiny_llama
+
+
+# ---- a stub OpenAI-compatible server -------------------------------------------------------------
+@dataclass
+class StubCall:
+    """One request the stub received: its path, its JSON body and its headers."""
+
+    path: str
+    body: dict
+    headers: Message
+
+
+class OpenAIStub:
+    """A stub OpenAI-compatible server on 127.0.0.1 and a free port (stdlib ThreadingHTTPServer, one
+    thread per request), playing a judge, a chat model or a rollout server in tests. Every POST's JSON
+    body goes to `reply(call)`, which returns a str (a chat completion with that reply), a dict (JSON,
+    HTTP 200) or (status, JSON dict | bytes | None[, headers]). `calls` holds the requests in arrival
+    order; `max_in_flight` the most requests inside `reply` at once (a request leaves the count before
+    its answer is sent: a client that has its answer may send the next one without overlapping it)."""
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.calls: list[StubCall] = []
+        self.lock = threading.Lock()
+        self.in_flight = self.max_in_flight = 0
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                call = StubCall(self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"]))),
+                                self.headers)
+                with stub.lock:
+                    stub.calls.append(call)
+                    stub.in_flight += 1
+                    stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+                try:
+                    out = stub.reply(call)
+                finally:
+                    with stub.lock:
+                        stub.in_flight -= 1
+                if isinstance(out, str):
+                    out = {"choices": [{"message": {"role": "assistant", "content": out}}]}
+                status, payload, headers = (200, out, {}) if isinstance(out, dict) else (*out, {})[:3]
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                if payload is None:  # status (and headers) only
+                    self.end_headers()
+                    return
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                if not isinstance(payload, bytes):
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.root = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = self.root + "/v1"  # what OpenAI clients take as base_url
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def openai_stub():
+    """`openai_stub(reply)` starts an OpenAIStub; every one started is shut down after the test."""
+    started: list[OpenAIStub] = []
+
+    def start(reply) -> OpenAIStub:
+        started.append(OpenAIStub(reply))
+        return started[-1]
+
+    yield start
+    for stub in started:
+        stub.close()

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from kollm.demo_corpus import write_demo_corpus, write_demo_posttrain
+from kollm.model.config import get_preset
+from kollm.model.hf import config_from_hf
 from kollm.recipe import load_recipe, run_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny-demo.yaml"
@@ -46,6 +48,8 @@ def test_demo_recipe_end_to_end(tmp_path, capsys):
     assert config["vocab_size"] == vocab  # model sized by its tokenizer
     eos = next(t["id"] for t in tok["added_tokens"] if t["content"] == "<|end_of_text|>")
     assert config["eos_token_id"] == eos
+    # the preset the post-training stages' dry runs plan with (recipes/tiny-demo.yaml) is this model
+    assert config_from_hf(config) == get_preset("tiny-demo-nomtp")
     model = transformers.AutoModelForCausalLM.from_pretrained(hf)
     ids = transformers.AutoTokenizer.from_pretrained(hf)("오늘 서울의 날씨는", return_tensors="pt").input_ids
     assert torch.isfinite(model(ids).logits).all()

@@ -1,6 +1,6 @@
-"""The full-size recipes (recipes/trillion-7b-full.yaml, recipes/dna-8b-full.yaml) planned by
-`kollm run --dry-run` with no data and no models present, every number against a hand
-calculation; recipe variables (`vars:`, `--set vars.NAME=...`); the stop before the first stage
+"""The full-size recipes (recipes/trillion-7b-full.yaml, recipes/dna-8b-full.yaml) and the tiny
+demo (recipes/tiny-demo.yaml) planned by `kollm run --dry-run` with no data and no models present,
+every number against a hand calculation; recipe variables (`vars:`, `--set vars.NAME=...`); the stop before the first stage
 whose named input is missing."""
 
 import json
@@ -280,3 +280,52 @@ def test_online_teacher_is_planned_in_the_distill_stage(capsys):
     assert (student["kind"], teacher["kind"]) == ("train", "forward") and teacher["tokens"] == tokens
     assert teacher["flops"] == pytest.approx(tokens * flops_per_token(LLAMA_405B, V, 16384, 126, 4096) / 3)
     assert p["memory_per_rank"] > 2 * LLAMA_405B and not p["fits"]  # the whole bf16 teacher on every rank
+
+
+def test_tiny_demo_dry_run_plans_every_compute_stage(tmp_path):
+    """`kollm run recipes/tiny-demo.yaml --dry-run` before `kollm demo` has written anything: every
+    compute stage is planned, the post-training checkpoints by preset tiny-demo-nomtp (the pretrained
+    model as exported: no MTP block, the demo tokenizer's 806 tokens) and DPO's pairs by
+    dpo.planned_pairs (the 1,200 that kollm.demo_corpus writes)."""
+    from kollm.model.config import get_preset
+    from kollm.recipe import COMPUTE
+
+    recipe = load_recipe(RECIPES / "tiny-demo.yaml", [f"workdir={tmp_path}"])
+    d = dry_run(recipe, defaults={"mfu": 0.4, "gen_mfu": 0.1})
+    compute = [s.name for s in recipe.stages if s.run in COMPUTE]
+    assert compute == ["pretrain", "sft", "dpo", "grpo", "eval"]
+    for name in compute:
+        assert _stage(d, name)["flops"] > 0, name
+    assert "not planned" not in format_dry_run(d)
+
+    # the preset is the pretraining config's model (tiny-sandwich-mtp + overrides) without MTP, with the
+    # tokenizer's vocabulary and BOS/EOS: 2·806·128 embeddings + 4 sandwich blocks + the final norm
+    pre = yaml.safe_load((RECIPES / "tiny-demo-pretrain.yaml").read_text())["model"]
+    nomtp = get_preset("tiny-demo-nomtp")
+    assert nomtp == get_preset(pre["preset"], **pre["overrides"]).replace(
+        mtp=False, vocab_size=806, bos_token_id=800, eos_token_id=801)
+    block = 128 * 16 * (4 + 2 * 2) + 4 * 16 * 128 + 3 * 128 * 352 + 4 * 128  # q,k,v; o; SwiGLU; 4 norms
+    n = 2 * 806 * 128 + 4 * block + 128
+    assert nomtp.num_params() == n == 847_488
+
+    def f(seq: int) -> int:  # 6·N' + 12·L·(heads·head_dim)·T
+        return 6 * (n - 806 * 128) + 12 * 4 * (4 * 16) * seq
+
+    (sft,) = _stage(d, "sft")["parts"]  # 120 steps × 2,048 tokens at 256
+    assert sft["tokens"] == 120 * 2048 and sft["flops"] == 120 * 2048 * f(256)
+    dpo = _stage(d, "dpo")  # 1,200 pairs: the reference forward once, ⌈1,200 / 16⌉ = 75 policy steps
+    ref, policy = dpo["parts"]
+    assert dpo["pairs"] == 1200 and ref["tokens"] == 1200 * 2 * 256
+    assert ref["flops"] == pytest.approx(1200 * 2 * 256 * f(256) / 3)
+    assert policy["steps"] == 75 and policy["flops"] == pytest.approx(75 * 16 * 2 * 256 * f(256))
+    merge = _stage(d, "merge")  # the SFT and DPO models in, one model out, float32
+    assert merge["bytes_read"] == 2 * 4 * n and merge["bytes_written"] == 4 * n
+    # GRPO: 20 steps of 8 prompts × G 8 at ≤ 64 + 24 tokens; 2 iterations per rollout batch → 10 batches
+    gen, old, refp, train = _stage(d, "grpo")["parts"]
+    assert gen["tokens"] == old["tokens"] == refp["tokens"] == 10 * 64 * 88
+    assert gen["flops"] == pytest.approx(10 * 64 * 88 * f(88) / 3)
+    assert train["tokens"] == 20 * 64 * 88 and train["flops"] == pytest.approx(20 * 64 * 88 * f(88))
+    ev = _stage(d, "eval")  # --limit 50 per task, 0-shot: 100 requests of 256 tokens, 256 generated each
+    prompt, generated = ev["parts"]
+    assert ev["requests"] == 100 and prompt["tokens"] == generated["tokens"] == 100 * 256
+    assert prompt["flops"] == pytest.approx(100 * 256 * f(256) / 3)

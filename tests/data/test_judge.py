@@ -4,7 +4,6 @@ resume after interruption, Korean prompt for Korean text, unparsable answers cou
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -14,63 +13,43 @@ from kollm.data.judge import PROMPT_KO, JudgeConfig, judge_documents, parse_scor
 
 class FakeJudge:
     """Scores a document by the `[score=N]` tag in its text; FLAKY fails once with 500, RATE once
-    with 429, GARBAGE gets an answer without a score."""
+    with 429, GARBAGE gets an answer without a score. Served by `openai_stub` (tests/conftest.py)."""
 
-    def __init__(self):
+    def __init__(self, openai_stub):
         self.lock = threading.Lock()
-        self.requests, self.in_flight, self.max_in_flight = [], 0, 0
         self.failed_once: set[str] = set()
-        judge = self
+        self.http = openai_stub(self.reply)
+        self.url = self.http.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+    @property
+    def requests(self) -> list[dict]:
+        return [c.body for c in self.http.calls]
 
-            def do_POST(self):
-                assert self.path == "/v1/chat/completions"
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][0]["content"]
-                with judge.lock:
-                    judge.requests.append(body)
-                    judge.in_flight += 1
-                    judge.max_in_flight = max(judge.max_in_flight, judge.in_flight)
-                threading.Event().wait(0.02)
-                code, data = 200, b""
-                for marker, error in (("FLAKY", 500), ("RATE", 429)):
-                    if marker in prompt:
-                        with judge.lock:
-                            first = marker not in judge.failed_once
-                            judge.failed_once.add(marker)
-                        if first:
-                            code = error
-                if code == 200:
-                    m = re.search(r"\[score=(\d)\]", prompt)
-                    answer = "No idea." if "GARBAGE" in prompt else f"Looks fine.\nEducational score: {m.group(1)}"
-                    data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
-                # The request leaves the count before its reply is sent: once the client has the
-                # reply it may send the next one, which must not overlap this one in the count.
-                with judge.lock:
-                    judge.in_flight -= 1
-                self.send_response(code)
-                if code != 200:
-                    self.send_header("Retry-After", "0")
-                    self.end_headers()
-                    return
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+    @property
+    def max_in_flight(self) -> int:
+        return self.http.max_in_flight
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def reply(self, call):
+        assert call.path == "/v1/chat/completions"
+        prompt = call.body["messages"][0]["content"]
+        threading.Event().wait(0.02)
+        code = 200
+        for marker, error in (("FLAKY", 500), ("RATE", 429)):
+            if marker in prompt:
+                with self.lock:
+                    first = marker not in self.failed_once
+                    self.failed_once.add(marker)
+                if first:
+                    code = error
+        if code != 200:
+            return code, None, {"Retry-After": "0"}
+        m = re.search(r"\[score=(\d)\]", prompt)
+        return "No idea." if "GARBAGE" in prompt else f"Looks fine.\nEducational score: {m.group(1)}"
 
 
 @pytest.fixture
-def server():
-    s = FakeJudge()
-    yield s
-    s.server.shutdown()
+def server(openai_stub):
+    return FakeJudge(openai_stub)
 
 
 def _docs():

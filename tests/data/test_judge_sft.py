@@ -5,8 +5,6 @@ keeps scores above 3)."""
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,33 +13,14 @@ from kollm.data.judge import PROMPT_SFT_EN, PROMPT_SFT_KO, parse_score
 
 
 @pytest.fixture
-def server():
-    prompts: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            prompt = body["messages"][0]["content"]
-            prompts.append(prompt)
-            score = re.search(r"\[q=(\d)\]", prompt).group(1)
-            data = json.dumps({"choices": [{"message": {"content": f"Fine.\nResponse score: {score}"}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v1", prompts
-    srv.shutdown()
+def server(openai_stub):
+    """A judge (tests/conftest.py's stub) that gives each row the score in its `[q=N]` tag."""
+    return openai_stub(lambda call: "Fine.\nResponse score: "
+                       + re.search(r"\[q=(\d)\]", call.body["messages"][0]["content"]).group(1))
 
 
 def test_sft_rubric_scores_every_row_and_min_score_keeps_above_3(server, tmp_path, monkeypatch):
-    url, prompts = server
+    url = server.url
     rows = [{"messages": [{"role": "user", "content": f"What is {i} + {i}? [q={i % 6}]"},
                           {"role": "assistant", "content": f"{2 * i}"}]} for i in range(6)]
     rows += [{"prompt": "사과 두 개와 세 개를 더하면 몇 개인가요? [q=5]", "completion": "다섯 개입니다."},
@@ -58,6 +37,7 @@ def test_sft_rubric_scores_every_row_and_min_score_keeps_above_3(server, tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["malformed"]["counts"] == {"no_assistant_turn": 1} and summary["kept_above_3"] == 4
     assert f"{src}:9" in summary["malformed"]["examples"]["no_assistant_turn"][0]
+    prompts = [c.body["messages"][0]["content"] for c in server.calls]
     ko = [p for p in prompts if "사과" in p]
     assert len(prompts) == 8 and ko[0].startswith(PROMPT_SFT_KO[:20])
     en = next(p for p in prompts if "What is 2 + 2" in p)

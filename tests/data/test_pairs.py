@@ -4,9 +4,6 @@ OpenAI-compatible server."""
 
 import json
 import re
-import threading
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from kollm.cli import main as kollm_main
 from kollm.data.pairs import choose_pairs, final_number, math_verifier
@@ -16,37 +13,17 @@ def reward_by_length(prompt, response, row):  # used by dotted path in tests (he
     return float(len(response))
 
 
-@contextmanager
-def stub_judge(rate):
-    """An OpenAI-compatible /v1/chat/completions that rates the answer between FastChat's markers
-    with `rate(answer) -> int` in `[[N]]` form; yields (base URL, list of request bodies)."""
-    seen = []
+def stub_judge(openai_stub, rate):
+    """An OpenAI-compatible /v1/chat/completions (`openai_stub`, tests/conftest.py) that rates the answer
+    between FastChat's markers with `rate(answer) -> int` in `[[N]]` form; returns the running stub
+    (`.url`, `.calls`)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
+    def reply(call):
+        text = call.body["messages"][-1]["content"]
+        m = re.search(r"\[The Start of Assistant's Answer\]\n(.*)\n\[The End of Assistant's Answer\]", text, re.S)
+        return f"Fine. Rating: [[{rate(m.group(1))}]]"
 
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            text = body["messages"][-1]["content"]
-            m = re.search(r"\[The Start of Assistant's Answer\]\n(.*)\n\[The End of Assistant's Answer\]", text, re.S)
-            data = json.dumps({"choices": [{"message": {"role": "assistant",
-                                                        "content": f"Fine. Rating: [[{rate(m.group(1))}]]"}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    return openai_stub(reply)
 
 
 def test_choose_pairs_counts_each_reason():
@@ -103,16 +80,17 @@ def test_cli_with_verifier(tmp_path, capsys):
     assert rows[1]["chosen"] == [{"role": "assistant", "content": "10-2=8, so 8"}]
 
 
-def test_cli_with_reward_function_and_judge(tmp_path, capsys):
+def test_cli_with_reward_function_and_judge(tmp_path, capsys, openai_stub):
     prompts, resp = _files(tmp_path, [{"id": "p1", "responses": ["short", "a longer one", "mid one"]}])
     out = tmp_path / "pairs.jsonl"
     assert kollm_main(["dpo", "pairs", "--prompts", str(prompts), "--responses", str(resp), "--out", str(out),
                        "--reward", f"{__name__}:reward_by_length"]) == 0
     row = json.loads(out.read_text())
     assert (row["chosen"], row["rejected"]) == ("a longer one", "short")
-    with stub_judge(lambda answer: 9 if "mid" in answer else 2) as (url, seen):
-        assert kollm_main(["dpo", "pairs", "--prompts", str(prompts), "--responses", str(resp), "--out", str(out),
-                           "--judge-endpoint", url, "--max-length-ratio", "3"]) == 0
+    judge = stub_judge(openai_stub, lambda answer: 9 if "mid" in answer else 2)
+    assert kollm_main(["dpo", "pairs", "--prompts", str(prompts), "--responses", str(resp), "--out", str(out),
+                       "--judge-endpoint", judge.url, "--max-length-ratio", "3"]) == 0
+    seen = [c.body for c in judge.calls]
     assert len(seen) == 3 and "3+4?" in seen[0]["messages"][-1]["content"]
     row = json.loads(out.read_text())
     assert (row["chosen"], row["chosen_score"], row["rejected_score"]) == ("mid one", 9.0, 2.0)

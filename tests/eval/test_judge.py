@@ -1,4 +1,4 @@
-"""LLM-as-judge against a real HTTP server on 127.0.0.1 (stdlib ThreadingHTTPServer) that plays both
+"""LLM-as-judge against a real HTTP server on 127.0.0.1 (the `openai_stub` fixture) that plays both
 the chat model being evaluated and the judge: two-turn answering with history, FastChat and LogicKor
 prompts and rating formats, unparsable judgments retried then counted (never guessed), the
 concurrency limit, and the harness task wrapper."""
@@ -6,7 +6,6 @@ concurrency limit, and the harness task wrapper."""
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -16,40 +15,23 @@ from kollm.eval.task import get_task
 
 
 class Server:
-    """Answers chat completions. Judge requests (a system prompt) get a rating chosen from the
-    question text: `flaky` is unparsable once, `never` always; the rest score by turn."""
+    """Answers chat completions (on a stub server, tests/conftest.py). Judge requests (a system prompt)
+    get a rating chosen from the question text: `flaky` is unparsable once, `never` always; the rest
+    score by turn."""
 
-    def __init__(self):
-        self.inflight = self.max_inflight = 0
+    def __init__(self, openai_stub):
         self.lock = threading.Lock()
-        self.log: list[list[dict]] = []
         self.seen: dict[str, int] = {}
-        outer = self
+        self.http = openai_stub(self.answer)
+        self.url = self.http.url
 
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    outer.inflight += 1
-                    outer.max_inflight = max(outer.max_inflight, outer.inflight)
-                    outer.log.append(body["messages"])
-                time.sleep(0.02)  # long enough for concurrent requests to overlap
-                text = outer.reply(body["messages"])
-                with outer.lock:
-                    outer.inflight -= 1
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+    @property
+    def log(self) -> list[list[dict]]:
+        return [c.body["messages"] for c in self.http.calls]
 
-            def log_message(self, *a):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def answer(self, call) -> str:
+        time.sleep(0.02)  # long enough for concurrent requests to overlap
+        return self.reply(call.body["messages"])
 
     def reply(self, messages):
         if messages[0]["role"] != "system":  # the model under test: echo how much history it got
@@ -66,16 +48,10 @@ class Server:
             return f"평가: 좋습니다.\n**점수:** {6 if multi else 8}"
         return f"Good. Rating: [[{5 if multi else 9}]]" if "Reference" not in user else "Rating: [[3]]"
 
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
 
 @pytest.fixture
-def server():
-    s = Server()
-    yield s
-    s.close()
+def server(openai_stub):
+    return Server(openai_stub)
 
 
 def test_parsers():
@@ -107,7 +83,7 @@ def test_mt_bench_two_turns_retries_and_concurrency(server):
     assert m["unparsable"] == 2 and m["judge_calls"] == 2 + 2 + 4 + 6
     assert m["score"] == pytest.approx((9 + 5 + 3 + 3 + 9 + 5) / 6)
     assert m["turn1"] == pytest.approx(7.0) and m["categories"]["math"] == 3.0
-    assert 1 < server.max_inflight <= 2
+    assert 1 < server.http.max_in_flight <= 2
     judge_prompts = [msgs for msgs in server.log if msgs[0]["role"] == "system"]
     single = next(p for p in judge_prompts if "[Question]\nWrite a blog post" in p[1]["content"])
     assert single[0]["content"] == "You are a helpful assistant." and "[[rating]]" in single[1]["content"]

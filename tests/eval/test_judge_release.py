@@ -1,4 +1,4 @@
-"""Judge benchmarks that survive their judge: a stub OpenAI endpoint on 127.0.0.1 (started here)
+"""Judge benchmarks that survive their judge: a stub OpenAI endpoint on 127.0.0.1 (`openai_stub`)
 answers HTTP 400 for some questions, a body without `choices` for others and an unratable judgment
 for others. `kollm eval` must score what it can, count the rest with their errors, write
 results.json with every answer and judge reply, resume from its on-disk cache without asking
@@ -6,7 +6,6 @@ again, and exit non-zero (loudly) when nothing could be scored."""
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -16,28 +15,13 @@ from kollm.eval.judge import ChatItem, run_chat_benchmark
 
 
 class Stub:
-    def __init__(self):
+    """The model and the judge behind one stub server (tests/conftest.py); `calls` logs each request
+    as "judge:<last message>" or "model:<last message>"."""
+
+    def __init__(self, openai_stub):
         self.calls: list[str] = []  # "judge:<question>" / "model:<question>" per request
         self.lock = threading.Lock()
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self):
-                msgs = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["messages"]
-                code, body = outer.reply(msgs)
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = openai_stub(lambda call: self.reply(call.body["messages"])).url
 
     def reply(self, msgs):
         judge = msgs[0]["role"] == "system"
@@ -55,16 +39,10 @@ class Stub:
             return ok("I cannot rate this.")
         return ok("Fine. Rating: [[9]]" if "Assistant A's Conversation" in text else "Rating: [[7]]")
 
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
 
 @pytest.fixture
-def stub():
-    s = Stub()
-    yield s
-    s.close()
+def stub(openai_stub):
+    return Stub(openai_stub)
 
 
 def write_questions(d, rows, name="question_ko.jsonl"):

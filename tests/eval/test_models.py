@@ -2,10 +2,6 @@
 and packing change nothing, the lm-eval tokenization boundary is kept, greedy generation equals
 transformers' generate, and the OpenAI-compatible client talks to a real local HTTP server."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -126,51 +122,27 @@ def test_generate_equals_transformers_greedy_and_cuts_at_stop(model_dir, local_l
         == outs[0][: outs[0].find(stop)]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    seen: list = []
-
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _Handler.seen.append((self.path, body, self.headers.get("Authorization")))
-        if self.path == "/v1/chat/completions":
-            text = "echo: " + body["messages"][0]["content"] + " STOP tail"
-            resp = {"choices": [{"message": {"role": "assistant", "content": text}}]}
-        elif self.path == "/v1/completions":
-            resp = {"choices": [{"text": body["prompt"][::-1]}]}
-        else:
-            self.send_response(404)
-            self.end_headers()
-            self.wfile.write(b"no such route")
-            return
-        data = json.dumps(resp).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *a):
-        pass
+def _reply(call):
+    if call.path == "/v1/chat/completions":
+        return "echo: " + call.body["messages"][0]["content"] + " STOP tail"
+    if call.path == "/v1/completions":
+        return {"choices": [{"text": call.body["prompt"][::-1]}]}
+    return 404, b"no such route"
 
 
 @pytest.fixture()
-def server():
-    httpd = HTTPServer(("127.0.0.1", 0), _Handler)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    _Handler.seen = []
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+def server(openai_stub):
+    return openai_stub(_reply)
 
 
 def test_openai_endpoint_chat_and_completions(server):
-    ep = load_model(server, endpoint_model="m1")
+    ep = load_model(server.root, endpoint_model="m1")
     assert isinstance(ep, OpenAIEndpoint)
     ep.api_key = "k"
     reqs = [Request("generate", ("안녕",), stop=("STOP",), max_new_tokens=7, chat=True),
             Request("generate", ("abc",), max_new_tokens=3)]
     assert ep.generate(reqs) == ["echo: 안녕 ", "cba"]
-    by_path = {p: (b, a) for p, b, a in _Handler.seen}
+    by_path = {c.path: (c.body, c.headers.get("Authorization")) for c in server.calls}
     chat, auth = by_path["/v1/chat/completions"]
     assert chat["model"] == "m1" and chat["temperature"] == 0.0 and chat["max_tokens"] == 7
     assert chat["stop"] == ["STOP"] and auth == "Bearer k"
@@ -180,7 +152,7 @@ def test_openai_endpoint_chat_and_completions(server):
 
 
 def test_openai_endpoint_http_error_is_one_line(server):
-    ep = OpenAIEndpoint(server + "/v1/x", model="m")  # a wrong base path → 404
+    ep = OpenAIEndpoint(server.root + "/v1/x", model="m")  # a wrong base path → 404
     with pytest.raises(ValueError, match="HTTP 404"):
         ep.generate([Request("generate", ("q",), chat=True)])
 

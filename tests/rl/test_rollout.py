@@ -5,10 +5,6 @@ re-tokenised), the stop token restored; padding puts completions after their pro
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 import torch
 
@@ -37,46 +33,29 @@ class _Tok:
 
 
 @pytest.fixture
-def server():
-    seen: list[dict] = []
+def server(openai_stub):
+    def reply(call):
+        p = call.body["prompt"]
+        # sample j of a prompt: its last id + j, as ids (vLLM's return_token_ids) for even
+        # prompts and as text only for odd ones; the first sample stops on EOS, the rest on length
+        choices = []
+        for j in range(call.body["n"]):
+            ids = [p[-1] + j, 65 + j]
+            ch = {"index": j, "text": "".join(map(chr, ids)), "finish_reason": "stop" if j == 0 else "length"}
+            if p[0] % 2 == 0:
+                ch["token_ids"] = ids
+            choices.append(ch)
+        return {"choices": choices[::-1]}  # out of order: sorted by index
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's name)
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append({"path": self.path, **body})
-            p = body["prompt"]
-            # sample j of a prompt: its last id + j, as ids (vLLM's return_token_ids) for even
-            # prompts and as text only for odd ones; the first sample stops on EOS, the rest on length
-            choices = []
-            for j in range(body["n"]):
-                ids = [p[-1] + j, 65 + j]
-                ch = {"index": j, "text": "".join(map(chr, ids)), "finish_reason": "stop" if j == 0 else "length"}
-                if p[0] % 2 == 0:
-                    ch["token_ids"] = ids
-                choices.append(ch)
-            data = json.dumps({"choices": choices[::-1]}).encode()  # out of order: sorted by index
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *a):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
-    httpd.shutdown()
+    return openai_stub(reply)
 
 
 def test_server_rollout_requests_and_parses(server):
-    url, seen = server
     cfg = GenerationConfig(max_new_tokens=8, do_sample=True, temperature=0.7, top_p=0.9, top_k=5, stop_token_ids=[2])
-    out = ServerRollout(url, _Tok(), cfg, model="policy").sample([[2, 70], [3, 80]], 3, seed=100)
+    out = ServerRollout(server.root, _Tok(), cfg, model="policy").sample([[2, 70], [3, 80]], 3, seed=100)
     assert out == [[[70, 65, 2], [71, 66], [72, 67]],      # ids as returned; EOS restored after a stop
                    [[80, 65, 2], [81, 66], [82, 67]]]      # re-tokenised text (ord) gives the same ids
-    reqs = sorted(seen, key=lambda r: r["prompt"])
+    reqs = sorted(({"path": c.path, **c.body} for c in server.calls), key=lambda r: r["prompt"])
     assert all(r["path"] == "/v1/completions" for r in reqs)
     assert [r["prompt"] for r in reqs] == [[2, 70], [3, 80]]
     assert [r["seed"] for r in reqs] == [100, 101]

@@ -92,13 +92,13 @@ def test_rounds_with_reward_function_and_resume(setup):
     assert rows(r1 / "train" / "metrics.jsonl")[0]["loss"] == pytest.approx(m1[0]["loss"], abs=1e-6)
 
 
-def test_round_with_judge_server(setup):
+def test_round_with_judge_server(setup, openai_stub):
     root, cfg = setup
     run = root / "judged"
-    with stub_judge(lambda answer: len(answer) % 10 + 1) as (url, seen):
-        assert kollm_main(["dpo", "--online", str(cfg), "--set", f"output_dir={run}", "--set",
-                           "dpo.online.reward=null", "--set", f"dpo.online.judge={{endpoint: '{url}'}}"]) == 0
-    assert len(seen) == 8 * 3
+    judge = stub_judge(openai_stub, lambda answer: len(answer) % 10 + 1)
+    assert kollm_main(["dpo", "--online", str(cfg), "--set", f"output_dir={run}", "--set",
+                       "dpo.online.reward=null", "--set", f"dpo.online.judge={{endpoint: '{judge.url}'}}"]) == 0
+    assert len(judge.calls) == 8 * 3
     scores = rows(run / "round-0" / "scores.jsonl")
     assert [s["score"] for s in scores] == [len(s["response"]) % 10 + 1 for s in scores]
     assert (run / "round-0" / "done.json").is_file()
