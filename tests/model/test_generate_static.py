@@ -201,3 +201,18 @@ def test_batch1_linears_become_reductions_on_cpu_and_answer_the_same(model, hf_t
     assert gen._GRAPHS["linears_as_reductions"] - before == linears
     assert generate(model, PROMPTS * 2, cfg) == hf_tokens * 2  # batch 8: a new graph, no rewrite
     assert gen._GRAPHS["linears_as_reductions"] - before == linears
+
+
+def test_linear_as_reduction_rounds_once_like_a_bf16_matmul():
+    """bf16 weights: products, sum and bias in fp32 and one rounding at the end (a bf16 matmul
+    accumulates in fp32): every output within half a bf16 ulp of the fp32 result, as F.linear's."""
+    from kollm.model.generate import _linear_as_reduction
+
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*s, generator=g).bfloat16() for s in ((2, 1, 384), (1024, 384), (1024,)))
+    exact = x.float() @ w.float().t() + b.float()
+    half_ulp = exact.abs() * 2.0 ** -8 + 1e-6
+    for y in (_linear_as_reduction(x, w, b), torch.nn.functional.linear(x, w, b)):
+        assert y.dtype == torch.bfloat16 and ((y.float() - exact).abs() <= half_ulp).all()
+    xf, wf = x.float(), w.float()
+    assert torch.allclose(_linear_as_reduction(xf, wf), xf @ wf.t(), atol=1e-5, rtol=0)

@@ -242,8 +242,9 @@ GEMV_ROWS = 4
 
 
 def _linear_as_reduction(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    y = (x.unsqueeze(-2) * weight).sum(-1)
-    return y if bias is None else y + bias
+    # products and sum in fp32, as a bf16 matmul accumulates (inductor fuses the casts: no copy)
+    y = (x.unsqueeze(-2).float() * weight.float()).sum(-1)
+    return (y if bias is None else y + bias.float()).to(x.dtype)
 
 
 def _cpu_backend(backend: str) -> Callable:
