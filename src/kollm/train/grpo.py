@@ -7,7 +7,10 @@ A GRPO run is the trainer (kollm.train.trainer) with two parts swapped in:
   scores them (kollm.rl.rewards), computes group-normalised advantages and, when μ > 1 or β > 0,
   the old-policy and reference log-probs; then it hands the same rollout batch to μ consecutive
   steps (GRPO's "iterations"), split into micro-batches by the trainer. Its state (prompt
-  position, the rollout RNG, the rollout batch in use) is checkpointed: resume is exact.
+  position, the rollout RNG, the rollout batch in use) is checkpointed: resume is exact. With a
+  rollout server it first syncs the server's weights to the policy (kollm.rl.rollout.WeightSync,
+  `grpo.sync_weights`; metrics `weight_sync_s`), and at the end of the run the server is given the
+  final policy (the `hf/` export), so a server run stays on-policy as an in-process one is.
 - `GRPOObjective` (kollm.train.objectives.grpo): clipped ratio, k3 KL, loss aggregation.
 
 Config: the pretraining sections (model, optimizer, schedule, phases with `steps`, parallel,
@@ -68,6 +71,11 @@ class GRPOSection:
     rewards: list = field(default_factory=lambda: [{"name": "math"}])  # kollm.rl.rewards.RewardSpec
     server: str | None = None  # OpenAI-compatible URL for rollouts (vLLM, kollm serve); None: in process
     server_model: str = "default"
+    # With a server: before every rollout batch (and at the end of the run) write the policy to
+    # OUTPUT_DIR/rollout-weights and POST it to {server}/update_weights_from_disk (SGLang's API;
+    # `kollm serve --allow-weight-updates`), so rollouts come from the current policy. The server
+    # must see OUTPUT_DIR. false: the server's weights are kept in step some other way (vLLM).
+    sync_weights: bool = True
 
 
 @dataclass
@@ -223,8 +231,9 @@ class RolloutSource:
 
     def __init__(self, policy, tokenizer, prompts: PromptSet, cfg: GRPOConfig, rewards, engine,
                  reference=None, rank: int = 0, world: int = 1, seed: int = 0, device=None,
-                 autocast: bool = False):
+                 autocast: bool = False, sync=None):
         self.policy, self.tokenizer, self.prompts, self.cfg = policy, tokenizer, prompts, cfg
+        self.sync = sync  # kollm.rl.rollout.WeightSync: the rollout server's weights := the policy
         self.rewards, self.engine, self.reference = rewards, engine, reference
         self.rank, self.world, self.seed = rank, world, seed
         self.device = device or torch.device("cpu")
@@ -246,6 +255,8 @@ class RolloutSource:
         n = len(self.buffer["input_ids"])
         b = batch_size or n
         out = {k: v[self.cursor:self.cursor + b] for k, v in self.buffer.items()}
+        if self.iteration and "weight_sync_s" in out:  # the sync happened once, before the first pass
+            out["weight_sync_s"] = torch.zeros_like(out["weight_sync_s"])
         self.cursor += b
         if self.cursor >= n:
             self.cursor, self.iteration = 0, self.iteration + 1
@@ -287,6 +298,8 @@ class RolloutSource:
         idx = self._next_prompts()
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen))
         prompt_ids = [self.prompts.ids[i] for i in idx]
+        # Every rollout batch follows an optimizer step (or starts the run): the server is behind.
+        sync_s = self.sync() if self.sync is not None else None
         samples = self.engine.sample(prompt_ids, G, seed)
         rows, prompts, completions = [], [], []
         for i, group in zip(idx, samples):
@@ -303,6 +316,8 @@ class RolloutSource:
                  # the std over this rank's rollouts, TRL's `reward_std`; each row carries it so
                  # that the objective's per-row shares sum to it
                  "reward_std": torch.full_like(r, float(r.std()) if len(r) > 1 else 0.0)}
+        if sync_s is not None:  # each row carries it: the objective's per-row shares sum to the mean over ranks
+            batch["weight_sync_s"] = torch.full_like(r, sync_s)
         if len(parts) > 1:  # each reward's own mean (metrics `reward_<name>`; 0 where it does not apply)
             for name, vals in parts.items():
                 batch[f"reward_{name}"] = torch.tensor([0.0 if v is None else v for v in vals])
@@ -385,8 +400,9 @@ def build(cfg: GRPOConfig, info, model):
     """Tokenizer, prompts, rewards, rollout engine, data and validation sources for a run."""
     from kollm.data.chat import load_tokenizer
     from kollm.model.generate import GenerationConfig
+    from kollm.model.hf import DTYPES
     from kollm.rl.rewards import Rewards
-    from kollm.rl.rollout import LocalRollout, ServerRollout
+    from kollm.rl.rollout import LocalRollout, ServerRollout, WeightSync
     from kollm.train.parallel import unwrap, uses_autocast
 
     tc, g = cfg.train, cfg.grpo
@@ -402,12 +418,16 @@ def build(cfg: GRPOConfig, info, model):
                            top_p=g.top_p, top_k=g.top_k, stop_token_ids=stops)
     policy = unwrap(model)
     engine = ServerRollout(g.server, tokenizer, gen, g.server_model) if g.server else LocalRollout(policy, gen)
+    sync = None
+    if g.server and g.sync_weights:
+        sync = WeightSync(engine, policy, Path(tc.output_dir) / "rollout-weights", DTYPES[tc.checkpoint.export_dtype],
+                          tok_dir, info.rank, gather=tc.parallel.mode == "fsdp")
     reference = None
     if g.beta > 0:
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
     source = RolloutSource(policy, tokenizer, train, cfg, rewards, engine, reference, info.rank, info.world,
                            tc.seed, info.device,
-                           uses_autocast(tc.parallel.mixed_precision, tc.parallel.mode, info.device))
+                           uses_autocast(tc.parallel.mixed_precision, tc.parallel.mode, info.device), sync)
     val = None
     if cfg.data.validation:
         held = PromptSet(cfg.data.validation, tokenizer, cfg.data, needs, limit=cfg.data.val_size)
@@ -481,9 +501,10 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"{args.config}: model.init_from is required (the policy: a Hugging Face directory)")
     if not cfg.data.train:
         raise ValueError(f"{args.config}: data.train is required (prompt rows)")
-    if tc.parallel.mode == "fsdp":
-        raise ValueError(f"{args.config}: parallel.mode fsdp: in-process rollouts need whole weights on every "
-                         "rank; use ddp/zero1, or fsdp with grpo.server for rollouts")
+    if tc.parallel.mode == "fsdp" and (not cfg.grpo.server or cfg.data.validation):
+        what = "data.validation (greedy generation in process)" if cfg.grpo.server else "in-process rollouts"
+        raise ValueError(f"{args.config}: parallel.mode fsdp: {what} need whole weights on every rank; use "
+                         "ddp/zero1, or fsdp with grpo.server for rollouts and no data.validation")
     with distributed_run() as info:
         model = build_run_model(tc, info.device)
         trainer_model = model
@@ -494,6 +515,8 @@ def main(argv: list[str]) -> int:
         trainer.fit(resume=args.resume)  # a diverged run raises: `kollm` exits 3 with its message
         if (out := export_final(trainer, tc, tokenizer=tc.model.tokenizer or tc.model.init_from)) is not None:
             print(f"kollm grpo: Hugging Face export in {out}", file=sys.stderr)
+        if source.sync is not None:  # the server ends serving the final policy: the export when there is one
+            source.sync(trainer.run_dir / "hf" / "latest" if tc.checkpoint.export_hf else None)
     return 0
 
 
