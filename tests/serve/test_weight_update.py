@@ -28,11 +28,13 @@ LONG = 600  # tokens: the request still runs when the update arrives
 
 def greedy(server, prompt=PROMPT, n=16, **kw) -> tuple[list[int], list[float]]:
     body = {"model": server.model, "prompt": prompt, "max_tokens": n, "temperature": 0, "logprobs": 0,
-            "return_tokens_as_token_ids": True, **kw}
+            "return_tokens_as_token_ids": True, "return_token_ids": True, **kw}
     status, r = post(server, "/v1/completions", body)
     assert status == 200, r
     lp = r["choices"][0]["logprobs"]
-    return [int(t.split(":")[1]) for t in lp["tokens"]], lp["token_logprobs"]
+    ids = [int(t.split(":")[1]) for t in lp["tokens"]]
+    assert r["choices"][0]["token_ids"] == ids  # vLLM's return_token_ids (GRPO's ServerRollout asks for it)
+    return ids, lp["token_logprobs"]
 
 
 def in_process(model, prompt=PROMPT, n=16) -> list[int]:

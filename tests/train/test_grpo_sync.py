@@ -47,7 +47,8 @@ def server(tiny):
         yield s
 
 
-def run(tiny: Path, prompts: Path, out: Path, server_url: str, model: str, **grpo) -> Path:
+def run(tiny: Path, prompts: Path, out: Path, server_url: str, model: str, val_every: int | None = None,
+        **grpo) -> Path:
     cfg = {"name": "sync", "output_dir": str(out), "seed": 0, "model": {"init_from": str(tiny)},
            "data": {"train": str(prompts), "max_prompt_len": 16, "chat_template": False},
            "grpo": {"group_size": 4, "prompts_per_step": 2, "max_new_tokens": 6, "micro_batch_size": 8,
@@ -57,6 +58,9 @@ def run(tiny: Path, prompts: Path, out: Path, server_url: str, model: str, **grp
            "schedule": {"kind": "linear", "warmup_steps": 0, "final_lr_ratio": 1.0},
            "phases": [{"name": "rl", "steps": 3}], "checkpoint": {"every": 1, "keep": 5, "export_dtype": "float32"},
            "logging": {"progress": False}}
+    if val_every is not None:
+        cfg["data"] |= {"validation": str(prompts), "val_size": 12}
+        cfg["validation"] = {"every": val_every}
     (out.parent / f"{out.name}.yaml").write_text(yaml.safe_dump(cfg))
     assert grpo_main([str(out.parent / f"{out.name}.yaml")]) == 0
     return out
@@ -116,6 +120,29 @@ def test_server_follows_the_policy_only_with_sync(tiny, prompts, server, tmp_pat
     last = load_file(on / "hf" / "latest" / "model.safetensors")
     assert any(not torch.equal(synced[k], last[k]) for k in synced)
     assert sorted(p.name for p in on.iterdir() if "rollout-weights" in p.name) == ["rollout-weights"]
+
+    # Validation through the server (what makes fsdp + validation possible): it syncs first, and a
+    # sync is skipped when no optimizer step came since the last: updates at the rollouts of steps
+    # 1 and 2 and the validations after steps 2 and 3; the step-3 rollout and the end reuse them.
+    before = server.health()["weight_updates"]
+    val = run(tiny, prompts, tmp_path / "val", server.url, server.model, val_every=2)
+    assert server.health()["weight_updates"] - before == 4
+    rows = [json.loads(r) for r in (val / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["weight_sync_s"] > 0 and rows[1]["weight_sync_s"] > 0 and rows[2]["weight_sync_s"] == 0
+    assert same(served(server), in_process(load_hf(val / "hf" / "latest")))
+    from transformers import AutoTokenizer
+
+    from kollm.rl.rewards import Rewards
+    from kollm.train.grpo import GRPOData, PromptSet, mean_reward, stop_token_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    held = PromptSet(prompts, tok, GRPOData(max_prompt_len=16, chat_template=False), set(), limit=12)
+    rewards = Rewards([{"name": "format", "kwargs": {"pattern": "[a-zA-Z]"}}])
+    for row, policy in ((rows[1], load_checkpoint_model(val / "checkpoints" / "step-00000002")[0]),
+                        (rows[2], load_hf(val / "hf" / "latest"))):  # the greedy reward of that step's policy
+        assert row["val_reward_mean"] == pytest.approx(
+            mean_reward(policy, tok, held, rewards, 6, stop_token_ids(tiny, tok)), abs=1e-6)
+    assert 0 < rows[2]["val_reward_mean"] < 1 or rows[1]["val_reward_mean"] != rows[2]["val_reward_mean"]
 
 
 def test_a_refused_sync_stops_the_run_with_the_servers_answer(tiny, prompts, tmp_path, openai_stub):

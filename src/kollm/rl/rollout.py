@@ -10,9 +10,9 @@ state is checkpointed: a resumed run samples the same completions). The server e
 sampled ids (`return_token_ids`) and re-tokenises the text where a server does not return them.
 
 A server generates with whatever weights it holds, so `WeightSync` keeps them equal to the policy
-(`grpo.sync_weights`, on by default), as TRL does for its vLLM server: before every rollout batch
-(each follows at least one optimizer step, and the first of a run, resumed or not, follows none
-that the server saw) rank 0 writes the policy as a Hugging Face directory, `OUTPUT_DIR/rollout-weights`
+(`grpo.sync_weights`, on by default), as TRL does for its vLLM server: before a rollout batch (or a
+validation pass) whose policy changed since the last sync (an optimizer step marks it stale; a
+run, resumed or not, starts stale) rank 0 writes the policy as a Hugging Face directory, `OUTPUT_DIR/rollout-weights`
 (kollm.model.hf.save_hf; under FSDP the full state dict is gathered from all ranks first),
 replaced atomically each time, and posts its path to SGLang's `POST /update_weights_from_disk`
 (`kollm serve --allow-weight-updates` and SGLang serve it; the server must see OUTPUT_DIR: the
@@ -140,8 +140,10 @@ class ServerRollout:
 
 class WeightSync:
     """Writes the policy to `out_dir` (one fixed Hugging Face directory, replaced atomically) and
-    has the rollout server load it; `__call__` on every rank at once, returns the seconds it took.
-    `gather`: the policy is FSDP-sharded, every rank takes part in gathering the full state dict."""
+    has the rollout server load it; `__call__` on every rank at once, returns the seconds it took
+    (0 when the policy has not changed since the last sync: `mark_stale` after every optimizer
+    step). `gather`: the policy is FSDP-sharded, every rank takes part in gathering the full state
+    dict."""
 
     def __init__(self, engine: ServerRollout, policy, out_dir: str | os.PathLike, dtype: torch.dtype,
                  tokenizer: str | os.PathLike | None, rank: int = 0, gather: bool = False):
@@ -149,10 +151,17 @@ class WeightSync:
 
         self.engine, self.policy, self.out = engine, policy, Path(out_dir)
         self.dtype, self.tokenizer, self.rank, self.gather = dtype, tokenizer, rank, gather
+        self.stale = True  # the server's weights are not known to be the policy's
+
+    def mark_stale(self, *_) -> None:
+        """The policy changed (an optimizer step post-hook: `optimizer.register_step_post_hook`)."""
+        self.stale = True
 
     def __call__(self, path: str | os.PathLike | None = None) -> float:
         """Sync the current policy; with `path`, have the server load that export instead (the
         run's final `hf/step-N`, already on disk: rank 0 only posts)."""
+        if not self.stale:  # the same on every rank: they step together
+            return 0.0
         t0 = time.perf_counter()
         error = None
         try:
@@ -167,6 +176,7 @@ class WeightSync:
         error = _from_rank0(error)  # also the barrier: no rank samples before the server has the weights
         if error is not None:
             raise ValueError(error)
+        self.stale = False
         return time.perf_counter() - t0
 
     def _full_policy(self):

@@ -7,7 +7,8 @@ the context leaves), `temperature` 0 = greedy, the error body `{"error": {"messa
 "param", "code"}}`, streaming as server-sent events ending in `data: [DONE]`, a role-only first
 chunk per chat choice and an optional usage chunk (`stream_options.include_usage`). Extensions
 taken from vLLM: `top_k`, `ignore_eos`, `return_tokens_as_token_ids` (logprob tokens as
-`token_id:N`). Everything that would change the output and is not
+`token_id:N`), `return_token_ids` on /v1/completions (each choice's sampled ids as `token_ids`: what
+GRPO's ServerRollout trains on, since re-tokenising text does not give the sampled ids back). Everything that would change the output and is not
 implemented (penalties, logit_bias, tools, response_format, echo, suffix, best_of) is a 400, never
 silently ignored.
 
@@ -442,6 +443,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_k
         top = _get(body, "logprobs", (int,), None, 0, limits.max_logprobs)
         params, n = sampling_fields(body, limits, [len(p) for p in prompts], "max_tokens", top)
         lp_tok = None if _get(body, "return_tokens_as_token_ids", (bool,), False) else tokenizer
+        with_ids = _get(body, "return_token_ids", (bool,), False)
         stream = _get(body, "stream", (bool,), False)
         include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
         req = submit(prompts, params, n, stream)
@@ -456,7 +458,8 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_k
             return {**head, "choices": [{"index": i, "text": c["text"],
                                          "logprobs": completion_logprobs(lp_tok, c["lps"], 0)
                                          if top is not None else None,
-                                         "finish_reason": c["finish"]} for i, c in enumerate(choices)],
+                                         "finish_reason": c["finish"], **({"token_ids": c["ids"]} if with_ids else {})}
+                                        for i, c in enumerate(choices)],
                     "usage": usage(prompt_tokens, sum(len(c["ids"]) for c in choices))}
 
         async def gen():
@@ -464,14 +467,15 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_k
             try:
                 async for out in events(req):
                     completion += len(out.token_ids)
-                    if not out.text and out.finish_reason is None and top is None:
+                    if not out.text and out.finish_reason is None and top is None and not with_ids:
                         continue
                     lps = None
                     if top is not None:
                         lps = completion_logprobs(lp_tok, out.logprobs, offsets[out.index])
                         offsets[out.index] += sum(map(len, lps["tokens"]))
                     yield sse({**head, "choices": [{"index": out.index, "text": out.text, "logprobs": lps,
-                                                    "finish_reason": out.finish_reason}]})
+                                                    "finish_reason": out.finish_reason,
+                                                    **({"token_ids": out.token_ids} if with_ids else {})}]})
             except EngineError as e:
                 yield sse(error_body(500, str(e)))
                 return

@@ -32,7 +32,7 @@ import argparse
 import base64
 import copy
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -298,8 +298,7 @@ class RolloutSource:
         idx = self._next_prompts()
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen))
         prompt_ids = [self.prompts.ids[i] for i in idx]
-        # Every rollout batch follows an optimizer step (or starts the run): the server is behind.
-        sync_s = self.sync() if self.sync is not None else None
+        sync_s = self.sync() if self.sync is not None else None  # 0 when a validation pass just synced
         samples = self.engine.sample(prompt_ids, G, seed)
         rows, prompts, completions = [], [], []
         for i, group in zip(idx, samples):
@@ -363,13 +362,16 @@ def mean_reward(model, tokenizer, prompts: PromptSet, rewards, max_new_tokens: i
 
 class ValidationSource:
     """Held-out prompts for the trainer's validation loop: `batches()` generates greedy completions
-    with the current policy and yields rollout batches, so the objective reports `reward_mean` on
-    them (metrics.jsonl: `val_reward_mean`)."""
+    with the current policy (in process, or by the rollout server after a weight sync) and yields
+    rollout batches, so the objective reports `reward_mean` on them (metrics.jsonl: `val_reward_mean`)."""
 
     def __init__(self, policy, tokenizer, prompts: PromptSet, rewards, max_new_tokens: int, stop_ids: list[int],
-                 batch_size: int = 16):
+                 batch_size: int = 16, server=None, sync=None):
         self.policy, self.tokenizer, self.prompts, self.rewards = policy, tokenizer, prompts, rewards
         self.max_new_tokens, self.stop_ids, self.batch_size = max_new_tokens, stop_ids, batch_size
+        # With a synced rollout server (ServerRollout at temperature 0) the greedy completions come
+        # from it: under FSDP no rank holds whole weights to generate with.
+        self.server, self.sync = server, sync
 
     def batches(self):
         from kollm.model.generate import GenerationConfig, generate
@@ -378,7 +380,11 @@ class ValidationSource:
         cfg = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, stop_token_ids=self.stop_ids)
         for s in range(0, len(self.prompts), self.batch_size):
             ids = self.prompts.ids[s:s + self.batch_size]
-            outs = generate(self.policy, ids, cfg)
+            if self.server is not None:
+                self.sync()
+                outs = [group[0] for group in self.server.sample(ids, 1, None)]
+            else:
+                outs = generate(self.policy, ids, cfg)
             texts = [self.tokenizer.decode(o, skip_special_tokens=True) for o in outs]
             vals, _ = self.rewards(texts, self.prompts.rows[s:s + self.batch_size])
             x, mask = pad_rollouts(ids, outs)
@@ -431,7 +437,8 @@ def build(cfg: GRPOConfig, info, model):
     val = None
     if cfg.data.validation:
         held = PromptSet(cfg.data.validation, tokenizer, cfg.data, needs, limit=cfg.data.val_size)
-        val = ValidationSource(policy, tokenizer, held, rewards, g.max_new_tokens, stops)
+        greedy = ServerRollout(g.server, tokenizer, replace(gen, do_sample=False), g.server_model) if sync else None
+        val = ValidationSource(policy, tokenizer, held, rewards, g.max_new_tokens, stops, server=greedy, sync=sync)
     return tokenizer, source, val
 
 
@@ -501,10 +508,11 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"{args.config}: model.init_from is required (the policy: a Hugging Face directory)")
     if not cfg.data.train:
         raise ValueError(f"{args.config}: data.train is required (prompt rows)")
-    if tc.parallel.mode == "fsdp" and (not cfg.grpo.server or cfg.data.validation):
-        what = "data.validation (greedy generation in process)" if cfg.grpo.server else "in-process rollouts"
-        raise ValueError(f"{args.config}: parallel.mode fsdp: {what} need whole weights on every rank; use "
-                         "ddp/zero1, or fsdp with grpo.server for rollouts and no data.validation")
+    in_process = [what for what, yes in (("rollouts", not cfg.grpo.server), ("validation", cfg.data.validation and not (
+        cfg.grpo.server and cfg.grpo.sync_weights))) if yes]
+    if tc.parallel.mode == "fsdp" and in_process:
+        raise ValueError(f"{args.config}: parallel.mode fsdp: in-process {' and '.join(in_process)} need whole weights "
+                         "on every rank; use ddp/zero1, or fsdp with grpo.server (validation: and grpo.sync_weights)")
     with distributed_run() as info:
         model = build_run_model(tc, info.device)
         trainer_model = model
@@ -512,6 +520,8 @@ def main(argv: list[str]) -> int:
                                   cfg.grpo.max_new_tokens, cfg.grpo.temperature)
         _, source, val = build(cfg, info, model.to(info.device))
         trainer = Trainer(tc, trainer_model, objective, source, info, val_data=val)
+        if source.sync is not None:  # every update leaves the rollout server behind the policy
+            trainer.optimizer.register_step_post_hook(source.sync.mark_stale)
         trainer.fit(resume=args.resume)  # a diverged run raises: `kollm` exits 3 with its message
         if (out := export_final(trainer, tc, tokenizer=tc.model.tokenizer or tc.model.init_from)) is not None:
             print(f"kollm grpo: Hugging Face export in {out}", file=sys.stderr)
