@@ -66,7 +66,7 @@ def run(tiny: Path, prompts: Path, out: Path, server_url: str, model: str, val_e
     return out
 
 
-def served(server) -> list[tuple[list[int], list[float]]]:
+def served(server, key: str | None = KEY) -> list[tuple[list[int], list[float]]]:
     import urllib.request
 
     out = []
@@ -74,7 +74,8 @@ def served(server) -> list[tuple[list[int], list[float]]]:
         body = {"model": server.model, "prompt": p, "max_tokens": 8, "temperature": 0, "logprobs": 0,
                 "return_tokens_as_token_ids": True}
         req = urllib.request.Request(server.base_url + "/completions", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {key}"} if key else {})})
         with urllib.request.urlopen(req, timeout=60) as r:
             lp = json.loads(r.read())["choices"][0]["logprobs"]
         out.append(([int(t.split(":")[1]) for t in lp["tokens"]], lp["token_logprobs"]))
