@@ -17,7 +17,7 @@ Config: the pretraining sections (model, optimizer, schedule, phases with `steps
 checkpoint, logging), plus
     data: {train, validation, prompt_key, prompt_template, max_prompt_len, chat_template, val_size}
     grpo: {group_size, prompts_per_step, iterations, loss_type, epsilon, beta, max_new_tokens,
-           temperature, top_p, top_k, rewards: [{name, weight, kwargs}], server, ...}
+           temperature, top_p, top_k, rewards: [{name, weight, kwargs}], server, sync_weights, ...}
 `batch` and each phase's `data` are derived (prompts_per_step · group_size rollouts of
 max_prompt_len + max_new_tokens tokens per step) and must not be given. Rows: `{"prompt", "answer"}`
 (math) or `{"prompt", "instruction_id_list", "kwargs"}` (IFEval); malformed rows are counted by
@@ -476,6 +476,8 @@ def dry_run(cfg: GRPOConfig, args) -> dict:
     notes.append(f"{steps:,} steps × {g.prompts_per_step} prompts × G={g.group_size} at ≤ {T} tokens "
                  f"({cfg.data.max_prompt_len} prompt + {g.max_new_tokens} new); rollouts "
                  + (f"by the server {g.server} (its GPUs are extra)" if g.server else "in process")
+                 + ("; the policy is exported to the server before each rollout batch (grpo.sync_weights)"
+                    if g.server and g.sync_weights else "")
                  + "; memory excludes the rollout KV cache")
     return make("grpo", args, parts, memory=memory, notes=notes, params=mc.num_params(), steps=steps)
 
