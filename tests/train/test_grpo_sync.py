@@ -47,8 +47,8 @@ def server(tiny):
         yield s
 
 
-def run(tiny: Path, prompts: Path, out: Path, server_url: str, model: str, val_every: int | None = None,
-        **grpo) -> Path:
+def write_config(tiny: Path, prompts: Path, out: Path, server_url: str, model: str, val_every: int | None = None,
+                 **grpo) -> Path:
     cfg = {"name": "sync", "output_dir": str(out), "seed": 0, "model": {"init_from": str(tiny)},
            "data": {"train": str(prompts), "max_prompt_len": 16, "chat_template": False},
            "grpo": {"group_size": 4, "prompts_per_step": 2, "max_new_tokens": 6, "micro_batch_size": 8,
@@ -61,8 +61,13 @@ def run(tiny: Path, prompts: Path, out: Path, server_url: str, model: str, val_e
     if val_every is not None:
         cfg["data"] |= {"validation": str(prompts), "val_size": 12}
         cfg["validation"] = {"every": val_every}
-    (out.parent / f"{out.name}.yaml").write_text(yaml.safe_dump(cfg))
-    assert grpo_main([str(out.parent / f"{out.name}.yaml")]) == 0
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run(tiny: Path, prompts: Path, out: Path, server_url: str, model: str, **kw) -> Path:
+    assert grpo_main([str(write_config(tiny, prompts, out, server_url, model, **kw))]) == 0
     return out
 
 
@@ -152,3 +157,26 @@ def test_a_refused_sync_stops_the_run_with_the_servers_answer(tiny, prompts, tmp
                                          r"HTTP 400: .*mis-shaped tensors: lm_head.weight"):
         run(tiny, prompts, tmp_path / "x", stub.root, "m")
     assert [c.path for c in stub.calls] == ["/update_weights_from_disk"]  # nothing sampled before the sync
+
+
+def test_a_resumed_run_syncs_before_its_first_rollout(tiny, prompts, server, tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    start = server.health()["weight_updates"]
+    out = tmp_path / "res"
+    config = write_config(tiny, prompts, out, server.url, server.model)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KOLLM_FAULT_AT_STEP": "2"}
+    r = subprocess.run([sys.executable, "-m", "kollm.cli", "grpo", str(config)], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 17, r.stderr[-3000:]  # died right after step 2, as a crash would
+    assert server.health()["weight_updates"] - start == 2  # the rollouts of steps 1 and 2
+    assert grpo_main([str(config), "--resume"]) == 0  # resumes from the step-2 checkpoint
+    # the server still holds the policy after step 1; the resumed run syncs before its first rollout
+    # (step 3), then gives the server its export
+    assert server.health()["weight_updates"] - start == 2 + 2
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[2]["weight_sync_s"] > 0
+    assert same(served(server), in_process(load_hf(out / "hf" / "latest")))
