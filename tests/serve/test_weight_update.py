@@ -129,3 +129,35 @@ def test_update_serves_the_new_weights_and_running_requests_finish_on_the_old(up
     status, r = post(updatable, ROUTE, {"model_path": str(serve_model_dir)})
     assert status == 200 and greedy(updatable)[0] == in_process(old)
     assert updatable.health()["weight_updates"] == 2
+
+
+def test_a_read_failing_half_way_rolls_back(serve_model_dir, checkpoints, monkeypatch):
+    # In process: the copy fails after overwriting one tensor (a file replaced under the server);
+    # the engine reloads the checkpoint it served before, answers 500 and serves the old weights.
+    from kollm.model import hf
+    from kollm.serve.engine import Engine
+
+    old, _, d = checkpoints
+    model = load_hf(serve_model_dir)
+    engine = Engine(model, None, [EOS], weights_path=str(serve_model_dir))
+    real = hf.load_weights_into
+    calls = []
+
+    def flaky(m, update):
+        calls.append(update.path)
+        if len(calls) == 1:
+            with torch.no_grad():
+                m.model.norm.weight.zero_()
+            raise OSError("Input/output error")
+        real(m, update)
+
+    monkeypatch.setattr(hf, "load_weights_into", flaky)
+    engine.start()
+    try:
+        status, message = engine.update_weights(str(d / "new")).result(timeout=60)
+    finally:
+        engine.stop()
+    assert status == 500 and "Input/output error" in message and "served again" in message, message
+    assert calls == [d / "new", serve_model_dir]
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), old.parameters()))
+    assert engine.weights_path == str(serve_model_dir) and engine.stats["weight_updates"] == 0
