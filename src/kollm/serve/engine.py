@@ -248,17 +248,20 @@ class Engine:
                 result = (200, f"weights updated from {path}")
             except Exception as e:  # read error half-way: put the served weights back
                 result = (500, f"weights not updated: reading {path} failed ({type(e).__name__}: {e}); "
-                          + self._roll_back())
+                          + self._roll_back(str(path)))
         with self.cv:
             self.update = None
-        fut.set_result(result)
+        if not fut.done():  # stop() answers an update it could not wait for
+            fut.set_result(result)
 
-    def _roll_back(self) -> str:
+    def _roll_back(self, failed: str) -> str:
         from kollm.model.hf import check_weight_update, load_weights_into
 
         try:
             load_weights_into(self.model, check_weight_update(self.model, self.weights_path))
-            return f"the weights of {self.weights_path} are served again"
+            # GRPO reuses one directory: then "again" means what it holds now
+            same = " (the directory of this update: as it is now)" if failed == self.weights_path else ""
+            return f"the weights of {self.weights_path} are served again{same}"
         except Exception as e:
             self.stats["weights_inconsistent"] = 1
             return f"rolling back to {self.weights_path} failed too ({e}): restart the server"
