@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -248,6 +249,40 @@ def _assign(model: CausalLM, name: str, t: torch.Tensor, device, dtype: torch.dt
     module._parameters[leaf] = torch.nn.Parameter(t.to(device=device, dtype=dtype), requires_grad=True)
 
 
+def _check_weights(d: Path, files: list[Path], cfg: ModelConfig, params: dict[str, torch.Tensor],
+                   arch: str) -> dict[str, Path]:
+    """Every tensor name and shape in the safetensors headers against `params` (a model's
+    deduplicated parameters), before any tensor is read → {name: file}; a ValueError naming the
+    unexpected, mis-shaped or missing tensors."""
+    where: dict[str, Path] = {}
+    unexpected, mis_shaped = [], []
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as f:
+                for name in f.keys():
+                    if name.endswith(_IGNORED_SUFFIXES) or (name == "lm_head.weight" and cfg.tie_embeddings):
+                        continue
+                    if name not in params:
+                        unexpected.append(name)
+                        continue
+                    shape = tuple(f.get_slice(name).get_shape())
+                    if shape != tuple(params[name].shape):
+                        mis_shaped.append(f"{name}: expected {tuple(params[name].shape)}, got {shape}")
+                    where[name] = file
+        except SafetensorError as e:
+            raise ValueError(f"{file}: not a readable safetensors file ({e})") from None
+    missing = [n for n in params if where.get(n) is None]
+    if unexpected:
+        raise ValueError(f"{d}: unexpected tensors not in a {arch}: {', '.join(sorted(unexpected)[:8])}"
+                         + (f" (+{len(unexpected) - 8} more)" if len(unexpected) > 8 else ""))
+    if mis_shaped:
+        raise ValueError(f"{d}: mis-shaped tensors: {'; '.join(mis_shaped[:8])}")
+    if missing:
+        raise ValueError(f"{d}: missing tensors: {', '.join(missing[:8])}"
+                         + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else ""))
+    return where
+
+
 def load_hf(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> CausalLM:
     """Load a transformers checkpoint directory (safetensors) into a kollm CausalLM in eval mode.
 
@@ -270,33 +305,7 @@ def load_hf(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: 
 
     # Headers only first: every name and shape is checked before any tensor is read.
     model = build_model(cfg, device="meta", dtype=dtype)
-    params = dict(model.named_parameters())  # tied lm_head is deduplicated away
-    where: dict[str, Path] = {}
-    unexpected, mis_shaped = [], []
-    for file in files:
-        try:
-            with safe_open(file, framework="pt") as f:
-                for name in f.keys():
-                    if name.endswith(_IGNORED_SUFFIXES) or (name == "lm_head.weight" and cfg.tie_embeddings):
-                        continue
-                    if name not in params:
-                        unexpected.append(name)
-                        continue
-                    shape = tuple(f.get_slice(name).get_shape())
-                    if shape != tuple(params[name].shape):
-                        mis_shaped.append(f"{name}: expected {tuple(params[name].shape)}, got {shape}")
-                    where[name] = file
-        except SafetensorError as e:
-            raise ValueError(f"{file}: not a readable safetensors file ({e})") from None
-    missing = [n for n in params if where.get(n) is None]
-    if unexpected:
-        raise ValueError(f"{d}: unexpected tensors not in a {_architecture(hf)}: {', '.join(sorted(unexpected)[:8])}"
-                         + (f" (+{len(unexpected) - 8} more)" if len(unexpected) > 8 else ""))
-    if mis_shaped:
-        raise ValueError(f"{d}: mis-shaped tensors: {'; '.join(mis_shaped[:8])}")
-    if missing:
-        raise ValueError(f"{d}: missing tensors: {', '.join(missing[:8])}"
-                         + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else ""))
+    where = _check_weights(d, files, cfg, dict(model.named_parameters()), _architecture(hf))
 
     # Each tensor read becomes the parameter itself (no preallocated copy to fill): memory is
     # one model plus the file pages of the shard being read, which the kernel can drop.
@@ -313,6 +322,65 @@ def load_hf(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: 
                     del t
     model.tie_weights()
     return model.eval()
+
+
+
+# ---- weights into a live model (kollm serve's /update_weights_from_disk) ----------------------
+# The fields that fix the computation; a checkpoint that differs in one of them is another model.
+# Named as config.json names them (kollm's own name in brackets where it differs).
+_SAME_MODEL = {"vocab_size": "vocab_size", "dim": "hidden_size", "n_layers": "num_hidden_layers",
+               "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads", "ffn_dim": "intermediate_size",
+               "head_dim": "head_dim", "norm_eps": "rms_norm_eps", "rope_theta": "rope_theta",
+               "rope_scaling": "rope_scaling", "max_seq_len": "max_position_embeddings",
+               "tie_embeddings": "tie_word_embeddings", "norm_placement": "architectures",
+               "qkv_bias": "architectures"}
+
+
+@dataclass
+class WeightUpdate:
+    """A checked checkpoint directory: which file holds each of the live model's parameters."""
+
+    path: Path
+    where: dict[str, Path]
+    gemma: bool
+
+
+def check_weight_update(model: CausalLM, path: str | os.PathLike) -> WeightUpdate:
+    """Headers only: `path`'s config.json must describe `model`'s architecture and its tensors
+    must have `model`'s names and shapes. A ValueError/FileNotFoundError naming the first
+    difference (a config.json key, or the tensors); nothing is read or changed."""
+    d = Path(path)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: no such model directory")
+    hf = read_config(d)
+    cfg, live = config_from_hf(hf), model.config
+    for field, key in _SAME_MODEL.items():
+        new, old = getattr(cfg, field), getattr(live, field)
+        if new != old:
+            name = key if key == field else f"{key} ({field})"
+            raise ValueError(f"{d / 'config.json'}: {name} is {new!r}, the served model has {old!r}: "
+                             "not the same architecture")
+    where = _check_weights(d, _weight_files(d), cfg, dict(model.named_parameters()), _architecture(hf))
+    return WeightUpdate(d, where, ARCHITECTURES[_architecture(hf)] == "gemma2")
+
+
+@torch.no_grad()
+def load_weights_into(model: CausalLM, update: WeightUpdate) -> None:
+    """Copy a checked checkpoint's tensors into `model`'s parameters in place (the same storage:
+    a compiled step and the parameters' devices stay as they are; memory is one tensor at a
+    time), cast to each parameter's dtype."""
+    params = dict(model.named_parameters())
+    for file in sorted(set(update.where.values())):
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                if update.where.get(name) != file:
+                    continue
+                p = params[name]
+                t = f.get_tensor(name)
+                if update.gemma:
+                    t = _from_gemma(name, t, model.config, p.dtype)
+                p.copy_(t)
+                del t
 
 
 # ---- weights out ----------------------------------------------------------------------------
@@ -451,4 +519,4 @@ def save_hf(
     return out
 
 
-__all__ = ["config_from_hf", "export_architecture", "hf_config", "load_hf", "save_hf", "read_config", "parse_size"]
+__all__ = ["check_weight_update", "load_weights_into", "WeightUpdate", "config_from_hf", "export_architecture", "hf_config", "load_hf", "save_hf", "read_config", "parse_size"]

@@ -8,15 +8,26 @@ draws every sample with one seeded generator (the seed comes from the data sourc
 state is checkpointed: a resumed run samples the same completions). The server engine sends one
 `/v1/completions` request per prompt with `n = G` and the prompt as token ids; it asks vLLM for the
 sampled ids (`return_token_ids`) and re-tokenises the text where a server does not return them.
-A server generates with whatever weights it holds: keeping them in step with the policy (vLLM's
-weight-update endpoints, or reloading `OUTPUT_DIR/hf/latest`) is the deployment's job; the
-clipped ratio is taken against the trainer's own log-probs of the sampled tokens either way.
+
+A server generates with whatever weights it holds, so `WeightSync` keeps them equal to the policy
+(`grpo.sync_weights`, on by default), as TRL does for its vLLM server: before a rollout batch (or a
+validation pass) whose policy changed since the last sync (an optimizer step marks it stale; a
+run, resumed or not, starts stale) rank 0 writes the policy as a Hugging Face directory, `OUTPUT_DIR/rollout-weights`
+(kollm.model.hf.save_hf; under FSDP the full state dict is gathered from all ranks first),
+replaced atomically each time, and posts its path to SGLang's `POST /update_weights_from_disk`
+(`kollm serve --allow-weight-updates` and SGLang serve it; the server must see OUTPUT_DIR: the
+same machine or a shared filesystem). All ranks wait for the answer before sampling; a refusal
+stops the run with the server's message. With `sync_weights: false` (e.g. vLLM, which has no such
+route) keeping the server in step is the deployment's job. The clipped ratio is taken against
+the trainer's own log-probs of the sampled tokens either way.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -48,13 +59,40 @@ class ServerRollout:
         self.base_url = base_url.rstrip("/")
         if not self.base_url.endswith("/v1"):
             self.base_url += "/v1"
+        self.root = self.base_url.removesuffix("/v1")  # the server's own routes (weight updates)
         self.tokenizer, self.cfg, self.model_name = tokenizer, cfg, model
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
         self.timeout, self.concurrency = timeout, concurrency
 
+    def _headers(self) -> dict:
+        return {"Content-Type": "application/json", **({"Authorization": f"Bearer {self.api_key}"}
+                                                       if self.api_key else {})}
+
+    def update_weights(self, path: str | os.PathLike) -> str:
+        """SGLang's `POST /update_weights_from_disk {"model_path": path}`; the server's message, or a
+        ValueError naming the URL and the server's answer."""
+        url = self.root + "/update_weights_from_disk"
+        req = urllib.request.Request(url, data=json.dumps({"model_path": str(path)}).encode(), method="POST",
+                                     headers=self._headers())
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                answer = resp.read()
+        except urllib.error.HTTPError as e:
+            raise ValueError(f"weight sync: {url} answered HTTP {e.code}: {e.read()[:500].decode(errors='replace')}"
+                             + (" (start `kollm serve` with --allow-weight-updates, or set grpo.sync_weights: false "
+                                "if the server is kept in step otherwise)" if e.code == 404 else "")) from None
+        except urllib.error.URLError as e:
+            raise ValueError(f"weight sync: cannot reach {url} ({e.reason})") from None
+        try:
+            body = json.loads(answer)
+        except json.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict) or body.get("success") is not True:
+            raise ValueError(f"weight sync: {url} did not confirm the update: {answer[:500].decode(errors='replace')}")
+        return str(body.get("message", ""))
+
     def _post(self, body: dict) -> dict:
-        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {self.api_key}"}
-                                                           if self.api_key else {})}
+        headers = self._headers()
         req = urllib.request.Request(self.base_url + "/completions", data=json.dumps(body).encode(), method="POST",
                                      headers=headers)
         try:
@@ -100,6 +138,88 @@ class ServerRollout:
             return list(pool.map(self._one, args))
 
 
+class WeightSync:
+    """Writes the policy to `out_dir` (one fixed Hugging Face directory, replaced atomically) and
+    has the rollout server load it; `__call__` on every rank at once, returns the seconds it took
+    (0 when the policy has not changed since the last sync: `mark_stale` after every optimizer
+    step). `gather`: the policy is FSDP-sharded, every rank takes part in gathering the full state
+    dict."""
+
+    def __init__(self, engine: ServerRollout, policy, out_dir: str | os.PathLike, dtype: torch.dtype,
+                 tokenizer: str | os.PathLike | None, rank: int = 0, gather: bool = False):
+        from pathlib import Path
+
+        self.engine, self.policy, self.out = engine, policy, Path(out_dir)
+        self.dtype, self.tokenizer, self.rank, self.gather = dtype, tokenizer, rank, gather
+        self.stale = True  # the server's weights are not known to be the policy's
+
+    def mark_stale(self, *_) -> None:
+        """The policy changed (an optimizer step post-hook: `optimizer.register_step_post_hook`)."""
+        self.stale = True
+
+    def __call__(self, path: str | os.PathLike | None = None) -> float:
+        """Sync the current policy; with `path`, have the server load that export instead (the
+        run's final `hf/step-N`, already on disk: rank 0 only posts)."""
+        if not self.stale:  # the same on every rank: they step together
+            return 0.0
+        t0 = time.perf_counter()
+        error = None
+        try:
+            if path is None:
+                model = self._full_policy()
+                if self.rank == 0:
+                    path = self._write(model)
+            if self.rank == 0:  # absolute: the server resolves a relative path against its own directory
+                self.engine.update_weights(os.path.abspath(path))
+        except Exception as e:  # on rank 0 alone: the others must hear of it, not wait forever
+            error = str(e) if isinstance(e, OSError | ValueError) else f"weight sync failed: {type(e).__name__}: {e}"
+        error = _from_rank0(error)  # also the barrier: no rank samples before the server has the weights
+        if error is not None:
+            raise ValueError(error)
+        self.stale = False
+        return time.perf_counter() - t0
+
+    def _full_policy(self):
+        if not self.gather:
+            return self.policy
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from kollm.model.transformer import build_model
+
+        # collective: every rank sends its shards, rank 0 receives the whole state dict on the CPU
+        sd = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.rank != 0:
+            return None
+        model = build_model(self.policy.config, device="meta")
+        model.load_state_dict(sd, assign=True)
+        model.tie_weights()
+        return model
+
+    def _write(self, model):
+        from kollm.model.hf import save_hf
+
+        new, old = self.out.with_name(f".{self.out.name}.new"), self.out.with_name(f".{self.out.name}.old")
+        for leftover in (new, old):  # a run killed during an earlier sync
+            shutil.rmtree(leftover, ignore_errors=True)
+        save_hf(model, new, tokenizer=self.tokenizer, dtype=self.dtype)  # complete or absent
+        if self.out.exists():
+            os.replace(self.out, old)
+        os.replace(new, self.out)
+        shutil.rmtree(old, ignore_errors=True)
+        return self.out.resolve()
+
+
+def _from_rank0(obj):
+    """`obj` as rank 0 has it, on every rank (a barrier too); itself without torch.distributed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def pad_rollouts(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int = 0
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt + completion per row, right-padded: (input_ids, completion_mask), both (N, T).
@@ -113,4 +233,4 @@ def pad_rollouts(prompts: Sequence[Sequence[int]], completions: Sequence[Sequenc
     return ids, mask
 
 
-__all__ = ["LocalRollout", "ServerRollout", "pad_rollouts"]
+__all__ = ["LocalRollout", "ServerRollout", "WeightSync", "pad_rollouts"]

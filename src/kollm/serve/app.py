@@ -1,5 +1,5 @@
 """The OpenAI-compatible HTTP API (FastAPI): `/v1/chat/completions`, `/v1/completions`,
-`/v1/models`, `/health`.
+`/v1/models`, `/health`, and with `allow_weight_updates` SGLang's `/update_weights_from_disk`.
 
 Request and reply shapes follow the OpenAI API as the official `openai` client types it and as
 vLLM's OpenAI server implements it: the same defaults (temperature 1, top_p 1, max_tokens = what
@@ -7,7 +7,8 @@ the context leaves), `temperature` 0 = greedy, the error body `{"error": {"messa
 "param", "code"}}`, streaming as server-sent events ending in `data: [DONE]`, a role-only first
 chunk per chat choice and an optional usage chunk (`stream_options.include_usage`). Extensions
 taken from vLLM: `top_k`, `ignore_eos`, `return_tokens_as_token_ids` (logprob tokens as
-`token_id:N`). Everything that would change the output and is not
+`token_id:N`), `return_token_ids` on /v1/completions (each choice's sampled ids as `token_ids`: what
+GRPO's ServerRollout trains on, since re-tokenising text does not give the sampled ids back). Everything that would change the output and is not
 implemented (penalties, logit_bias, tools, response_format, echo, suffix, best_of) is a 400, never
 silently ignored.
 
@@ -16,6 +17,13 @@ Limits are checked before a request reaches the model, each with a one-line 4xx:
 against the server's KV budget (400), a full queue (429). A client that disconnects — mid-stream
 or while waiting for a non-streamed reply — cancels its sequences, which leave the batch at the
 next step.
+
+`POST /update_weights_from_disk` takes SGLang's body `{"model_path": DIR}` and answers in SGLang's
+shape, `{"success": bool, "message": str, "num_paused_requests": 0}`, HTTP 200 or 400 (500 when
+a copy failed half-way and was rolled back): the engine loads DIR's weights in place once the
+running sequences finished (engine.py). It reads files from the server's disk, so it exists only
+when the server was started with `--allow-weight-updates`, and the API key guards it as it
+guards /v1 (every route but /health).
 """
 
 from __future__ import annotations
@@ -217,7 +225,8 @@ def sse(obj) -> str:
 
 class Guard:
     """Plain ASGI middleware (streams and disconnects pass through untouched): the API key on
-    /v1 routes and the declared body size, checked before any route runs."""
+    every route but /health (the /v1 API and the weight update alike) and the declared body size,
+    checked before any route runs."""
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int):
         self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
@@ -226,7 +235,7 @@ class Guard:
         if scope["type"] == "http":
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             response = None
-            if self.api_key and scope["path"].startswith("/v1"):
+            if self.api_key and scope["path"] != "/health":
                 if headers.get("authorization", "") != f"Bearer {self.api_key}":
                     response = error_response(401, "missing or wrong API key (send 'Authorization: Bearer KEY')")
             length = headers.get("content-length", "")
@@ -240,7 +249,7 @@ class Guard:
 
 # ---- the app -----------------------------------------------------------------------------------
 def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_key: str | None = None,
-               on_startup=None) -> FastAPI:
+               on_startup=None, allow_weight_updates: bool = False) -> FastAPI:
     import contextlib
 
     @contextlib.asynccontextmanager
@@ -286,6 +295,28 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_k
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
                                             "owned_by": "kollm", "max_model_len": limits.context}]}
+
+    if allow_weight_updates:
+        update_lock = asyncio.Lock()
+
+        @app.post("/update_weights_from_disk")
+        async def update_weights_from_disk(request: Request):
+            def answer(status: int, ok: bool, message: str) -> JSONResponse:
+                return JSONResponse({"success": ok, "message": message, "num_paused_requests": 0}, status_code=status)
+
+            try:
+                body = await read_json(request)
+            except APIError as e:
+                return answer(e.status, False, e.message)
+            path = body.get("model_path")
+            if not isinstance(path, str) or not path:
+                return answer(400, False, "'model_path' must be a non-empty string (a checkpoint directory)")
+            for key, neutral in (("load_format", ("auto", "safetensors")), ("abort_all_requests", (False,))):
+                if body.get(key) is not None and body[key] not in neutral:  # SGLang options kollm lacks
+                    return answer(400, False, f"'{key}': {body[key]!r} is not supported by kollm serve")
+            async with update_lock:  # one at a time, in arrival order
+                status, message = await asyncio.wrap_future(engine.update_weights(path))
+            return answer(status, status == 200, message)
 
     def submit(prompts: list[list[int]], params: SamplingParams, n: int, stream: bool) -> GenRequest:
         req = GenRequest(prompts, params, n, asyncio.get_running_loop(), stream)
@@ -412,6 +443,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_k
         top = _get(body, "logprobs", (int,), None, 0, limits.max_logprobs)
         params, n = sampling_fields(body, limits, [len(p) for p in prompts], "max_tokens", top)
         lp_tok = None if _get(body, "return_tokens_as_token_ids", (bool,), False) else tokenizer
+        with_ids = _get(body, "return_token_ids", (bool,), False)
         stream = _get(body, "stream", (bool,), False)
         include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
         req = submit(prompts, params, n, stream)
@@ -426,7 +458,8 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_k
             return {**head, "choices": [{"index": i, "text": c["text"],
                                          "logprobs": completion_logprobs(lp_tok, c["lps"], 0)
                                          if top is not None else None,
-                                         "finish_reason": c["finish"]} for i, c in enumerate(choices)],
+                                         "finish_reason": c["finish"], **({"token_ids": c["ids"]} if with_ids else {})}
+                                        for i, c in enumerate(choices)],
                     "usage": usage(prompt_tokens, sum(len(c["ids"]) for c in choices))}
 
         async def gen():
@@ -434,14 +467,15 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_k
             try:
                 async for out in events(req):
                     completion += len(out.token_ids)
-                    if not out.text and out.finish_reason is None and top is None:
+                    if not out.text and out.finish_reason is None and top is None and not with_ids:
                         continue
                     lps = None
                     if top is not None:
                         lps = completion_logprobs(lp_tok, out.logprobs, offsets[out.index])
                         offsets[out.index] += sum(map(len, lps["tokens"]))
                     yield sse({**head, "choices": [{"index": out.index, "text": out.text, "logprobs": lps,
-                                                    "finish_reason": out.finish_reason}]})
+                                                    "finish_reason": out.finish_reason,
+                                                    **({"token_ids": out.token_ids} if with_ids else {})}]})
             except EngineError as e:
                 yield sse(error_body(500, str(e)))
                 return

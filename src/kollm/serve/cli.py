@@ -3,8 +3,10 @@
 Loads a Hugging Face checkpoint directory (kollm's loader: Llama, Qwen2, Gemma 2 sandwich) and its
 tokenizer (`kollm.data.chat.load_tokenizer`: kollm's default chat template where it has none),
 starts the model thread (`engine.py`) and serves `app.py` with uvicorn. Binds 127.0.0.1
-unless `--host` says otherwise; `--api-key` (or $KOLLM_API_KEY) makes every /v1 route require
-`Authorization: Bearer KEY`. Once listening it prints one line, `kollm serve: listening on URL`, on
+unless `--host` says otherwise; `--api-key` (or $KOLLM_API_KEY) makes every route but /health require
+`Authorization: Bearer KEY`. `--allow-weight-updates` adds SGLang's `POST /update_weights_from_disk`
+(GRPO's weight sync: kollm.train.grpo), off by default since it loads files from this machine's
+disk; the API key guards it too. Once listening it prints one line, `kollm serve: listening on URL`, on
 stdout (`--port 0` picks a free port; `kollm.serve.testing` reads the line).
 """
 
@@ -42,7 +44,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument("--api-key", default=os.environ.get("KOLLM_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1 routes (default $KOLLM_API_KEY)")
+                   help="require 'Authorization: Bearer KEY' on every route but /health (default $KOLLM_API_KEY)")
+    p.add_argument("--allow-weight-updates", action="store_true",
+                   help="serve POST /update_weights_from_disk {\"model_path\": DIR} (SGLang's API): load DIR's weights "
+                   "in place between steps (GRPO's weight sync); off by default: it reads the server's disk")
     p.add_argument("--served-model-name", default=None, help="the model id clients send (default: --model as given)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="auto: the checkpoint's dtype")
@@ -90,7 +95,7 @@ def main(argv: list[str]) -> int:
     # The model thread decodes with its own tokenizer copy; the HTTP side encodes with this one.
     engine = Engine(model, copy.deepcopy(tokenizer), stop_ids, max_batch=args.max_batch, kv_budget_tokens=budget,
                     max_prefill_tokens=args.max_prefill_tokens, max_queue=args.max_queue, seed=args.seed,
-                    compile=args.compile)
+                    compile=args.compile, weights_path=str(model_dir))
     limits = Limits(context=context, max_tokens=min(args.max_tokens or context, context), max_n=args.max_n,
                     max_body_bytes=args.max_body_bytes)
     name = args.served_model_name or args.model
@@ -111,7 +116,8 @@ def main(argv: list[str]) -> int:
         print(f"kollm serve: listening on {url} (model `{name}`, {device}, context {context}, "
               f"KV budget {budget} tokens)", flush=True)
 
-    app = create_app(engine, tokenizer, name, limits, api_key=args.api_key, on_startup=ready)
+    app = create_app(engine, tokenizer, name, limits, api_key=args.api_key, on_startup=ready,
+                     allow_weight_updates=args.allow_weight_updates)
     config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
     return 0

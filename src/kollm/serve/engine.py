@@ -26,11 +26,20 @@ Memory is bounded before anything runs: a sequence is admitted only while
 outgrows its budget; a prefill batch holds at most `max_prefill_tokens` padded tokens (a single
 prompt always goes: the server already refused prompts beyond the context) and runs in chunks of
 max_prefill_tokens / rows query columns, so its attention is never quadratic in a long prompt.
+
+Weights can be replaced while serving (`update_weights`, behind `kollm serve --allow-weight-updates`),
+as SGLang's `update_weights_from_disk` does it: the update waits for the sequences already running
+to finish (they complete with the weights they started with), sequences arriving meanwhile wait,
+then the model thread copies the checked checkpoint into the parameters in place between two
+iterations, never during one. Every completion therefore comes from one set of weights. A
+checkpoint whose config or tensors do not match is refused before anything is copied; a copy that
+fails half-way is rolled back by reloading the weights served before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections import deque
@@ -135,8 +144,10 @@ class _Batch:
 class Engine:
     def __init__(self, model: CausalLM, tokenizer, stop_token_ids: list[int], *, max_batch: int = 64,
                  kv_budget_tokens: int = 1 << 18, max_prefill_tokens: int = 8192, max_queue: int = 4096,
-                 seed: int | None = None, grow: int = 128, compile: bool = False):
+                 seed: int | None = None, grow: int = 128, compile: bool = False, weights_path: str | None = None):
         self.model = model.eval()
+        self.weights_path = weights_path  # the checkpoint served now: what a failed update rolls back to
+        self.update: tuple[str, concurrent.futures.Future] | None = None  # pending; the model thread applies it
         param = next(model.parameters())
         self.device, self.dtype, self.cfg = param.device, param.dtype, model.config
         self.tokenizer = tokenizer
@@ -151,7 +162,7 @@ class Engine:
         self.batch: _Batch | None = None
         self.closing = False
         self.stats = {"running": 0, "waiting": 0, "peak_running": 0, "steps": 0, "row_steps": 0, "prefills": 0,
-                      "generated_tokens": 0, "finished": 0, "cancelled": 0}
+                      "generated_tokens": 0, "finished": 0, "cancelled": 0, "weight_updates": 0}
         self.thread = threading.Thread(target=self._run, name="kollm-serve-model", daemon=True)
 
     # ---- called from the HTTP side ------------------------------------------------------------
@@ -163,6 +174,20 @@ class Engine:
             self.closing = True
             self.cv.notify()
         self.thread.join(timeout=10)
+        if self.update is not None and not self.update[1].done():
+            self.update[1].set_result((503, "the server is shutting down; weights not updated"))
+
+    def update_weights(self, path: str) -> concurrent.futures.Future:
+        """Queue a weight update from the checkpoint directory `path`; the future resolves to
+        (HTTP status, message) once the model thread has applied it (200), refused the checkpoint
+        (400: nothing changed) or failed reading it and rolled back (500). One at a time."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self.cv:
+            if self.update is not None:
+                raise RuntimeError("a weight update is already in progress")
+            self.update = (path, fut)
+            self.cv.notify()
+        return fut
 
     def submit(self, req: Request) -> None:
         for s in req.seqs:
@@ -187,11 +212,15 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self.cv:
-                    while not self.closing and self.batch is None and not self.waiting:
+                    while not self.closing and self.batch is None and not self.waiting and self.update is None:
                         self.cv.wait()
                     if self.closing:
                         return
-                    new = self._take()
+                    # A pending update admits nobody: the running rows drain, then it applies.
+                    new = self._take() if self.update is None else []
+                if self.update is not None and self.batch is None:
+                    self._apply_update()
+                    continue
                 try:
                     self._drop_cancelled()
                     if self.batch is not None:
@@ -202,6 +231,40 @@ class Engine:
                     self._fail([s for s in (self.batch.seqs if self.batch else [])] + new, e)
                     self.batch = None
                 self.stats["running"] = len(self.batch.seqs) if self.batch else 0
+
+    def _apply_update(self) -> None:
+        from kollm.model.hf import check_weight_update, load_weights_into
+
+        path, fut = self.update
+        try:
+            plan = check_weight_update(self.model, path)  # headers only: a refusal changes nothing
+        except (OSError, ValueError) as e:
+            result = (400, f"weights not updated: {e}")
+        else:
+            try:
+                load_weights_into(self.model, plan)
+                self.weights_path = str(path)
+                self.stats["weight_updates"] += 1
+                result = (200, f"weights updated from {path}")
+            except Exception as e:  # read error half-way: put the served weights back
+                result = (500, f"weights not updated: reading {path} failed ({type(e).__name__}: {e}); "
+                          + self._roll_back(str(path)))
+        with self.cv:
+            self.update = None
+        if not fut.done():  # stop() answers an update it could not wait for
+            fut.set_result(result)
+
+    def _roll_back(self, failed: str) -> str:
+        from kollm.model.hf import check_weight_update, load_weights_into
+
+        try:
+            load_weights_into(self.model, check_weight_update(self.model, self.weights_path))
+            # GRPO reuses one directory: then "again" means what it holds now
+            same = " (the directory of this update: as it is now)" if failed == self.weights_path else ""
+            return f"the weights of {self.weights_path} are served again{same}"
+        except Exception as e:
+            self.stats["weights_inconsistent"] = 1
+            return f"rolling back to {self.weights_path} failed too ({e}): restart the server"
 
     def _take(self) -> list[Sequence]:
         """Pop the waiting sequences (FIFO) that fit the batch, KV and prefill budgets."""

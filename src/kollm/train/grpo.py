@@ -7,14 +7,17 @@ A GRPO run is the trainer (kollm.train.trainer) with two parts swapped in:
   scores them (kollm.rl.rewards), computes group-normalised advantages and, when μ > 1 or β > 0,
   the old-policy and reference log-probs; then it hands the same rollout batch to μ consecutive
   steps (GRPO's "iterations"), split into micro-batches by the trainer. Its state (prompt
-  position, the rollout RNG, the rollout batch in use) is checkpointed: resume is exact.
+  position, the rollout RNG, the rollout batch in use) is checkpointed: resume is exact. With a
+  rollout server it first syncs the server's weights to the policy (kollm.rl.rollout.WeightSync,
+  `grpo.sync_weights`; metrics `weight_sync_s`), and at the end of the run the server is given the
+  final policy (the `hf/` export), so a server run stays on-policy as an in-process one is.
 - `GRPOObjective` (kollm.train.objectives.grpo): clipped ratio, k3 KL, loss aggregation.
 
 Config: the pretraining sections (model, optimizer, schedule, phases with `steps`, parallel,
 checkpoint, logging), plus
     data: {train, validation, prompt_key, prompt_template, max_prompt_len, chat_template, val_size}
     grpo: {group_size, prompts_per_step, iterations, loss_type, epsilon, beta, max_new_tokens,
-           temperature, top_p, top_k, rewards: [{name, weight, kwargs}], server, ...}
+           temperature, top_p, top_k, rewards: [{name, weight, kwargs}], server, sync_weights, ...}
 `batch` and each phase's `data` are derived (prompts_per_step · group_size rollouts of
 max_prompt_len + max_new_tokens tokens per step) and must not be given. Rows: `{"prompt", "answer"}`
 (math) or `{"prompt", "instruction_id_list", "kwargs"}` (IFEval); malformed rows are counted by
@@ -29,7 +32,7 @@ import argparse
 import base64
 import copy
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +71,11 @@ class GRPOSection:
     rewards: list = field(default_factory=lambda: [{"name": "math"}])  # kollm.rl.rewards.RewardSpec
     server: str | None = None  # OpenAI-compatible URL for rollouts (vLLM, kollm serve); None: in process
     server_model: str = "default"
+    # With a server: before every rollout batch (and at the end of the run) write the policy to
+    # OUTPUT_DIR/rollout-weights and POST it to {server}/update_weights_from_disk (SGLang's API;
+    # `kollm serve --allow-weight-updates`), so rollouts come from the current policy. The server
+    # must see OUTPUT_DIR. false: the server's weights are kept in step some other way (vLLM).
+    sync_weights: bool = True
 
 
 @dataclass
@@ -223,8 +231,9 @@ class RolloutSource:
 
     def __init__(self, policy, tokenizer, prompts: PromptSet, cfg: GRPOConfig, rewards, engine,
                  reference=None, rank: int = 0, world: int = 1, seed: int = 0, device=None,
-                 autocast: bool = False):
+                 autocast: bool = False, sync=None):
         self.policy, self.tokenizer, self.prompts, self.cfg = policy, tokenizer, prompts, cfg
+        self.sync = sync  # kollm.rl.rollout.WeightSync: the rollout server's weights := the policy
         self.rewards, self.engine, self.reference = rewards, engine, reference
         self.rank, self.world, self.seed = rank, world, seed
         self.device = device or torch.device("cpu")
@@ -246,6 +255,8 @@ class RolloutSource:
         n = len(self.buffer["input_ids"])
         b = batch_size or n
         out = {k: v[self.cursor:self.cursor + b] for k, v in self.buffer.items()}
+        if self.iteration and "weight_sync_s" in out:  # the sync happened once, before the first pass
+            out["weight_sync_s"] = torch.zeros_like(out["weight_sync_s"])
         self.cursor += b
         if self.cursor >= n:
             self.cursor, self.iteration = 0, self.iteration + 1
@@ -287,6 +298,7 @@ class RolloutSource:
         idx = self._next_prompts()
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen))
         prompt_ids = [self.prompts.ids[i] for i in idx]
+        sync_s = self.sync() if self.sync is not None else None  # 0 when a validation pass just synced
         samples = self.engine.sample(prompt_ids, G, seed)
         rows, prompts, completions = [], [], []
         for i, group in zip(idx, samples):
@@ -303,6 +315,8 @@ class RolloutSource:
                  # the std over this rank's rollouts, TRL's `reward_std`; each row carries it so
                  # that the objective's per-row shares sum to it
                  "reward_std": torch.full_like(r, float(r.std()) if len(r) > 1 else 0.0)}
+        if sync_s is not None:  # each row carries it: the objective's per-row shares sum to the mean over ranks
+            batch["weight_sync_s"] = torch.full_like(r, sync_s)
         if len(parts) > 1:  # each reward's own mean (metrics `reward_<name>`; 0 where it does not apply)
             for name, vals in parts.items():
                 batch[f"reward_{name}"] = torch.tensor([0.0 if v is None else v for v in vals])
@@ -348,13 +362,16 @@ def mean_reward(model, tokenizer, prompts: PromptSet, rewards, max_new_tokens: i
 
 class ValidationSource:
     """Held-out prompts for the trainer's validation loop: `batches()` generates greedy completions
-    with the current policy and yields rollout batches, so the objective reports `reward_mean` on
-    them (metrics.jsonl: `val_reward_mean`)."""
+    with the current policy (in process, or by the rollout server after a weight sync) and yields
+    rollout batches, so the objective reports `reward_mean` on them (metrics.jsonl: `val_reward_mean`)."""
 
     def __init__(self, policy, tokenizer, prompts: PromptSet, rewards, max_new_tokens: int, stop_ids: list[int],
-                 batch_size: int = 16):
+                 batch_size: int = 16, server=None, sync=None):
         self.policy, self.tokenizer, self.prompts, self.rewards = policy, tokenizer, prompts, rewards
         self.max_new_tokens, self.stop_ids, self.batch_size = max_new_tokens, stop_ids, batch_size
+        # With a synced rollout server (ServerRollout at temperature 0) the greedy completions come
+        # from it: under FSDP no rank holds whole weights to generate with.
+        self.server, self.sync = server, sync
 
     def batches(self):
         from kollm.model.generate import GenerationConfig, generate
@@ -363,7 +380,11 @@ class ValidationSource:
         cfg = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, stop_token_ids=self.stop_ids)
         for s in range(0, len(self.prompts), self.batch_size):
             ids = self.prompts.ids[s:s + self.batch_size]
-            outs = generate(self.policy, ids, cfg)
+            if self.server is not None:
+                self.sync()
+                outs = [group[0] for group in self.server.sample(ids, 1, None)]
+            else:
+                outs = generate(self.policy, ids, cfg)
             texts = [self.tokenizer.decode(o, skip_special_tokens=True) for o in outs]
             vals, _ = self.rewards(texts, self.prompts.rows[s:s + self.batch_size])
             x, mask = pad_rollouts(ids, outs)
@@ -385,8 +406,9 @@ def build(cfg: GRPOConfig, info, model):
     """Tokenizer, prompts, rewards, rollout engine, data and validation sources for a run."""
     from kollm.data.chat import load_tokenizer
     from kollm.model.generate import GenerationConfig
+    from kollm.model.hf import DTYPES
     from kollm.rl.rewards import Rewards
-    from kollm.rl.rollout import LocalRollout, ServerRollout
+    from kollm.rl.rollout import LocalRollout, ServerRollout, WeightSync
     from kollm.train.parallel import unwrap, uses_autocast
 
     tc, g = cfg.train, cfg.grpo
@@ -402,16 +424,21 @@ def build(cfg: GRPOConfig, info, model):
                            top_p=g.top_p, top_k=g.top_k, stop_token_ids=stops)
     policy = unwrap(model)
     engine = ServerRollout(g.server, tokenizer, gen, g.server_model) if g.server else LocalRollout(policy, gen)
+    sync = None
+    if g.server and g.sync_weights:
+        sync = WeightSync(engine, policy, Path(tc.output_dir) / "rollout-weights", DTYPES[tc.checkpoint.export_dtype],
+                          tok_dir, info.rank, gather=tc.parallel.mode == "fsdp")
     reference = None
     if g.beta > 0:
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
     source = RolloutSource(policy, tokenizer, train, cfg, rewards, engine, reference, info.rank, info.world,
                            tc.seed, info.device,
-                           uses_autocast(tc.parallel.mixed_precision, tc.parallel.mode, info.device))
+                           uses_autocast(tc.parallel.mixed_precision, tc.parallel.mode, info.device), sync)
     val = None
     if cfg.data.validation:
         held = PromptSet(cfg.data.validation, tokenizer, cfg.data, needs, limit=cfg.data.val_size)
-        val = ValidationSource(policy, tokenizer, held, rewards, g.max_new_tokens, stops)
+        greedy = ServerRollout(g.server, tokenizer, replace(gen, do_sample=False), g.server_model) if sync else None
+        val = ValidationSource(policy, tokenizer, held, rewards, g.max_new_tokens, stops, server=greedy, sync=sync)
     return tokenizer, source, val
 
 
@@ -449,6 +476,8 @@ def dry_run(cfg: GRPOConfig, args) -> dict:
     notes.append(f"{steps:,} steps × {g.prompts_per_step} prompts × G={g.group_size} at ≤ {T} tokens "
                  f"({cfg.data.max_prompt_len} prompt + {g.max_new_tokens} new); rollouts "
                  + (f"by the server {g.server} (its GPUs are extra)" if g.server else "in process")
+                 + ("; the policy is exported to the server before each rollout batch (grpo.sync_weights)"
+                    if g.server and g.sync_weights else "")
                  + "; memory excludes the rollout KV cache")
     return make("grpo", args, parts, memory=memory, notes=notes, params=mc.num_params(), steps=steps)
 
@@ -481,9 +510,11 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"{args.config}: model.init_from is required (the policy: a Hugging Face directory)")
     if not cfg.data.train:
         raise ValueError(f"{args.config}: data.train is required (prompt rows)")
-    if tc.parallel.mode == "fsdp":
-        raise ValueError(f"{args.config}: parallel.mode fsdp: in-process rollouts need whole weights on every "
-                         "rank; use ddp/zero1, or fsdp with grpo.server for rollouts")
+    in_process = [what for what, yes in (("rollouts", not cfg.grpo.server), ("validation", cfg.data.validation and not (
+        cfg.grpo.server and cfg.grpo.sync_weights))) if yes]
+    if tc.parallel.mode == "fsdp" and in_process:
+        raise ValueError(f"{args.config}: parallel.mode fsdp: in-process {' and '.join(in_process)} need whole weights "
+                         "on every rank; use ddp/zero1, or fsdp with grpo.server (validation: and grpo.sync_weights)")
     with distributed_run() as info:
         model = build_run_model(tc, info.device)
         trainer_model = model
@@ -491,9 +522,13 @@ def main(argv: list[str]) -> int:
                                   cfg.grpo.max_new_tokens, cfg.grpo.temperature)
         _, source, val = build(cfg, info, model.to(info.device))
         trainer = Trainer(tc, trainer_model, objective, source, info, val_data=val)
+        if source.sync is not None:  # every update leaves the rollout server behind the policy
+            trainer.optimizer.register_step_post_hook(source.sync.mark_stale)
         trainer.fit(resume=args.resume)  # a diverged run raises: `kollm` exits 3 with its message
         if (out := export_final(trainer, tc, tokenizer=tc.model.tokenizer or tc.model.init_from)) is not None:
             print(f"kollm grpo: Hugging Face export in {out}", file=sys.stderr)
+        if source.sync is not None:  # the server ends serving the final policy: the export when there is one
+            source.sync(trainer.run_dir / "hf" / "latest" if tc.checkpoint.export_hf else None)
     return 0
 
 

@@ -118,6 +118,8 @@ class GRPOObjective:
             "clip_frac": (region.float() * mask).sum() * tok_share,
         } | {k: v.float().sum() * seq_share for k, v in batch.items()  # each reward's own mean
              if k.startswith("reward_") and k not in ("reward_std", "reward_mean")}
+        if "weight_sync_s" in batch:  # the rollout server's weight sync before this batch (0 on reuse)
+            metrics["weight_sync_s"] = batch["weight_sync_s"].float().sum() * seq_share
         return ObjectiveOutput(loss, metrics)
 
     def on_phase(self, phase) -> None:
