@@ -41,3 +41,11 @@ def shards(tmp_path_factory) -> Path:
             for doc in _documents(lang):
                 w.add(doc, float(rng.random()))
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, write_tiny_llama) -> Path:
+    """The GRPO tests' policy: a tiny Llama (transformers writes it) whose tokenizer is trained
+    on a+b=c sums, so arithmetic prompts tokenise short."""
+    texts = [f"{a}+{b}={a + b}" for a in range(10) for b in range(10)] * 3
+    return write_tiny_llama(tmp_path_factory.mktemp("policy") / "m", texts, ["<pad>", "<s>", "</s>"], 96, 32, 128, 0.5)

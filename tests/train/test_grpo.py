@@ -23,12 +23,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:torch.distrib
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, write_tiny_llama) -> Path:
-    texts = [f"{a}+{b}={a + b}" for a in range(10) for b in range(10)] * 3
-    return write_tiny_llama(tmp_path_factory.mktemp("policy") / "m", texts, ["<pad>", "<s>", "</s>"], 96, 32, 128, 0.5)
-
-
-@pytest.fixture(scope="module")
 def prompts(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("prompts")
     rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(3)]

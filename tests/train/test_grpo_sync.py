@@ -28,12 +28,6 @@ PROBES = [[1, 20, 30, 40], [1, 9, 60]]  # greedy probes of the served weights (t
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, write_tiny_llama) -> Path:
-    texts = [f"{a}+{b}={a + b}" for a in range(10) for b in range(10)] * 3
-    return write_tiny_llama(tmp_path_factory.mktemp("policy") / "m", texts, ["<pad>", "<s>", "</s>"], 96, 32, 128, 0.5)
-
-
-@pytest.fixture(scope="module")
 def prompts(tmp_path_factory) -> Path:
     f = tmp_path_factory.mktemp("prompts") / "train.jsonl"
     f.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n"
