@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -310,19 +310,25 @@ def load_hf(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: 
     # Each tensor read becomes the parameter itself (no preallocated copy to fill): memory is
     # one model plus the file pages of the shard being read, which the kernel can drop.
     with torch.no_grad():
-        for file in files:
-            with safe_open(file, framework="pt") as f:
-                for name in f.keys():
-                    if where.get(name) != file:
-                        continue  # ignored, or a tied lm_head
-                    t = f.get_tensor(name)
-                    if gemma:
-                        t = _from_gemma(name, t, cfg, dtype)
-                    _assign(model, name, t, device, dtype)
-                    del t
+        for name, t in _read_checked(where, cfg if gemma else None, lambda _: dtype):
+            _assign(model, name, t, device, dtype)
+            del t
     model.tie_weights()
     return model.eval()
 
+
+def _read_checked(where: dict[str, Path], gemma: ModelConfig | None,
+                  dtype_of: Callable[[str], torch.dtype]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor `_check_weights` placed, one at a time, file by file;
+    Gemma 2's stored norms and embedding converted (`gemma`: the model's config) to kollm's."""
+    for file in dict.fromkeys(where.values()):
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                if where.get(name) != file:
+                    continue  # ignored, or a tied lm_head
+                # no local name: the generator must not keep a tensor alive while the next is read
+                yield name, (f.get_tensor(name) if gemma is None
+                             else _from_gemma(name, f.get_tensor(name), gemma, dtype_of(name)))
 
 
 # ---- weights into a live model (kollm serve's /update_weights_from_disk) ----------------------
@@ -370,17 +376,9 @@ def load_weights_into(model: CausalLM, update: WeightUpdate) -> None:
     a compiled step and the parameters' devices stay as they are; memory is one tensor at a
     time), cast to each parameter's dtype."""
     params = dict(model.named_parameters())
-    for file in sorted(set(update.where.values())):
-        with safe_open(file, framework="pt") as f:
-            for name in f.keys():
-                if update.where.get(name) != file:
-                    continue
-                p = params[name]
-                t = f.get_tensor(name)
-                if update.gemma:
-                    t = _from_gemma(name, t, model.config, p.dtype)
-                p.copy_(t)
-                del t
+    for name, t in _read_checked(update.where, model.config if update.gemma else None, lambda n: params[n].dtype):
+        params[name].copy_(t)
+        del t
 
 
 # ---- weights out ----------------------------------------------------------------------------
