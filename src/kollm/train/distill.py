@@ -502,12 +502,6 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
 
     if not cfg.data.train:
         raise ValueError("data.train is required (chat or prompt/completion rows)")
-    d = cfg.distill
-    for key in ("off_policy_init", "off_policy_step", "fresh_prob"):
-        if not 0.0 <= getattr(d, key) <= 1.0:
-            raise ValueError(f"distill.{key} must be in [0, 1], got {getattr(d, key)}")
-    if d.replay_capacity < 0 or d.max_new_tokens < 1:
-        raise ValueError("distill.replay_capacity must be >= 0 and distill.max_new_tokens >= 1")
     if not (cfg.teacher.model or cfg.teacher.stored):
         raise ValueError("teacher.model (a Hugging Face directory) or teacher.stored (kollm distill precompute) "
                          "is required")
