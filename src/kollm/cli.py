@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(importlib.import_module(module).main(rest) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C where no handler of the stage's own was listening (loading, before the training
+        # loop; the trainer's handler checkpoints and exits 130 itself): the shell's status, no traceback
+        print(f"\nkollm {stage}: stopped by SIGINT", file=sys.stderr)
+        return 128 + 2
     except (KeyError, ValueError, FileNotFoundError, NotADirectoryError) as e:
         # User errors get one line naming the cause, not a traceback.
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -1,6 +1,7 @@
 """Training config: YAML → dataclasses; unknown keys and bad values are errors naming their path;
 counts read the way the reports write them; every shipped recipe loads."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,24 @@ def test_set_overrides_reach_nested_keys_and_list_items(tmp_path):
         load_config(RECIPES / "tiny-pretrain.yaml", ["data.shards"])
     with pytest.raises(KeyError, match="data.nope"):
         load_config(RECIPES / "tiny-pretrain.yaml", ["data.nope=1"])
+
+
+@pytest.mark.parametrize("raw, what", [
+    ({"phases": [{**PHASE, "lr": 0.0}]}, "phases[0].lr must be a finite number > 0, got 0.0"),
+    ({"validation": {"batch_size": 0}}, "validation.batch_size must be positive, got 0"),
+    ({"teacher": {"top_k": 0}}, "teacher.top_k must be positive, got 0"),
+    ({"distill": {"alpha": 1.5}}, "distill.alpha must be in [0, 1], got 1.5"),
+    ({"distill": {"ce_weight": -0.1}}, "distill.ce_weight must be in [0, 1]"),
+    ({"distill": {"fresh_prob": float("nan")}}, "distill.fresh_prob must be in [0, 1], got nan"),
+    ({"distill": {"off_policy_margin": float("inf")}}, "distill.off_policy_margin must be a finite number"),
+    ({"distill": {"max_new_tokens": 0}}, "distill.max_new_tokens must be positive, got 0"),
+    ({"distill": {"replay_capacity": -1}}, "distill.replay_capacity must be >= 0"),
+    ({"distill": {"temperature": 0.0}}, "distill.temperature must be a finite number > 0, got 0.0"),
+    ({"distill": {"top_p": 0.0}}, "distill.top_p must be in (0, 1], got 0.0"),
+    ({"distill": {"top_k": -5}}, "distill.top_k must be >= 0"),
+])
+def test_values_that_would_train_nothing_or_fail_later_name_their_key(raw, what):
+    """A zero or negative value that makes a key meaningless is refused when the config loads (not at
+    the first generation minutes later, nor accepted in silence), naming the key and the value."""
+    with pytest.raises(ValueError, match=re.escape(what)):
+        config_from_dict({"phases": [PHASE], **raw})

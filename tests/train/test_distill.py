@@ -158,15 +158,20 @@ def test_off_policy_batches_generate_then_replay(world):
 
 
 def test_state_dict_resumes_exactly(world):
-    a = _Source(world, off_policy_init=0.5, fresh_prob=0.5)
+    from types import SimpleNamespace
+
+    # a budget of 24 new tokens fits seq_len 64 after the longest prompt, not after the longest
+    # example: the phase's length must come back with the state
+    a = _Source(world, off_policy_init=0.5, fresh_prob=0.5, max_new_tokens=24)
+    a.data.set_phase(SimpleNamespace(seq_len=64))
     for _ in range(5):
         a.data.next_batch(2)
     state = json.loads(json.dumps(a.data.state_dict()))  # as the checkpoint stores it
-    want = [a.data.next_batch(2) for _ in range(6)]
-    b = _Source(world, off_policy_init=0.0)
+    want = [a.data.next_batch(2) for _ in range(12)]
+    b = _Source(world, off_policy_init=0.0, max_new_tokens=24)
     b.model.load_state_dict(a.model.state_dict())
     b.data.load_state_dict(state)
-    got = [b.data.next_batch(2) for _ in range(6)]
+    got = [b.data.next_batch(2) for _ in range(12)]
     for x, y in zip(want, got):
         assert x.keys() == y.keys()
         for k in x:

@@ -5,6 +5,7 @@ run, a Hugging Face export, and an exact resume after a crash."""
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,29 @@ def test_config_errors(setup, capfd):
     assert "dpo.betaa: unknown key" in capfd.readouterr().err
     assert kollm_main(["dpo", str(cfg), "--set", f"data.train={root / 'nope.jsonl'}"]) == 1
     assert "nope.jsonl" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("epochs", 0, "dpo.epochs must be a finite number > 0 (a fraction trains part of an epoch), got 0"),
+    ("epochs", float("nan"), "dpo.epochs must be a finite number > 0"),
+    ("beta", 0.0, "dpo.beta must be a finite number > 0, got 0.0"),
+    ("online", {"rounds": 0}, "dpo.online.rounds must be positive, got 0"),
+    ("online", {"k": 1}, "dpo.online.k must be >= 2 (best vs worst), got 1"),
+    ("online", {"temperature": 0.0}, "dpo.online.temperature must be a finite number > 0"),
+    ("online", {"top_p": 0}, "dpo.online.top_p must be in (0, 1], got 0"),
+    ("online", {"gen_batch": 0}, "dpo.online.gen_batch must be positive"),
+    ("online", {"max_new_tokens": -1}, "dpo.online.max_new_tokens must be positive"),
+    ("online", {"prompts_per_round": -2}, "dpo.online.prompts_per_round must be >= 0"),
+    ("online", {"max_length_ratio": 0.5}, "dpo.online.max_length_ratio must be >= 1"),
+])
+def test_values_out_of_range_name_their_key(key, value, message):
+    """`dpo.epochs: 0` trained one step and exited 0; each such value is refused naming its key."""
+    from kollm.train.config import _build
+    from kollm.train.dpo import DPOSection
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _build(DPOSection, {key: value}, "dpo")
+    assert _build(DPOSection, {"epochs": 0.2}, "dpo").epochs == 0.2  # part of an epoch is fine
 
 
 @pytest.mark.parametrize("recipe,pairs,steps,beta,loss,lr", [

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,26 @@ def test_config_mistakes_name_their_key(tiny, prompts, tmp_path):
     assert cfg.train.batch.tokens == 2 * 4 * (16 + 6) and cfg.train.phases[0].data == {"seq_len": 22, "batch_size": 3}
     for recipe in ("tiny-grpo.yaml", "trillion-7b-grpo.yaml"):  # the shipped recipes parse
         load_grpo_config(RECIPES / recipe)
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("grpo", "epsilon", 0.0, "grpo.epsilon must be a finite number > 0, got 0.0"),
+    ("grpo", "epsilon_high", -0.1, "grpo.epsilon_high must be a finite number > 0"),
+    ("grpo", "beta", -0.04, "grpo.beta must be >= 0 (0: no KL term), got -0.04"),
+    ("grpo", "temperature", 0.0, "grpo.temperature must be a finite number > 0"),
+    ("grpo", "top_p", 1.5, "grpo.top_p must be in (0, 1], got 1.5"),
+    ("grpo", "top_k", -1, "grpo.top_k must be >= 0"),
+    ("data", "val_size", 0, "data.val_size must be positive, got 0"),
+    (None, "optimizer", {"lr": 0.0}, "optimizer.lr must be a finite number > 0, got 0.0"),
+])
+def test_values_out_of_range_name_their_key(section, key, value, message, tmp_path):
+    raw = config(tmp_path / "policy", tmp_path / "prompts.jsonl", tmp_path / "out")  # nothing is read
+    if section is None:
+        raw[key] = value
+    else:
+        raw[section][key] = value
+    with pytest.raises(ValueError, match=re.escape(message)):
+        grpo_config_from_dict(raw)
 
 
 def test_malformed_rows_are_counted_with_file_and_line(tiny, prompts):

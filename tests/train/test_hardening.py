@@ -130,8 +130,9 @@ def test_metrics_rewrite_on_resume_is_atomic(tmp_path, monkeypatch):
     ({"checkpoint": {"every": -1}}, "checkpoint.every must be >= 0"),
     ({"checkpoint": {"keep": -2}}, "checkpoint.keep must be >= 0"),
     ({"logging": {"every": 0}}, "logging.every must be positive"),
-    ({"optimizer": {"lr": float("inf")}}, "optimizer.lr must be a finite number >= 0, got inf"),
-    ({"optimizer": {"lr": -1e-3}}, "optimizer.lr must be a finite number >= 0"),
+    ({"optimizer": {"lr": float("inf")}}, "optimizer.lr must be a finite number > 0, got inf"),
+    ({"optimizer": {"lr": -1e-3}}, "optimizer.lr must be a finite number > 0"),
+    ({"optimizer": {"lr": 0}}, "optimizer.lr must be a finite number > 0, got 0.0"),  # trained nothing, exit 0
     ({"optimizer": {"betas": [0.9, 1.5]}}, "optimizer.betas must be two numbers in [0, 1)"),
     ({"schedule": {"warmup_steps": -1}}, "schedule.warmup_steps must be >= 0"),
     ({"phases": [{"name": "a", "steps": 2, "lr": float("nan")}]}, "phases[0].lr must be a finite number"),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from kollm.argtypes import positive_int
+from kollm.argtypes import nonnegative_int, positive_int
 from kollm.eval.consistency import consistency, lang_of
 from kollm.eval.harness import EvalConfig, evaluate, no_nan, summary_table, write_results
 from kollm.eval.judge import ReplyCache
@@ -161,14 +161,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--tasks", help=f"comma-separated tasks or suites ({', '.join(SUITES)}); task:shots sets shots")
     p.add_argument("--data-dir", help="folder holding the benchmarks' files (HF layouts or original releases)")
     p.add_argument("--out", help="directory for results.json")
-    p.add_argument("--num-fewshot", type=int, help="shots for every task (default: the task's or suite's)")
+    p.add_argument("--num-fewshot", type=nonnegative_int, help="shots for every task (default: the task's or suite's)")
     p.add_argument("--limit", type=positive_int, help="first N items per task (N >= 1; default: all)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="compile generation's decode step (default: on for CUDA, off on CPU)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the checkpoint's")
-    p.add_argument("--batch-tokens", type=int, help="tokens per log-likelihood forward (default: 512 CPU, 16384 GPU)")
+    p.add_argument("--batch-tokens", type=positive_int, help="tokens per log-likelihood forward (default: 512 CPU, 16384 GPU)")
     p.add_argument("--endpoint-model", default="default", help="model name sent to the endpoint")
     p.add_argument("--consistency", action="append", default=[], metavar="SRC_TASK:TGT_TASK",
                    help="cross-lingual consistency between two parallel tasks (repeatable)")

@@ -33,6 +33,9 @@ class EvalConfig:
         if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
             # items[:-1] would quietly drop the last item: a limit is a count, None means all
             raise ValueError(f"limit must be a positive number of items (None: all), got {self.limit!r}")
+        if self.num_fewshot is not None and (isinstance(self.num_fewshot, bool) or self.num_fewshot < 0):
+            # k <= 0 reads as "no examples": -3 would run zero-shot and say nothing
+            raise ValueError(f"num_fewshot must be >= 0 (None: each task's default), got {self.num_fewshot!r}")
 
 
 @dataclass

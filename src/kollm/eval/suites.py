@@ -38,6 +38,8 @@ def expand(spec: str, known: set[str], log=print) -> list[tuple[str, int | None]
                     log(f"suite {part}: task {name} is not installed here; skipped")
                     continue
                 raise KeyError(f"unknown task or suite {name!r}; suites: {', '.join(SUITES)}")
+            if shots and not (shots.isdigit() and shots.isascii()):
+                raise ValueError(f"--tasks {e}: shots must be an integer >= 0, got {shots!r}")
             out.append((name, int(shots) if shots else None))
     return out
 

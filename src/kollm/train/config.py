@@ -242,12 +242,17 @@ class TrainConfig:
 
 def _range_problems(cfg: TrainConfig) -> list[str]:
     """Values outside their meaningful range, each naming its key (`steps: -3` would skip the phase
-    and exit 0, `logging.every: 0` divide by zero, `optimizer.lr: .inf` poison every weight)."""
+    and exit 0, `logging.every: 0` divide by zero, `optimizer.lr: .inf` poison every weight, `lr: 0`
+    train nothing and still exit 0)."""
     def finite(v) -> bool:
         return v is not None and math.isfinite(v)
 
+    def unit(v) -> bool:
+        return finite(v) and 0 <= v <= 1
+
+    d, t = cfg.distill, cfg.teacher
     rules: list[tuple[str, object, bool, str]] = [
-        ("optimizer.lr", cfg.optimizer.lr, finite(cfg.optimizer.lr) and cfg.optimizer.lr >= 0, "a finite number >= 0"),
+        ("optimizer.lr", cfg.optimizer.lr, finite(cfg.optimizer.lr) and cfg.optimizer.lr > 0, "a finite number > 0"),
         ("optimizer.eps", cfg.optimizer.eps, finite(cfg.optimizer.eps) and cfg.optimizer.eps > 0, "> 0"),
         ("optimizer.weight_decay", cfg.optimizer.weight_decay,
          finite(cfg.optimizer.weight_decay) and cfg.optimizer.weight_decay >= 0, ">= 0"),
@@ -262,12 +267,26 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
         ("checkpoint.every", cfg.checkpoint.every, cfg.checkpoint.every >= 0, ">= 0 (0: only at the end)"),
         ("checkpoint.keep", cfg.checkpoint.keep, cfg.checkpoint.keep >= 0, ">= 0 (0: keep all)"),
         ("logging.every", cfg.logging.every, cfg.logging.every > 0, "positive"),
+        ("validation.batch_size", cfg.validation.batch_size,
+         cfg.validation.batch_size is None or cfg.validation.batch_size > 0, "positive"),
+        ("teacher.top_k", t.top_k, t.top_k > 0, "positive"),
+        ("distill.alpha", d.alpha, unit(d.alpha), "in [0, 1]"),
+        ("distill.ce_weight", d.ce_weight, unit(d.ce_weight), "in [0, 1]"),
+        ("distill.off_policy_init", d.off_policy_init, unit(d.off_policy_init), "in [0, 1]"),
+        ("distill.off_policy_step", d.off_policy_step, unit(d.off_policy_step), "in [0, 1]"),
+        ("distill.off_policy_margin", d.off_policy_margin, finite(d.off_policy_margin), "a finite number"),
+        ("distill.fresh_prob", d.fresh_prob, unit(d.fresh_prob), "in [0, 1]"),
+        ("distill.replay_capacity", d.replay_capacity, d.replay_capacity >= 0, ">= 0"),
+        ("distill.max_new_tokens", d.max_new_tokens, d.max_new_tokens > 0, "positive"),
+        ("distill.temperature", d.temperature, finite(d.temperature) and d.temperature > 0, "a finite number > 0"),
+        ("distill.top_p", d.top_p, finite(d.top_p) and 0 < d.top_p <= 1, "in (0, 1]"),
+        ("distill.top_k", d.top_k, d.top_k >= 0, ">= 0 (0: no top-k cut)"),
     ]
     for i, p in enumerate(cfg.phases):
         at = f"phases[{i}]"
         rules += [(f"{at}.steps", p.steps, p.steps is None or p.steps > 0, "positive"),
                   (f"{at}.tokens", p.tokens, p.tokens is None or p.tokens > 0, "positive"),
-                  (f"{at}.lr", p.lr, p.lr is None or finite(p.lr) and p.lr >= 0, "a finite number >= 0"),
+                  (f"{at}.lr", p.lr, p.lr is None or finite(p.lr) and p.lr > 0, "a finite number > 0"),
                   (f"{at}.weight_decay", p.weight_decay, p.weight_decay is None or finite(p.weight_decay)
                    and p.weight_decay >= 0, ">= 0"),
                   (f"{at}.mtp_alpha", p.mtp_alpha, finite(p.mtp_alpha) and p.mtp_alpha >= 0, ">= 0"),

@@ -16,7 +16,7 @@ optional cross-entropy). This file is the data side and the command:
   `fresh_prob`, and otherwise reuses buffered samples. A generated response is labelled the way
   the dataset's are: labels aligned with the inputs, so the logits at the last prompt position
   are trained toward the first response token and the stop token is kept (DistiLLM's sampler is
-  one position off here; docs/design.md). Its state (row order, RNG, schedule, buffer) is in
+  one position off here; docs/design.md). Its state (row order, RNG, schedule, buffer, the phase's length) is in
   every checkpoint, so a resumed run continues exactly.
 - The teacher: a Hugging Face directory loaded here without gradients (bf16 on CUDA), checked to
   have the student's vocabulary; or its top-k log-probs stored by
@@ -244,8 +244,10 @@ class DistillData:
 
     def state_dict(self) -> dict:
         version, internal, gauss = self.rng.getstate()
+        # max_len: the phase's seq_len (set_phase), which bounds the generation budget
         return {"epoch": self.epoch, "cursor": self.cursor, "rng": [version, list(internal), gauss],
-                "prob": self.prob, "last_val": self.last_val, "buffer": [[ids, p] for ids, p in self.buffer]}
+                "prob": self.prob, "last_val": self.last_val, "buffer": [[ids, p] for ids, p in self.buffer],
+                "max_len": self.max_len}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor = state["epoch"], state["cursor"]
@@ -253,6 +255,7 @@ class DistillData:
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
         self.prob, self.last_val = state["prob"], state["last_val"]
+        self.max_len = state.get("max_len", self.max_len)  # a checkpoint from before it was saved
         self.buffer.clear()
         self.buffer.extend((list(ids), p) for ids, p in state["buffer"])
 
@@ -502,12 +505,6 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
 
     if not cfg.data.train:
         raise ValueError("data.train is required (chat or prompt/completion rows)")
-    d = cfg.distill
-    for key in ("off_policy_init", "off_policy_step", "fresh_prob"):
-        if not 0.0 <= getattr(d, key) <= 1.0:
-            raise ValueError(f"distill.{key} must be in [0, 1], got {getattr(d, key)}")
-    if d.replay_capacity < 0 or d.max_new_tokens < 1:
-        raise ValueError("distill.replay_capacity must be >= 0 and distill.max_new_tokens >= 1")
     if not (cfg.teacher.model or cfg.teacher.stored):
         raise ValueError("teacher.model (a Hugging Face directory) or teacher.stored (kollm distill precompute) "
                          "is required")

@@ -76,8 +76,27 @@ class DPOSection:
         for k in ("pairs_per_step", "micro_batch", "max_length", "ref_batch", "val_batch"):
             if getattr(self, k) < 1:
                 raise ValueError(f"dpo.{k} must be positive")
-        if self.online.k < 2:
-            raise ValueError(f"dpo.online.k must be >= 2 (best vs worst), got {self.online.k}")
+        on = self.online
+        # epochs 0 would still train one step, beta 0 makes every loss ln 2 (no gradient), top_p 0 or
+        # temperature 0 fail only at the first generation
+        for key, value, ok, want in [
+                ("dpo.epochs", self.epochs, math.isfinite(self.epochs) and self.epochs > 0,
+                 "a finite number > 0 (a fraction trains part of an epoch)"),
+                ("dpo.beta", self.beta, math.isfinite(self.beta) and self.beta > 0, "a finite number > 0"),
+                ("dpo.online.k", on.k, on.k >= 2, ">= 2 (best vs worst)"),
+                ("dpo.online.rounds", on.rounds, on.rounds >= 1, "positive"),
+                ("dpo.online.prompts_per_round", on.prompts_per_round, on.prompts_per_round >= 0,
+                 ">= 0 (0: every prompt)"),
+                ("dpo.online.max_new_tokens", on.max_new_tokens, on.max_new_tokens >= 1, "positive"),
+                ("dpo.online.gen_batch", on.gen_batch, on.gen_batch >= 1, "positive"),
+                ("dpo.online.temperature", on.temperature, math.isfinite(on.temperature) and on.temperature > 0,
+                 "a finite number > 0"),
+                ("dpo.online.top_p", on.top_p, math.isfinite(on.top_p) and 0 < on.top_p <= 1, "in (0, 1]"),
+                ("dpo.online.max_length_ratio", on.max_length_ratio,
+                 on.max_length_ratio is None or math.isfinite(on.max_length_ratio) and on.max_length_ratio >= 1,
+                 ">= 1 (longer / shorter)")]:
+            if not ok:
+                raise ValueError(f"{key} must be {want}, got {value!r}")
 
 
 def load_dpo_config(path: str | Path, overrides: list[str] = ()) -> tuple[dict, DPOSection, str, str | None]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
+import math
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -111,6 +112,21 @@ def grpo_config_from_dict(raw: dict, world: int = 1) -> GRPOConfig:
     if g.iterations < 1 or g.micro_batch_size < 1 or g.max_new_tokens < 1 or data.max_prompt_len < 1:
         problems.append("grpo.iterations, grpo.micro_batch_size, grpo.max_new_tokens and data.max_prompt_len "
                         "must be >= 1")
+
+    def finite(v) -> bool:
+        return v is not None and math.isfinite(v)
+
+    for key, value, ok, want in [
+            ("grpo.epsilon", g.epsilon, finite(g.epsilon) and g.epsilon > 0, "a finite number > 0"),
+            ("grpo.epsilon_high", g.epsilon_high, g.epsilon_high is None or finite(g.epsilon_high)
+             and g.epsilon_high > 0, "a finite number > 0"),
+            ("grpo.beta", g.beta, finite(g.beta) and g.beta >= 0, ">= 0 (0: no KL term)"),
+            ("grpo.temperature", g.temperature, finite(g.temperature) and g.temperature > 0, "a finite number > 0"),
+            ("grpo.top_p", g.top_p, finite(g.top_p) and 0 < g.top_p <= 1, "in (0, 1]"),
+            ("grpo.top_k", g.top_k, g.top_k >= 0, ">= 0 (0: no top-k cut)"),
+            ("data.val_size", data.val_size, data.val_size >= 1, "positive")]:
+        if not ok:
+            problems.append(f"{key} must be {want}, got {value!r}")
     from kollm.train.objectives.grpo import LOSS_TYPES
 
     if g.loss_type not in LOSS_TYPES:

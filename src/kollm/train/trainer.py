@@ -245,7 +245,8 @@ class Trainer:
         parallel.set_weight_decay(self.optimizer, wd)
         self.objective.on_phase(phase)
         self.model_config.rope_theta = phase.rope_theta or self._base_theta
-        self.model_config.max_seq_len = max(self.model_config.max_seq_len, self.plans[idx].seq_len)
+        # the longest phase so far, as in an uninterrupted run (generation is capped by it; the export's config)
+        self.model_config.max_seq_len = max(self.model_config.max_seq_len, *(p.seq_len for p in self.plans[:idx + 1]))
         self.phase_idx = idx
         self._record_phases()
 
@@ -304,10 +305,14 @@ class Trainer:
             raise ValueError(f"{path}: written by {written_by} ranks, resuming on {self.info.world}; "
                              "the data streams are per rank, resume with the same world size")
         state, rank_state = checkpoint.load(path, self.model, self.optimizer)
-        self.data.load_state_dict(rank_state["data"])
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.last_checkpoint = path
         self.phase_idx = state["phase"]
+        # The source as the uninterrupted run had it: set to the checkpoint's phase, then its own
+        # state on top, so what a source derives from the phase is restored even where its state
+        # leaves it out.
+        self.data.set_phase(phase_data(self.cfg.phases[self.phase_idx]))
+        self.data.load_state_dict(rank_state["data"])
         return True
 
     # -- the step ------------------------------------------------------------------------------
@@ -387,7 +392,7 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> list[dict]:
         if resume and self.resume():
-            self.apply_phase(self.phase_idx, data=False)  # the loader restored its own phase
+            self.apply_phase(self.phase_idx, data=False)  # resume() set the data source's phase
         elif checkpoint.latest(self.ckpt_root) is not None:
             raise ValueError(f"{self.ckpt_root} holds checkpoints of an earlier run: pass --resume to continue "
                              "it, or choose a new output_dir")

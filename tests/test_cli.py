@@ -1,0 +1,67 @@
+"""The `kollm` dispatcher: Ctrl-C while a stage is still loading (before the training loop, whose
+own handler checkpoints) exits 130 with one line, as a Ctrl-C during training does, and no
+traceback."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+# A reward module that says it is being imported, then blocks: `kollm dpo --online` imports its
+# reward (dotted path) while loading, so the SIGINT below lands at that known point, not in a race.
+BLOCKING_REWARD = '''
+import os, pathlib, time
+pathlib.Path(os.environ["KOLLM_TEST_READY"]).write_text("importing")
+time.sleep(300)
+
+
+def reward(prompt, response, row):
+    return 0.0
+'''
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_loading_exits_130_quietly(tmp_path):
+    (tmp_path / "blocking_reward.py").write_text(BLOCKING_REWARD)
+    (tmp_path / "prompts.jsonl").write_text(json.dumps({"id": "p0", "prompt": "1 + 1?"}) + "\n")
+    cfg = {"output_dir": str(tmp_path / "run"), "model": {"init_from": str(tmp_path / "model")},
+           "dpo": {"online": {"prompts": str(tmp_path / "prompts.jsonl"), "reward": "blocking_reward:reward"}}}
+    (tmp_path / "online.yaml").write_text(yaml.safe_dump(cfg))
+    ready = tmp_path / "ready"
+    env = {**os.environ, "KOLLM_TEST_READY": str(ready),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    p = subprocess.Popen([sys.executable, "-m", "kollm.cli", "dpo", "--online", str(tmp_path / "online.yaml")],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert p.poll() is None, f"exited ({p.returncode}) before loading the reward: {p.communicate()[1][-3000:]}"
+            assert time.monotonic() < deadline, "the reward module was never imported"
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 128 + signal.SIGINT, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == "kollm dpo: stopped by SIGINT"
+
+
+def test_ctrl_c_in_any_stage_is_one_line(monkeypatch, capsys):
+    import importlib
+
+    from kollm import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(cli.STAGES["sft"][0]), "main", interrupted)
+    assert cli.main(["sft", "cfg.yaml"]) == 130
+    assert capsys.readouterr().err == "\nkollm sft: stopped by SIGINT\n"
