@@ -1,4 +1,5 @@
-"""GRPO with a rollout server keeps the server on-policy: a real `kollm serve --allow-weight-updates`
+"""GRPO with a rollout server keeps the server on-policy: a real `kollm serve --allow-weight-updates
+--weights-root` (a parent of the runs' output dirs)
 process samples the rollouts of a 3-step run; with `grpo.sync_weights` (the default) the policy is
 written to OUTPUT_DIR/rollout-weights and loaded by the server before every rollout batch (the
 last one: the policy after step 2, as the step-2 checkpoint holds it) and the run's final export
@@ -36,8 +37,10 @@ def prompts(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tiny):
-    with running_server(tiny, "--allow-weight-updates", "--seed", "0", api_key=KEY) as s:
+def server(tiny, tmp_path_factory):
+    # the runs' output dirs (tmp_path) are all under the session's base temp: the weights root
+    root = str(tmp_path_factory.getbasetemp())
+    with running_server(tiny, "--allow-weight-updates", "--weights-root", root, "--seed", "0", api_key=KEY) as s:
         yield s
 
 
