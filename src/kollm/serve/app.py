@@ -89,7 +89,7 @@ def parse_body(data: bytes) -> dict:
     a NaN temperature once reached the sampler and failed every request in its batch, so any
     non-finite number is a 400 naming where it is. Nesting beyond the interpreter's recursion
     limit is a 400 too (json raises RecursionError)."""
-    seen = []
+    seen = []  # non-finite literals: the body is searched for them only if there are any
 
     def constant(c: str) -> float:
         seen.append(c)
@@ -110,16 +110,16 @@ def parse_body(data: bytes) -> dict:
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object")
     if seen:
-        stack: list[tuple[str, object]] = [(k, v) for k, v in body.items()]
+        stack: list[tuple[str, object]] = [(k, v) for k, v in reversed(body.items())]
         while stack:  # iterative: the body may nest hundreds deep
             where, v = stack.pop()
             if isinstance(v, float) and not math.isfinite(v):
                 top = where.split("[")[0].split(".")[0]
-                raise APIError(400, f"'{where}' must be a finite number, got {seen[0]}", top)
-            if isinstance(v, dict):
-                stack += [(f"{where}.{k}", x) for k, x in v.items()]
+                raise APIError(400, f"'{where}' must be a finite number, got {json.dumps(v)}", top)
+            if isinstance(v, dict):  # pushed in reverse: the first one in the body is named
+                stack += [(f"{where}.{k}", x) for k, x in reversed(v.items())]
             elif isinstance(v, list):
-                stack += [(f"{where}[{i}]", x) for i, x in enumerate(v)]
+                stack += [(f"{where}[{i}]", x) for i, x in reversed(list(enumerate(v)))]
     return body
 
 
