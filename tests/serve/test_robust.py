@@ -10,6 +10,8 @@ import json
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
@@ -19,7 +21,7 @@ from kollm.model.generate import GenerationConfig, generate
 from kollm.model.hf import load_hf
 from kollm.serve.engine import Engine, EngineError, Request, SamplingParams
 
-from .conftest import API_KEY, HEADER_TIMEOUT
+from .conftest import API_KEY, HEADER_TIMEOUT, MAX_CONNECTIONS
 from .test_api import post
 
 EOS = 2
@@ -47,6 +49,16 @@ def good_requests_exact(server, alone, disturb) -> None:
     for (status, r), want in zip(replies, alone):
         assert status == 200, r
         assert r["choices"][0]["token_ids"] == want
+
+
+def status_of(server, body: dict) -> int:
+    req = urllib.request.Request(server.url + "/v1/completions", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 def raw_post(server, route: str, data: bytes) -> tuple[int, dict]:
@@ -125,6 +137,23 @@ def test_stalled_clients_are_closed_and_harm_nobody(server, alone):
         assert data == b"" and HEADER_TIMEOUT - 0.5 <= after < HEADER_TIMEOUT + 20
     for data, _ in answers[40:]:  # the body timeout's answer
         assert data.startswith(b"HTTP/1.1 408") and b"not received within" in data, data
+
+
+def test_connections_beyond_the_cap_get_503_until_some_close(server):
+    u = urlparse(server.url)
+    body = {"model": server.model, "prompt": [1, 5], "max_tokens": 2, "temperature": 0}
+    stalled = [socket.create_connection((u.hostname, u.port), timeout=60) for _ in range(MAX_CONNECTIONS - 1)]
+    try:
+        for s in stalled:
+            s.sendall(b"GET /health HTTP/1.1\r\nHo")
+        assert status_of(server, body) == 503  # the cap-th connection (idle pooled ones only add)
+    finally:
+        for s in stalled:
+            s.close()
+    deadline = time.monotonic() + 30
+    while (status := status_of(server, body)) == 503 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status == 200
 
 
 def test_a_chunked_oversized_body_gets_its_413(server):

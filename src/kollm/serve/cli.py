@@ -102,7 +102,7 @@ def main(argv: list[str]) -> int:
                    "--weights-root")
     p.add_argument("--weights-root", default=None, help="the only directory whose subdirectories a weight update may "
                    "load (real paths: .. and symlinks cannot leave it); for GRPO, its output_dir or a parent")
-    p.add_argument("--max-connections", type=int, default=1024, help="open connections (and running requests) "
+    p.add_argument("--max-connections", type=int, default=512, help="open connections (and running requests) "
                    "before new requests get 503")
     p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a connection may take to send a "
                    "request's headers (then closed)")
