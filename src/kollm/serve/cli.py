@@ -46,9 +46,10 @@ def default_kv_budget(model, device: torch.device, context: int, max_batch: int)
 
 def header_timeout_protocol(seconds: float) -> type:
     """uvicorn's h11 protocol with a deadline on request headers (as nginx's
-    client_header_timeout): armed when the connection opens and whenever it waits for a new
-    request, disarmed once h11 has parsed the request line and headers; on expiry the connection
-    is closed (no request to answer yet)."""
+    client_header_timeout): armed when the connection opens and when the first bytes of a later
+    request arrive, disarmed once h11 has parsed the request line and headers (an idle keep-alive
+    connection is left to uvicorn's keep-alive timeout); on expiry the connection is closed (no
+    request to answer yet)."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -75,10 +76,10 @@ def header_timeout_protocol(seconds: float) -> type:
 
         def handle_events(self) -> None:
             super().handle_events()
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                self._arm()  # waiting for (the rest of) a request's headers
+            if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0] and not self.transport.is_closing():
+                self._arm()  # part of a request's headers came: the rest must follow in time
             else:
-                self._disarm()
+                self._disarm()  # headers complete, or an idle keep-alive connection (uvicorn's own timer)
 
         def connection_lost(self, exc) -> None:
             self._disarm()
