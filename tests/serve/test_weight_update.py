@@ -100,6 +100,7 @@ def test_off_by_default(server, checkpoints):
 def test_refusals_keep_the_old_weights(updatable, checkpoints, serve_model_dir):
     old, _, d = checkpoints
     before = greedy(updatable)
+    updates = updatable.health()["weight_updates"]  # the module's other tests may have run first
     assert before[0] == in_process(old)
     status, _ = post(updatable, ROUTE, {"model_path": str(d / "new")}, key=None)
     assert status == 401  # the API key guards the route as it guards /v1
@@ -123,13 +124,14 @@ def test_refusals_keep_the_old_weights(updatable, checkpoints, serve_model_dir):
                                              "abort_all_requests")):
         status, r = post(updatable, ROUTE, body)
         assert status == 400 and why in r["message"]
-    assert updatable.health()["weight_updates"] == 0
+    assert updatable.health()["weight_updates"] == updates
 
 
 def test_update_serves_the_new_weights_and_running_requests_finish_on_the_old(updatable, checkpoints,
                                                                              serve_model_dir):
     old, new, d = checkpoints
     want_new = in_process(new)
+    updates = updatable.health()["weight_updates"]
     assert want_new != in_process(old)  # the perturbation changes the greedy tokens
     # a long request is running when the update arrives: it completes with the old weights, and
     # the update is answered only after it
@@ -148,10 +150,10 @@ def test_update_serves_the_new_weights_and_running_requests_finish_on_the_old(up
     assert (status, r["success"]) == (200, True) and r["num_paused_requests"] == 0, r
     # The order is the server's record, not the two client threads': the update waited for one
     # running sequence to finish (the long one, the only one), and the long one was admitted
-    # under weights version 0 and never saw another
+    # under the weights version before the update and never saw another
     assert "(after 1 running sequences finished)" in r["message"], r
     status, long = done["reply"]
-    assert status == 200 and long["system_fingerprint"] == "kollm-weights-0"
+    assert status == 200 and long["system_fingerprint"] == f"kollm-weights-{updates}"
     assert long["choices"][0]["token_ids"] == generate(
         old, [PROMPT], GenerationConfig(max_new_tokens=LONG, stop_token_ids=[]))[0]
     tokens, logprobs = greedy(updatable)
@@ -163,7 +165,7 @@ def test_update_serves_the_new_weights_and_running_requests_finish_on_the_old(up
     # and back: the original checkpoint again
     status, r = post(updatable, ROUTE, {"model_path": "orig"})  # relative: under the root
     assert status == 200 and greedy(updatable)[0] == in_process(old)
-    assert updatable.health()["weight_updates"] == 2
+    assert updatable.health()["weight_updates"] == updates + 2
 
 
 def test_a_read_failing_half_way_rolls_back(serve_model_dir, checkpoints, monkeypatch):
