@@ -19,7 +19,7 @@ is not JSON or nests too deep (400), a NaN or infinite number anywhere in the bo
 field: Python's json accepts `NaN` and `Infinity`), `n`, `max_tokens`, `logprobs`/`top_logprobs`,
 prompt + max_tokens against the model's context and against the server's KV budget (400), a full
 queue (429). A client that disconnects — mid-stream or while waiting for a non-streamed reply —
-cancels its sequences, which leave the batch at the next step. Replies carry
+cancels its sequences, which leave the batch at the next step. Non-streamed replies carry
 `system_fingerprint` = `kollm-weights-V`, V the weights version (updates applied) that answered.
 
 `POST /update_weights_from_disk` takes SGLang's body `{"model_path": DIR}` and answers in SGLang's

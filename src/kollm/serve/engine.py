@@ -35,7 +35,7 @@ iterations, never during one. Every completion therefore comes from one set of w
 checkpoint whose config or tensors do not match, or with a NaN or infinite tensor, is refused
 before anything is copied; a copy that fails half-way is rolled back by reloading the weights
 served before. Each request records the weights version (the number of updates applied) its
-sequences were admitted under: the reply's `system_fingerprint`, the server's own record of which
+sequences were admitted under: a non-streamed reply's `system_fingerprint`, the server's own record of which
 weights answered.
 
 A failure while sampling or detokenising one sequence (a NaN row of logits, a tokenizer error)
