@@ -51,6 +51,6 @@ def test_ddp_and_fsdp_match_single_process(tmp_path, write_tiny_llama):
         (stored,) = (tmp_path / "data").glob("pairs.jsonl.ref-*.pt")
         stored.unlink()  # each distributed run computes the reference itself
         p = _run([str(path), "--set", f"output_dir={tmp_path / mode}", "--set", f"parallel.mode={mode}"], True)
-        assert losses(tmp_path / mode) == pytest.approx(want, abs=1e-5), mode
+        assert losses(tmp_path / mode) == pytest.approx(want, rel=1e-5), mode  # float32, other reduction order
         assert p.stderr.count("reference log-probs stored in") == 1  # computed by both ranks, written once
     assert len(list((tmp_path / "data").glob("pairs.jsonl.ref-*.pt"))) == 1

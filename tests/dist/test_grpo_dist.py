@@ -32,7 +32,7 @@ def test_fsdp_grpo_syncs_the_gathered_policy(tmp_path, write_tiny_llama):
     prompts.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n"
                                for a in range(10) for b in range(3)))
     out = tmp_path / "run"
-    with running_server(tiny, "--allow-weight-updates", "--seed", "0") as server:
+    with running_server(tiny, "--allow-weight-updates", "--weights-root", str(tmp_path), "--seed", "0") as server:
         cfg = {"name": "fsdp-sync", "output_dir": str(out), "seed": 0, "model": {"init_from": str(tiny)},
                "data": {"train": str(prompts), "validation": str(prompts), "val_size": 8, "max_prompt_len": 16,
                         "chat_template": False},

@@ -22,6 +22,8 @@ class Server:
     def __init__(self, openai_stub):
         self.lock = threading.Lock()
         self.seen: dict[str, int] = {}
+        self.overlapped = threading.Event()
+        self.wait_for_overlap = False  # set by the test of the concurrency limit
         self.http = openai_stub(self.answer)
         self.url = self.http.url
 
@@ -30,7 +32,14 @@ class Server:
         return [c.body["messages"] for c in self.http.calls]
 
     def answer(self, call) -> str:
-        time.sleep(0.02)  # long enough for concurrent requests to overlap
+        # Until two requests have been in flight at once, a request waits (up to 10 s) for a second
+        # one: the overlap the concurrency test asserts is then the client's doing, not a race
+        # between its threads that a loaded machine can lose.
+        deadline = time.monotonic() + 10
+        while self.wait_for_overlap and not self.overlapped.is_set() and time.monotonic() < deadline:
+            if self.http.in_flight >= 2:
+                self.overlapped.set()
+            time.sleep(0.005)
         return self.reply(call.body["messages"])
 
     def reply(self, messages):
@@ -62,6 +71,7 @@ def test_parsers():
 
 
 def test_mt_bench_two_turns_retries_and_concurrency(server):
+    server.wait_for_overlap = True
     items = [ChatItem.from_row(r) for r in [
         {"question_id": 81, "category": "writing", "turns": ["Write a blog post", "Rewrite it"]},
         {"question_id": 111, "category": "math", "turns": ["Area of triangle?", "Circle area?"],

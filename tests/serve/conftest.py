@@ -14,6 +14,8 @@ CHAT = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'
         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 API_KEY = "test-key"
 MAX_N, MAX_TOKENS, MAX_BODY = 4, 3000, 200_000
+HEADER_TIMEOUT = 3.0  # seconds: stalled clients are closed after it (test_robust.py)
+MAX_CONNECTIONS = 100
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +28,8 @@ def serve_model_dir(tmp_path_factory, write_tiny_llama):
 @pytest.fixture(scope="session")
 def server(serve_model_dir):
     args = ["--max-n", str(MAX_N), "--max-tokens", str(MAX_TOKENS), "--max-body-bytes", str(MAX_BODY),
-            "--max-batch", "32", "--seed", "0"]
+            "--max-batch", "32", "--seed", "0", "--header-timeout", str(HEADER_TIMEOUT), "--body-timeout", "5",
+            "--max-connections", str(MAX_CONNECTIONS)]
     with running_server(serve_model_dir, *args, api_key=API_KEY) as s:
         yield s
 

@@ -1,8 +1,11 @@
 """`POST /update_weights_from_disk` (SGLang's API) on a real `kollm serve --allow-weight-updates`
-process: absent without the flag, behind the API key, a bad path / another architecture / a
-mis-shaped tensor refused with a 400 naming the problem while the old weights keep serving, a good
-checkpoint served at once (greedy tokens and logprobs equal kollm's generation with those weights
-in process), and a request already running finishes with the weights it started with."""
+process: absent without the flag, refused at start without --weights-root, behind the API key,
+a bad path / another architecture / a mis-shaped tensor / a NaN tensor / a directory or file
+outside the weights root (absolute, `..`, symlinks) refused with a 400 naming the problem while the
+old weights keep serving, a good checkpoint served at once (greedy tokens and logprobs equal
+kollm's generation with those weights in process), and a request already running finishes with
+the weights it started with (the server's own record: the reply's system_fingerprint and the
+update's count of the sequences it waited for)."""
 
 import json
 import shutil
@@ -43,9 +46,11 @@ def in_process(model, prompt=PROMPT, n=16) -> list[int]:
 
 @pytest.fixture(scope="module")
 def checkpoints(serve_model_dir, tmp_path_factory):
-    """The served model, a perturbed copy (same architecture), the copy with another
-    intermediate_size in config.json, and the copy with one tensor cut short."""
+    """The weights root d: the served model (d/orig), a perturbed copy (same architecture), the
+    copy with another intermediate_size in config.json, the copy with one tensor cut short, the
+    copy with a NaN in one tensor; a link out of d, and a copy whose weights file links out."""
     d = tmp_path_factory.mktemp("updates")
+    shutil.copytree(serve_model_dir, d / "orig")
     old = load_hf(serve_model_dir)
     new = load_hf(serve_model_dir)
     g = torch.Generator().manual_seed(1)
@@ -60,13 +65,30 @@ def checkpoints(serve_model_dir, tmp_path_factory):
     tensors = load_file(d / "short" / "model.safetensors")
     tensors["model.norm.weight"] = tensors["model.norm.weight"][:-1].clone()
     save_file(tensors, d / "short" / "model.safetensors", metadata={"format": "pt"})
+    shutil.copytree(d / "new", d / "nan")
+    tensors = load_file(d / "nan" / "model.safetensors")
+    tensors["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+    save_file(tensors, d / "nan" / "model.safetensors", metadata={"format": "pt"})
+    (d / "link").symlink_to(serve_model_dir, target_is_directory=True)
+    shutil.copytree(d / "new", d / "filelink")
+    (d / "filelink" / "model.safetensors").unlink()
+    (d / "filelink" / "model.safetensors").symlink_to(serve_model_dir / "model.safetensors")
     return old, new, d
 
 
 @pytest.fixture(scope="module")
-def updatable(serve_model_dir):
-    with running_server(serve_model_dir, "--allow-weight-updates", "--seed", "0", api_key=API_KEY) as s:
+def updatable(serve_model_dir, checkpoints):
+    with running_server(serve_model_dir, "--allow-weight-updates", "--weights-root", str(checkpoints[2]), "--seed",
+                        "0", api_key=API_KEY) as s:
         yield s
+
+
+def test_updates_need_a_weights_root(serve_model_dir, capsys):
+    from kollm.serve.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(serve_model_dir), "--allow-weight-updates"])
+    assert e.value.code == 2 and "--allow-weight-updates needs --weights-root DIR" in capsys.readouterr().err
 
 
 def test_off_by_default(server, checkpoints):
@@ -75,17 +97,25 @@ def test_off_by_default(server, checkpoints):
     assert status == 404
 
 
-def test_refusals_keep_the_old_weights(updatable, checkpoints):
+def test_refusals_keep_the_old_weights(updatable, checkpoints, serve_model_dir):
     old, _, d = checkpoints
     before = greedy(updatable)
+    updates = updatable.health()["weight_updates"]  # the module's other tests may have run first
     assert before[0] == in_process(old)
     status, _ = post(updatable, ROUTE, {"model_path": str(d / "new")}, key=None)
     assert status == 401  # the API key guards the route as it guards /v1
     status, _ = post(updatable, ROUTE, {"model_path": str(d / "new")}, key="wrong")
     assert status == 401
+    root = d.resolve()
     cases = {str(d / "nowhere"): "no such model directory",
              str(d / "wide"): "intermediate_size (ffn_dim) is 192, the served model has 96",
-             str(d / "short"): "model.norm.weight: expected (48,), got (47,)"}
+             str(d / "short"): "model.norm.weight: expected (48,), got (47,)",
+             "nan": "tensor model.layers.1.mlp.up_proj.weight holds NaN or infinite values",
+             str(serve_model_dir): f"is outside the weights root {root}",
+             f"../{serve_model_dir.name}": f"is outside the weights root {root}",
+             str(d / "orig" / ".." / ".." / serve_model_dir.name): "is outside the weights root",
+             str(d / "link"): f"({serve_model_dir.resolve()}) is outside the weights root",
+             "filelink": f"({d.resolve() / 'filelink' / 'model.safetensors'}) is outside the weights root"}
     for path, why in cases.items():
         status, r = post(updatable, ROUTE, {"model_path": path})
         assert status == 400 and r["success"] is False and why in r["message"], r
@@ -94,31 +124,38 @@ def test_refusals_keep_the_old_weights(updatable, checkpoints):
                                              "abort_all_requests")):
         status, r = post(updatable, ROUTE, body)
         assert status == 400 and why in r["message"]
-    assert updatable.health()["weight_updates"] == 0
+    assert updatable.health()["weight_updates"] == updates
 
 
 def test_update_serves_the_new_weights_and_running_requests_finish_on_the_old(updatable, checkpoints,
                                                                              serve_model_dir):
     old, new, d = checkpoints
     want_new = in_process(new)
+    updates = updatable.health()["weight_updates"]
     assert want_new != in_process(old)  # the perturbation changes the greedy tokens
     # a long request is running when the update arrives: it completes with the old weights, and
     # the update is answered only after it
     done: dict = {}
 
     def long_request():
-        done["tokens"] = greedy(updatable, n=LONG, ignore_eos=True)[0]
-        done["long"] = True
+        done["reply"] = post(updatable, "/v1/completions", {
+            "prompt": PROMPT, "max_tokens": LONG, "temperature": 0, "ignore_eos": True, "return_token_ids": True})
 
     t = threading.Thread(target=long_request)
     t.start()
     while updatable.health()["running"] == 0 and t.is_alive():
         time.sleep(0.005)
     status, r = post(updatable, ROUTE, {"model_path": str(d / "new")})
-    assert "long" in done  # answered after the running request finished
     t.join()
     assert (status, r["success"]) == (200, True) and r["num_paused_requests"] == 0, r
-    assert done["tokens"] == generate(old, [PROMPT], GenerationConfig(max_new_tokens=LONG, stop_token_ids=[]))[0]
+    # The order is the server's record, not the two client threads': the update waited for one
+    # running sequence to finish (the long one, the only one), and the long one was admitted
+    # under the weights version before the update and never saw another
+    assert "(after 1 running sequences finished)" in r["message"], r
+    status, long = done["reply"]
+    assert status == 200 and long["system_fingerprint"] == f"kollm-weights-{updates}"
+    assert long["choices"][0]["token_ids"] == generate(
+        old, [PROMPT], GenerationConfig(max_new_tokens=LONG, stop_token_ids=[]))[0]
     tokens, logprobs = greedy(updatable)
     assert tokens == want_new
     with torch.no_grad():  # the logprobs are the new model's own
@@ -126,9 +163,9 @@ def test_update_serves_the_new_weights_and_running_requests_finish_on_the_old(up
         lp = new(x).logits[0, len(PROMPT) - 1:-1].float().log_softmax(-1)
     assert logprobs == pytest.approx(lp.gather(-1, torch.tensor(tokens)[:, None])[:, 0].tolist(), abs=1e-4)
     # and back: the original checkpoint again
-    status, r = post(updatable, ROUTE, {"model_path": str(serve_model_dir)})
+    status, r = post(updatable, ROUTE, {"model_path": "orig"})  # relative: under the root
     assert status == 200 and greedy(updatable)[0] == in_process(old)
-    assert updatable.health()["weight_updates"] == 2
+    assert updatable.health()["weight_updates"] == updates + 2
 
 
 def test_a_read_failing_half_way_rolls_back(serve_model_dir, checkpoints, monkeypatch):

@@ -87,12 +87,15 @@ def test_first_step_is_ln2_and_metrics(first_run, setup):
     for k in ("loss", "reward_accuracy", "chosen_reward", "rejected_reward", "margin"):
         assert all(k in r for r in rows)
     # rewards are β·(policy − reference): the margin is their difference, step by step
-    assert all(r["margin"] == pytest.approx(r["chosen_reward"] - r["rejected_reward"], abs=1e-6) for r in rows)
+    # float32 rewards: their difference is exact to a few ulps of the rewards, not of the margin
+    def diff_ok(m, c, r):
+        return abs(m - (c - r)) <= 8 * 2**-23 * max(abs(c), abs(r), 1e-3)
+
+    assert all(diff_ok(r["margin"], r["chosen_reward"], r["rejected_reward"]) for r in rows)
     assert rows[-1]["loss"] < math.log(2)
     # held-out pairs at the end: preference accuracy and the DPO loss on them
     assert "val_reward_accuracy" in rows[-1] and 0 <= rows[-1]["val_reward_accuracy"] <= 1
-    assert rows[-1]["val_margin"] == pytest.approx(rows[-1]["val_chosen_reward"] - rows[-1]["val_rejected_reward"],
-                                                   abs=1e-6)
+    assert diff_ok(rows[-1]["val_margin"], rows[-1]["val_chosen_reward"], rows[-1]["val_rejected_reward"])
     assert "pairs.jsonl:4" in err and "missing_rejected" in err and "pairs.jsonl:8" in err
     assert (run / "hf" / "latest" / "config.json").is_file()
     assert len(list((setup[0] / "data").glob("pairs.jsonl.ref-*.pt"))) == 1

@@ -1,4 +1,5 @@
-"""GRPO with a rollout server keeps the server on-policy: a real `kollm serve --allow-weight-updates`
+"""GRPO with a rollout server keeps the server on-policy: a real `kollm serve --allow-weight-updates
+--weights-root` (a parent of the runs' output dirs)
 process samples the rollouts of a 3-step run; with `grpo.sync_weights` (the default) the policy is
 written to OUTPUT_DIR/rollout-weights and loaded by the server before every rollout batch (the
 last one: the policy after step 2, as the step-2 checkpoint holds it) and the run's final export
@@ -36,8 +37,10 @@ def prompts(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tiny):
-    with running_server(tiny, "--allow-weight-updates", "--seed", "0", api_key=KEY) as s:
+def server(tiny, tmp_path_factory):
+    # the runs' output dirs (tmp_path) are all under the session's base temp: the weights root
+    root = str(tmp_path_factory.getbasetemp())
+    with running_server(tiny, "--allow-weight-updates", "--weights-root", root, "--seed", "0", api_key=KEY) as s:
         yield s
 
 
@@ -98,11 +101,16 @@ def same(a, b) -> bool:
 def test_server_follows_the_policy_only_with_sync(tiny, prompts, server, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)  # ServerRollout's key: for the rollouts and the sync alike
     torch.set_num_threads(1)
+    # the module's server may have been synced by a test that ran first: back to the initial model
+    from kollm.rl.rollout import ServerRollout
+
+    ServerRollout(server.url, None, None, server.model).update_weights(tiny)
+    start = server.health()["weight_updates"]
     init = in_process(load_hf(tiny))
     assert same(served(server), init)
 
     off = run(tiny, prompts, tmp_path / "off", server.url, server.model, sync_weights=False)
-    assert same(served(server), init) and server.health()["weight_updates"] == 0
+    assert same(served(server), init) and server.health()["weight_updates"] == start
     assert not (off / "rollout-weights").exists()
     assert all("weight_sync_s" not in json.loads(r) for r in (off / "metrics.jsonl").read_text().splitlines())
 
@@ -110,7 +118,7 @@ def test_server_follows_the_policy_only_with_sync(tiny, prompts, server, tmp_pat
     final = in_process(load_hf(on / "hf" / "latest"))
     assert not same(final, init)  # the policy moved: the check below can fail
     assert same(served(server), final)
-    assert server.health()["weight_updates"] == 3 + 1  # before each of the 3 rollout batches, and the export
+    assert server.health()["weight_updates"] - start == 3 + 1  # before each of the 3 rollout batches, the export
     rows = [json.loads(r) for r in (on / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(r["weight_sync_s"] > 0 for r in rows)
     # the last rollout batch was sampled by the policy after step 2: what rollout-weights holds

@@ -370,6 +370,16 @@ def check_weight_update(model: CausalLM, path: str | os.PathLike) -> WeightUpdat
     return WeightUpdate(d, where, ARCHITECTURES[_architecture(hf)] == "gemma2")
 
 
+def check_finite(update: WeightUpdate) -> None:
+    """A ValueError naming the first tensor of a checked checkpoint that holds a NaN or an
+    infinity (a diverged run's export must not be served: every answer would be garbage). Reads
+    every tensor once, one at a time, as stored (no conversion)."""
+    for name, t in _read_checked(update.where, None, lambda n: torch.float32):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{update.where[name]}: tensor {name} holds NaN or infinite values")
+        del t
+
+
 @torch.no_grad()
 def load_weights_into(model: CausalLM, update: WeightUpdate) -> None:
     """Copy a checked checkpoint's tensors into `model`'s parameters in place (the same storage:

@@ -15,8 +15,8 @@ validation pass) whose policy changed since the last sync (an optimizer step mar
 run, resumed or not, starts stale) rank 0 writes the policy as a Hugging Face directory, `OUTPUT_DIR/rollout-weights`
 (kollm.model.hf.save_hf; under FSDP the full state dict is gathered from all ranks first),
 replaced atomically each time, and posts its path to SGLang's `POST /update_weights_from_disk`
-(`kollm serve --allow-weight-updates` and SGLang serve it; the server must see OUTPUT_DIR: the
-same machine or a shared filesystem). All ranks wait for the answer before sampling; a refusal
+(`kollm serve --allow-weight-updates --weights-root R`, R = OUTPUT_DIR or a parent, and SGLang
+serve it; the server must see OUTPUT_DIR: the same machine or a shared filesystem). All ranks wait for the answer before sampling; a refusal
 stops the run with the server's message. With `sync_weights: false` (e.g. vLLM, which has no such
 route) keeping the server in step is the deployment's job. The clipped ratio is taken against
 the trainer's own log-probs of the sampled tokens either way.
@@ -79,7 +79,7 @@ class ServerRollout:
                 answer = resp.read()
         except urllib.error.HTTPError as e:
             raise ValueError(f"weight sync: {url} answered HTTP {e.code}: {e.read()[:500].decode(errors='replace')}"
-                             + (" (start `kollm serve` with --allow-weight-updates, or set grpo.sync_weights: false "
+                             + (" (start `kollm serve` with --allow-weight-updates --weights-root OUTPUT_DIR, or set grpo.sync_weights: false "
                                 "if the server is kept in step otherwise)" if e.code == 404 else "")) from None
         except urllib.error.URLError as e:
             raise ValueError(f"weight sync: cannot reach {url} ({e.reason})") from None

@@ -12,28 +12,37 @@ GRPO's ServerRollout trains on, since re-tokenising text does not give the sampl
 implemented (penalties, logit_bias, tools, response_format, echo, suffix, best_of) is a 400, never
 silently ignored.
 
-Limits are checked before a request reaches the model, each with a one-line 4xx: body size (413),
-`n`, `max_tokens`, `logprobs`/`top_logprobs`, prompt + max_tokens against the model's context and
-against the server's KV budget (400), a full queue (429). A client that disconnects — mid-stream
-or while waiting for a non-streamed reply — cancels its sequences, which leave the batch at the
-next step.
+Limits are checked before a request reaches the model, each with a one-line 4xx: body size (413,
+chunked bodies counted as they arrive; the rest of an oversized body is read and discarded so the
+client gets the answer, not a reset), a body not received within `body_timeout` (408), a body that
+is not JSON or nests too deep (400), a NaN or infinite number anywhere in the body (400 naming the
+field: Python's json accepts `NaN` and `Infinity`), `n`, `max_tokens`, `logprobs`/`top_logprobs`,
+prompt + max_tokens against the model's context and against the server's KV budget (400), a full
+queue (429). A client that disconnects — mid-stream or while waiting for a non-streamed reply —
+cancels its sequences, which leave the batch at the next step. Non-streamed replies carry
+`system_fingerprint` = `kollm-weights-V`, V the weights version (updates applied) that answered.
 
 `POST /update_weights_from_disk` takes SGLang's body `{"model_path": DIR}` and answers in SGLang's
 shape, `{"success": bool, "message": str, "num_paused_requests": 0}`, HTTP 200 or 400 (500 when
 a copy failed half-way and was rolled back): the engine loads DIR's weights in place once the
 running sequences finished (engine.py). It reads files from the server's disk, so it exists only
-when the server was started with `--allow-weight-updates`, and the API key guards it as it
+when the server was started with `--allow-weight-updates`, only for directories under the
+`--weights-root` given then (real paths: `..` and symlinks, of the directory or of a file in it,
+cannot leave it; a relative model_path is taken under the root), and the API key guards it as it
 guards /v1 (every route but /health).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -51,6 +60,7 @@ class Limits:
     max_logprobs: int = 20  # OpenAI's top_logprobs maximum
     max_body_bytes: int = 1 << 20
     max_stop: int = 16
+    body_timeout: float = 60.0  # seconds to receive a whole body (408 after)
 
 
 class APIError(Exception):
@@ -59,8 +69,8 @@ class APIError(Exception):
         self.status, self.message, self.param = status, message, param
 
 
-ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 413: "BadRequestError",
-               429: "RateLimitError", 500: "InternalServerError"}
+ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 408: "BadRequestError",
+               413: "BadRequestError", 429: "RateLimitError", 500: "InternalServerError"}
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict:
@@ -74,6 +84,45 @@ def error_response(status: int, message: str, param: str | None = None) -> JSONR
 
 
 # ---- request parsing ---------------------------------------------------------------------------
+def parse_body(data: bytes) -> dict:
+    """The JSON object of a request body. Python's json accepts NaN, Infinity and 1e999 (inf);
+    a NaN temperature once reached the sampler and failed every request in its batch, so any
+    non-finite number is a 400 naming where it is. Nesting beyond the interpreter's recursion
+    limit is a 400 too (json raises RecursionError)."""
+    seen = []  # non-finite literals: the body is searched for them only if there are any
+
+    def constant(c: str) -> float:
+        seen.append(c)
+        return float(c)
+
+    def number(x: str) -> float:
+        v = float(x)
+        if math.isinf(v):
+            seen.append(x)
+        return v
+
+    try:
+        body = json.loads(data, parse_constant=constant, parse_float=number)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise APIError(400, "request body nests too deep") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "request body must be a JSON object")
+    if seen:
+        stack: list[tuple[str, object]] = [(k, v) for k, v in reversed(body.items())]
+        while stack:  # iterative: the body may nest hundreds deep
+            where, v = stack.pop()
+            if isinstance(v, float) and not math.isfinite(v):
+                top = where.split("[")[0].split(".")[0]
+                raise APIError(400, f"'{where}' must be a finite number, got {json.dumps(v)}", top)
+            if isinstance(v, dict):  # pushed in reverse: the first one in the body is named
+                stack += [(f"{where}.{k}", x) for k, x in reversed(v.items())]
+            elif isinstance(v, list):
+                stack += [(f"{where}[{i}]", x) for i, x in reversed(list(enumerate(v)))]
+    return body
+
+
 def _get(body: dict, key: str, kinds: tuple[type, ...], default=None, lo=None, hi=None):
     """A field of the JSON body, type- and range-checked; null counts as absent (as in the API)."""
     v = body.get(key)
@@ -83,6 +132,8 @@ def _get(body: dict, key: str, kinds: tuple[type, ...], default=None, lo=None, h
         raise APIError(400, f"'{key}' must be {' or '.join(k.__name__ for k in kinds)}, got {v!r}", key)
     if not isinstance(v, kinds):
         raise APIError(400, f"'{key}' must be {' or '.join(k.__name__ for k in kinds)}, got {type(v).__name__}", key)
+    if isinstance(v, float) and not math.isfinite(v):
+        raise APIError(400, f"'{key}' must be a finite number, got {v}", key)
     if lo is not None and v < lo or hi is not None and v > hi:
         raise APIError(400, f"'{key}' must be in [{lo}, {hi}], got {v}", key)
     return v
@@ -223,13 +274,23 @@ def sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
+async def drain(receive, seconds: float) -> None:
+    """Read and discard the rest of a request body we answer without reading (401, 413), for at
+    most `seconds`: closing a connection with unread data resets it, and a client still sending
+    would get the reset instead of the answer."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            while (await receive()).get("more_body", False):
+                pass
+
+
 class Guard:
     """Plain ASGI middleware (streams and disconnects pass through untouched): the API key on
     every route but /health (the /v1 API and the weight update alike) and the declared body size,
     checked before any route runs."""
 
-    def __init__(self, app, api_key: str | None, max_body_bytes: int):
-        self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
+    def __init__(self, app, api_key: str | None, max_body_bytes: int, body_timeout: float):
+        self.app, self.api_key, self.max_body, self.body_timeout = app, api_key, max_body_bytes, body_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
@@ -243,14 +304,23 @@ class Guard:
                 response = error_response(413, f"request body is {length} bytes; this server accepts at most "
                                           f"{self.max_body}")
             if response is not None:
+                if scope["method"] not in ("GET", "HEAD"):
+                    await drain(receive, self.body_timeout)
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
 
 
 # ---- the app -----------------------------------------------------------------------------------
+def fingerprint(req: GenRequest) -> str | None:
+    """The weights that answered (the engine's record): `kollm-weights-V`, V = updates applied."""
+    return "+".join(f"kollm-weights-{v}" for v in sorted(req.weights)) or None
+
+
 def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_key: str | None = None,
-               on_startup=None, allow_weight_updates: bool = False) -> FastAPI:
-    import contextlib
+               on_startup=None, allow_weight_updates: bool = False, weights_root: str | Path | None = None) -> FastAPI:
+    if allow_weight_updates and weights_root is None:
+        raise ValueError("weight updates need a weights root: the directories under it are the only ones loaded")
+    root = Path(weights_root).resolve() if weights_root is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -264,20 +334,23 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_k
     created = int(time.time())
     vocab = engine.cfg.vocab_size
 
-    app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes)
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes,
+                       body_timeout=limits.body_timeout)
 
     async def read_json(request: Request) -> dict:
-        data = bytearray()
-        async for chunk in request.stream():  # chunked bodies have no Content-Length: count here too
-            data += chunk
-            if len(data) > limits.max_body_bytes:
-                raise APIError(413, f"request body exceeds {limits.max_body_bytes} bytes")
+        data, size = bytearray(), 0
         try:
-            body = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"request body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise APIError(400, "request body must be a JSON object")
+            async with asyncio.timeout(limits.body_timeout):  # a client trickling a body holds a slot
+                async for chunk in request.stream():  # chunked bodies have no Content-Length: count here too
+                    size += len(chunk)
+                    if size <= limits.max_body_bytes:
+                        data += chunk  # beyond: read on and discard, then answer 413 (not a reset)
+        except TimeoutError:
+            if size <= limits.max_body_bytes:
+                raise APIError(408, f"request body not received within {limits.body_timeout:g} s") from None
+        if size > limits.max_body_bytes:
+            raise APIError(413, f"request body exceeds {limits.max_body_bytes} bytes")
+        body = parse_body(bytes(data))
         m = body.get("model")
         if m is not None and m != model_name:
             raise APIError(404, f"The model `{m}` does not exist (this server serves `{model_name}`).", "model")
@@ -311,6 +384,14 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_k
             path = body.get("model_path")
             if not isinstance(path, str) or not path:
                 return answer(400, False, "'model_path' must be a non-empty string (a checkpoint directory)")
+            real = (root / path).resolve()  # an absolute path replaces the root; then it must lead back in
+            outside = [] if real.is_relative_to(root) else [real]
+            if not outside and real.is_dir():  # a file linked from elsewhere is read from elsewhere
+                outside = [f for f in real.iterdir() if not f.resolve().is_relative_to(root)]
+            if outside:
+                return answer(400, False, f"weights not updated: {path} ({outside[0]}) is outside the weights root "
+                              f"{root} (kollm serve --weights-root)")
+            path = str(real)
             for key, neutral in (("load_format", ("auto", "safetensors")), ("abort_all_requests", (False,))):
                 if body.get(key) is not None and body[key] not in neutral:  # SGLang options kollm lacks
                     return answer(400, False, f"'{key}': {body[key]!r} is not supported by kollm serve")
@@ -406,7 +487,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_k
                 choices = await collect(request, req)
             except EngineError as e:
                 return fail(e)
-            return {**head, "object": "chat.completion",
+            return {**head, "object": "chat.completion", "system_fingerprint": fingerprint(req),
                     "choices": [{"index": i, "message": {"role": "assistant", "content": c["text"]},
                                  "logprobs": chat_logprobs(lp_tok, c["lps"]) if top is not None else None,
                                  "finish_reason": c["finish"]} for i, c in enumerate(choices)],
@@ -455,7 +536,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits, api_k
                 choices = await collect(request, req)
             except EngineError as e:
                 return fail(e)
-            return {**head, "choices": [{"index": i, "text": c["text"],
+            return {**head, "system_fingerprint": fingerprint(req), "choices": [{"index": i, "text": c["text"],
                                          "logprobs": completion_logprobs(lp_tok, c["lps"], 0)
                                          if top is not None else None,
                                          "finish_reason": c["finish"], **({"token_ids": c["ids"]} if with_ids else {})}

@@ -4,10 +4,18 @@ Loads a Hugging Face checkpoint directory (kollm's loader: Llama, Qwen2, Gemma 2
 tokenizer (`kollm.data.chat.load_tokenizer`: kollm's default chat template where it has none),
 starts the model thread (`engine.py`) and serves `app.py` with uvicorn. Binds 127.0.0.1
 unless `--host` says otherwise; `--api-key` (or $KOLLM_API_KEY) makes every route but /health require
-`Authorization: Bearer KEY`. `--allow-weight-updates` adds SGLang's `POST /update_weights_from_disk`
-(GRPO's weight sync: kollm.train.grpo), off by default since it loads files from this machine's
-disk; the API key guards it too. Once listening it prints one line, `kollm serve: listening on URL`, on
-stdout (`--port 0` picks a free port; `kollm.serve.testing` reads the line).
+`Authorization: Bearer KEY`. `--allow-weight-updates --weights-root DIR` adds SGLang's `POST
+/update_weights_from_disk` (GRPO's weight sync: kollm.train.grpo) for checkpoint directories under
+DIR only; off by default since it loads files from this machine's disk; the API key guards it too.
+Once listening it prints one line, `kollm serve: listening on URL`, on stdout (`--port 0` picks a
+free port; `kollm.serve.testing` reads the line).
+
+Connections are bounded as a reverse proxy would bound them: at most `--max-connections` open
+(uvicorn's limit_concurrency: 503 beyond), request headers complete within `--header-timeout`
+seconds of the connection opening or of the previous reply (uvicorn has no such timeout: a
+client that sends half its headers held its connection forever; `HeaderTimeout` below closes
+it), a body complete within `--body-timeout` (408), idle keep-alive connections closed after 5 s
+(uvicorn's default).
 """
 
 from __future__ import annotations
@@ -36,6 +44,50 @@ def default_kv_budget(model, device: torch.device, context: int, max_batch: int)
     return max(context, min(max_batch * context, budget // per_token))
 
 
+def header_timeout_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol with a deadline on request headers (as nginx's
+    client_header_timeout): armed when the connection opens and when the first bytes of a later
+    request arrive, disarmed once h11 has parsed the request line and headers (an idle keep-alive
+    connection is left to uvicorn's keep-alive timeout); on expiry the connection is closed (no
+    request to answer yet)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeout(H11Protocol):
+        header_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self) -> None:
+            if self.header_timer is None:
+                self.header_timer = self.loop.call_later(seconds, self._expired)
+
+        def _disarm(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def _expired(self) -> None:
+            self.header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()  # headers still incomplete
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0] and not self.transport.is_closing():
+                self._arm()  # part of a request's headers came: the rest must follow in time
+            else:
+                self._disarm()  # headers complete, or an idle keep-alive connection (uvicorn's own timer)
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeout
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="kollm serve", description="OpenAI-compatible server (/v1/chat/completions, "
                                 "/v1/completions, /v1/models, /health) with continuous batching.")
@@ -47,7 +99,15 @@ def main(argv: list[str]) -> int:
                    help="require 'Authorization: Bearer KEY' on every route but /health (default $KOLLM_API_KEY)")
     p.add_argument("--allow-weight-updates", action="store_true",
                    help="serve POST /update_weights_from_disk {\"model_path\": DIR} (SGLang's API): load DIR's weights "
-                   "in place between steps (GRPO's weight sync); off by default: it reads the server's disk")
+                   "in place between steps (GRPO's weight sync); off by default: it reads the server's disk. Needs "
+                   "--weights-root")
+    p.add_argument("--weights-root", default=None, help="the only directory whose subdirectories a weight update may "
+                   "load (real paths: .. and symlinks cannot leave it); for GRPO, its output_dir or a parent")
+    p.add_argument("--max-connections", type=int, default=512, help="open connections (and running requests) "
+                   "before new requests get 503")
+    p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a connection may take to send a "
+                   "request's headers (then closed)")
+    p.add_argument("--body-timeout", type=float, default=60.0, help="seconds to receive a request body (then 408)")
     p.add_argument("--served-model-name", default=None, help="the model id clients send (default: --model as given)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="auto: the checkpoint's dtype")
@@ -65,9 +125,16 @@ def main(argv: list[str]) -> int:
                    "CUDA graphs: the batch changes shape as requests join and leave; first steps pay the compile)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     args = p.parse_args(argv)
-    for name in ("max_batch", "max_prefill_tokens", "max_n", "max_body_bytes", "max_queue"):
+    for name in ("max_batch", "max_prefill_tokens", "max_n", "max_body_bytes", "max_queue", "max_connections"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("header_timeout", "body_timeout"):
+        if not getattr(args, name) > 0:
+            p.error(f"--{name.replace('_', '-')} must be > 0")
+    if args.allow_weight_updates and not args.weights_root:
+        p.error("--allow-weight-updates needs --weights-root DIR: a weight update loads only directories under it")
+    if args.weights_root and not Path(args.weights_root).is_dir():
+        p.error(f"--weights-root {args.weights_root}: no such directory")
 
     import uvicorn
 
@@ -97,7 +164,7 @@ def main(argv: list[str]) -> int:
                     max_prefill_tokens=args.max_prefill_tokens, max_queue=args.max_queue, seed=args.seed,
                     compile=args.compile, weights_path=str(model_dir))
     limits = Limits(context=context, max_tokens=min(args.max_tokens or context, context), max_n=args.max_n,
-                    max_body_bytes=args.max_body_bytes)
+                    max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout)
     name = args.served_model_name or args.model
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
@@ -117,7 +184,8 @@ def main(argv: list[str]) -> int:
               f"KV budget {budget} tokens)", flush=True)
 
     app = create_app(engine, tokenizer, name, limits, api_key=args.api_key, on_startup=ready,
-                     allow_weight_updates=args.allow_weight_updates)
-    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
+                     allow_weight_updates=args.allow_weight_updates, weights_root=args.weights_root)
+    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5,
+                            http=header_timeout_protocol(args.header_timeout), limit_concurrency=args.max_connections)
     uvicorn.Server(config).run(sockets=[sock])
     return 0

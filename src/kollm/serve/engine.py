@@ -32,8 +32,15 @@ as SGLang's `update_weights_from_disk` does it: the update waits for the sequenc
 to finish (they complete with the weights they started with), sequences arriving meanwhile wait,
 then the model thread copies the checked checkpoint into the parameters in place between two
 iterations, never during one. Every completion therefore comes from one set of weights. A
-checkpoint whose config or tensors do not match is refused before anything is copied; a copy that
-fails half-way is rolled back by reloading the weights served before.
+checkpoint whose config or tensors do not match, or with a NaN or infinite tensor, is refused
+before anything is copied; a copy that fails half-way is rolled back by reloading the weights
+served before. Each request records the weights version (the number of updates applied) its
+sequences were admitted under: a non-streamed reply's `system_fingerprint`, the server's own record of which
+weights answered.
+
+A failure while sampling or detokenising one sequence (a NaN row of logits, a tokenizer error)
+fails only that sequence's request; its batch-mates go on as if it had finished. Only a failure of
+the batched forward pass itself fails every running request.
 """
 
 from __future__ import annotations
@@ -120,6 +127,7 @@ class Request:
                  stream: bool = True):
         self.loop, self.queue = loop, asyncio.Queue()
         self.cancelled = False
+        self.weights: set[int] = set()  # the weights versions its sequences were admitted under
         self.stream = stream  # False: one Output per choice, when it finishes (no per-step wake-ups)
         self.seqs = [Sequence(self, p * n + j, list(prompt), params) for p, prompt in enumerate(prompts)
                      for j in range(n)]
@@ -162,7 +170,8 @@ class Engine:
         self.batch: _Batch | None = None
         self.closing = False
         self.stats = {"running": 0, "waiting": 0, "peak_running": 0, "steps": 0, "row_steps": 0, "prefills": 0,
-                      "generated_tokens": 0, "finished": 0, "cancelled": 0, "weight_updates": 0}
+                      "generated_tokens": 0, "finished": 0, "cancelled": 0, "failed": 0, "weight_updates": 0}
+        self.update_queued_at = 0  # finished + cancelled + failed when the pending update was queued
         self.thread = threading.Thread(target=self._run, name="kollm-serve-model", daemon=True)
 
     # ---- called from the HTTP side ------------------------------------------------------------
@@ -186,6 +195,7 @@ class Engine:
             if self.update is not None:
                 raise RuntimeError("a weight update is already in progress")
             self.update = (path, fut)
+            self.update_queued_at = self._ended()
             self.cv.notify()
         return fut
 
@@ -232,12 +242,17 @@ class Engine:
                     self.batch = None
                 self.stats["running"] = len(self.batch.seqs) if self.batch else 0
 
+    def _ended(self) -> int:
+        return self.stats["finished"] + self.stats["cancelled"] + self.stats["failed"]
+
     def _apply_update(self) -> None:
-        from kollm.model.hf import check_weight_update, load_weights_into
+        from kollm.model.hf import check_finite, check_weight_update, load_weights_into
 
         path, fut = self.update
+        waited = self._ended() - self.update_queued_at  # the sequences it waited for (the server's record)
         try:
             plan = check_weight_update(self.model, path)  # headers only: a refusal changes nothing
+            check_finite(plan)  # reads every tensor once (one at a time); still nothing changed
         except (OSError, ValueError) as e:
             result = (400, f"weights not updated: {e}")
         else:
@@ -245,7 +260,7 @@ class Engine:
                 load_weights_into(self.model, plan)
                 self.weights_path = str(path)
                 self.stats["weight_updates"] += 1
-                result = (200, f"weights updated from {path}")
+                result = (200, f"weights updated from {path} (after {waited} running sequences finished)")
             except Exception as e:  # read error half-way: put the served weights back
                 result = (500, f"weights not updated: reading {path} failed ({type(e).__name__}: {e}); "
                           + self._roll_back(str(path)))
@@ -319,6 +334,8 @@ class Engine:
             logits = forward_static(self.model, ids[:, a:b], positions[:, a:b], mask[:, None], cache)
         cache.pos = L
         self.stats["prefills"] += 1
+        for s in seqs:
+            s.req.weights.add(self.stats["weight_updates"])
         tok, keep = self._sample(seqs, logits)
         part = _Batch(seqs, cache, valid, tok, positions[:, -1] + 1)
         if keep:
@@ -370,22 +387,34 @@ class Engine:
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """Choose each row's next token, release its text, decide whether it goes on."""
-        tok = torch.empty(len(seqs), dtype=torch.long, device=self.device)
-        greedy = [i for i, s in enumerate(seqs) if s.params.greedy]
+        tok = torch.zeros(len(seqs), dtype=torch.long, device=self.device)
+        # A row that fails (NaN logits, a sampler error) fails its own request only: it is taken out
+        # before anything batched is drawn or decoded from it, so its batch-mates are unaffected.
+        failed: dict[int, str] = {i: "the model's logits are NaN" for i in
+                                  logits.isnan().any(dim=-1).nonzero()[:, 0].tolist()}
+        greedy = [i for i, s in enumerate(seqs) if s.params.greedy and i not in failed]
         if greedy:
             tok[greedy] = logits[greedy].argmax(dim=-1)
         groups: dict[tuple, list[int]] = {}
         for i, s in enumerate(seqs):
-            if not s.params.greedy:
+            if not s.params.greedy and i not in failed:
                 groups.setdefault((s.params.temperature, s.params.top_k, s.params.top_p), []).append(i)
         for (temperature, top_k, top_p), idx in groups.items():
-            cfg = GenerationConfig(max_new_tokens=1, do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
-            probs = sampling_logits(logits[idx], cfg).softmax(dim=-1)
-            shared = [j for j, i in enumerate(idx) if seqs[i].generator is None]
+            try:
+                cfg = GenerationConfig(max_new_tokens=1, do_sample=True, temperature=temperature, top_k=top_k,
+                                       top_p=top_p)
+                probs = sampling_logits(logits[idx], cfg).softmax(dim=-1)
+                bad = (~torch.isfinite(probs).all(dim=-1) | ~(probs.sum(dim=-1) > 0)).nonzero()[:, 0].tolist()
+            except Exception as e:
+                failed.update((i, f"sampling failed: {type(e).__name__}: {e}") for i in idx)
+                continue
+            failed.update((idx[j], f"no valid sampling distribution (temperature {temperature}, top_p {top_p})")
+                          for j in bad)
+            shared = [j for j, i in enumerate(idx) if seqs[i].generator is None and i not in failed]
             if shared:
                 tok[[idx[j] for j in shared]] = torch.multinomial(probs[shared], 1, generator=self.generator)[:, 0]
             for j, i in enumerate(idx):
-                if seqs[i].generator is not None:  # (1, V) per row, as generate draws for one prompt
+                if seqs[i].generator is not None and i not in failed:  # (1, V) per row, as generate draws alone
                     tok[i] = torch.multinomial(probs[j:j + 1], 1, generator=seqs[i].generator)[0, 0]
         want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
         lp_rows: dict[int, TokenLogprob] = {}
@@ -402,41 +431,56 @@ class Engine:
         keep: list[int] = []
         by_req: dict[int, tuple[Request, list[Output]]] = {}
         for i, (s, t) in enumerate(zip(seqs, ids)):
-            s.out.append(t)
-            self.stats["generated_tokens"] += 1
-            lp = [lp_rows[i]] if i in lp_rows else None
-            # Text is decoded as it comes only where it is needed now: streams and stop strings.
-            incremental = s.req.stream or bool(s.params.stop)
-            finish = "stop" if t in self.stop_ids and not s.params.ignore_eos else None
-            if incremental:
-                self._detokenize(s)
-                if s.params.stop and self._cut_at_stop(s):
-                    finish = "stop"
-            if finish is None and len(s.out) >= s.params.max_tokens:
-                finish = "length"
-            if finish is None and s.req.cancelled:
-                finish = "abort"
-            if finish is None:
-                keep.append(i)
-            else:
-                self.stats["finished" if finish != "abort" else "cancelled"] += 1
-            if finish == "abort":
+            if s.req.cancelled:  # its client left, or a sibling sequence failed
+                self.stats["cancelled"] += 1
                 continue
-            if s.req.stream:
-                hold = max(map(len, s.params.stop), default=1) - 1 if finish is None else 0
-                upto = max(s.sent, len(s.text) - hold)  # a stop string may still be forming: hold it back
-                out = Output(s.index, s.text[s.sent:upto], [t], lp, finish)
-                s.sent = upto
-            else:
-                s.logprobs += lp or []
-                if finish is None:
-                    continue
-                text = s.text if incremental else self.tokenizer.decode(s.out, skip_special_tokens=True)
-                out = Output(s.index, text, s.out, s.logprobs if s.params.logprobs is not None else None, finish)
-            by_req.setdefault(id(s.req), (s.req, []))[1].append(out)
+            try:
+                if i in failed:
+                    raise EngineError(failed[i])
+                out = self._release(s, t, [lp_rows[i]] if i in lp_rows else None)
+            except Exception as e:
+                self.stats["failed"] += 1
+                s.req.cancelled = True  # its other sequences leave too
+                by_req.pop(id(s.req), None)
+                s.req.put(e if isinstance(e, EngineError) else
+                          EngineError(f"generation failed: {type(e).__name__}: {e}"))
+                continue
+            if out is None or out.finish_reason is None:
+                keep.append(i)
+            if out is not None:
+                by_req.setdefault(id(s.req), (s.req, []))[1].append(out)
         for req, outs in by_req.values():
-            req.put(outs)
+            if not req.cancelled:
+                req.put(outs)
         return tok, keep
+
+    def _release(self, s: Sequence, t: int, lp: list[TokenLogprob] | None) -> Output | None:
+        """Append token t to s; the Output to send now (None: nothing yet, s goes on)."""
+        s.out.append(t)
+        self.stats["generated_tokens"] += 1
+        # Text is decoded as it comes only where it is needed now: streams and stop strings.
+        incremental = s.req.stream or bool(s.params.stop)
+        finish = "stop" if t in self.stop_ids and not s.params.ignore_eos else None
+        if incremental:
+            self._detokenize(s)
+            if s.params.stop and self._cut_at_stop(s):
+                finish = "stop"
+        if finish is None and len(s.out) >= s.params.max_tokens:
+            finish = "length"
+        if s.req.stream:
+            hold = max(map(len, s.params.stop), default=1) - 1 if finish is None else 0
+            upto = max(s.sent, len(s.text) - hold)  # a stop string may still be forming: hold it back
+            out = Output(s.index, s.text[s.sent:upto], [t], lp, finish)
+            s.sent = upto
+        else:
+            s.logprobs += lp or []
+            if finish is None:
+                return None
+            text = s.text if incremental else self.tokenizer.decode(s.out, skip_special_tokens=True)
+            out = Output(s.index, text, s.out, s.logprobs if s.params.logprobs is not None else None, finish)
+        if finish is not None:
+            self.stats["finished"] += 1
+        return out
 
     def _detokenize(self, s: Sequence) -> None:
         """Append the text of the new token: decode a short window of ids and hold back a
@@ -461,6 +505,7 @@ class Engine:
         return False
 
     def _fail(self, seqs: list[Sequence], err: Exception) -> None:
+        self.stats["failed"] += len(seqs)
         reqs = {id(s.req): s.req for s in seqs}
         for req in reqs.values():
             req.put(EngineError(f"generation failed: {type(err).__name__}: {err}"))

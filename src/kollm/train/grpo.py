@@ -74,7 +74,7 @@ class GRPOSection:
     server_model: str = "default"
     # With a server: before every rollout batch (and at the end of the run) write the policy to
     # OUTPUT_DIR/rollout-weights and POST it to {server}/update_weights_from_disk (SGLang's API;
-    # `kollm serve --allow-weight-updates`), so rollouts come from the current policy. The server
+    # `kollm serve --allow-weight-updates --weights-root OUTPUT_DIR`), so rollouts come from the current policy. The server
     # must see OUTPUT_DIR. false: the server's weights are kept in step some other way (vLLM).
     sync_weights: bool = True
 

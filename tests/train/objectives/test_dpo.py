@@ -98,7 +98,7 @@ def test_reference_model_gives_the_same_loss_as_stored_logps():
     stored = {**batch, "ref_logps": sequence_logps(ref_model, batch)}
     a = DPOObjective()(model, stored, torch.tensor([3.0]))
     b = DPOObjective(reference=ref_model)(model, batch, torch.tensor([3.0]))
-    assert a.loss.item() == pytest.approx(b.loss.item(), abs=1e-7)
+    assert a.loss.item() == pytest.approx(b.loss.item(), rel=1e-6)  # float32, batched differently: ~8 ulps
 
 
 def test_bad_loss_name():
