@@ -27,7 +27,7 @@ from typing import Literal
 
 import torch
 
-from kollm.eval.task import Request
+from kollm.eval.task import Failed, Request
 
 
 def split_pair(context: str, continuation: str) -> tuple[str, str]:
@@ -209,6 +209,10 @@ class LocalLM:
         return out
 
 
+class EndpointUnusable(ValueError):
+    """HTTP 401/403/404: the URL or key is wrong for every request, not for this one."""
+
+
 class OpenAIEndpoint:
     """Generation through an OpenAI-compatible server (vLLM, SGLang, kollm serve, the OpenAI API):
     `/v1/chat/completions` for chat requests, `/v1/completions` for raw prompts; greedy
@@ -236,18 +240,36 @@ class OpenAIEndpoint:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as e:
-            raise ValueError(f"{self.base_url}{route}: HTTP {e.code}: {e.read()[:300]!r}") from None
+            msg = f"{self.base_url}{route}: HTTP {e.code}: {e.read()[:300]!r}"
+            if e.code in (401, 403, 404):  # a wrong URL or key: every request would fail the same way
+                raise EndpointUnusable(msg) from None
+            raise ValueError(msg) from None
 
     def _one(self, r: Request) -> str:
+        """The completion, or Failed naming why this one request has none (the run goes on; an
+        unreachable server still stops it: every request would fail)."""
         chat = r.chat if self.force_chat is None else self.force_chat
         body = {"model": self.model_name, "max_tokens": r.max_new_tokens, "temperature": 0.0}
         if r.stop:
             body["stop"] = list(r.stop)[:4]  # the OpenAI API takes at most 4; the rest are cut below
-        if chat:
-            resp = self._post("/chat/completions", {**body, "messages": [{"role": "user", "content": r.args[0]}]})
-            text = resp["choices"][0]["message"]["content"] or ""
-        else:
-            text = self._post("/completions", {**body, "prompt": r.args[0]})["choices"][0]["text"]
+        try:
+            if chat:
+                resp = self._post("/chat/completions", {**body, "messages": [{"role": "user", "content": r.args[0]}]})
+                text = resp["choices"][0]["message"]["content"] or ""
+            else:
+                text = self._post("/completions", {**body, "prompt": r.args[0]})["choices"][0]["text"]
+        except EndpointUnusable:
+            raise
+        except ValueError as e:  # HTTP 4xx/5xx for this prompt, or a body that is not JSON
+            return Failed("endpoint_error", str(e)[:300])
+        except (KeyError, IndexError, TypeError) as e:
+            return Failed("malformed_reply", f"{type(e).__name__}: {e}")
+        if not isinstance(text, str):
+            return Failed("malformed_reply", f"completion is {type(text).__name__}, not text")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (a "\ud800" escape in the JSON): not text any tokenizer made
+            return Failed("invalid_unicode", text.encode("utf-8", "replace").decode("utf-8"))
         return cut_at_stop(text, r.stop)
 
     def generate(self, requests: Sequence[Request]) -> list[str]:

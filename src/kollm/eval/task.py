@@ -36,6 +36,20 @@ from typing import Any, Literal
 RequestKind = Literal["loglikelihood", "generate"]
 
 
+class Failed(str):
+    """A generation the back-end could not deliver for one request (an endpoint reply without
+    `choices`, an HTTP error for that prompt, text that is not valid Unicode): the text it did
+    get (or ""), and `reason`. The harness counts the item under the reason instead of scoring
+    it; the other items are unaffected."""
+
+    reason: str
+
+    def __new__(cls, reason: str, text: str = "") -> Failed:
+        s = super().__new__(cls, text)
+        s.reason = reason
+        return s
+
+
 @dataclass(frozen=True)
 class Request:
     """One question to the model.
