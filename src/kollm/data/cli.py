@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from kollm.argtypes import positive_int
+from kollm.argtypes import config_text, positive_int
 
 USAGE = """usage: kollm data SUBCOMMAND [ARGS...]
 
@@ -48,7 +48,7 @@ def _curate(argv: list[str]) -> int:
         if args.config:
             import yaml
 
-            quality = (yaml.safe_load(Path(args.config).read_text()) or {}).get("quality") or {}
+            quality = (yaml.safe_load(config_text(args.config)) or {}).get("quality") or {}
         overrides["quality"] = {**quality, "keep": args.keep}
     cfg = load_config(args.config, overrides)
     if args.dry_run:

@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from kollm.argtypes import config_text
+
 TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "tokenizer", "chat_template", "name"}
 DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64")
@@ -152,7 +154,7 @@ def parse_config(raw: dict | str | os.PathLike, root: str | os.PathLike | None =
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such merge config")
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = yaml.safe_load(config_text(path))
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             raise ValueError(f"{path}: invalid YAML" + (f" at line {mark.line + 1}" if mark else "")) from None
