@@ -67,3 +67,18 @@ def test_a_scorer_error_costs_one_item_and_generations_are_written(tmp_path):
     path = write_results(res, tmp_path)  # a lone surrogate from a back-end is written as its escape
     samples = json.loads(path.read_text(encoding="utf-8"))["samples"]["picky"]
     assert [s["responses"] for s in samples] == [["x"], ["7"], ["\ud800"]]
+
+
+class Cutting(Echo):
+    def generate(self, requests):
+        self.truncated = {i for i, q in enumerate(requests) if len(q.args[0]) > 1}  # "too long for the context"
+        return super().generate(requests)
+
+
+def test_prompts_cut_to_fit_the_context_are_counted():
+    # a 5 MB row used to be cut to the model's context without a trace in results.json
+    task = Picky()
+    task.load = lambda data_dir: [{"q": "a", "gold": "x"}, {"q": "a" * 5_000_000, "gold": "x"}]
+    res = evaluate(Cutting(), [(task, 0)], EvalConfig(), log=lambda m: None)
+    assert res["results"]["picky"]["truncated_prompts"] == 1
+    assert [s.get("truncated", False) for s in res["samples"]["picky"]] == [False, True]

@@ -43,6 +43,7 @@ class TaskRun:
     n_shot: int = 0
     requests: list[list[Request]] = field(default_factory=list)
     results: list[list[Any]] = field(default_factory=list)
+    truncated: set[int] = field(default_factory=set)  # items whose prompt lost its start to fit the context
 
 
 def _jsonable(v: Any) -> Any:
@@ -121,6 +122,8 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
                 r.results = [[None] * len(q) for q in r.requests]
         for (ri, ii, qi), a in zip(flat, answers):
             runs[ri].results[ii][qi] = a
+        for j in getattr(model, "truncated", ()):  # a back-end that cuts prompts to its context says which
+            runs[flat[j][0]].truncated.add(flat[j][1])
     elapsed = time.perf_counter() - t0
 
     out: dict[str, Any] = {"model": getattr(model, "name", type(model).__name__), "config": asdict(cfg),
@@ -147,6 +150,7 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
                 "index": i, "where": item.get("_where"),
                 **({"pair_id": item.get(r.task.parallel_key)} if r.task.parallel_key else {}),
                 **({"failed": why} if why else {}),
+                **({"truncated": True} if i in r.truncated else {}),
                 "metrics": {k: _jsonable(v) for k, v in m.items()},
                 "target": item.get("gold", item.get("answer")),
                 # a task that talks to its model itself (LLM-as-judge) leaves what it asked and got in the item
@@ -155,12 +159,16 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
                 **({"continuations": [q.args[1] for q in reqs]} if reqs and reqs[0].kind == "loglikelihood" else {}),
             })
         agg = r.task.aggregate(per_item, cfg.bootstrap_iters, cfg.seed)
+        if r.truncated:
+            log(f"{r.task.name}: {len(r.truncated)} of {len(r.items)} prompts longer than the model's context, "
+                "their start cut off (truncated_prompts in results.json)")
         if failed:
             log(f"{r.task.name}: {len(failed)} of {len(r.items)} items not scored (first: {failed[0][0]}: "
                 f"{failed[0][2]})")
         out["results"][r.task.name] = {
             "metrics": agg, "split": r.task.split, "n": len(r.items), "num_fewshot": r.n_shot,
             "output_type": r.task.output_type, "bad_rows": len(getattr(r.task, "bad_rows", [])),
+            "truncated_prompts": len(r.truncated),
             "failed_items": {"count": len(failed), "reasons": dict(Counter(reason for _, reason, _ in failed)),
                              "first": [f"{w}: {why}" for w, _, why in failed[:5]]},
             **getattr(r.task, "run_info", {}),  # what a task reports about how it scored (e.g. its sandbox)

@@ -52,9 +52,11 @@ class LocalLM:
                  compile: bool | None = None):
         from transformers import AutoTokenizer
 
-        from kollm.model.hf import load_hf
+        from kollm.model.hf import load_hf, require_tokenizer
 
         self.path = Path(path)
+        if tokenizer is None:
+            require_tokenizer(self.path)
         self.model = model if model is not None else load_hf(self.path, device=device, dtype=dtype)
         self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(self.path))
         self.device = next(self.model.parameters()).device
@@ -90,6 +92,7 @@ class LocalLM:
     def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         """log P(continuation | context) and whether greedy decoding would produce it."""
         enc = [self.encode_pair(c, x) for c, x in pairs]
+        self.truncated = set()
         for i, (_, cont) in enumerate(enc):
             if not cont:
                 raise ValueError(f"request {i}: empty continuation after tokenization ({pairs[i][1]!r})")
@@ -119,6 +122,8 @@ class LocalLM:
         longest = max(len(c) for c in conts)
         if longest >= self.max_length:
             raise ValueError(f"a continuation of {longest} tokens does not fit max_length {self.max_length}")
+        if len(ctx) > self.max_length - longest:
+            self.truncated.update(idx)
         ctx = ctx[-(self.max_length - longest):]
         return ctx, conts, idx, len(ctx) + sum(len(c) for c in conts)
 
@@ -185,6 +190,7 @@ class LocalLM:
 
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         out = [""] * len(requests)
+        self.truncated = set()  # requests whose prompt lost its start to fit the context (the harness counts them)
         by_cfg: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
             by_cfg.setdefault((r.stop, r.max_new_tokens, r.chat), []).append(i)
@@ -199,6 +205,8 @@ class LocalLM:
             for i in idx:
                 text = requests[i].args[0]
                 ids = encode_prompt(self.tokenizer, text, chat=True) if chat else self.encode(text)
+                if len(ids) > self.max_length - max_new:
+                    self.truncated.add(i)
                 prompts.append((ids or [self.prefix_id])[-(self.max_length - max_new):])
             order = sorted(range(len(idx)), key=lambda j: -len(prompts[j]))
             for s in range(0, len(order), batch_size):
