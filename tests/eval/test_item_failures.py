@@ -82,3 +82,12 @@ def test_prompts_cut_to_fit_the_context_are_counted():
     res = evaluate(Cutting(), [(task, 0)], EvalConfig(), log=lambda m: None)
     assert res["results"]["picky"]["truncated_prompts"] == 1
     assert [s.get("truncated", False) for s in res["samples"]["picky"]] == [False, True]
+
+
+def test_a_failing_aggregate_still_returns_the_generations():
+    task = Picky()
+    task.aggregate = lambda per_item, iters, seed: 1 / 0
+    res = evaluate(Echo(), [(task, 0)], EvalConfig(), log=lambda m: None)
+    r = res["results"]["picky"]
+    assert r["metrics"] == {} and r["failed_items"]["reasons"]["aggregate"] == 1
+    assert [s["responses"] for s in res["samples"]["picky"]] == [["x"], ["7"], ["\ud800"]]

@@ -254,8 +254,8 @@ def main(argv: list[str]) -> int:
                 print(f"wrote {png}", file=sys.stderr)
     rc = 0
     for name, r in results["results"].items():
-        if r["failed_items"]["count"] == r["n"]:  # results.json is written, but there is no number
-            print(f"WARNING: {name}: NO ITEM COULD BE SCORED; first failure: {r['failed_items']['first'][0]}",
+        if not r["metrics"] and r["failed_items"]["count"]:  # results.json is written, but there is no number
+            print(f"WARNING: {name}: NOTHING COULD BE SCORED; first failure: {r['failed_items']['first'][0]}",
                   file=sys.stderr)
             rc = 1
     for task, _ in tasks:

@@ -158,7 +158,12 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
                 "prompt": item["_prompt"] if "_prompt" in item else _prompt(reqs),
                 **({"continuations": [q.args[1] for q in reqs]} if reqs and reqs[0].kind == "loglikelihood" else {}),
             })
-        agg = r.task.aggregate(per_item, cfg.bootstrap_iters, cfg.seed)
+        try:
+            agg = r.task.aggregate(per_item, cfg.bootstrap_iters, cfg.seed)
+        except Exception as e:  # noqa: BLE001 -- the generations are still written, with the error beside them
+            agg = {}
+            failed.append((r.task.name, "aggregate", f"aggregating failed: {type(e).__name__}: {e}"))
+            log(f"{r.task.name}: aggregating the metrics failed: {type(e).__name__}: {e}")
         if r.truncated:
             log(f"{r.task.name}: {len(r.truncated)} of {len(r.items)} prompts longer than the model's context, "
                 "their start cut off (truncated_prompts in results.json)")
