@@ -148,10 +148,14 @@ def _classifier(argv: list[str]) -> int:
     sc.add_argument("--batch-size", type=positive_int, default=4096)
     args = ap.parse_args(argv)
     if args.cmd == "train":
-        texts, scores, skipped = load_judged(args.judged)
+        texts, scores, errors = load_judged(args.judged)
+        if errors.total:
+            print(f"kollm data classifier: {args.judged}: {errors.summary()}", file=sys.stderr)
         clf, metrics = train_classifier(texts, scores, FeatureConfig(kind=args.features, encoder=args.encoder),
                                         args.test_fraction, args.seed)
+        skipped = errors.total
         clf.meta["skipped_rows"] = skipped
+        clf.meta["bad_rows"] = errors.to_dict()
         clf.save(args.output)
         print(json.dumps({**metrics, "skipped_rows": skipped}, indent=2))
         return 0
