@@ -504,6 +504,8 @@ class Trainer:
         self._sinks = [self._jsonl]
         if bad := self._bad_rows():  # every stage's skipped input rows, per file and reason
             _replace_atomically(self.run_dir / "bad_rows.json", json.dumps(bad, indent=1, ensure_ascii=False) + "\n")
+        else:  # a resumed run whose data was fixed: no stale record
+            (self.run_dir / "bad_rows.json").unlink(missing_ok=True)
         log = self.cfg.logging
         if log.tensorboard:
             try:
