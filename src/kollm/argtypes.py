@@ -27,3 +27,18 @@ def nonnegative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
     return value
+
+
+def config_text(path) -> str:
+    """A config file's text (YAML is UTF-8); a file that is not UTF-8 is a ValueError naming the file
+    and the line of the first bad byte, not the decoder's bare "can't decode byte 0xff in position 609"."""
+    from pathlib import Path
+
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at line {line}, column {col}); "
+                         "save the file as UTF-8") from None

@@ -44,6 +44,7 @@ from pathlib import Path
 import yaml
 
 from kollm import __version__
+from kollm.argtypes import config_text
 
 
 class StageFailed(RuntimeError):
@@ -98,7 +99,7 @@ def _var(name: str, spec, where: str) -> Var:
 def load_recipe(path: str | Path, sets: list[str] = ()) -> Recipe:
     """Read a recipe; `sets` are `vars.NAME=VALUE` / `workdir=VALUE` overrides (`kollm run --set`)."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = yaml.safe_load(config_text(path))
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a recipe is a mapping with 'workdir' and 'stages'")
     unknown = set(raw) - {"workdir", "stages", "vars"}

@@ -51,9 +51,13 @@ def test_needs_both_labels():
 
 def test_load_judged_skips_bad_rows(tmp_path):
     p = tmp_path / "judged.jsonl"
-    p.write_text('{"text": "a", "score": 3}\n{"text": "b", "score": 9}\n{"text": "c"}\nnot json\n'
-                 '{"text": "d", "score": true}\n{"text": "e", "score": 0}\n')
-    assert load_judged(str(p)) == (["a", "e"], [3, 0], 4)
+    p.write_bytes(b'{"text": "a", "score": 3}\n{"text": "b", "score": 9}\n{"text": "c"}\nnot json\n'
+                  b'{"text": "d", "score": true}\n{"text": "e", "score": 0}\nnull\n{"text": "\xff", "score": 1}\n'
+                  b'{"text": 5, "score": 1}\n')  # null and a non-UTF-8 byte: were a crash
+    texts, scores, errors = load_judged(str(p))
+    assert (texts, scores) == (["a", "e"], [3, 0])
+    assert errors.counts == {"bad_score": 3, "bad_json": 1, "not_an_object": 1, "invalid_utf8": 1, "no_text": 1}
+    assert errors.where["invalid_utf8"] == [f"{p}:8"]
 
 
 @needs_data

@@ -27,16 +27,18 @@ def stub_judge(openai_stub, rate):
 
 
 def test_choose_pairs_counts_each_reason():
-    prompts = {k: {"prompt": f"q{k}"} for k in "abcde"}
+    prompts = {k: {"prompt": f"q{k}"} for k in "abcdef"}
     responses = {
         "a": [{"response": "ok", "score": 1}, {"response": "best", "score": 3}, {"response": "bad", "score": 0}],
         "b": [{"response": "x", "score": 2}, {"response": "y", "score": 2}],  # tie
         "c": [{"response": "x" * 30, "score": 5}, {"response": "y", "score": 1}],  # 30× longer
         "d": [{"response": "only", "score": 1}, {"response": "lost", "score": None}],
+        "f": [{"response": "same", "score": 1}, {"response": "same", "score": 0}],  # a pair with nothing to learn
     }
     pairs, counts = choose_pairs(prompts, responses, max_length_ratio=2.0)
     assert [(p["id"], p["chosen"], p["rejected"]) for p in pairs] == [("a", "best", "bad")]
-    assert counts == {"kept": 1, "tie": 1, "length_ratio": 1, "fewer_than_two_scored": 2, "unscored": 1}
+    assert counts == {"kept": 1, "tie": 1, "length_ratio": 1, "fewer_than_two_scored": 2, "unscored": 1,
+                      "same_response": 1}
     pairs, counts = choose_pairs(prompts, responses, max_length_ratio=None)
     assert counts["kept"] == 2
 

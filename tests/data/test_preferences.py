@@ -43,6 +43,8 @@ def test_bad_rows_counted_with_file_and_line(tmp_path):
         {"prompt": [{"role": "robot", "content": "x"}], "chosen": "b", "rejected": "c"},
         {"prompt": "a", "chosen": "  ", "rejected": "c"},
         {"prompt": "a", "chosen": [{"role": "user", "content": "b"}], "rejected": "c"},
+        {"prompt": "a", "chosen": "same", "rejected": "same"},  # a constant loss: nothing to learn
+        None,  # a `null` line
     ]
     f = tmp_path / "p.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
@@ -51,9 +53,10 @@ def test_bad_rows_counted_with_file_and_line(tmp_path):
     assert len(pairs) == 1 and (pairs[0].path, pairs[0].line) == (str(f), 1)
     summary = errors.summary()
     for reason, line in [("missing_rejected", 2), ("bad_chosen_type", 3), ("no_common_prompt", 4),
-                         ("unknown_role", 5), ("empty_chosen", 6), ("chosen_not_assistant", 7)]:
+                         ("unknown_role", 5), ("empty_chosen", 6), ("chosen_not_assistant", 7),
+                         ("chosen_equals_rejected", 8), ("not_an_object", 9)]:
         assert reason in summary and f"{f}:{line}" in summary, summary
-    assert f"{f}:2" in summary and f"{f}:8" in summary  # the line that is not JSON
+    assert f"{f}:10 (bad_json" not in summary and "bad_json (e.g. " + f"{f}:10" in summary  # not JSON
 
 
 def test_collate_chosen_first_labels_on_completions():

@@ -47,7 +47,9 @@ def test_copa_bad_rows_are_counted_and_the_rest_scored(tmp_path):
     f = d / "test.jsonl"
     assert set(where) == {f"{f}:2", f"{f}:3", f"{f}:4", f"{f}:5", f"{d / 'train.jsonl'}:1 (few-shot pool)"}
     text = "\n".join(task.bad_rows)
-    assert "UnicodeDecodeError" in text and "nested too deeply" in text and "label 5 is not one of the 2 choices" in text
+    # the reasons of kollm.jsonrows, the same as every training stage's
+    assert f"{f}:3: invalid_utf8" in text and f"{f}:5: nested_too_deep" in text
+    assert "label 5 is not one of the 2 choices" in text
     assert "KeyError: '이유'" in text
 
 

@@ -147,3 +147,28 @@ def test_trillion_cot_code_tasks_prompt_extract_and_score(tmp_path):
     sol = "```python\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n" + \
           HUMANEVAL[0]["canonical_solution"] + "```"
     assert he.score_batch(items[:1], [sol]) == [1.0]
+
+
+# A completion that returns an object equal to everything: it passed every test of the reference
+# harnesses (pass@1 1.0). Results are now compared as plain values.
+FORGE = ("    class Anything:\n        def __eq__(self, other):\n            return True\n"
+         "        def __ne__(self, other):\n            return False\n        __hash__ = object.__hash__\n"
+         "    return Anything()\n")
+FORGE_SUBCLASS = "    class Int(int):\n        def __eq__(self, other):\n            return True\n    return Int(0)\n"
+
+
+def test_an_object_equal_to_everything_does_not_pass(tmp_path):
+    forged = [humaneval_program(r, FORGE) for r in HUMANEVAL] + [humaneval_program(HUMANEVAL[1], FORGE_SUBCLASS)]
+    forged += [mbpp_program(MBPP[0], "def remove_Occ(s, ch):\n" + FORGE),
+               mbpp_program(MBPP[1], "def square_perimeter(a):\n" + FORGE)]
+    # plain results in containers, a generator and None still compare as before
+    plain = {"prompt": "def f(n):\n", "entry_point": "f",
+             "test": "def check(candidate):\n    r = candidate(2)\n"
+                     "    assert r[:2] == ([1, (2, {'a': {3}})], None) and sum(r[2]) == 3\n"}
+    ok = humaneval_program(plain, "    return [1, (n, {'a': {3}})], None, (i for i in (1, 2))\n")
+    res = run_many(forged + [ok], CFG, workers=2)
+    assert [r.passed for r in res] == [False] * (len(forged)) + [True], [r.stderr[-300:] for r in res]
+    assert "not a plain value" in res[0].stderr and "not a plain value" in res[2].stderr
+    he = get_task("humaneval_cot", allow_unsafe_code=UNSAFE)
+    whole = "```python\ndef add(x: int, y: int):\n" + FORGE + "```"
+    assert he.score_batch([HUMANEVAL[1]], [whole]) == [0.0]

@@ -90,6 +90,9 @@ def test_context_is_left_truncated_to_max_length(model_dir):
         lp = torch.log_softmax(hf(torch.tensor([ids])).logits[0], -1)
     b = sum(lp[16 - len(cont) - 1 + i, t].item() for i, t in enumerate(cont))
     assert abs(a - b) < 1e-3
+    assert lm.truncated == {0}  # the harness counts it (results.json truncated_prompts)
+    lm.loglikelihood([("서울", " 그래서")])
+    assert lm.truncated == set()
     with pytest.raises(ValueError, match="max_length"):
         lm.loglikelihood([("x", " " + "서울은 대한민국의 수도이다." * 5)])
 

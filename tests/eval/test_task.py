@@ -57,8 +57,13 @@ def test_registry_errors():
         get_task("no_such_task")
     with pytest.raises(ValueError, match="registered twice"):
         register_task("kobest_boolq")(Task)
-    with pytest.raises(ValueError, match="unknown option"):
+    # the task is named (it used to read "task : unknown option(s)"), with what it does take
+    with pytest.raises(ValueError, match=r"^task kobest_boolq: unknown option\(s\) \['shots'\]; it takes none$"):
         get_task("kobest_boolq", shots=3)
+    with pytest.raises(ValueError, match=r"^task humaneval: unknown option\(s\) \['foo'\]; it takes allow_unsafe_code$"):
+        get_task("humaneval", foo=1)
+    with pytest.raises(ValueError, match=r"^task ko_mt_bench: unknown option\(s\) \['foo'\]; it takes .*judge_model"):
+        get_task("ko_mt_bench", foo=1)  # was a bare TypeError
 
 
 def test_fewshot_sampler_never_returns_the_item():

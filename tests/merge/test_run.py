@@ -2,6 +2,7 @@
 beside the weights (config, tokenizer with chat template, card, YAML), atomicity, soup, CLI."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -192,3 +193,39 @@ def test_bad_checkpoints_have_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match="only pickle weights"):
         soup([b, b], tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_non_finite_parameters_and_zero_weight_sums_fail_before_anything_is_written(tmp_path, capsys):
+    # `t: .nan` and a normalised linear merge whose weights sum to 0 used to exit 0 with an all-NaN model
+    a, b = tiny_hf(tmp_path / "a", seed=1), tiny_hf(tmp_path / "b", seed=2)
+    f = tmp_path / "m.yaml"
+    cases = [("merge_method: slerp\nbase_model: {a}\nmodels: [{{model: {a}}}, {{model: {b}}}]\nparameters: {{t: .nan}}\n",
+              r"parameters.t: nan is not a finite number"),
+             ("merge_method: slerp\nbase_model: {a}\nmodels: [{{model: {a}}}, {{model: {b}}}]\n"
+              "parameters: {{t: [0, .inf]}}\n", r"parameters.t\[1\]: inf is not a finite number"),
+             ("merge_method: linear\nmodels: [{{model: {a}, parameters: {{weight: 0}}}}, "
+              "{{model: {b}, parameters: {{weight: 0.0}}}}]\n", "parameter 'weight' for .* sum to 0"),
+             ("merge_method: linear\nmodels: [{{model: {a}, parameters: {{weight: 1}}}}, "
+              "{{model: {b}, parameters: {{weight: 'nan'}}}}]\n", "parameter 'weight'.*not a finite number")]
+    for text, msg in cases:
+        f.write_text(text.format(a=a, b=b))
+        capsys.readouterr()
+        assert cli_main(["merge", str(f), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+        assert re.search(msg, capsys.readouterr().err)
+        assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))
+    # linear without normalisation may sum to 0 (a difference of models): finite, so it is written
+    f.write_text(f"merge_method: linear\nmodels: [{{model: {a}, parameters: {{weight: 1}}}}, "
+                 f"{{model: {b}, parameters: {{weight: -1}}}}]\nparameters: {{normalize: false}}\n")
+    assert cli_main(["merge", str(f), "--out", str(tmp_path / "d"), "--quiet"]) == 0
+
+
+def test_a_non_finite_merged_tensor_is_never_published(tmp_path):
+    a, b = tiny_hf(tmp_path / "a", seed=1), tiny_hf(tmp_path / "b", seed=2)
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(b / "model.safetensors")
+    w["model.norm.weight"][3] = float("nan")  # a broken input: its NaN survives any weighting
+    save_file(w, b / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"merged tensor model.norm.weight has 1 non-finite value"):
+        soup([a, b], tmp_path / "o")
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))

@@ -105,6 +105,20 @@ def test_malformed_rows_are_counted_with_file_and_line(tiny, prompts):
     assert f"{prompts}:31" in ps.summary() and f"{prompts}:33" in ps.summary()
 
 
+def test_null_rows_and_unknown_roles_are_counted(tiny, tmp_path):
+    # a `null` line was dropped uncounted and a message with an unknown role was trained on
+    from kollm.data.chat import load_tokenizer
+
+    f = tmp_path / "p.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": "1+2="}], "answer": "3"}, None,
+            {"prompt": [{"role": "robot", "content": "1+2="}], "answer": "3"},
+            {"prompt": [{"role": "user"}], "answer": "3"}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ps = PromptSet(f, load_tokenizer(tiny), GRPOData(max_prompt_len=512, chat_template=True), {"answer"})
+    assert len(ps) == 1 and ps.bad == {"not_an_object": 1, "unknown_role": 1, "bad_message": 1}
+    assert f"{f}:2" in ps.summary() and f"{f}:3" in ps.summary()
+
+
 def test_resume_mid_rollout_batch_is_exact_and_exports(tiny, prompts, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     for name, out in (("full", full), ("killed", killed)):

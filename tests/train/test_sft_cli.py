@@ -19,7 +19,7 @@ from sft_fixtures import make_model_dir, math_rows, sft_config, write_jsonl  # n
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:torch.distributed is disabled")]
 
-BAD = ['{"messages": [{"role": "user", "content": "no answer"}]}', "{not json"]
+BAD = ['{"messages": [{"role": "user", "content": "no answer"}]}', "{not json", "null"]  # null: was a crash
 
 
 def sft(cfg_path: Path, *args: str, fault: int | None = None) -> subprocess.CompletedProcess:
@@ -59,7 +59,12 @@ def runs(tmp_path_factory):
 
 def test_kill_resume_is_exact_and_validation_is_logged(runs):
     work, _, full = runs
-    assert "2 bad rows skipped" in full.stderr and "train.jsonl:41" in full.stderr and "no_assistant_turn" in full.stderr
+    assert "3 bad rows skipped" in full.stderr and "train.jsonl:41" in full.stderr and "no_assistant_turn" in full.stderr
+    # counted per file and reason in the run directory, and said again when the run ends
+    bad = json.loads((work / "full" / "bad_rows.json").read_text())["train"]
+    assert bad["files"] == {str(work / "train.jsonl"): {"no_assistant_turn": 1, "bad_json": 1, "not_an_object": 1}}
+    assert "sft-test: train data: 3 bad rows skipped: " in full.stderr
+    assert f"(per file: {work / 'full' / 'bad_rows.json'})" in full.stderr
     a, b = metrics(work / "full"), metrics(work / "killed")
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
     assert [r["loss"] for r in a] == [r["loss"] for r in b]  # bit for bit
@@ -107,7 +112,7 @@ def test_dry_run_and_config_mistakes(runs, tmp_path, capsys):
             "--set", f"data.train={work / 'train.jsonl'}", "--set", f"output_dir={tmp_path / 'run'}"]
     assert main(base + ["--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "40 conversations" in out and "2 bad rows skipped" in out and "one epoch =" in out
+    assert "40 conversations" in out and "3 bad rows skipped" in out and "one epoch =" in out
     assert main(base + ["--set", "data.mask_policy=xlda", "--set", "data.restart_positions=false"]) == 1
     assert "data.packing needs data.mask_policy: document" in capsys.readouterr().err
     assert main(base + ["--set", "data.train=''"]) == 1

@@ -16,9 +16,10 @@ Row formats (TRL's and OpenAI's, the ones datasets ship in):
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+
+from kollm.jsonrows import JSONL_SUFFIXES, PARQUET_SUFFIXES, RowErrors, iter_rows
 
 # Llama 3's template (BOS once, a header per message, trimmed content, <|eot_id|>), with the
 # assistant's content and its end-of-turn token inside {% generation %}: the tokens SFT trains.
@@ -34,8 +35,6 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 END_OF_TURN = "<|eot_id|>"
 ROLES = ("system", "user", "assistant")
-JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
-PARQUET_SUFFIXES = (".parquet",)
 
 
 class BadRow(ValueError):
@@ -56,6 +55,9 @@ def load_tokenizer(path: str | Path):
     if p.is_file() and p.name.endswith(".json"):
         tok = PreTrainedTokenizerFast(tokenizer_file=str(p))
     elif p.is_dir():
+        from kollm.model.hf import require_tokenizer
+
+        require_tokenizer(p)
         try:
             tok = AutoTokenizer.from_pretrained(str(p))
         except (OSError, ValueError) as e:
@@ -96,6 +98,15 @@ def to_messages(row: dict) -> list[dict]:
     else:
         raise BadRow("unknown_format", f"expected messages, prompt/completion or instruction/output; got keys "
                                        f"{sorted(row)[:8]}")
+    out = check_messages(messages)
+    if not any(m["role"] == "assistant" for m in out):
+        raise BadRow("no_assistant_turn")
+    return out
+
+
+def check_messages(messages: list) -> list[dict]:
+    """Each message a {role, content} with a known role and some text (copied without other keys);
+    raises BadRow naming the first that is not."""
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
@@ -105,8 +116,6 @@ def to_messages(row: dict) -> list[dict]:
         if not isinstance(m["content"], str) or not m["content"].strip():
             raise BadRow("empty_content", f"message {i} ({m['role']}) has no text")
         out.append({"role": m["role"], "content": m["content"]})
-    if not any(m["role"] == "assistant" for m in out):
-        raise BadRow("no_assistant_turn")
     return out
 
 
@@ -158,16 +167,8 @@ def stop_token_ids(tokenizer) -> list[int]:
     return ids
 
 
-# -- files -------------------------------------------------------------------------------------
-def iter_rows(path: str | Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    """(line, row, None) for rows that parse and (line, None, reason) for those that do not (bad
-    JSON, invalid UTF-8, absurd nesting, an unreadable file); 1-based lines (Parquet: row numbers;
-    0 = the whole file). The documents' reader, without its `text` requirement."""
-    from kollm.data.documents import iter_rows as iter_document_rows
-
-    return iter_document_rows(str(path), check=lambda row: (row, None), column=None)
-
-
+# -- files (rows are read by kollm.jsonrows, the one reader: a row that is not a JSON object,
+# `null` included, is counted as not_an_object) -----------------------------------------------
 def data_files(spec: str | Path) -> list[Path]:
     """A file, or every JSONL/Parquet file under a directory (sorted)."""
     p = Path(spec)
@@ -179,35 +180,6 @@ def data_files(spec: str | Path) -> list[Path]:
             return files
         raise FileNotFoundError(f"{p}: no .jsonl/.json(.gz)/.parquet files")
     raise FileNotFoundError(f"{p}: no such data file or directory")
-
-
-class RowErrors:
-    """Bad rows counted by reason, with the first few `file:line` of each for the user to look at."""
-
-    def __init__(self, examples: int = 3):
-        self.counts: Counter[str] = Counter()
-        self.where: dict[str, list[str]] = {}
-        self.examples = examples
-
-    def add(self, reason: str, path: str | Path, line: int) -> None:
-        key = reason.split(":", 1)[0]
-        self.counts[key] += 1
-        seen = self.where.setdefault(key, [])
-        if len(seen) < self.examples:
-            seen.append(f"{path}:{line}" + (f" ({reason})" if reason != key else ""))
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def summary(self) -> str:
-        if not self.counts:
-            return "no bad rows"
-        parts = [f"{n} {r} (e.g. {', '.join(self.where[r])})" for r, n in self.counts.most_common()]
-        return f"{self.total} bad rows skipped: " + "; ".join(parts)
-
-    def to_dict(self) -> dict:
-        return {"counts": dict(self.counts), "examples": self.where}
 
 
 def read_conversations(spec: str | Path, errors: RowErrors | None = None) -> Iterator[tuple[str, int, dict, list[dict]]]:
@@ -225,5 +197,5 @@ def read_conversations(spec: str | Path, errors: RowErrors | None = None) -> Ite
                 errors.add(e.reason, f, line)
 
 
-__all__ = ["DEFAULT_CHAT_TEMPLATE", "END_OF_TURN", "BadRow", "RowErrors", "data_files", "iter_rows", "load_tokenizer",
+__all__ = ["DEFAULT_CHAT_TEMPLATE", "END_OF_TURN", "BadRow", "RowErrors", "check_messages", "data_files", "iter_rows", "load_tokenizer",
            "read_conversations", "render", "render_prompt", "stop_token_ids", "to_messages"]

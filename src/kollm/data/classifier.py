@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kollm.jsonrows import RowErrors, iter_rows
+
 LABEL_THRESHOLD = 3  # judge score >= 3 is "high quality" (Trillion, FineWeb-Edu)
 
 
@@ -107,23 +109,26 @@ class QualityClassifier:
         return cls(FeatureConfig(**meta.pop("features")), tensors["weight"], float(tensors["bias"][0]), meta)
 
 
-def load_judged(path: str) -> tuple[list[str], list[int], int]:
-    """(texts, scores, skipped) from `judged.jsonl`; rows without an integer score 0-5 are skipped."""
-    texts, scores, skipped = [], [], 0
+def load_judged(path: str) -> tuple[list[str], list[int], RowErrors]:
+    """(texts, scores, bad rows) from `judged.jsonl`; rows without an integer score 0-5 or a text
+    are counted (kollm.jsonrows reasons, plus `bad_score` and `no_text`) and skipped."""
+    texts, scores, errors = [], [], RowErrors()
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"judged file not found: {path}")
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-            score = row["score"]
+    for line, row, reason in iter_rows(p):
+        if reason is None:
+            score = row.get("score")
             if isinstance(score, bool) or not isinstance(score, int) or not 0 <= score <= 5:
-                raise ValueError
-            texts.append(str(row["text"]))
-            scores.append(score)
-        except (json.JSONDecodeError, KeyError, ValueError, TypeError):
-            skipped += 1
-    return texts, scores, skipped
+                reason = "bad_score"
+            elif not isinstance(row.get("text"), str):
+                reason = "no_text"
+        if reason is not None:
+            errors.add(reason, p, line)
+            continue
+        texts.append(row["text"])
+        scores.append(score)
+    return texts, scores, errors
 
 
 def precision_recall_f1(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:

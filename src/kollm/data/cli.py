@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from kollm.argtypes import positive_int
+from kollm.argtypes import config_text, positive_int
 
 USAGE = """usage: kollm data SUBCOMMAND [ARGS...]
 
@@ -48,7 +48,7 @@ def _curate(argv: list[str]) -> int:
         if args.config:
             import yaml
 
-            quality = (yaml.safe_load(Path(args.config).read_text()) or {}).get("quality") or {}
+            quality = (yaml.safe_load(config_text(args.config)) or {}).get("quality") or {}
         overrides["quality"] = {**quality, "keep": args.keep}
     cfg = load_config(args.config, overrides)
     if args.dry_run:
@@ -148,10 +148,14 @@ def _classifier(argv: list[str]) -> int:
     sc.add_argument("--batch-size", type=positive_int, default=4096)
     args = ap.parse_args(argv)
     if args.cmd == "train":
-        texts, scores, skipped = load_judged(args.judged)
+        texts, scores, errors = load_judged(args.judged)
+        if errors.total:
+            print(f"kollm data classifier: {args.judged}: {errors.summary()}", file=sys.stderr)
         clf, metrics = train_classifier(texts, scores, FeatureConfig(kind=args.features, encoder=args.encoder),
                                         args.test_fraction, args.seed)
+        skipped = errors.total
         clf.meta["skipped_rows"] = skipped
+        clf.meta["bad_rows"] = errors.to_dict()
         clf.save(args.output)
         print(json.dumps({**metrics, "skipped_rows": skipped}, indent=2))
         return 0

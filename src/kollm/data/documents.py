@@ -13,7 +13,6 @@ depend on how files were sharded; dedup and percentile decisions break ties on i
 from __future__ import annotations
 
 import glob
-import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +23,9 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
-from kollm.jsonrows import TooDeep, loads_row
+from kollm.jsonrows import JSONL_SUFFIXES, PARQUET_SUFFIXES
+from kollm.jsonrows import iter_rows as read_rows
 
-JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
-PARQUET_SUFFIXES = (".parquet",)
 CORE = ("id", "text", "lang", "lang_score", "quality", "source")
 SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("lang", pa.string()),
                     ("lang_score", pa.float32()), ("quality", pa.float32()), ("source", pa.string()),
@@ -71,48 +69,8 @@ def _check_row(row: object) -> tuple[dict | None, str | None]:
 
 
 def iter_rows(path: str, check=_check_row, column: str | None = "text") -> Iterator[tuple[int, dict | None, str | None]]:
-    """Yield (line, row, None) for good rows and (line, None, reason) for malformed ones.
-    Lines are 1-based; for Parquet they are row numbers, 0 means the whole file. `check` (row →
-    (row, None) or (None, reason)) and the Parquet `column` every row needs are a document's by
-    default; other readers (chat rows) pass their own."""
-    if path.endswith(PARQUET_SUFFIXES):
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowException, OSError) as e:
-            yield 0, None, f"unreadable_parquet: {e}"
-            return
-        if column is not None and column not in pf.schema_arrow.names:
-            yield 0, None, f"no_{column}_column (columns: {pf.schema_arrow.names})"
-            return
-        line = 0
-        for batch in pf.iter_batches(batch_size=4096):
-            for row in batch.to_pylist():
-                line += 1
-                good, reason = check(row)
-                yield line, good, reason
-        return
-    opener = gzip.open if path.endswith(".gz") else open
-    line = 0
-    try:
-        with opener(path, "rb") as f:
-            for line, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = loads_row(raw)
-                except UnicodeDecodeError:
-                    yield line, None, "invalid_utf8"
-                    continue
-                except TooDeep:
-                    yield line, None, "nested_too_deep"
-                    continue
-                except json.JSONDecodeError:
-                    yield line, None, "bad_json"
-                    continue
-                good, reason = check(row)
-                yield line, good, reason
-    except (OSError, EOFError) as e:  # a truncated or corrupt .gz: keep what was read, report the rest
-        yield line + 1, None, f"unreadable_file: {e}"
+    """kollm.jsonrows.iter_rows with a document's check (a string `text`) and Parquet column."""
+    return read_rows(path, check, column)
 
 
 def source_key(source: str) -> tuple[str, int]:

@@ -158,6 +158,9 @@ def choose_pairs(prompts: dict[str, dict], responses: dict[str, list[dict]],
         if best["score"] == worst["score"]:
             counts["tie"] += 1
             continue
+        if best["response"] == worst["response"]:  # a sampler or judge disagreeing with itself: no signal
+            counts["same_response"] += 1
+            continue
         a, b = len(best["response"]), len(worst["response"])
         if max_length_ratio is not None and max(a, b) > max_length_ratio * max(1, min(a, b)):
             counts["length_ratio"] += 1

@@ -31,6 +31,7 @@ from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
 
+from kollm.argtypes import config_text
 from kollm.data.dedup import DedupConfig, decide_duplicates, read_duplicate_pairs, signature_step, text_hash
 from kollm.data.documents import DocumentReader, ParquetDocWriter, read_parquet_documents
 from kollm.data.filters import HeuristicFilter, default_filter_configs, make_filter_config
@@ -119,7 +120,7 @@ def load_config(path: str | None, overrides: dict | None = None) -> CurateConfig
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"curate config not found: {path}")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(config_text(p)) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})

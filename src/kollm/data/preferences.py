@@ -86,6 +86,8 @@ def parse_pair(row: dict, path: str = "", line: int = 0) -> Pair:
     for key in ("chosen", "rejected"):
         if key not in row or row[key] is None:
             raise BadRow(f"missing_{key}")
+    if row["chosen"] == row["rejected"]:  # the DPO loss of such a pair is constant: nothing to learn
+        raise BadRow("chosen_equals_rejected")
     values = {k: row.get(k) for k in ("prompt", "chosen", "rejected")}
     for k, v in values.items():
         if v is not None and not isinstance(v, (str, list)):

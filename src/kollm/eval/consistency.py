@@ -17,6 +17,8 @@ def _correct(records: Sequence[dict], metric: str) -> dict:
     out = {}
     for r in records:
         key = r.get("pair_id", r["index"])
+        if r.get("failed"):  # not scored (counted in the task's failed_items): the pair is left unpaired
+            continue
         if metric not in r["metrics"]:
             raise KeyError(f"item {key}: no metric {metric!r} (has {sorted(r['metrics'])})")
         out[key] = r["metrics"][metric] >= 0.5

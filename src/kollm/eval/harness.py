@@ -13,12 +13,13 @@ import json
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kollm.eval.task import Request, Task, get_task
+from kollm.eval.task import Failed, Request, Task, get_task
 
 
 @dataclass
@@ -45,6 +46,7 @@ class TaskRun:
     n_shot: int = 0
     requests: list[list[Request]] = field(default_factory=list)
     results: list[list[Any]] = field(default_factory=list)
+    truncated: set[int] = field(default_factory=set)  # items whose prompt lost its start to fit the context
 
 
 def _jsonable(v: Any) -> Any:
@@ -123,18 +125,35 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
                 r.results = [[None] * len(q) for q in r.requests]
         for (ri, ii, qi), a in zip(flat, answers):
             runs[ri].results[ii][qi] = a
+        for j in getattr(model, "truncated", ()):  # a back-end that cuts prompts to its context says which
+            runs[flat[j][0]].truncated.add(flat[j][1])
     elapsed = time.perf_counter() - t0
 
     out: dict[str, Any] = {"model": getattr(model, "name", type(model).__name__), "config": asdict(cfg),
                            "model_seconds": round(elapsed, 3), "results": {}, "samples": {}}
     for r in runs:
-        per_item, records = [], []
+        per_item, records, failed = [], [], []
         for i, (item, reqs, res) in enumerate(zip(r.items, r.requests, r.results or [[]] * len(r.items))):
-            m = r.task.process(item, res)
-            per_item.append(m)
+            # One item that cannot be scored (a failed generation, a gold answer of the wrong type,
+            # a scorer that raises) is counted with its reason; the rest are scored and everything
+            # generated is still written.
+            reason, why = next(((f"generation: {x.reason}", f"generation failed: {x.reason}: {str(x)[:200]}")
+                                for x in res if isinstance(x, Failed)), (None, None))
+            m: dict[str, Any] = {}
+            if why is None:
+                try:
+                    m = r.task.process(item, res)
+                except Exception as e:  # noqa: BLE001 -- per item: counted and reported, never fatal to the run
+                    reason, why = f"scoring: {type(e).__name__}", f"scoring failed: {type(e).__name__}: {e}"
+            if why is None:
+                per_item.append(m)
+            else:
+                failed.append((item.get("_where") or f"{r.task.name}[{i}]", reason, why))
             records.append({
                 "index": i, "where": item.get("_where"),
                 **({"pair_id": item.get(r.task.parallel_key)} if r.task.parallel_key else {}),
+                **({"failed": why} if why else {}),
+                **({"truncated": True} if i in r.truncated else {}),
                 "metrics": {k: _jsonable(v) for k, v in m.items()},
                 "target": item.get("gold", item.get("answer")),
                 # a task that talks to its model itself (LLM-as-judge) leaves what it asked and got in the item
@@ -142,10 +161,24 @@ def evaluate(model, tasks: Sequence[str | Task | tuple[str, int | None]], cfg: E
                 "prompt": item["_prompt"] if "_prompt" in item else _prompt(reqs),
                 **({"continuations": [q.args[1] for q in reqs]} if reqs and reqs[0].kind == "loglikelihood" else {}),
             })
-        agg = r.task.aggregate(per_item, cfg.bootstrap_iters, cfg.seed)
+        try:
+            agg = r.task.aggregate(per_item, cfg.bootstrap_iters, cfg.seed)
+        except Exception as e:  # noqa: BLE001 -- the generations are still written, with the error beside them
+            agg = {}
+            failed.append((r.task.name, "aggregate", f"aggregating failed: {type(e).__name__}: {e}"))
+            log(f"{r.task.name}: aggregating the metrics failed: {type(e).__name__}: {e}")
+        if r.truncated:
+            log(f"{r.task.name}: {len(r.truncated)} of {len(r.items)} prompts longer than the model's context, "
+                "their start cut off (truncated_prompts in results.json)")
+        if failed:
+            log(f"{r.task.name}: {len(failed)} of {len(r.items)} items not scored (first: {failed[0][0]}: "
+                f"{failed[0][2]})")
         out["results"][r.task.name] = {
             "metrics": agg, "split": r.task.split, "n": len(r.items), "num_fewshot": r.n_shot,
             "output_type": r.task.output_type, "bad_rows": len(getattr(r.task, "bad_rows", [])),
+            "truncated_prompts": len(r.truncated),
+            "failed_items": {"count": len(failed), "reasons": dict(Counter(reason for _, reason, _ in failed)),
+                             "first": [f"{w}: {why}" for w, _, why in failed[:5]]},
             **getattr(r.task, "run_info", {}),  # what a task reports about how it scored (e.g. its sandbox)
             **({"source": r.task.source} if getattr(r.task, "source", None) else {}),  # files a task read
             **({"data_warnings": {"count": len(w), "first": w[:5]}} if (w := getattr(r.task, "data_warnings", []))
@@ -181,8 +214,9 @@ def write_results(results: dict, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(no_nan(results), ensure_ascii=False, indent=1, default=str, allow_nan=False),
-                   encoding="utf-8")
+    # backslashreplace: a lone surrogate in some text is written as its JSON escape, not a crash
+    tmp.write_bytes(json.dumps(no_nan(results), ensure_ascii=False, indent=1, default=str, allow_nan=False)
+                    .encode("utf-8", "backslashreplace"))
     tmp.replace(path)
     return path
 

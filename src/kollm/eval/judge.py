@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kollm.data.judge import JudgeClient, JudgeConfig
+from kollm.jsonrows import iter_rows
 
 # FastChat llm_judge/data/judge_prompts.jsonl: single-v1, single-math-v1 and their multi-turn forms
 _RATE = ('you must rate the response on a scale of 1 to 10 by strictly following this format: "[[rating]]", '
@@ -209,15 +210,14 @@ def read_judge_prompts(path: str | Path) -> dict[str, tuple[str, str]]:
     `judge_prompts_ko.jsonl`: rows `{name, type, system_prompt, prompt_template, ...}`) → the four
     single-answer prompts as (system, template), the same shape as `FASTCHAT`."""
     out: dict[str, tuple[str, str]] = {}
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, row, reason in iter_rows(path):  # a judge's prompts must all be there: a bad row is fatal
         try:
-            row = json.loads(line)
+            if reason:
+                raise ValueError(reason)
             if row.get("name") in _RELEASE_NAMES:
                 out[_RELEASE_NAMES[row["name"]]] = (str(row["system_prompt"]), str(row["prompt_template"]))
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
-            raise ValueError(f"{path}:{n}: not a judge prompt row ({type(e).__name__}: {e})") from e
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{path}:{n}: not a judge prompt row ({type(e).__name__}: {e})") from None
     if missing := sorted(set(_RELEASE_NAMES) - {k for k, v in _RELEASE_NAMES.items() if v in out}):
         raise ValueError(f"{path}: no judge prompt named {', '.join(missing)}")
     return out
@@ -227,15 +227,14 @@ def read_reference_answers(path: str | Path) -> dict[str, list[str | None]]:
     """FastChat `reference_answer/gpt-4.jsonl` (KO-MT-Bench `reference_answer_ko/gpt-4.jsonl`): rows
     `{question_id, choices: [{turns: [a1, a2]}]}` → {qid: [a1, a2]}."""
     out: dict[str, list[str | None]] = {}
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, row, reason in iter_rows(path):
         try:
-            row = json.loads(line)
+            if reason:
+                raise ValueError(reason)
             turns = list(row["choices"][0]["turns"])
             out[str(row["question_id"])] = (turns + [None, None])[:2]
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
-            raise ValueError(f"{path}:{n}: not a reference answer row ({type(e).__name__}: {e})") from e
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: not a reference answer row ({type(e).__name__}: {e})") from None
     return out
 
 

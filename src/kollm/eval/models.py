@@ -27,7 +27,7 @@ from typing import Literal
 
 import torch
 
-from kollm.eval.task import Request
+from kollm.eval.task import Failed, Request
 
 
 def split_pair(context: str, continuation: str) -> tuple[str, str]:
@@ -52,9 +52,11 @@ class LocalLM:
                  compile: bool | None = None):
         from transformers import AutoTokenizer
 
-        from kollm.model.hf import load_hf
+        from kollm.model.hf import load_hf, require_tokenizer
 
         self.path = Path(path)
+        if tokenizer is None:
+            require_tokenizer(self.path)
         self.model = model if model is not None else load_hf(self.path, device=device, dtype=dtype)
         self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(self.path))
         self.device = next(self.model.parameters()).device
@@ -90,6 +92,7 @@ class LocalLM:
     def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         """log P(continuation | context) and whether greedy decoding would produce it."""
         enc = [self.encode_pair(c, x) for c, x in pairs]
+        self.truncated = set()
         for i, (_, cont) in enumerate(enc):
             if not cont:
                 raise ValueError(f"request {i}: empty continuation after tokenization ({pairs[i][1]!r})")
@@ -119,6 +122,8 @@ class LocalLM:
         longest = max(len(c) for c in conts)
         if longest >= self.max_length:
             raise ValueError(f"a continuation of {longest} tokens does not fit max_length {self.max_length}")
+        if len(ctx) > self.max_length - longest:
+            self.truncated.update(idx)
         ctx = ctx[-(self.max_length - longest):]
         return ctx, conts, idx, len(ctx) + sum(len(c) for c in conts)
 
@@ -185,6 +190,7 @@ class LocalLM:
 
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         out = [""] * len(requests)
+        self.truncated = set()  # requests whose prompt lost its start to fit the context (the harness counts them)
         by_cfg: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
             by_cfg.setdefault((r.stop, r.max_new_tokens, r.chat), []).append(i)
@@ -199,6 +205,8 @@ class LocalLM:
             for i in idx:
                 text = requests[i].args[0]
                 ids = encode_prompt(self.tokenizer, text, chat=True) if chat else self.encode(text)
+                if len(ids) > self.max_length - max_new:
+                    self.truncated.add(i)
                 prompts.append((ids or [self.prefix_id])[-(self.max_length - max_new):])
             order = sorted(range(len(idx)), key=lambda j: -len(prompts[j]))
             for s in range(0, len(order), batch_size):
@@ -207,6 +215,10 @@ class LocalLM:
                 for j, g in zip(part, gens):
                     out[idx[j]] = cut_at_stop(decode(g), stop)
         return out
+
+
+class EndpointUnusable(ValueError):
+    """HTTP 401/403/404: the URL or key is wrong for every request, not for this one."""
 
 
 class OpenAIEndpoint:
@@ -236,18 +248,36 @@ class OpenAIEndpoint:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as e:
-            raise ValueError(f"{self.base_url}{route}: HTTP {e.code}: {e.read()[:300]!r}") from None
+            msg = f"{self.base_url}{route}: HTTP {e.code}: {e.read()[:300]!r}"
+            if e.code in (401, 403, 404):  # a wrong URL or key: every request would fail the same way
+                raise EndpointUnusable(msg) from None
+            raise ValueError(msg) from None
 
     def _one(self, r: Request) -> str:
+        """The completion, or Failed naming why this one request has none (the run goes on; an
+        unreachable server still stops it: every request would fail)."""
         chat = r.chat if self.force_chat is None else self.force_chat
         body = {"model": self.model_name, "max_tokens": r.max_new_tokens, "temperature": 0.0}
         if r.stop:
             body["stop"] = list(r.stop)[:4]  # the OpenAI API takes at most 4; the rest are cut below
-        if chat:
-            resp = self._post("/chat/completions", {**body, "messages": [{"role": "user", "content": r.args[0]}]})
-            text = resp["choices"][0]["message"]["content"] or ""
-        else:
-            text = self._post("/completions", {**body, "prompt": r.args[0]})["choices"][0]["text"]
+        try:
+            if chat:
+                resp = self._post("/chat/completions", {**body, "messages": [{"role": "user", "content": r.args[0]}]})
+                text = resp["choices"][0]["message"]["content"] or ""
+            else:
+                text = self._post("/completions", {**body, "prompt": r.args[0]})["choices"][0]["text"]
+        except EndpointUnusable:
+            raise
+        except ValueError as e:  # HTTP 4xx/5xx for this prompt, or a body that is not JSON
+            return Failed("endpoint_error", str(e)[:300])
+        except (KeyError, IndexError, TypeError) as e:
+            return Failed("malformed_reply", f"{type(e).__name__}: {e}")
+        if not isinstance(text, str):
+            return Failed("malformed_reply", f"completion is {type(text).__name__}, not text")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (a "\ud800" escape in the JSON): not text any tokenizer made
+            return Failed("invalid_unicode", text.encode("utf-8", "replace").decode("utf-8"))
         return cut_at_stop(text, r.stop)
 
     def generate(self, requests: Sequence[Request]) -> list[str]:

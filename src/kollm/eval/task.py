@@ -26,6 +26,7 @@ every built-in one.
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -34,6 +35,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 RequestKind = Literal["loglikelihood", "generate"]
+
+
+class Failed(str):
+    """A generation the back-end could not deliver for one request (an endpoint reply without
+    `choices`, an HTTP error for that prompt, text that is not valid Unicode): the text it did
+    get (or ""), and `reason`. The harness counts the item under the reason instead of scoring
+    it; the other items are unaffected."""
+
+    reason: str
+
+    def __new__(cls, reason: str, text: str = "") -> Failed:
+        s = super().__new__(cls, text)
+        s.reason = reason
+        return s
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,10 @@ class Request:
             raise ValueError(f"{self.kind} request takes {want} args, got {len(self.args)}")
 
 
+class UnknownOptions(ValueError):
+    """Options no class in the task's hierarchy takes; `get_task` names the task and what it takes."""
+
+
 class Task:
     """Base class. Subclasses set `name` (by `register_task`) and `output_type`, and implement
     `load`, `requests` and `process`. `few_shot_items` and `aggregate` have sensible defaults."""
@@ -75,7 +94,7 @@ class Task:
 
     def __init__(self, **options: Any) -> None:
         if options:
-            raise ValueError(f"task {self.name}: unknown option(s) {sorted(options)}")
+            raise UnknownOptions(sorted(options))
 
     # Split-based tasks (lm-eval's test_split / fewshot_split) implement `_load(data_dir, split)`
     # and name their splits: items come from the first of `eval_splits` that has rows.
@@ -203,7 +222,18 @@ def register_task(*names: str):
 
 def _named(cls, name: str) -> Callable[..., Task]:
     def make(**options: Any) -> Task:
-        task = cls(**options)
+        try:
+            task = cls(**options)
+        except (UnknownOptions, TypeError):
+            keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            known = {p.name for c in cls.__mro__ if "__init__" in vars(c)
+                     for p in inspect.signature(vars(c)["__init__"]).parameters.values()
+                     if p.kind in keyword and p.name != "self"}
+            unknown = sorted(set(options) - known)
+            if not unknown:  # a TypeError of the task's own
+                raise
+            raise ValueError(f"task {name}: unknown option(s) {unknown}"
+                             + (f"; it takes {', '.join(sorted(known))}" if known else "; it takes none")) from None
         task.name = name
         return task
 

@@ -11,6 +11,8 @@ import math
 import time
 from pathlib import Path
 
+from kollm.argtypes import config_text
+
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 
 
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.config)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such merge config")
-        raw = apply_overrides(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, args.set)
+        raw = apply_overrides(yaml.safe_load(config_text(path)) or {}, args.set)
         return emit(dry_run(raw, path.parent, args), args)
     from kollm.merge.run import merge
 
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.config)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such merge config")
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(config_text(path))
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a merge config is a YAML mapping")
         config, root = apply_overrides(raw, args.set), path.parent

@@ -26,12 +26,15 @@ the top level. Unknown keys are errors naming the key.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from kollm.argtypes import config_text
 
 TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "tokenizer", "chat_template", "name"}
@@ -86,12 +89,16 @@ def _err(where: str, msg: str) -> ValueError:
 def _setting(value: Any, where: str) -> Any:
     """Normalise a parameter setting to a scalar, a list of scalars, or a list of Cond."""
     scalar = (bool, int, float, str)
+    if isinstance(value, float) and not math.isfinite(value):  # YAML's .nan / .inf: an all-NaN model
+        raise _err(where, f"{value!r} is not a finite number")
     if isinstance(value, scalar):
         return value
     if isinstance(value, dict):
         value = [value]
     if isinstance(value, list):
         if all(isinstance(v, scalar) for v in value):
+            for i, v in enumerate(value):
+                _setting(v, f"{where}[{i}]")
             return value
         if all(isinstance(v, dict) for v in value):
             conds = []
@@ -147,7 +154,7 @@ def parse_config(raw: dict | str | os.PathLike, root: str | os.PathLike | None =
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such merge config")
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = yaml.safe_load(config_text(path))
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             raise ValueError(f"{path}: invalid YAML" + (f" at line {mark.line + 1}" if mark else "")) from None
@@ -244,9 +251,12 @@ def _coerce(v: Any, kind: type, name: str) -> Any:
             return bool(v)
         raise ValueError(f"parameter {name!r}: {v!r} is not a boolean")
     try:
-        return float(v)
+        x = float(v)
     except (TypeError, ValueError):
         raise ValueError(f"parameter {name!r}: {v!r} is not a number") from None
+    if not math.isfinite(x):  # "nan" as a string gets past the parser's check
+        raise ValueError(f"parameter {name!r}: {v!r} is not a finite number")
+    return x
 
 
 def evaluate(setting: Any, tensor_name: str, t: float, kind: type, name: str) -> Any:

@@ -111,6 +111,10 @@ class Planner:
                 own = [s.parameters for s in sl.sources if s.model == m]
                 vals.append(resolve(prm.name, prm.kind, prm.default, own + shared_scopes, n, t, who=m))
             p[prm.name] = vals
+        if self.method.name == "linear" and p["normalize"] and sum(p["weight"]) == 0:
+            # mergekit divides by the sum and writes NaN; task_arithmetic/ties guard their divisor
+            raise ValueError(f"parameter 'weight' for {out}: the weights {p['weight']} sum to 0, and linear with "
+                             "normalize: true divides by their sum (set normalize: false or change a weight)")
         return p
 
     def _tensor(self, sl: Slice, out: str, in_names: list[str], t: float, optional: bool = False) -> TensorPlan | None:

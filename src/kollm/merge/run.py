@@ -63,6 +63,17 @@ def _apply(method: str, p: TensorPlan, tensors: list[torch.Tensor]) -> torch.Ten
     return METHODS[method].fn(tensors, p.base_index, p.params)
 
 
+def _write_finite(writer: ShardWriter, name: str, t: torch.Tensor) -> None:
+    """Write one merged tensor, refusing a non-finite one: a NaN weight, an infinite input or an
+    overflow to the output dtype must fail the merge (nothing published), not ship a broken model.
+    Runs on the writer thread, so the check overlaps the next tensor's arithmetic."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"merged tensor {name} has {bad} non-finite value(s) of {t.numel()} (NaN/inf in an input, "
+                         "or the merge overflowed its dtype); nothing was written")
+    writer.write(name, t)
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
@@ -190,7 +201,7 @@ def merge(config: dict | str | os.PathLike, out: str | os.PathLike, max_shard_si
                 del tensors
                 if written is not None:
                     written.result()
-                written = writing.submit(writer.write, p.out, result)
+                written = writing.submit(_write_finite, writer, p.out, result)
                 del result
                 if bar is not None:
                     bar.update(1)

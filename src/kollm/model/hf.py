@@ -41,6 +41,19 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt",
 )
+
+
+def require_tokenizer(model_dir: str | os.PathLike) -> None:
+    """Raise FileNotFoundError naming `model_dir` when it holds no tokenizer, before transformers
+    answers an empty directory with "You need to have sentencepiece or tiktoken installed"."""
+    d = Path(model_dir)
+    if any((d / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")):
+        return
+    if not (d / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json / tokenizer in {d}: not a model directory")
+    raise FileNotFoundError(f"no tokenizer (tokenizer.json, tokenizer.model or vocab.json) in {d}")
+
+
 # Old Llama checkpoints carry the RoPE table as a tensor; it is recomputed, never loaded.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 

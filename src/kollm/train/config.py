@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from kollm.argtypes import config_text
+
 _SUFFIX = {"K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
 
@@ -378,7 +380,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such training config")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(config_text(path))
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: invalid YAML: {e}") from None
     if overrides:

@@ -167,6 +167,7 @@ class DistillData:
                  stored: StoredTopK | None = None, seed: int = 0, rank: int = 0, world: int = 1):
         d = cfg.distill
         self.examples, self.stored, self.student, self.stop_ids = examples.examples, stored, student, stop_ids
+        self.row_errors = examples.errors  # the trainer reports them (bad_rows.json, end of the run)
         self.d, self.seed, self.rank, self.world = d, seed, rank, world
         self.off_policy = d.off_policy and stored is None and student is not None
         self.max_len = max(len(e.ids) for e in self.examples)
@@ -266,6 +267,7 @@ class ValidationData:
     def __init__(self, examples: ChatExamples, batch_size: int, stored: StoredTopK | None = None,
                  rank: int = 0, world: int = 1):
         self.examples, self.batch_size, self.stored = examples.examples, batch_size, stored
+        self.row_errors = examples.errors
         # the same number of rows (so of batches) on every rank: the remainder of len / world is dropped
         n = len(self.examples) // world * world
         self.indices = list(range(n))[rank::world] if n else list(range(len(self.examples)))

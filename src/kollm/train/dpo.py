@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from kollm.argtypes import config_text
 from kollm.train.config import TrainConfig, _build, apply_overrides, config_from_dict
 from kollm.train.objectives.dpo import LOSSES, DPOObjective, sequence_logps
 
@@ -105,7 +106,7 @@ def load_dpo_config(path: str | Path, overrides: list[str] = ()) -> tuple[dict, 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such DPO config")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(config_text(path)) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -316,8 +317,10 @@ def load_preference_data(path: str, tokenizer, dpo: DPOSection, info, seed: int,
     if not pairs:
         raise ValueError(f"{path}: no usable preference pairs")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return PreferenceData(pairs, dpo.max_length, pad or 0, seed=seed, rank=info.rank, world=info.world,
+    data = PreferenceData(pairs, dpo.max_length, pad or 0, seed=seed, rank=info.rank, world=info.world,
                           shuffle=shuffle)
+    data.row_errors = errors  # the trainer reports them (bad_rows.json, end of the run)
+    return data
 
 
 def train_dpo(raw: dict, dpo: DPOSection, data_train: str, data_val: str | None, info, resume: bool,

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kollm.argtypes import config_text
 from kollm.train.config import TrainConfig, _build, apply_overrides, config_from_dict
 
 
@@ -151,7 +152,7 @@ def load_grpo_config(path: str | Path, overrides: list[str] = (), world: int = 1
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such GRPO config")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(config_text(path))
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -192,6 +193,13 @@ class PromptSet:
             return "template_field_missing" if data.prompt_template else f"no_{data.prompt_key}"
         if not prompt or not isinstance(prompt, str | list):
             return "empty_prompt"
+        if isinstance(prompt, list):  # messages: a role the chat template does not know is a bad row
+            from kollm.data.chat import BadRow, check_messages
+
+            try:
+                prompt = check_messages(prompt)
+            except BadRow as e:
+                return e.reason
         if needs and not any(row.get(k) is not None for k in needs):  # nothing a reward could score
             return f"no_{'_or_'.join(sorted(needs))}"
         ids = encode_prompt(tokenizer, prompt, data.chat_template)
@@ -249,6 +257,7 @@ class RolloutSource:
                  reference=None, rank: int = 0, world: int = 1, seed: int = 0, device=None,
                  autocast: bool = False, sync=None):
         self.policy, self.tokenizer, self.prompts, self.cfg = policy, tokenizer, prompts, cfg
+        self.row_errors = prompts.errors  # the trainer reports them (bad_rows.json, end of the run)
         self.sync = sync  # kollm.rl.rollout.WeightSync: the rollout server's weights := the policy
         self.rewards, self.engine, self.reference = rewards, engine, reference
         self.rank, self.world, self.seed = rank, world, seed
@@ -384,6 +393,7 @@ class ValidationSource:
     def __init__(self, policy, tokenizer, prompts: PromptSet, rewards, max_new_tokens: int, stop_ids: list[int],
                  batch_size: int = 16, server=None, sync=None):
         self.policy, self.tokenizer, self.prompts, self.rewards = policy, tokenizer, prompts, rewards
+        self.row_errors = prompts.errors
         self.max_new_tokens, self.stop_ids, self.batch_size = max_new_tokens, stop_ids, batch_size
         # With a synced rollout server (ServerRollout at temperature 0) the greedy completions come
         # from it: under FSDP no rank holds whole weights to generate with.

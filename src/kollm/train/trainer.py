@@ -427,6 +427,9 @@ class Trainer:
                 if fault and self.step == fault:
                     os._exit(17)  # a crash: no cleanup, no final checkpoint
             self.save()
+            if self.info.is_main and (bad := self._bad_rows()):  # said again at the end, not only at load
+                print("\n".join(f"{self.cfg.name}: {split} data: {b['summary']}" for split, b in bad.items())
+                      + f" (per file: {self.run_dir / 'bad_rows.json'})", file=sys.stderr)
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
@@ -435,6 +438,16 @@ class Trainer:
             for s in self._sinks:
                 s.close()
         return self.history
+
+    def _bad_rows(self) -> dict:
+        """{"train" | "validation": kollm.jsonrows.RowErrors as a dict + summary} for the data
+        sources that read row files and skipped some."""
+        out = {}
+        for split, src in (("train", self.data), ("validation", self.val_data)):
+            errors = getattr(src, "row_errors", None)
+            if errors is not None and errors.total:
+                out[split] = {**errors.to_dict(), "summary": errors.summary()}
+        return out
 
     # -- stopping on SIGINT / SIGTERM (Ctrl-C; what schedulers send before preemption) --------
     def _catch_stop_signals(self) -> dict:
@@ -494,6 +507,10 @@ class Trainer:
             _replace_atomically(path, "".join(r for r in rows if kept(r)))
         self._jsonl = open(path, "a", encoding="utf-8")
         self._sinks = [self._jsonl]
+        if bad := self._bad_rows():  # every stage's skipped input rows, per file and reason
+            _replace_atomically(self.run_dir / "bad_rows.json", json.dumps(bad, indent=1, ensure_ascii=False) + "\n")
+        else:  # a resumed run whose data was fixed: no stale record
+            (self.run_dir / "bad_rows.json").unlink(missing_ok=True)
         log = self.cfg.logging
         if log.tensorboard:
             try:

@@ -13,7 +13,6 @@ with `task_id, prompt, canonical_solution, test, entry_point`; `mbpp/` (HF
 
 from __future__ import annotations
 
-import gzip
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from kollm.eval.code_exec import (
     SandboxConfig,
+    humaneval_check,
     humaneval_program,
     mbpp_program,
     require_sandbox,
@@ -29,7 +29,6 @@ from kollm.eval.code_exec import (
 )
 from kollm.eval.task import Request, Task, register_task
 from kollm.eval.tasks.common import convert_rows, find_split, locate, read_rows
-from kollm.jsonrows import loads_row
 
 MBPP_SHOTS = [
     {"task_id": 2, "text": "Write a function to find the similar elements from the given two tuple lists.",
@@ -51,20 +50,6 @@ MBPP_SHOTS = [
                    "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],2)==[85, 75] ",
                    "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],5)==[85, 75, 65, 58, 35]"]},
 ]
-
-
-def _jsonl_rows(path: Path, bad: list[str]) -> list[tuple[str, dict]]:
-    if path.suffix == ".gz":
-        out = []
-        with gzip.open(path, "rb") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        out.append((f"{path}:{n}", loads_row(line)))
-                    except ValueError as e:
-                        bad.append(f"{path}:{n}: {type(e).__name__}: {e}")
-        return out
-    return read_rows(path, bad)
 
 
 class CodeTask(Task):
@@ -114,7 +99,7 @@ class HumanEval(CodeTask):
             p for p in base.rglob("HumanEval.jsonl*") if p.is_file())
         if not files:
             raise FileNotFoundError(f"humaneval: no test split or HumanEval.jsonl under {base}")
-        return convert_rows([r for f in files for r in _jsonl_rows(f, self.bad_rows)], _humaneval, self.bad_rows)
+        return convert_rows([r for f in files for r in read_rows(f, self.bad_rows)], _humaneval, self.bad_rows)
 
     def requests(self, item: dict, fewshot: Sequence[dict] = ()) -> list[Request]:
         return [Request("generate", (item["prompt"],), stop=self.stop, max_new_tokens=self.max_new_tokens)]
@@ -218,5 +203,5 @@ class HumanEvalCoT(HumanEval):
         code = extract_code(completion)
         if re.search(rf"^def {re.escape(item['entry_point'])}\s*\(", code, re.MULTILINE):
             stub = item["prompt"] + "    pass\n"  # a docstring-only body is valid too; pass keeps it explicit
-            return stub + "\n" + code + "\n" + item["test"] + "\n" + f"check({item['entry_point']})"
+            return humaneval_check(item, stub + "\n" + code)
         return humaneval_program(item, code)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kollm.eval.task import Request, Task, mc_metrics
-from kollm.jsonrows import loads_row
+from kollm.jsonrows import iter_rows
 
 SPLIT_ALIASES = {"validation": ("validation", "dev", "val"), "dev": ("dev", "validation", "val"),
                  "test": ("test",), "train": ("train",)}
@@ -43,6 +43,7 @@ def find_split(base: Path, split: str, stem_prefix: str = "") -> list[Path]:
 def read_rows(path: Path, bad: list[str] | None = None, header: Sequence[str] | None = None) -> list[tuple[str, dict]]:
     """Rows of a jsonl/json/parquet/csv/tsv file as (where, row) pairs; `where` is `file:line`.
     `header` names the columns of a header-less CSV (MMLU's original files)."""
+    path = Path(path)
     suffix = path.suffix.lower()
     out: list[tuple[str, dict]] = []
     if suffix == ".parquet":
@@ -50,18 +51,12 @@ def read_rows(path: Path, bad: list[str] | None = None, header: Sequence[str] | 
 
         for i, row in enumerate(pq.read_table(path).to_pylist()):
             out.append((f"{path}:row {i}", row))
-    elif suffix == ".jsonl":
-        with open(path, "rb") as f:  # bytes: a non-UTF-8 line is one bad row, not a failed file
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = loads_row(line)
-                    if not isinstance(row, dict):
-                        raise ValueError("not a JSON object")
-                    out.append((f"{path}:{n}", row))
-                except ValueError as e:
-                    _bad(bad, f"{path}:{n}: {type(e).__name__}: {e}")
+    elif suffix == ".jsonl" or path.name.endswith(".jsonl.gz"):
+        for n, row, reason in iter_rows(path):  # the one reader: the same counted reasons as training's
+            if row is None:
+                _bad(bad, f"{path}:{n}: {reason}")
+            else:
+                out.append((f"{path}:{n}", row))
     elif suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(data, dict):  # BBH's original files: {"examples": [...]}

@@ -32,6 +32,14 @@ def _rows(task, files):
 GSM_IGNORE = [",", r"\$", r"(?s).*#### ", r"\.$"]
 
 
+def _gsm_row(r: dict) -> dict:
+    # a bad row at load, before any generation is spent on it (a number has no "#### " solution)
+    if not isinstance(r["question"], str) or not isinstance(r["answer"], str):
+        raise TypeError(f"'question' and 'answer' must be strings, got {type(r['question']).__name__} and "
+                        f"{type(r['answer']).__name__}")
+    return {"question": r["question"], "answer": r["answer"]}
+
+
 def gsm_clean(s: str) -> str:
     for rx in GSM_IGNORE:
         s = re.sub(rx, "", s)
@@ -62,8 +70,7 @@ class GSM8K(GenerateTask):
         base = locate(data_dir, ["gsm8k", "grade-school-math", "GSM8K"], "gsm8k")
         files = (find_split(base / "main", split) if (base / "main").is_dir() else []) \
             or find_split(base, split) or find_split(base / "data", split)
-        return convert_rows(_rows(self, files), lambda r: {"question": r["question"], "answer": r["answer"]},
-                            self.bad_rows)
+        return convert_rows(_rows(self, files), _gsm_row, self.bad_rows)
 
     def text(self, item):
         return f"Question: {item['question']}\nAnswer:"
