@@ -129,21 +129,65 @@ class _Source:
         self.data._generate = counted
 
 
-def test_adaptive_schedule_rises_when_validation_stalls(world):
-    src = _Source(world, off_policy_step=0.1, off_policy_margin=0.05).data
+def test_distillm_schedule_on_scripted_validation_losses(world):
+    """DistiLLM's finetune.py: the dev cross-entropy at step 0 is the reference; P rises by 0.1 only
+    when a validation is ≥ reference + loss_eps (0.1), and only then does the reference move.
+    val_loss (the divergence) is ignored: it would raise P under kollm's rule at 2.5 → 3.05."""
+    src = _Source(world, off_policy_margin=0.1).data  # DistiLLM: init 0, step 0.1, loss_eps 0.1 (rule distillm)
+    seen = []
+    for ce in (3.0, 2.5, 3.05, 3.2, 3.25, 3.4, 2.0, 3.6):
+        src.on_validation({"val_ce": ce, "val_loss": 10.0 - ce})
+        seen.append(round(src.prob, 6))
+    assert seen == [0.0, 0.0, 0.0, 0.1, 0.1, 0.2, 0.2, 0.3]
+    assert src.last_val == 3.6
+    src.prob = 0.95
+    src.on_validation({"val_ce": 9.0})
+    assert src.prob == 1.0  # capped
+    assert src.validate_at_start  # the step-0 reference comes from a validation before the first step
+
+
+def test_distillm_draw_fresh_replay_or_dataset(world):
+    """One draw r per micro-batch: r < φ·(1 − step/total) or (r < φ, buffer filling) generates,
+    r < φ replays, else the dataset; φ = 0.6 at step 5 of 10 (DistiLLM's global_step 5): φ·s = 0.3."""
+    s = _Source(world, off_policy_init=0.6)
+    d = s.data
+    draws = iter([0.5, 0.5, 0.5, 0.29, 0.31, 0.59, 0.61])
+    real = d.rng
+    d.rng = type("Scripted", (), {"random": lambda _: next(draws), "sample": lambda _, x, k: real.sample(x, k),
+                                  "randrange": lambda _, n: real.randrange(n)})()
+    d.on_step(4, 10)
+    assert d.fresh_share() == pytest.approx(0.5)
+    for _ in range(3):  # the buffer (6) fills: r = 0.5 < φ generates
+        d.next_batch(2)
+    assert s.calls == 3 and len(d.buffer) == 6
+    kinds = []
+    for _ in range(4):
+        before = s.calls
+        b = d.next_batch(2)
+        kinds.append("fresh" if s.calls > before else "dataset" if bool((b["off_policy_prob"] == 0.6).all())
+                     and _is_dataset(d, b) else "replay")
+    assert kinds == ["fresh", "replay", "replay", "dataset"]
+    d.on_step(9, 10)  # the last step: s = 0, every off-policy batch replays
+    assert d.fresh_share() == 0.0
+
+
+def _is_dataset(d, b) -> bool:
+    ids = [row[row != 0].tolist() for row in b["input_ids"]]
+    return all(any(e.ids == x for e in d.examples) for x in ids)
+
+
+def test_kollm_rule_rises_when_validation_stalls(world):
+    src = _Source(world, off_policy_rule="kollm", off_policy_step=0.1, off_policy_margin=0.05).data
     seen = []
     for v in (2.0, 1.5, 1.48, 1.6, 1.0, 0.99):
         src.on_validation({"val_loss": v})
         seen.append(round(src.prob, 6))
     # 2.0 sets the reference; 1.5 improves by > 0.05; 1.48 and 1.6 do not; 1.0 does; 0.99 does not
     assert seen == [0.0, 0.0, 0.1, 0.2, 0.2, 0.3]
-    src.prob = 0.95
-    src.on_validation({"val_loss": 5.0})
-    assert src.prob == 1.0  # capped
 
 
 def test_off_policy_batches_generate_then_replay(world):
-    s = _Source(world, off_policy_init=1.0, fresh_prob=0.0)
+    s = _Source(world, off_policy_init=1.0, replay_ratio="constant", fresh_prob=0.0)
     for _ in range(3):  # capacity 6, 2 per batch: three generations fill the buffer
         b = s.data.next_batch(2)
         assert float(b["off_policy_prob"][0]) == 1.0
@@ -158,7 +202,7 @@ def test_off_policy_batches_generate_then_replay(world):
 
 
 def test_state_dict_resumes_exactly(world):
-    a = _Source(world, off_policy_init=0.5, fresh_prob=0.5)
+    a = _Source(world, off_policy_init=0.5, replay_ratio="constant", fresh_prob=0.5)
     for _ in range(5):
         a.data.next_batch(2)
     state = json.loads(json.dumps(a.data.state_dict()))  # as the checkpoint stores it
@@ -234,7 +278,8 @@ def test_command_end_to_end_with_kill_and_resume(world, tmp_path, capsys):
     root, tok = world
     paths = {}
     for name in ("full", "killed"):
-        raw = _cfg(root, tmp_path / name, off_policy_init=0.5, off_policy_step=0.5, off_policy_margin=10.0)
+        raw = _cfg(root, tmp_path / name, off_policy_rule="kollm", off_policy_init=0.5, off_policy_step=0.5,
+                   off_policy_margin=10.0)
         raw["validation"] = {"every": 2}
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
         paths[name] = tmp_path / f"{name}.yaml"
@@ -248,16 +293,17 @@ def test_command_end_to_end_with_kill_and_resume(world, tmp_path, capsys):
     a, b = _rows(tmp_path / "full"), _rows(tmp_path / "killed")
     for key in ("loss", "kl", "val_loss", "off_policy_prob", "replay_size"):
         assert any(key in r for r in a), key
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 9))
+    # step 0: the untrained student's validation (the schedule's reference), before the first step
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(0, 9))
     for x, y in zip(a, b):
         assert ("val_loss" in x) == ("val_loss" in y) == (x["step"] % 2 == 0)
         for key in ("loss", "kl", "off_policy_prob", "replay_size", "val_loss", "val_kl"):
             if key in x:
                 assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-7), (x["step"], key)
     # margin 10: every validation after the first raises P(off-policy) by 0.5, capped at 1
-    probs = [r["off_policy_prob"] for r in a]
+    probs = [r["off_policy_prob"] for r in a if "off_policy_prob" in r]
     assert probs[0] == pytest.approx(0.5) and probs[-1] == pytest.approx(1.0)
-    assert max(r["replay_size"] for r in a) == 6  # bounded by replay_capacity
+    assert max(r.get("replay_size", 0) for r in a) == 6  # bounded by replay_capacity
     hf = tmp_path / "full" / "hf" / "latest"
     assert (hf / "model.safetensors").is_file() and (hf / "tokenizer.json").is_file()
 

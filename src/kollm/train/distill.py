@@ -7,13 +7,18 @@ optional cross-entropy). This file is the data side and the command:
 - `ChatExamples`: chat / prompt-completion rows (kollm.data.chat formats) rendered with the
   student's chat template; labels are the assistant tokens (plus each turn's end token), IGNORE
   elsewhere; bad rows are counted by reason with file:line and skipped.
-- `DistillData`: the trainer's data source. Per micro-batch, with probability `off_policy_prob`
-  it trains on student-generated responses instead of the dataset's (DistiLLM's adaptive
-  off-policy): the probability starts at `off_policy_init` and rises by `off_policy_step` after
-  each validation whose loss fails to improve on the previous one by `off_policy_margin`
-  (`on_validation`, called by the trainer). Generations go to a bounded replay buffer; an
-  off-policy batch generates anew while the buffer is filling, then with probability
-  `fresh_prob`, and otherwise reuses buffered samples. A generated response is labelled the way
+- `DistillData`: the trainer's data source. Per micro-batch, with probability φ =
+  `off_policy_prob` it trains on student-generated responses instead of the dataset's
+  (DistiLLM's adaptive off-policy, its finetune.py): the student is validated before the first
+  step and every `validation.every` steps; φ starts at `off_policy_init` and rises by
+  `off_policy_step` when the student's cross-entropy on the dev responses (`val_ce`) is worse
+  than the last accepted value by `off_policy_margin` (DistiLLM's loss_eps; the value is
+  accepted only on a rise) — `off_policy_rule: kollm` is kollm's earlier rule instead: the
+  objective's `val_loss` failing to improve on the previous validation by the margin. One draw r
+  per micro-batch, as DistiLLM: r < φ·s or (r < φ while the replay buffer fills) generates anew,
+  r < φ replays buffered samples, else the dataset's batch; the fresh share s is 1 − step/total
+  (`replay_ratio: decreasing`, DistiLLM's default), step/total (increasing) or `fresh_prob`
+  (constant). A generated response is labelled the way
   the dataset's are: labels aligned with the inputs, so the logits at the last prompt position
   are trained toward the first response token and the stop token is kept (DistiLLM's sampler is
   one position off here; docs/design.md). Its state (row order, RNG, schedule, buffer) is in
@@ -172,9 +177,28 @@ class DistillData:
         self.max_len = max(len(e.ids) for e in self.examples)
         self.epoch, self.cursor, self.order = 0, 0, self._order(0)
         self.rng = random.Random(seed * 7919 + rank)
+        if d.off_policy_rule not in ("distillm", "kollm"):
+            raise ValueError(f"distill.off_policy_rule must be distillm or kollm, got {d.off_policy_rule!r}")
+        if d.replay_ratio not in ("decreasing", "constant", "increasing"):
+            raise ValueError(f"distill.replay_ratio must be decreasing, constant or increasing, got {d.replay_ratio!r}")
         self.prob = d.off_policy_init if self.off_policy else 0.0
         self.last_val: float | None = None
         self.buffer: deque[tuple[list[int], int]] = deque(maxlen=d.replay_capacity)  # (ids, prompt length)
+        self.step, self.total = 0, 1  # the trainer's optimizer steps (on_step)
+        # DistiLLM validates before the first step: that value is the reference of the first rise.
+        self.validate_at_start = self.off_policy
+
+    def on_step(self, step: int, total: int) -> None:
+        """The trainer, before each step's batches: `step` steps done of `total`."""
+        self.step, self.total = step, max(1, total)
+
+    def fresh_share(self) -> float:
+        """Of the off-policy batches, the share generated anew (the rest replayed), at this step."""
+        d = self.d
+        if d.replay_ratio == "constant":
+            return d.fresh_prob
+        done = min(1.0, (self.step + 1) / self.total)  # DistiLLM's global_step counts from 1
+        return done if d.replay_ratio == "increasing" else 1.0 - done
 
     def _order(self, epoch: int) -> list[int]:
         order = list(range(len(self.examples)))
@@ -197,13 +221,14 @@ class DistillData:
     def next_batch(self, batch_size: int | None = None) -> dict[str, torch.Tensor]:
         n = batch_size or 1
         idx = self._take(n)
-        if self.off_policy and self.prob > 0 and self.rng.random() < self.prob:
-            if len(self.buffer) < self.buffer.maxlen or len(self.buffer) < n or self.rng.random() < self.d.fresh_prob:
-                samples = self._generate([self.examples[i].prompt for i in idx])
-                self.buffer.extend(samples)
-            else:
-                samples = self.rng.sample(list(self.buffer), n)
+        r = self.rng.random() if self.off_policy and self.prob > 0 else 1.0
+        filling = len(self.buffer) < self.buffer.maxlen or len(self.buffer) < n
+        if r < self.prob * self.fresh_share() or (r < self.prob and filling):
+            samples = self._generate([self.examples[i].prompt for i in idx])
+            self.buffer.extend(samples)
             batch = collate([self._as_example(ids, p) for ids, p in samples])
+        elif r < self.prob:
+            batch = collate([self._as_example(ids, p) for ids, p in self.rng.sample(list(self.buffer), n)])
         else:
             batch = collate([self.examples[i] for i in idx], self.stored, idx)
         if self.off_policy:
@@ -233,14 +258,24 @@ class DistillData:
         return [(list(p) + list(o), len(p)) for p, o in zip(prompts, outs)]
 
     def on_validation(self, metrics: dict) -> None:
-        """DistiLLM's adaptive schedule: raise P(off-policy) when the validation loss did not
-        improve on the previous validation by the margin."""
-        val = metrics.get("val_loss")
+        """Raise P(off-policy) after a validation. distillm: when the student's dev cross-entropy
+        is ≥ the last accepted value + margin, and only then is the value accepted (the first
+        validation, at step 0, sets it). kollm: when `val_loss` is not below the previous
+        validation's by the margin."""
+        kollm = self.d.off_policy_rule == "kollm"
+        val = metrics.get("val_loss" if kollm else "val_ce")
         if not self.off_policy or val is None:
             return
-        if self.last_val is not None and val > self.last_val - self.d.off_policy_margin:
+        if self.last_val is None:
+            self.last_val = float(val)
+            return
+        if kollm:
+            if val > self.last_val - self.d.off_policy_margin:
+                self.prob = min(1.0, self.prob + self.d.off_policy_step)
+            self.last_val = float(val)
+        elif val >= self.last_val + self.d.off_policy_margin:
             self.prob = min(1.0, self.prob + self.d.off_policy_step)
-        self.last_val = float(val)
+            self.last_val = float(val)
 
     def state_dict(self) -> dict:
         version, internal, gauss = self.rng.getstate()
@@ -503,7 +538,7 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
     if not cfg.data.train:
         raise ValueError("data.train is required (chat or prompt/completion rows)")
     d = cfg.distill
-    for key in ("off_policy_init", "off_policy_step", "fresh_prob"):
+    for key in ("off_policy_init", "off_policy_step", "fresh_prob"):  # rule and replay_ratio: DistillData
         if not 0.0 <= getattr(d, key) <= 1.0:
             raise ValueError(f"distill.{key} must be in [0, 1], got {getattr(d, key)}")
     if d.replay_capacity < 0 or d.max_new_tokens < 1:
