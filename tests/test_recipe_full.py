@@ -50,7 +50,7 @@ def _hours(flops: float, mfu: float) -> float:
 def test_trillion_full_dry_run(plans):
     d = plans["trillion-7b-full"]
     assert [s["name"] for s in d["stages"]] == ["curate", "tokenizer", "shards", "pretrain", "sft-seed0", "sft-seed1",
-                                              "sft-seed2", "soup", "dpo", "grpo", "eval", "report"]
+                                              "sft-seed2", "soup", "dpo", "grpo-filter", "grpo", "eval", "report"]
     assert all(s["status"] == "would run" for s in d["stages"])
     assert d["stops_at"] == "curate"  # vars.corpus is not there
     assert {i["var"]: i["present"] for i in d["stages"][0]["inputs"]} == {"corpus": False}
@@ -107,7 +107,7 @@ def test_trillion_full_dry_run(plans):
     assert t["gpu_hours"] == pytest.approx(sum(p["gpu_hours"] for p in planned))
     text = format_dry_run(d)
     for i, s in enumerate(d["stages"], 1):
-        assert f"[{i}/12] {s['name']}: would run" in text
+        assert f"[{i}/13] {s['name']}: would run" in text
     assert "input vars.corpus = data/trillion/raw: MISSING" in text and "total: " in text
 
 
