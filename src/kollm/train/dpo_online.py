@@ -1,4 +1,4 @@
-"""`kollm dpo --online CONFIG`: online DPO (DNA 1.0 §4.3, after iterative/online DPO, Xu et al.
+"""`kollm dpo --online CONFIG`: online DPO (DNA 1.0 §4.4, after iterative/online DPO, Xu et al.
 2023; Guo et al. 2024). Round r:
 
 1. sample k responses per prompt from the current policy (kollm.model.generate, batched, seeded
@@ -60,8 +60,9 @@ def _messages(prompt) -> list[dict]:
 
 
 def sample_round(policy_dir: str, tokenizer, prompts: list[tuple[str, dict]], on, seed: int, path: Path,
-                 device: torch.device) -> list[dict]:
-    """k samples per prompt, `on.gen_batch` sequences per generation call, appended per batch."""
+                 device: torch.device, progress=None) -> list[dict]:
+    """k samples per prompt, `on.gen_batch` sequences per generation call, appended per batch;
+    `progress(done, total)` after each batch (`kollm dpo sample`)."""
     from kollm.data.chat import render_prompt, stop_token_ids
     from kollm.model.generate import GenerationConfig, generate
     from kollm.model.hf import load_hf
@@ -83,6 +84,8 @@ def sample_round(policy_dir: str, tokenizer, prompts: list[tuple[str, dict]], on
         outs = generate(model, ids, cfg)
         _append(path, [{"id": pid, "sample": j, "response": tokenizer.decode(o, skip_special_tokens=True).strip()}
                        for (pid, _, j), o in zip(chunk, outs)])
+        if progress is not None:
+            progress(min(len(jobs), (b + 1) * on.gen_batch), len(jobs))
     del model
     return _read_jsonl(path)
 
