@@ -49,7 +49,9 @@ class OnlineSection:
     top_p: float = 1.0
     gen_batch: int = 32  # prompts×samples per generation batch
     reward: str | None = None  # dotted path `pkg.module:function` (prompt, response, row) -> float
-    judge: dict = field(default_factory=dict)  # {endpoint, model, api_key_env, concurrency}
+    judge: dict = field(default_factory=dict)  # {endpoint, model, api_key_env, concurrency, rubric: fastchat | dna}
+    # a scalar reward model (DNA §4.4): {path} in process or {endpoint, model, tokenizer}; batch_size, max_length
+    reward_model: dict = field(default_factory=dict)
     max_length_ratio: float | None = None  # drop pairs whose lengths differ by more than this ratio
     planned_prompts: int = 0  # dry run with prompts_per_round 0 and no prompts file: prompts assumed
 

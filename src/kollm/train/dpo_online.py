@@ -117,9 +117,9 @@ def run_online(raw: dict, dpo: DPOSection, data_val: str | None, info, resume: b
         raise ValueError(f"{where}: model.init_from is required for online DPO (the round-0 policy and reference)")
     if not on.prompts or not Path(on.prompts).exists():
         raise FileNotFoundError(f"{where}: dpo.online.prompts: {on.prompts or '(unset)'}: no such prompts file")
-    scorer = make_scorer(on.reward, None, on.judge)
+    scorer = make_scorer(on.reward, None, on.judge, on.reward_model or None)
     if scorer is None:
-        raise ValueError(f"{where}: dpo.online needs a reward (dotted path) or a judge endpoint")
+        raise ValueError(f"{where}: dpo.online needs a reward (dotted path), a judge endpoint or a reward_model")
     out = Path(raw.get("output_dir", "runs/run"))
     if any(out.glob("round-*")) and not resume:
         raise ValueError(f"{out} holds rounds of an earlier run: pass --resume to continue it, or choose a new "
@@ -160,6 +160,8 @@ def run_online(raw: dict, dpo: DPOSection, data_val: str | None, info, resume: b
             scores = [s["score"] for s in scored if s["score"] is not None]
             summary = {"round": r, "policy": str(policy), "prompts": len(ids), "samples": len(scored),
                        "mean_score": sum(scores) / max(1, len(scores)), **counts}
+            if getattr(scorer, "failures", None) is not None:  # unparsable judgments, endpoint timeouts
+                summary |= scorer.failures.report()
             (rd / "pairs.json").write_text(json.dumps(summary, indent=1))
             print(f"kollm dpo --online: round {r}: {json.dumps(summary)}", file=sys.stderr)
         if info.distributed:
