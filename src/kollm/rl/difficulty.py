@@ -102,21 +102,47 @@ def run(cfg, out: str | Path, low: float = 0.0, high: float = 1.0, group_size: i
     return len(kept), len(counts)
 
 
+def dry_run(cfg, args, group_size: int | None = None) -> dict:
+    """The kollm.plan dict: G samples of every prompt at ≤ max_prompt_len + max_new_tokens tokens
+    (an upper bound), prompts counted in data.train or taken from data.planned_prompts."""
+    from kollm.plan import make, part
+    from kollm.train.dpo import _count_rows
+    from kollm.train.pretrain import plan_model_config
+
+    tc, g = cfg.train, cfg.grpo
+    mc, notes = plan_model_config(tc)
+    G, T = group_size or g.group_size, cfg.seq_len
+    n = _count_rows(cfg.data.train)
+    if n is None:
+        n = cfg.data.planned_prompts
+        notes.append(f"{cfg.data.train or 'data.train'} is not there: planned with data.planned_prompts {n:,}")
+    parts = [dict(part(f"samples ({n:,} prompts × {G})", "generate", n * G * T, mc.flops_per_token(T), T),
+                  rollouts=n * G)] if n else []
+    notes.append(f"{n:,} prompts × G={G} at ≤ {T} tokens; " + (f"by the server {g.server}" if g.server else "in process"))
+    return make("grpo filter", args, parts, notes=notes, params=mc.num_params())
+
+
 def main(argv: list[str]) -> int:
+    from kollm.plan import add_plan_args, emit, world_of
     from kollm.train.grpo import load_grpo_config
 
     p = argparse.ArgumentParser(prog="kollm grpo filter", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="the GRPO config whose data.train, policy, sampling and rewards are used")
-    p.add_argument("--out", required=True, help="kept rows (JSONL); pass rates go to OUT.rates.jsonl")
+    p.add_argument("--out", help="kept rows (JSONL); pass rates go to OUT.rates.jsonl (required unless --dry-run)")
     p.add_argument("--low", type=float, default=0.0, help="keep pass rates > LOW (default 0)")
     p.add_argument("--high", type=float, default=1.0, help="keep pass rates < HIGH (default 1)")
     p.add_argument("--group-size", type=int, help="samples per prompt (default grpo.group_size)")
     p.add_argument("--pass-reward", type=float, default=1.0, help="a completion passes at reward >= this")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a config value")
+    add_plan_args(p, "print the compute plan (the samples) and exit")
     args = p.parse_args(argv)
+    if args.dry_run:
+        return emit(dry_run(load_grpo_config(args.config, args.set, world=world_of(args)), args, args.group_size), args)
+    if not args.out:
+        p.error("--out is required")
     run(load_grpo_config(args.config, args.set), args.out, args.low, args.high, args.group_size, args.pass_reward)
     return 0
 
 
-__all__ = ["keep", "main", "pass_rates", "run"]
+__all__ = ["dry_run", "keep", "main", "pass_rates", "run"]

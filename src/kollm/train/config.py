@@ -59,6 +59,10 @@ class DataSection:
     packing: bool = True
     min_score: float | None = None  # SFT: keep rows whose judge score (score_key) is >= this
     score_key: str = "score"
+    # SFT: the one phase's steps = ⌈rows × epochs ÷ rows per step⌉ (rows: data.train's, packed when
+    # packing; rows per step: batch.tokens ÷ seq_len); None: phases[0].steps as given
+    epochs: float | None = None
+    planned_rows: int = 0  # the dry run's row count while data.train is not there yet
 
 
 @dataclass

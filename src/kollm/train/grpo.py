@@ -54,6 +54,7 @@ class GRPOData:
     # A system turn before every prompt, through the chat template (Trillion §4: "the right system
     # prompt" is crucial; its text is not published). Needs chat_template.
     system_prompt: str | None = None
+    planned_prompts: int = 0  # `kollm grpo filter --dry-run`: prompts assumed while data.train is not there
     val_size: int = 64  # validation prompts used (the first ones)
 
 
