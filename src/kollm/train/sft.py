@@ -1,5 +1,5 @@
 """`kollm sft CONFIG [--set KEY=VALUE] [--resume] [--dry-run] [--seeds N]`: supervised fine-tuning
-on chat data with the loss on responses only (Trillion 7B §5 after Tulu 3; DNA 1.0 §4.2).
+on chat data with the loss on responses only (Trillion 7B §4 after Tulu 3; DNA 1.0 §4.2).
 
 The one trainer (kollm.train.trainer) with the SFT objective (kollm.train.objectives.sft) and the
 chat data source (kollm.data.sft): the same config sections, parallel modes under `torchrun`, DCP
