@@ -322,3 +322,53 @@ def test_bad_settings_are_one_line_errors(world, tmp_path):
             raw[section] |= values
         with pytest.raises(ValueError, match=message):
             train(config_from_dict(raw))
+
+
+def test_server_topk_of_generated_samples_match_the_teacher(world, openai_stub):
+    """teacher.server (DNA's 405B teacher beside stored top-k): a generated sample's top-k come from
+    vLLM's prompt_logprobs; they equal the live teacher's top-k, and the loss on them equals the
+    loss with top-k taken from the teacher's own logits."""
+    from kollm.data.chat import stop_token_ids
+    from kollm.model.hf import load_hf
+    from kollm.train.distill import ChatExamples, DistillData, ServerTopK, collate
+    from kollm.train.objectives.distill import DistillObjective, target_mask, teacher_topk
+
+    root, tok = world
+    teacher = load_hf(root / "teacher")
+    k = 8
+
+    def vllm(call):  # vLLM's prompt_logprobs: entry j is the distribution of token j, top-k + the token itself
+        ids = call.body["prompt"]
+        with torch.no_grad():
+            logp = torch.log_softmax(teacher(torch.tensor([ids])).logits[0].double(), -1)
+        out = [None]
+        for j in range(1, len(ids)):
+            top = logp[j - 1].topk(call.body["prompt_logprobs"]).indices.tolist()
+            out.append({str(t): {"logprob": float(logp[j - 1, t]), "rank": r + 1}
+                        for r, t in enumerate(dict.fromkeys(top + [ids[j]]))})
+        return {"choices": [{"text": "x", "prompt_logprobs": out}]}
+
+    stub = openai_stub(vllm)
+    cfg = config_from_dict(_cfg(root, root / "unused", off_policy_init=1.0))
+    torch.manual_seed(0)
+    student = build_model(get_preset("tiny", vocab_size=len(tok), dim=32, ffn_dim=96))
+    ex = ChatExamples(root / "train.jsonl", tok, 64)
+    server = ServerTopK(stub.url, k)
+    data = DistillData(ex, cfg, student, stop_token_ids(tok), stored=object(), server=server)
+    assert data.off_policy  # stored top-k no longer rule out generations
+    b = data.next_batch(2)  # φ = 1: generated, scored by the server
+    assert len(stub.calls) == 2 and stub.calls[0].path == "/v1/completions"
+    mask = target_mask(b["labels"])
+    with torch.no_grad():
+        ids, logp, tail = teacher_topk(teacher(b["input_ids"]).logits[:, :-1][mask], k)
+    assert torch.equal(b["teacher_ids"][:, :-1][mask], ids)
+    assert torch.allclose(b["teacher_logp"][:, :-1][mask], logp, atol=1e-5)
+    assert torch.allclose(b["teacher_tail"][:, :-1][mask], tail, atol=1e-4)
+    live = {kk: v.clone() for kk, v in b.items()}
+    for key, val in zip(("teacher_ids", "teacher_logp", "teacher_tail"), (ids, logp, tail)):
+        live[key][:, :-1][mask] = val.to(live[key].dtype)
+    obj = DistillObjective(None, "skl")
+    totals = obj.targets(b)
+    got, want = (float(obj(student, x, totals).loss.detach()) for x in (b, live))
+    assert got == pytest.approx(want, rel=1e-4)
+    assert "teacher_ids" not in collate([ex.examples[0]])

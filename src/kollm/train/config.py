@@ -144,6 +144,11 @@ class TeacherSection:
     stored: str | None = None  # precompute output directory (offline distillation)
     top_k: int = 64  # precompute: teacher log-probs kept per response token
     dtype: str = "bfloat16"  # the online teacher's weights on CUDA (CPU: float32)
+    # The teacher behind a vLLM OpenAI-compatible server (`/v1/completions` with `prompt_logprobs`):
+    # top-k of the student's generated samples when the dataset's come from `stored` (a teacher
+    # too large to sit beside the student; recipes/dna-8b-distill.yaml)
+    server: str | None = None
+    server_model: str = "default"
 
 
 @dataclass

@@ -26,7 +26,8 @@ optional cross-entropy). This file is the data side and the command:
 - The teacher: a Hugging Face directory loaded here without gradients (bf16 on CUDA), checked to
   have the student's vocabulary; or its top-k log-probs stored by
   `kollm distill precompute CONFIG --out DIR` and named by `teacher.stored` (offline: no teacher
-  in memory, no student generations, since only the dataset's responses have stored logits).
+  in memory; only the dataset's responses have stored logits, so student generations need
+  `teacher.server`: a vLLM server of the teacher whose `prompt_logprobs` give their top-k).
 
 `--dry-run` (also after `precompute`) prints the compute plan from the config alone (kollm.plan):
 the student's training and the teacher's forward pass, whose shapes come from its config.json or
@@ -136,6 +137,57 @@ class StoredTopK:
         return self.ids[a:b], self.logp[a:b], self.tail[a:b]
 
 
+class ServerTopK:
+    """Teacher top-k of generated samples from a vLLM server: `/v1/completions` with the sample's
+    token ids as the prompt, `max_tokens` 1 and `prompt_logprobs` k (vLLM's extension), whose entry
+    t + 1 is the teacher's distribution after tokens 0..t. The k most likely entries are kept (vLLM
+    adds the actual token when it is outside them); the tail is the log of the mass left, as
+    `teacher_topk` computes it. `rows(i)` has StoredTopK's shape, for `collate`."""
+
+    def __init__(self, url: str, k: int, model: str = "default", timeout: float = 600.0):
+        self.url = url.rstrip("/").removesuffix("/v1") + "/v1/completions"
+        self.k, self.model, self.timeout = k, model, timeout
+        self.ids = np.zeros((0, k), dtype=np.int32)  # collate reads k from its shape
+        self._rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def _prompt_logprobs(self, ids: list[int]) -> list:
+        import urllib.request
+
+        body = {"model": self.model, "prompt": ids, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": self.k}
+        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                out = json.loads(resp.read())["choices"][0]["prompt_logprobs"]
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+            raise RuntimeError(f"teacher.server {self.url}: no prompt_logprobs ({e}); it must be a vLLM "
+                               "server of the teacher") from None
+        if not isinstance(out, list) or len(out) != len(ids):
+            raise RuntimeError(f"teacher.server {self.url}: prompt_logprobs for {len(out or [])} of {len(ids)} tokens")
+        return out
+
+    def score(self, examples: list[Example]) -> None:
+        """Ask for the teacher's top-k at every target of each example (`rows(i)` afterwards)."""
+        self._rows = []
+        for e in examples:
+            plp = self._prompt_logprobs(e.ids)
+            pos = [t for t in range(len(e.ids) - 1) if e.labels[t + 1] != IGNORE]
+            ids = np.zeros((len(pos), self.k), dtype=np.int32)
+            logp = np.full((len(pos), self.k), -1e4, dtype=np.float32)
+            tail = np.zeros(len(pos), dtype=np.float32)
+            for r, t in enumerate(pos):
+                top = sorted(((int(tok), float(v["logprob"] if isinstance(v, dict) else v))
+                              for tok, v in (plp[t + 1] or {}).items()), key=lambda x: -x[1])[:self.k]
+                for c, (tok, lp) in enumerate(top):
+                    ids[r, c], logp[r, c] = tok, lp
+                mass = float(np.exp(np.asarray([lp for _, lp in top], dtype=np.float64)).sum())
+                tail[r] = np.log(max(1.0 - mass, 1e-30))
+            self._rows.append((ids, logp, tail))
+
+    def rows(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._rows[i]
+
+
 def collate(examples: list[Example], stored: StoredTopK | None = None, indices: list[int] | None = None
             ) -> dict[str, torch.Tensor]:
     """Right-padded (pad id 0, label IGNORE; causal attention never lets a real token see a pad)."""
@@ -169,11 +221,13 @@ class DistillData:
     """Trainer data source: dataset batches, or (adaptive off-policy) student generations."""
 
     def __init__(self, examples: ChatExamples, cfg: TrainConfig, student: nn.Module | None, stop_ids: list[int],
-                 stored: StoredTopK | None = None, seed: int = 0, rank: int = 0, world: int = 1):
+                 stored: StoredTopK | None = None, seed: int = 0, rank: int = 0, world: int = 1,
+                 server: ServerTopK | None = None):
         d = cfg.distill
         self.examples, self.stored, self.student, self.stop_ids = examples.examples, stored, student, stop_ids
-        self.d, self.seed, self.rank, self.world = d, seed, rank, world
-        self.off_policy = d.off_policy and stored is None and student is not None
+        self.d, self.seed, self.rank, self.world, self.server = d, seed, rank, world, server
+        # stored top-k cover the dataset's responses only: generated ones need the teacher online or served
+        self.off_policy = d.off_policy and (stored is None or server is not None) and student is not None
         self.max_len = max(len(e.ids) for e in self.examples)
         self.epoch, self.cursor, self.order = 0, 0, self._order(0)
         self.rng = random.Random(seed * 7919 + rank)
@@ -226,15 +280,21 @@ class DistillData:
         if r < self.prob * self.fresh_share() or (r < self.prob and filling):
             samples = self._generate([self.examples[i].prompt for i in idx])
             self.buffer.extend(samples)
-            batch = collate([self._as_example(ids, p) for ids, p in samples])
+            batch = self._generated([self._as_example(ids, p) for ids, p in samples])
         elif r < self.prob:
-            batch = collate([self._as_example(ids, p) for ids, p in self.rng.sample(list(self.buffer), n)])
+            batch = self._generated([self._as_example(ids, p) for ids, p in self.rng.sample(list(self.buffer), n)])
         else:
             batch = collate([self.examples[i] for i in idx], self.stored, idx)
         if self.off_policy:
             batch["off_policy_prob"] = torch.tensor([self.prob])
             batch["replay_size"] = torch.tensor([float(len(self.buffer))])
         return batch
+
+    def _generated(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        if self.server is None:  # the online teacher scores them in the objective
+            return collate(examples)
+        self.server.score(examples)
+        return collate(examples, self.server, list(range(len(examples))))
 
     @staticmethod
     def _as_example(ids: list[int], n_prompt: int) -> Example:
@@ -546,9 +606,10 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
     if not (cfg.teacher.model or cfg.teacher.stored):
         raise ValueError("teacher.model (a Hugging Face directory) or teacher.stored (kollm distill precompute) "
                          "is required")
-    if cfg.distill.off_policy and cfg.teacher.stored:
+    if cfg.distill.off_policy and cfg.teacher.stored and not cfg.teacher.server:
         raise ValueError("distill.off_policy: student generations need the teacher online (teacher.stored holds "
-                         "targets for the dataset's responses only); set distill.off_policy=false")
+                         "targets for the dataset's responses only): set teacher.server (a vLLM server of the "
+                         "teacher) or distill.off_policy=false")
     if cfg.distill.off_policy and cfg.parallel.mode == "fsdp":
         raise ValueError("distill.off_policy: student generation under parallel.mode fsdp is not supported "
                          "(ranks would run different numbers of forward passes); use ddp or zero1")
@@ -580,7 +641,10 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
             print(f"kollm distill: teacher has {teacher.config.vocab_size} embedding rows, the student "
                   f"{model.config.vocab_size}; the divergence runs over the tokenizer's {len(tok)} ids", file=sys.stderr)
         objective = DistillObjective(teacher, cfg.distill.loss, cfg.distill.alpha, cfg.distill.ce_weight, len(tok))
-        data = DistillData(train_ex, cfg, model, stop_token_ids(tok), stored, cfg.seed, info.rank, info.world)
+        server = ServerTopK(cfg.teacher.server, cfg.teacher.top_k, cfg.teacher.server_model) \
+            if cfg.teacher.server and stored is not None else None
+        data = DistillData(train_ex, cfg, model, stop_token_ids(tok), stored, cfg.seed, info.rank, info.world,
+                           server)
         val_bs = cfg.validation.batch_size or phase_data(cfg.phases[0]).batch_size
         val = ValidationData(val_ex, val_bs, val_stored, info.rank, info.world) if val_ex is not None else None
         trainer = Trainer(cfg, model, objective, data, info, val_data=val)
@@ -597,5 +661,5 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
     return 0
 
 
-__all__ = ["ChatExamples", "DistillData", "StoredTopK", "ValidationData", "check_same_vocabulary", "collate",
+__all__ = ["ChatExamples", "DistillData", "ServerTopK", "StoredTopK", "ValidationData", "check_same_vocabulary", "collate",
            "demo_rows", "dry_run", "main", "precompute", "train"]
