@@ -152,9 +152,7 @@ def test_distillm_draw_fresh_replay_or_dataset(world):
     s = _Source(world, off_policy_init=0.6)
     d = s.data
     draws = iter([0.5, 0.5, 0.5, 0.29, 0.31, 0.59, 0.61])
-    real = d.rng
-    d.rng = type("Scripted", (), {"random": lambda _: next(draws), "sample": lambda _, x, k: real.sample(x, k),
-                                  "randrange": lambda _, n: real.randrange(n)})()
+    d.draw = type("Scripted", (), {"random": lambda _: next(draws)})()  # the off-policy draw
     d.on_step(4, 10)
     assert d.fresh_share() == pytest.approx(0.5)
     for _ in range(3):  # the buffer (6) fills: r = 0.5 < φ generates
@@ -207,7 +205,7 @@ def test_state_dict_resumes_exactly(world):
         a.data.next_batch(2)
     state = json.loads(json.dumps(a.data.state_dict()))  # as the checkpoint stores it
     want = [a.data.next_batch(2) for _ in range(6)]
-    b = _Source(world, off_policy_init=0.0)
+    b = _Source(world, off_policy_init=0.0, replay_ratio="constant", fresh_prob=0.5)
     b.model.load_state_dict(a.model.state_dict())
     b.data.load_state_dict(state)
     got = [b.data.next_batch(2) for _ in range(6)]

@@ -231,6 +231,10 @@ class DistillData:
         self.max_len = max(len(e.ids) for e in self.examples)
         self.epoch, self.cursor, self.order = 0, 0, self._order(0)
         self.rng = random.Random(seed * 7919 + rank)
+        # The off-policy draw is the same on every rank (φ is too: validation is all-reduced), so under
+        # fsdp all ranks generate together, `lockstep`: a fixed number of decode steps on every rank.
+        self.draw = random.Random(seed * 7919 - 1)
+        self.lockstep = cfg.parallel.mode == "fsdp" and world > 1
         if d.off_policy_rule not in ("distillm", "kollm"):
             raise ValueError(f"distill.off_policy_rule must be distillm or kollm, got {d.off_policy_rule!r}")
         if d.replay_ratio not in ("decreasing", "constant", "increasing"):
@@ -275,8 +279,10 @@ class DistillData:
     def next_batch(self, batch_size: int | None = None) -> dict[str, torch.Tensor]:
         n = batch_size or 1
         idx = self._take(n)
-        r = self.rng.random() if self.off_policy and self.prob > 0 else 1.0
+        r = self.draw.random() if self.off_policy and self.prob > 0 else 1.0
         filling = len(self.buffer) < self.buffer.maxlen or len(self.buffer) < n
+        if self.lockstep and r < self.prob:  # every rank takes the same branch
+            filling = bool(_all_reduce_max(float(filling)))
         if r < self.prob * self.fresh_share() or (r < self.prob and filling):
             samples = self._generate([self.examples[i].prompt for i in idx])
             self.buffer.extend(samples)
@@ -309,12 +315,20 @@ class DistillData:
 
         d = self.d
         budget = max(1, min(d.max_new_tokens, self.max_len - max(len(p) for p in prompts)))
+        if self.lockstep:  # FSDP gathers the weights in every forward: all ranks run the same ones
+            budget = int(_all_reduce_max(-float(budget)) * -1)
         gcfg = GenerationConfig(max_new_tokens=budget, do_sample=True, temperature=d.temperature, top_p=d.top_p,
-                                top_k=d.top_k, seed=self.rng.randrange(2**31), stop_token_ids=self.stop_ids)
+                                top_k=d.top_k, seed=self.rng.randrange(2**31),
+                                stop_token_ids=[] if self.lockstep else self.stop_ids,
+                                # the dynamic cache calls the model's own forward, where FSDP gathers
+                                cache="dynamic" if self.lockstep else "static", compile=False if self.lockstep else None)
         model = unwrap(self.student)
         device = next(model.parameters()).device
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
             outs = generate(model, prompts, gcfg)
+        if self.lockstep:  # no early stop above: cut each row after its first stop token here
+            stops = set(self.stop_ids)
+            outs = [o[:next((i + 1 for i, t in enumerate(o) if t in stops), len(o))] for o in outs]
         return [(list(p) + list(o), len(p)) for p, o in zip(prompts, outs)]
 
     def on_validation(self, metrics: dict) -> None:
@@ -339,7 +353,9 @@ class DistillData:
 
     def state_dict(self) -> dict:
         version, internal, gauss = self.rng.getstate()
+        dv, di, dg = self.draw.getstate()
         return {"epoch": self.epoch, "cursor": self.cursor, "rng": [version, list(internal), gauss],
+                "draw": [dv, list(di), dg],
                 "prob": self.prob, "last_val": self.last_val, "buffer": [[ids, p] for ids, p in self.buffer]}
 
     def load_state_dict(self, state: dict) -> None:
@@ -347,9 +363,24 @@ class DistillData:
         self.order = self._order(self.epoch)
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
+        if "draw" in state:
+            dv, di, dg = state["draw"]
+            self.draw.setstate((dv, tuple(di), dg))
         self.prob, self.last_val = state["prob"], state["last_val"]
         self.buffer.clear()
         self.buffer.extend((list(ids), p) for ids, p in state["buffer"])
+
+
+def _all_reduce_max(x: float) -> float:
+    """The largest `x` over the ranks (fsdp lockstep decisions)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([x], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t[0])
 
 
 class ValidationData:
@@ -610,9 +641,6 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
         raise ValueError("distill.off_policy: student generations need the teacher online (teacher.stored holds "
                          "targets for the dataset's responses only): set teacher.server (a vLLM server of the "
                          "teacher) or distill.off_policy=false")
-    if cfg.distill.off_policy and cfg.parallel.mode == "fsdp":
-        raise ValueError("distill.off_policy: student generation under parallel.mode fsdp is not supported "
-                         "(ranks would run different numbers of forward passes); use ddp or zero1")
     if cfg.checkpoint.export_hf:
         from kollm.model.hf import export_architecture
 
