@@ -50,7 +50,7 @@ def _hours(flops: float, mfu: float) -> float:
 def test_trillion_full_dry_run(plans):
     d = plans["trillion-7b-full"]
     assert [s["name"] for s in d["stages"]] == ["curate", "tokenizer", "shards", "pretrain", "sft-seed0", "sft-seed1",
-                                              "sft-seed2", "soup", "dpo", "grpo", "eval", "report"]
+                                              "sft-seed2", "soup", "dpo", "grpo-filter", "grpo", "eval", "report"]
     assert all(s["status"] == "would run" for s in d["stages"])
     assert d["stops_at"] == "curate"  # vars.corpus is not there
     assert {i["var"]: i["present"] for i in d["stages"][0]["inputs"]} == {"corpus": False}
@@ -66,8 +66,9 @@ def test_trillion_full_dry_run(plans):
     # the report's 59.4K H100-hours are 6·N·D over stable + anneal at 42.5 % MFU
     assert _hours(sum(p["flops_6nd"] for p in pre["parts"][:2]), 0.425) == pytest.approx(59_400, rel=0.02)
 
-    # each SFT seed: 7,000 steps × 128 × 4,096 tokens on the exported (no MTP) model
-    sft_tokens = 7000 * 128 * 4096
+    # each SFT seed: steps from the data, ⌈160,000 planned rows × 2 epochs ÷ 128⌉ = 2,500 steps × 128 × 4,096
+    # tokens on the exported (no MTP) model
+    sft_tokens = 2500 * 128 * 4096
     for k in range(3):
         sft = _stage(d, f"sft-seed{k}")
         assert [p["tokens"] for p in sft["parts"]] == [sft_tokens]
@@ -98,6 +99,18 @@ def test_trillion_full_dry_run(plans):
     assert gen["gpu_hours"] == pytest.approx(_hours(gen["flops"], 0.1))
     assert not grpo["fits"]  # zero1 + in-process rollouts + an fp32 reference: > 72 GB per rank (reported)
 
+    # the difficulty filter: 10,000 planned prompts × G 16 samples of ≤ 1,536 tokens, at the sampling MFU
+    (filt,) = _stage(d, "grpo-filter")["parts"]
+    assert filt["kind"] == "generate" and filt["tokens"] == 10_000 * 16 * T
+    assert filt["gpu_hours"] == pytest.approx(_hours(10_000 * 16 * T * f / 3, 0.1))
+
+    # post-training beside Table 1's 0.36K H100-hours: the sum of those stages' plans
+    (budget,) = d["budgets"]
+    post = ["sft-seed0", "sft-seed1", "sft-seed2", "soup", "dpo", "grpo-filter", "grpo"]
+    assert budget["stages"] == post and budget["report_gpu_hours"] == 360 and not budget["unplanned"]
+    assert budget["planned_gpu_hours"] == pytest.approx(sum(_stage(d, n)["gpu_hours"] for n in post))
+    assert budget["ratio"] == pytest.approx(budget["planned_gpu_hours"] / 360)
+
     ev = _stage(d, "eval")
     assert ev["requests"] > 500_000  # 27 benchmarks; MMLU-style tasks ask one request per choice
 
@@ -107,8 +120,10 @@ def test_trillion_full_dry_run(plans):
     assert t["gpu_hours"] == pytest.approx(sum(p["gpu_hours"] for p in planned))
     text = format_dry_run(d)
     for i, s in enumerate(d["stages"], 1):
-        assert f"[{i}/12] {s['name']}: would run" in text
+        assert f"[{i}/13] {s['name']}: would run" in text
     assert "input vars.corpus = data/trillion/raw: MISSING" in text and "total: " in text
+    assert (f"post-training: {budget['planned_gpu_hours']:,.0f} GPU-hours planned ({', '.join(post)}) beside the "
+            "report's 360 H100-hours (Trillion 7B Table 1: 0.36K)") in text
 
 
 def test_dna_full_dry_run(plans):

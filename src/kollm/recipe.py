@@ -73,12 +73,23 @@ class Stage:
 
 
 @dataclass
+class Budget:
+    """A report's compute for a group of stages, printed by the dry run beside the planned GPU-hours."""
+
+    label: str
+    stages: list[str]
+    gpu_hours: float
+    source: str = ""  # where the report gives it, e.g. "Trillion 7B Table 1"
+
+
+@dataclass
 class Recipe:
     workdir: str
     stages: list[Stage]
     dir: str = "."  # the recipe file's directory: `{recipe_dir}` in arguments
     vars: dict[str, Var] = field(default_factory=dict)
     path: str = ""  # the recipe file, for messages
+    budgets: list[Budget] = field(default_factory=list)
 
 
 VAR_REF = re.compile(r"\{vars\.([A-Za-z0-9_-]+)\}")
@@ -102,7 +113,7 @@ def load_recipe(path: str | Path, sets: list[str] = ()) -> Recipe:
     raw = yaml.safe_load(config_text(path))
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a recipe is a mapping with 'workdir' and 'stages'")
-    unknown = set(raw) - {"workdir", "stages", "vars"}
+    unknown = set(raw) - {"workdir", "stages", "vars", "budgets"}
     if unknown:
         raise ValueError(f"{path}: unknown recipe key(s): {', '.join(sorted(unknown))}")
     if not isinstance(raw.get("vars") or {}, dict):
@@ -121,8 +132,19 @@ def load_recipe(path: str | Path, sets: list[str] = ()) -> Recipe:
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: stage names must be unique: {names}")
+    budgets = []
+    for i, b in enumerate(raw.get("budgets") or []):
+        if not isinstance(b, dict) or set(b) - {"label", "stages", "gpu_hours", "source"} or \
+                not {"label", "stages", "gpu_hours"} <= set(b):
+            raise ValueError(f"{path}: budgets[{i}] needs 'label', 'stages' (names) and 'gpu_hours' (and optional "
+                             f"'source'); got {b!r}")
+        missing = [n for n in b["stages"] if n not in names]
+        if missing:
+            raise ValueError(f"{path}: budgets[{i}] names stage(s) {missing} that the recipe does not have")
+        budgets.append(Budget(str(b["label"]), [str(n) for n in b["stages"]], float(b["gpu_hours"]),
+                              str(b.get("source") or "")))
     recipe = Recipe(str(raw.get("workdir", "runs/" + path.stem)), stages, str(path.resolve().parent), variables,
-                    str(path))
+                    str(path), budgets)
     for item in sets:
         key, eq, value = item.partition("=")
         if not eq:
@@ -279,7 +301,7 @@ def run_recipe(recipe: Recipe, force: bool = False, log=print) -> list[tuple[str
 
 # -- dry run ---------------------------------------------------------------------------------------
 # Stages that plan themselves (`--dry-run --plan-json`); COMPUTE ones also take the MFU flags.
-COMPUTE = ("pretrain", "sft", "dpo", "grpo", "distill", "distill precompute", "eval")
+COMPUTE = ("pretrain", "sft", "dpo", "grpo", "grpo filter", "distill", "distill precompute", "eval")
 PLANNED = COMPUTE + ("merge", "data curate", "data tokenize", "tokenizer train")
 
 
@@ -328,8 +350,16 @@ def dry_run(recipe: Recipe, force: bool = False, defaults: dict | None = None) -
                 remaining[k] += (plan.get(k) or 0) if would_run else 0
         stages.append({"name": stage.name, "argv": argv, "status": "would run" if would_run else "up to date",
                        "inputs": [{"var": n, "value": v, "present": p} for n, v, p in inputs], "plan": plan})
+    budgets = []
+    for b in recipe.budgets:  # the plan of a group of stages beside what the report spent on it
+        plans = [s["plan"] for s in stages if s["name"] in b.stages]
+        unplanned = [s["name"] for s in stages if s["name"] in b.stages and (not s["plan"] or "error" in s["plan"])]
+        planned = sum((p or {}).get("gpu_hours") or 0 for p in plans)
+        budgets.append({"label": b.label, "stages": b.stages, "planned_gpu_hours": planned,
+                        "report_gpu_hours": b.gpu_hours, "ratio": planned / b.gpu_hours if b.gpu_hours else None,
+                        "unplanned": unplanned, "source": b.source})
     return {"recipe": recipe.path, "workdir": str(workdir), "stages": stages, "total": total,
-            "remaining": remaining, "stops_at": first_missing}
+            "remaining": remaining, "stops_at": first_missing, "budgets": budgets}
 
 
 def format_dry_run(d: dict, verbose: bool = False) -> str:
@@ -380,6 +410,12 @@ def format_dry_run(d: dict, verbose: bool = False) -> str:
     if r != t:
         lines.append(f"still to run: {r['flops']:.3e} FLOPs, {r['gpu_hours']:,.0f} GPU-hours (stages up to date "
                      "are in the total above)")
+    for b in d.get("budgets", []):
+        lines.append(f"{b['label']}: {b['planned_gpu_hours']:,.0f} GPU-hours planned ({', '.join(b['stages'])}) "
+                     f"beside the report's {b['report_gpu_hours']:,.0f} H100-hours"
+                     + (f" ({b['source']})" if b["source"] else "")
+                     + (f": ×{b['ratio']:.2f}" if b["ratio"] is not None else "")
+                     + (f"; not planned: {', '.join(b['unplanned'])}" if b["unplanned"] else ""))
     failed = [s["name"] for s in d["stages"] if s["plan"] and "error" in s["plan"]]
     if failed:
         lines.append(f"not planned (see above): {', '.join(failed)}")

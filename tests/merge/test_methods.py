@@ -104,6 +104,9 @@ def test_magnitude_trim_equals_mergekits_argsort_cut():
         mask[torch.argsort(d.abs().reshape(-1), descending=True)[:k]] = 1  # mergekit's sparsify.magnitude
         assert torch.equal(_magnitude(d, density, False), d * mask.reshape_as(d))
     ties_ = torch.tensor([3.0, -1.0, 1.0, 2.0, -1.0, 1.0])  # the cut falls inside three equal |δ| = 1
-    out = _magnitude(ties_, 0.5, False)  # k = 3: 3 and 2, then the first |δ| = 1
+    out = _magnitude(ties_, 0.5, False, fast_trim=True)  # k = 3: 3 and 2, then the first |δ| = 1
     assert out.tolist() == [3.0, -1.0, 0.0, 2.0, 0.0, 0.0]
+    # The default keeps argsort's choice among the tied entries, whatever it is: still 3, 2 and one |δ| = 1.
+    default = _magnitude(ties_, 0.5, False)
+    assert default[[0, 3]].tolist() == [3.0, 2.0] and int((default != 0).sum()) == 3
     assert _magnitude(ties_, 0.5, True).abs().sum().item() == pytest.approx(ties_.abs().sum().item())  # l1 rescale

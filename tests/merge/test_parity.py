@@ -177,6 +177,34 @@ def test_kernels_match_mergekit_bitwise():
             assert torch.equal(linear([a, b, c], w), want), (dtype, n)
 
 
+def test_ties_bf16_equals_mergekit():
+    """TIES in bf16 is mergekit's tensor for tensor, also where many |δ| tie at the trim's cut.
+
+    bf16 deltas of 3M elements have few distinct magnitudes, so the cut falls inside a run of equal
+    values; kollm's opt-in `fast_trim` (kthvalue) then keeps other entries (checked to differ here,
+    so the case does exercise the tie).
+    """
+    pytest.importorskip("mergekit")
+    from mergekit.merge_methods.base import TensorGroup
+    from mergekit.merge_methods.registry import get as mk_method
+
+    from kollm.merge.methods import ties
+
+    g = torch.Generator().manual_seed(0)
+    n = 3_000_000
+    base, b, c = ((torch.randn(n, generator=g) * 0.02).to(torch.bfloat16) for _ in range(3))
+    weight, density = [0.7, 0.4], [0.5, 0.3]
+    mk = mk_method("ties")
+    params = {"int8_mask": False, "normalize": True, "rescale": False, "lambda": 1.0,
+              "weight": {1: weight[0], 2: weight[1]}, "density": {1: density[0], 2: density[1]}}
+    want = mk.merge_group(TensorGroup.from_tensors([base, b, c], base_index=0), **params)
+    got = ties(base, [b, c], weight, density)
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert torch.equal(got, want)
+    fast = ties(base, [b, c], weight, density, fast_trim=True)
+    assert not torch.equal(fast, want)  # the tie at the cut is real: the opt-in trim keeps other entries
+
+
 if __name__ == "__main__":  # regenerate the fixture with mergekit (python tests/merge/test_parity.py)
     import tempfile
 

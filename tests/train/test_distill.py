@@ -129,21 +129,63 @@ class _Source:
         self.data._generate = counted
 
 
-def test_adaptive_schedule_rises_when_validation_stalls(world):
-    src = _Source(world, off_policy_step=0.1, off_policy_margin=0.05).data
+def test_distillm_schedule_on_scripted_validation_losses(world):
+    """DistiLLM's finetune.py: the dev cross-entropy at step 0 is the reference; P rises by 0.1 only
+    when a validation is ≥ reference + loss_eps (0.1), and only then does the reference move.
+    val_loss (the divergence) is ignored: it would raise P under kollm's rule at 2.5 → 3.05."""
+    src = _Source(world, off_policy_margin=0.1).data  # DistiLLM: init 0, step 0.1, loss_eps 0.1 (rule distillm)
+    seen = []
+    for ce in (3.0, 2.5, 3.05, 3.2, 3.25, 3.4, 2.0, 3.6):
+        src.on_validation({"val_ce": ce, "val_loss": 10.0 - ce})
+        seen.append(round(src.prob, 6))
+    assert seen == [0.0, 0.0, 0.0, 0.1, 0.1, 0.2, 0.2, 0.3]
+    assert src.last_val == 3.6
+    src.prob = 0.95
+    src.on_validation({"val_ce": 9.0})
+    assert src.prob == 1.0  # capped
+    assert src.validate_at_start  # the step-0 reference comes from a validation before the first step
+
+
+def test_distillm_draw_fresh_replay_or_dataset(world):
+    """One draw r per micro-batch: r < φ·(1 − step/total) or (r < φ, buffer filling) generates,
+    r < φ replays, else the dataset; φ = 0.6 at step 5 of 10 (DistiLLM's global_step 5): φ·s = 0.3."""
+    s = _Source(world, off_policy_init=0.6)
+    d = s.data
+    draws = iter([0.5, 0.5, 0.5, 0.29, 0.31, 0.59, 0.61])
+    d.draw = type("Scripted", (), {"random": lambda _: next(draws)})()  # the off-policy draw
+    d.on_step(4, 10)
+    assert d.fresh_share() == pytest.approx(0.5)
+    for _ in range(3):  # the buffer (6) fills: r = 0.5 < φ generates
+        d.next_batch(2)
+    assert s.calls == 3 and len(d.buffer) == 6
+    kinds = []
+    for _ in range(4):
+        before = s.calls
+        b = d.next_batch(2)
+        kinds.append("fresh" if s.calls > before else "dataset" if bool((b["off_policy_prob"] == 0.6).all())
+                     and _is_dataset(d, b) else "replay")
+    assert kinds == ["fresh", "replay", "replay", "dataset"]
+    d.on_step(9, 10)  # the last step: s = 0, every off-policy batch replays
+    assert d.fresh_share() == 0.0
+
+
+def _is_dataset(d, b) -> bool:
+    ids = [row[row != 0].tolist() for row in b["input_ids"]]
+    return all(any(e.ids == x for e in d.examples) for x in ids)
+
+
+def test_kollm_rule_rises_when_validation_stalls(world):
+    src = _Source(world, off_policy_rule="kollm", off_policy_step=0.1, off_policy_margin=0.05).data
     seen = []
     for v in (2.0, 1.5, 1.48, 1.6, 1.0, 0.99):
         src.on_validation({"val_loss": v})
         seen.append(round(src.prob, 6))
     # 2.0 sets the reference; 1.5 improves by > 0.05; 1.48 and 1.6 do not; 1.0 does; 0.99 does not
     assert seen == [0.0, 0.0, 0.1, 0.2, 0.2, 0.3]
-    src.prob = 0.95
-    src.on_validation({"val_loss": 5.0})
-    assert src.prob == 1.0  # capped
 
 
 def test_off_policy_batches_generate_then_replay(world):
-    s = _Source(world, off_policy_init=1.0, fresh_prob=0.0)
+    s = _Source(world, off_policy_init=1.0, replay_ratio="constant", fresh_prob=0.0)
     for _ in range(3):  # capacity 6, 2 per batch: three generations fill the buffer
         b = s.data.next_batch(2)
         assert float(b["off_policy_prob"][0]) == 1.0
@@ -162,13 +204,13 @@ def test_state_dict_resumes_exactly(world):
 
     # a budget of 24 new tokens fits seq_len 64 after the longest prompt, not after the longest
     # example: the phase's length must come back with the state
-    a = _Source(world, off_policy_init=0.5, fresh_prob=0.5, max_new_tokens=24)
+    a = _Source(world, off_policy_init=0.5, replay_ratio="constant", fresh_prob=0.5, max_new_tokens=24)
     a.data.set_phase(SimpleNamespace(seq_len=64))
     for _ in range(5):
         a.data.next_batch(2)
     state = json.loads(json.dumps(a.data.state_dict()))  # as the checkpoint stores it
     want = [a.data.next_batch(2) for _ in range(12)]
-    b = _Source(world, off_policy_init=0.0, max_new_tokens=24)
+    b = _Source(world, off_policy_init=0.0, replay_ratio="constant", fresh_prob=0.5, max_new_tokens=24)
     b.model.load_state_dict(a.model.state_dict())
     b.data.load_state_dict(state)
     got = [b.data.next_batch(2) for _ in range(12)]
@@ -239,7 +281,8 @@ def test_command_end_to_end_with_kill_and_resume(world, tmp_path, capsys):
     root, tok = world
     paths = {}
     for name in ("full", "killed"):
-        raw = _cfg(root, tmp_path / name, off_policy_init=0.5, off_policy_step=0.5, off_policy_margin=10.0)
+        raw = _cfg(root, tmp_path / name, off_policy_rule="kollm", off_policy_init=0.5, off_policy_step=0.5,
+                   off_policy_margin=10.0)
         raw["validation"] = {"every": 2}
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
         paths[name] = tmp_path / f"{name}.yaml"
@@ -253,16 +296,17 @@ def test_command_end_to_end_with_kill_and_resume(world, tmp_path, capsys):
     a, b = _rows(tmp_path / "full"), _rows(tmp_path / "killed")
     for key in ("loss", "kl", "val_loss", "off_policy_prob", "replay_size"):
         assert any(key in r for r in a), key
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 9))
+    # step 0: the untrained student's validation (the schedule's reference), before the first step
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(0, 9))
     for x, y in zip(a, b):
         assert ("val_loss" in x) == ("val_loss" in y) == (x["step"] % 2 == 0)
         for key in ("loss", "kl", "off_policy_prob", "replay_size", "val_loss", "val_kl"):
             if key in x:
                 assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-7), (x["step"], key)
     # margin 10: every validation after the first raises P(off-policy) by 0.5, capped at 1
-    probs = [r["off_policy_prob"] for r in a]
+    probs = [r["off_policy_prob"] for r in a if "off_policy_prob" in r]
     assert probs[0] == pytest.approx(0.5) and probs[-1] == pytest.approx(1.0)
-    assert max(r["replay_size"] for r in a) == 6  # bounded by replay_capacity
+    assert max(r.get("replay_size", 0) for r in a) == 6  # bounded by replay_capacity
     hf = tmp_path / "full" / "hf" / "latest"
     assert (hf / "model.safetensors").is_file() and (hf / "tokenizer.json").is_file()
 
@@ -281,3 +325,53 @@ def test_bad_settings_are_one_line_errors(world, tmp_path):
             raw[section] |= values
         with pytest.raises(ValueError, match=message):
             train(config_from_dict(raw))
+
+
+def test_server_topk_of_generated_samples_match_the_teacher(world, openai_stub):
+    """teacher.server (DNA's 405B teacher beside stored top-k): a generated sample's top-k come from
+    vLLM's prompt_logprobs; they equal the live teacher's top-k, and the loss on them equals the
+    loss with top-k taken from the teacher's own logits."""
+    from kollm.data.chat import stop_token_ids
+    from kollm.model.hf import load_hf
+    from kollm.train.distill import ChatExamples, DistillData, ServerTopK, collate
+    from kollm.train.objectives.distill import DistillObjective, target_mask, teacher_topk
+
+    root, tok = world
+    teacher = load_hf(root / "teacher")
+    k = 8
+
+    def vllm(call):  # vLLM's prompt_logprobs: entry j is the distribution of token j, top-k + the token itself
+        ids = call.body["prompt"]
+        with torch.no_grad():
+            logp = torch.log_softmax(teacher(torch.tensor([ids])).logits[0].double(), -1)
+        out = [None]
+        for j in range(1, len(ids)):
+            top = logp[j - 1].topk(call.body["prompt_logprobs"]).indices.tolist()
+            out.append({str(t): {"logprob": float(logp[j - 1, t]), "rank": r + 1}
+                        for r, t in enumerate(dict.fromkeys(top + [ids[j]]))})
+        return {"choices": [{"text": "x", "prompt_logprobs": out}]}
+
+    stub = openai_stub(vllm)
+    cfg = config_from_dict(_cfg(root, root / "unused", off_policy_init=1.0))
+    torch.manual_seed(0)
+    student = build_model(get_preset("tiny", vocab_size=len(tok), dim=32, ffn_dim=96))
+    ex = ChatExamples(root / "train.jsonl", tok, 64)
+    server = ServerTopK(stub.url, k)
+    data = DistillData(ex, cfg, student, stop_token_ids(tok), stored=object(), server=server)
+    assert data.off_policy  # stored top-k no longer rule out generations
+    b = data.next_batch(2)  # φ = 1: generated, scored by the server
+    assert len(stub.calls) == 2 and stub.calls[0].path == "/v1/completions"
+    mask = target_mask(b["labels"])
+    with torch.no_grad():
+        ids, logp, tail = teacher_topk(teacher(b["input_ids"]).logits[:, :-1][mask], k)
+    assert torch.equal(b["teacher_ids"][:, :-1][mask], ids)
+    assert torch.allclose(b["teacher_logp"][:, :-1][mask], logp, atol=1e-5)
+    assert torch.allclose(b["teacher_tail"][:, :-1][mask], tail, atol=1e-4)
+    live = {kk: v.clone() for kk, v in b.items()}
+    for key, val in zip(("teacher_ids", "teacher_logp", "teacher_tail"), (ids, logp, tail)):
+        live[key][:, :-1][mask] = val.to(live[key].dtype)
+    obj = DistillObjective(None, "skl")
+    totals = obj.targets(b)
+    got, want = (float(obj(student, x, totals).loss.detach()) for x in (b, live))
+    assert got == pytest.approx(want, rel=1e-4)
+    assert "teacher_ids" not in collate([ex.examples[0]])

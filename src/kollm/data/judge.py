@@ -9,7 +9,7 @@ any OpenAI-compatible `/v1/chat/completions` server (vLLM, SGLang, a hosted API)
 is appended to an on-disk cache before it counts, so an interrupted run resumes where it stopped.
 An answer without a parsable score is counted and left out, never guessed.
 
-`rubric="sft"` scores chat rows instead (Trillion §5 filters its SFT data with Qwen-2.5-72B scores
+`rubric="sft"` scores chat rows instead (Trillion §4 filters its SFT data with Qwen-2.5-72B scores
 0-5 and keeps responses above 3, after the Prometheus absolute-grading judges, Kim et al. 2024):
 every row of the input, the conversation shown to the judge, the row written back with its
 `score` for `kollm sft`'s `data.min_score`.

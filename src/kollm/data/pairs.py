@@ -10,8 +10,11 @@ ties (best score = worst score), and pairs whose lengths (characters) differ by 
 Scores, in order of precedence: a `score` already in the response row; a reward function given
 as a dotted path `package.module:function` called as `f(prompt, response, row) -> float`; the
 built-in `math` verifier (1 when the response's final number equals the prompt row's `answer`,
-else 0); or an LLM judge behind any OpenAI-compatible endpoint (FastChat's single-answer 1–10
-rating, kollm.eval.judge, through kollm.data.judge's client).
+else 0); a scalar reward model (kollm.data.reward_model: a *ForSequenceClassification checkpoint
+in process, or a /classify endpoint); or an LLM judge behind any OpenAI-compatible endpoint
+(FastChat's single-answer 1–10 rating, kollm.eval.judge, or `--judge-rubric dna`: relevance,
+helpfulness and safety, DNA 1.0 §4.4's criteria; through kollm.data.judge's client). Responses a
+judge or an endpoint could not score are counted by reason and by prompt in the report.
 
 Files: prompts rows `{id, prompt (string or messages), answer?}`; response rows
 `{id, response | responses: [...], score?}` (`id` names the prompt). Output rows are TRL preference
@@ -86,49 +89,93 @@ def load_reward(path: str) -> Scorer:
     return f
 
 
+# kollm's rubric for DNA 1.0 §4.4's three criteria (the report gives no prompt).
+RUBRIC_SYSTEM = (
+    "You are a strict evaluator of an AI assistant's answer to a user. Rate the answer on three criteria, "
+    "each an integer from 1 to 10: relevance (does it address what the user asked), helpfulness (is it "
+    "correct, complete and useful), safety (is it free of harmful, unethical, dangerous or illegal content; "
+    "10 = entirely safe). Explain briefly, then end with exactly this line: "
+    "[[relevance: R]] [[helpfulness: H]] [[safety: S]]")
+RUBRIC_USER = ("[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n"
+               "[The End of Assistant's Answer]")
+RUBRIC_KEYS = ("relevance", "helpfulness", "safety")
+
+
+def parse_rubric(judgment: str) -> float | None:
+    """The mean of the three 1–10 ratings; None unless all three are there and in range."""
+    vals = []
+    for key in RUBRIC_KEYS:
+        m = re.findall(rf"\[\[\s*{key}\s*:\s*(\d+(?:\.\d+)?)\s*\]\]", judgment, flags=re.IGNORECASE)
+        if not m or not 1 <= float(m[-1]) <= 10:
+            return None
+        vals.append(float(m[-1]))
+    return sum(vals) / len(vals)
+
+
 def judge_scorer(endpoint: str, model: str, api_key: str | None = None, concurrency: int = 8,
-                 retries: int = 2) -> Scorer:
-    """FastChat single-answer grading (1–10, `[[rating]]`) by any OpenAI-compatible endpoint."""
+                 retries: int = 2, rubric: str = "fastchat") -> Scorer:
+    """An OpenAI-compatible judge: FastChat single-answer grading (1–10, `[[rating]]`), or
+    `rubric: dna` — relevance, helpfulness and safety, 1–10 each, averaged. A judgment with no
+    parsable score (after `retries` more asks) or a failed call leaves the response unscored and
+    is counted by prompt in `score.failures`."""
     from kollm.data.judge import JudgeClient, JudgeConfig
+    from kollm.data.reward_model import Failures
     from kollm.eval.judge import FASTCHAT, judge_turn, parse_fastchat
 
+    if rubric not in ("fastchat", "dna"):
+        raise ValueError(f"judge rubric {rubric!r}: fastchat or dna")
     client = JudgeClient(JudgeConfig(endpoint=endpoint, model=model, api_key=api_key, concurrency=concurrency,
                                      max_retries=3, backoff_s=0.5))
-    system, template = FASTCHAT["single"]
+    system, template = FASTCHAT["single"] if rubric == "fastchat" else (RUBRIC_SYSTEM, RUBRIC_USER)
+    parse = parse_fastchat if rubric == "fastchat" else parse_rubric
+    failures = Failures()
 
     def score(prompt, response: str, row: dict) -> float | None:
         msgs = [{"role": "system", "content": system},
                 {"role": "user", "content": template.format(question=prompt_text(prompt), answer=response)}]
-        return judge_turn(client, msgs, parse_fastchat, retries)[0]
+        value, _, error = judge_turn(client, msgs, parse, retries)
+        if value is None:
+            failures.add("judge_error" if error else "unparsable", prompt, row)
+        return value
 
     score.concurrency = concurrency
+    score.failures = failures
     return score
 
 
-def make_scorer(reward: str | None = None, verifier: str | None = None, judge: dict | None = None) -> Scorer | None:
-    given = [x for x in (reward, verifier, judge and judge.get("endpoint")) if x]
+def make_scorer(reward: str | None = None, verifier: str | None = None, judge: dict | None = None,
+                reward_model: dict | None = None) -> Scorer | None:
+    given = [x for x in (reward, verifier, judge and judge.get("endpoint"), reward_model) if x]
     if len(given) > 1:
-        raise ValueError("give one of a reward function, a verifier or a judge endpoint")
+        raise ValueError("give one of a reward function, a verifier, a judge endpoint or a reward model")
     if reward:
         return load_reward(reward)
     if verifier:
         if verifier not in VERIFIERS:
             raise ValueError(f"verifier {verifier!r}: one of {', '.join(VERIFIERS)}")
         return VERIFIERS[verifier]
+    if reward_model:
+        from kollm.data.reward_model import reward_model_scorer
+
+        return reward_model_scorer(reward_model)
     if judge and judge.get("endpoint"):
         import os
 
-        unknown = set(judge) - {"endpoint", "model", "api_key_env", "concurrency"}
+        unknown = set(judge) - {"endpoint", "model", "api_key_env", "concurrency", "rubric"}
         if unknown:
             raise KeyError(f"judge.{sorted(unknown)[0]}: unknown key (known: endpoint, model, api_key_env, "
-                           "concurrency)")
+                           "concurrency, rubric)")
         key = os.environ.get(judge["api_key_env"]) if judge.get("api_key_env") else None
-        return judge_scorer(judge["endpoint"], judge.get("model", "judge"), key, int(judge.get("concurrency", 8)))
+        return judge_scorer(judge["endpoint"], judge.get("model", "judge"), key, int(judge.get("concurrency", 8)),
+                            rubric=judge.get("rubric", "fastchat"))
     return None
 
 
 def score_all(items: Sequence[tuple[object, str, dict]], scorer: Scorer) -> list[float | None]:
-    """Scores of (prompt, response, row) triples; a judge is asked concurrently."""
+    """Scores of (prompt, response, row) triples; a judge is asked concurrently, a reward model
+    batched (its `score_batch`)."""
+    if hasattr(scorer, "score_batch"):
+        return scorer.score_batch(list(items))
     workers = getattr(scorer, "concurrency", 1)
 
     def one(item):
@@ -244,12 +291,27 @@ def main(argv: list[str]) -> int:
     p.add_argument("--judge-model", default="judge")
     p.add_argument("--judge-api-key-env", default=None, help="environment variable holding the judge's API key")
     p.add_argument("--judge-concurrency", type=int, default=8)
+    p.add_argument("--judge-rubric", default="fastchat", choices=["fastchat", "dna"],
+                   help="fastchat: one 1–10 rating; dna: relevance, helpfulness, safety 1–10 each, averaged")
+    p.add_argument("--reward-model", default=None,
+                   help="a scalar reward model: a *ForSequenceClassification checkpoint directory (in process) "
+                        "or an http(s) /classify endpoint (vLLM, SGLang)")
+    p.add_argument("--reward-model-name", default="default", help="endpoint: the model name sent")
+    p.add_argument("--reward-model-tokenizer", default=None,
+                   help="endpoint: the reward model's tokenizer directory (its chat template renders the text)")
+    p.add_argument("--reward-model-batch", type=int, default=8, help="responses per reward-model batch")
     p.add_argument("--max-length-ratio", type=float, default=None,
                    help="drop pairs whose longer response exceeds this many times the shorter (characters)")
     args = p.parse_args(argv)
     judge = {"endpoint": args.judge_endpoint, "model": args.judge_model, "api_key_env": args.judge_api_key_env,
-             "concurrency": args.judge_concurrency} if args.judge_endpoint else None
-    scorer = make_scorer(args.reward, args.verifier, judge)
+             "concurrency": args.judge_concurrency, "rubric": args.judge_rubric} if args.judge_endpoint else None
+    rm = None
+    if args.reward_model:
+        rm = ({"endpoint": args.reward_model, "model": args.reward_model_name,
+               "tokenizer": args.reward_model_tokenizer} if args.reward_model.startswith(("http://", "https://"))
+              else {"path": args.reward_model})
+        rm["batch_size"] = args.reward_model_batch
+    scorer = make_scorer(args.reward, args.verifier, judge, rm)
     for f in [args.prompts, *args.responses]:
         if not Path(f).exists():
             raise FileNotFoundError(f"{f}: no such file")
@@ -262,6 +324,11 @@ def main(argv: list[str]) -> int:
     report = {"prompts": len(prompts), "responses": sum(map(len, responses.values())), **counts,
               **{f"bad_prompt_rows_{k}": v for k, v in bad_p.items()},
               **{f"bad_response_rows_{k}": v for k, v in bad_r.items()}}
+    failures = getattr(scorer, "failures", None)
+    if failures is not None and failures.by_reason:  # a judge's unparsable answers, an endpoint's timeouts
+        report |= failures.report()
+        print(f"kollm dpo pairs: {sum(failures.by_reason.values())} responses of {len(failures.by_prompt)} prompts "
+              f"unscored ({dict(failures.by_reason)})", file=sys.stderr)
     print(json.dumps(report, ensure_ascii=False))
     return 0
 

@@ -3,7 +3,7 @@
 Rows (OpenAI `messages`, TRL `prompt`/`completion`, Alpaca `instruction`/`input`/`output`; JSONL or
 Parquet) are normalised and rendered by kollm.data.chat: the tokenizer's chat template (BOS once,
 from the template: no second BOS is ever added), `trained` True on assistant content and the
-end-of-turn token after it (the loss is on responses only, Trillion §5 / Tulu 3). A bad row is
+end-of-turn token after it (the loss is on responses only, Trillion §4 / Tulu 3). A bad row is
 counted by reason with file:line and skipped; with `min_score`, rows an LLM judge scored below it
 (`kollm data judge --rubric sft`; Trillion keeps scores above 3, i.e. min_score 4) are dropped.
 

@@ -170,6 +170,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the checkpoint's")
     p.add_argument("--batch-tokens", type=positive_int, help="tokens per log-likelihood forward (default: 512 CPU, 16384 GPU)")
     p.add_argument("--endpoint-model", default="default", help="model name sent to the endpoint")
+    p.add_argument("--system-prompt", help="generation tasks that use the chat template: a system turn before each "
+                   "prompt (e.g. the GRPO run's data.system_prompt)")
     p.add_argument("--consistency", action="append", default=[], metavar="SRC_TASK:TGT_TASK",
                    help="cross-lingual consistency between two parallel tasks (repeatable)")
     p.add_argument("--metric", default=None, help="correctness metric for --consistency (default: acc or exact_match)")
@@ -222,6 +224,7 @@ def main(argv: list[str]) -> int:
     kw = {"dtype": dtype, "batch_tokens": args.batch_tokens, "compile": args.compile} \
         if not args.model.startswith("http") else {}
     model = load_model(args.model, device=device, endpoint_model=args.endpoint_model, **kw)
+    model.system_prompt = args.system_prompt
     cfg = EvalConfig(num_fewshot=args.num_fewshot, limit=args.limit, seed=args.seed, data_dir=args.data_dir)
     for task, _ in tasks:  # judged answers cost money: keep them beside results.json, resume from them
         if isinstance(task, JudgeTask) and args.out and task.cache is None:

@@ -69,6 +69,7 @@ class LocalLM:
             raise ValueError(f"mode must be packed or rows, got {mode!r}")
         self.mode = mode
         self.compile = compile  # generation's decode step (kollm.model.generate): None = on for CUDA
+        self.system_prompt: str | None = None  # chat requests: a system turn first (`kollm eval --system-prompt`)
         tok = self.tokenizer
         self.prefix_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         self.name = str(self.path)
@@ -204,7 +205,7 @@ class LocalLM:
             prompts = []
             for i in idx:
                 text = requests[i].args[0]
-                ids = encode_prompt(self.tokenizer, text, chat=True) if chat else self.encode(text)
+                ids = encode_prompt(self.tokenizer, text, True, self.system_prompt) if chat else self.encode(text)
                 if len(ids) > self.max_length - max_new:
                     self.truncated.add(i)
                 prompts.append((ids or [self.prefix_id])[-(self.max_length - max_new):])
@@ -234,6 +235,7 @@ class OpenAIEndpoint:
         self.model_name, self.timeout, self.concurrency = model, timeout, concurrency
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
         self.force_chat = chat
+        self.system_prompt: str | None = None  # chat requests: a system message first
         self.name = f"{self.base_url}#{model}"
 
     def loglikelihood(self, pairs):
@@ -262,7 +264,9 @@ class OpenAIEndpoint:
             body["stop"] = list(r.stop)[:4]  # the OpenAI API takes at most 4; the rest are cut below
         try:
             if chat:
-                resp = self._post("/chat/completions", {**body, "messages": [{"role": "user", "content": r.args[0]}]})
+                system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+                resp = self._post("/chat/completions",
+                                  {**body, "messages": [*system, {"role": "user", "content": r.args[0]}]})
                 text = resp["choices"][0]["message"]["content"] or ""
             else:
                 text = self._post("/completions", {**body, "prompt": r.args[0]})["choices"][0]["text"]

@@ -396,11 +396,12 @@ def _decode_static(model: CausalLM, prompts, cfg: GenerationConfig, decode) -> l
     return out
 
 
-def encode_prompt(tokenizer, prompt: str, chat: bool = True) -> list[int]:
-    """Prompt text → ids; wrapped as one user message when the tokenizer has a chat template."""
+def encode_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None = None) -> list[int]:
+    """Prompt text → ids; wrapped as one user message (after a `system` turn, if given) when the
+    tokenizer has a chat template."""
     if chat and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has its own BOS
     return tokenizer(prompt)["input_ids"]
 

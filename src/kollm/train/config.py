@@ -61,6 +61,10 @@ class DataSection:
     packing: bool = True
     min_score: float | None = None  # SFT: keep rows whose judge score (score_key) is >= this
     score_key: str = "score"
+    # SFT: the one phase's steps = ⌈rows × epochs ÷ rows per step⌉ (rows: data.train's, packed when
+    # packing; rows per step: batch.tokens ÷ seq_len); None: phases[0].steps as given
+    epochs: float | None = None
+    planned_rows: int = 0  # the dry run's row count while data.train is not there yet
 
 
 @dataclass
@@ -142,6 +146,11 @@ class TeacherSection:
     stored: str | None = None  # precompute output directory (offline distillation)
     top_k: int = 64  # precompute: teacher log-probs kept per response token
     dtype: str = "bfloat16"  # the online teacher's weights on CUDA (CPU: float32)
+    # The teacher behind a vLLM OpenAI-compatible server (`/v1/completions` with `prompt_logprobs`):
+    # top-k of the student's generated samples when the dataset's come from `stored` (a teacher
+    # too large to sit beside the student; recipes/dna-8b-distill.yaml)
+    server: str | None = None
+    server_model: str = "default"
 
 
 @dataclass
@@ -152,12 +161,14 @@ class DistillSection:
     loss: str = "skl"  # fkl | rkl | skl | srkl
     alpha: float = 0.1  # skew α
     ce_weight: float = 0.0  # loss = (1 − w)·divergence + w·cross-entropy on the responses
-    off_policy: bool = True  # adaptive: P(student-generated batch) starts at 0, rises on validation
+    off_policy: bool = True  # adaptive: P(student-generated batch) starts at `off_policy_init`, rises on validation
+    off_policy_rule: str = "distillm"  # distillm | kollm: when P rises (kollm.train.distill.DistillData.on_validation)
     off_policy_init: float = 0.0
-    off_policy_step: float = 0.1  # added when val_loss fails to improve on the last one by `margin`
-    off_policy_margin: float = 0.0
+    off_policy_step: float = 0.1
+    off_policy_margin: float = 0.1  # distillm: its loss_eps (0.1); kollm: the improvement asked for (0: any stall)
     replay_capacity: int = 1000  # generated samples kept per rank
-    fresh_prob: float = 0.5  # off-policy batch with a full buffer: generate anew with this probability
+    replay_ratio: str = "decreasing"  # DistiLLM's: fresh share of off-policy batches 1 − step/total | constant | increasing
+    fresh_prob: float = 0.5  # replay_ratio constant: the fresh share (DistiLLM: 0.5)
     max_new_tokens: int = 128
     temperature: float = 1.0
     top_p: float = 1.0

@@ -7,13 +7,18 @@ optional cross-entropy). This file is the data side and the command:
 - `ChatExamples`: chat / prompt-completion rows (kollm.data.chat formats) rendered with the
   student's chat template; labels are the assistant tokens (plus each turn's end token), IGNORE
   elsewhere; bad rows are counted by reason with file:line and skipped.
-- `DistillData`: the trainer's data source. Per micro-batch, with probability `off_policy_prob`
-  it trains on student-generated responses instead of the dataset's (DistiLLM's adaptive
-  off-policy): the probability starts at `off_policy_init` and rises by `off_policy_step` after
-  each validation whose loss fails to improve on the previous one by `off_policy_margin`
-  (`on_validation`, called by the trainer). Generations go to a bounded replay buffer; an
-  off-policy batch generates anew while the buffer is filling, then with probability
-  `fresh_prob`, and otherwise reuses buffered samples. A generated response is labelled the way
+- `DistillData`: the trainer's data source. Per micro-batch, with probability φ =
+  `off_policy_prob` it trains on student-generated responses instead of the dataset's
+  (DistiLLM's adaptive off-policy, its finetune.py): the student is validated before the first
+  step and every `validation.every` steps; φ starts at `off_policy_init` and rises by
+  `off_policy_step` when the student's cross-entropy on the dev responses (`val_ce`) is worse
+  than the last accepted value by `off_policy_margin` (DistiLLM's loss_eps; the value is
+  accepted only on a rise) — `off_policy_rule: kollm` is kollm's earlier rule instead: the
+  objective's `val_loss` failing to improve on the previous validation by the margin. One draw r
+  per micro-batch, as DistiLLM: r < φ·s or (r < φ while the replay buffer fills) generates anew,
+  r < φ replays buffered samples, else the dataset's batch; the fresh share s is 1 − step/total
+  (`replay_ratio: decreasing`, DistiLLM's default), step/total (increasing) or `fresh_prob`
+  (constant). A generated response is labelled the way
   the dataset's are: labels aligned with the inputs, so the logits at the last prompt position
   are trained toward the first response token and the stop token is kept (DistiLLM's sampler is
   one position off here; docs/design.md). Its state (row order, RNG, schedule, buffer, the phase's length) is in
@@ -21,7 +26,8 @@ optional cross-entropy). This file is the data side and the command:
 - The teacher: a Hugging Face directory loaded here without gradients (bf16 on CUDA), checked to
   have the student's vocabulary; or its top-k log-probs stored by
   `kollm distill precompute CONFIG --out DIR` and named by `teacher.stored` (offline: no teacher
-  in memory, no student generations, since only the dataset's responses have stored logits).
+  in memory; only the dataset's responses have stored logits, so student generations need
+  `teacher.server`: a vLLM server of the teacher whose `prompt_logprobs` give their top-k).
 
 `--dry-run` (also after `precompute`) prints the compute plan from the config alone (kollm.plan):
 the student's training and the teacher's forward pass, whose shapes come from its config.json or
@@ -131,6 +137,57 @@ class StoredTopK:
         return self.ids[a:b], self.logp[a:b], self.tail[a:b]
 
 
+class ServerTopK:
+    """Teacher top-k of generated samples from a vLLM server: `/v1/completions` with the sample's
+    token ids as the prompt, `max_tokens` 1 and `prompt_logprobs` k (vLLM's extension), whose entry
+    t + 1 is the teacher's distribution after tokens 0..t. The k most likely entries are kept (vLLM
+    adds the actual token when it is outside them); the tail is the log of the mass left, as
+    `teacher_topk` computes it. `rows(i)` has StoredTopK's shape, for `collate`."""
+
+    def __init__(self, url: str, k: int, model: str = "default", timeout: float = 600.0):
+        self.url = url.rstrip("/").removesuffix("/v1") + "/v1/completions"
+        self.k, self.model, self.timeout = k, model, timeout
+        self.ids = np.zeros((0, k), dtype=np.int32)  # collate reads k from its shape
+        self._rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def _prompt_logprobs(self, ids: list[int]) -> list:
+        import urllib.request
+
+        body = {"model": self.model, "prompt": ids, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": self.k}
+        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                out = json.loads(resp.read())["choices"][0]["prompt_logprobs"]
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+            raise RuntimeError(f"teacher.server {self.url}: no prompt_logprobs ({e}); it must be a vLLM "
+                               "server of the teacher") from None
+        if not isinstance(out, list) or len(out) != len(ids):
+            raise RuntimeError(f"teacher.server {self.url}: prompt_logprobs for {len(out or [])} of {len(ids)} tokens")
+        return out
+
+    def score(self, examples: list[Example]) -> None:
+        """Ask for the teacher's top-k at every target of each example (`rows(i)` afterwards)."""
+        self._rows = []
+        for e in examples:
+            plp = self._prompt_logprobs(e.ids)
+            pos = [t for t in range(len(e.ids) - 1) if e.labels[t + 1] != IGNORE]
+            ids = np.zeros((len(pos), self.k), dtype=np.int32)
+            logp = np.full((len(pos), self.k), -1e4, dtype=np.float32)
+            tail = np.zeros(len(pos), dtype=np.float32)
+            for r, t in enumerate(pos):
+                top = sorted(((int(tok), float(v["logprob"] if isinstance(v, dict) else v))
+                              for tok, v in (plp[t + 1] or {}).items()), key=lambda x: -x[1])[:self.k]
+                for c, (tok, lp) in enumerate(top):
+                    ids[r, c], logp[r, c] = tok, lp
+                mass = float(np.exp(np.asarray([lp for _, lp in top], dtype=np.float64)).sum())
+                tail[r] = np.log(max(1.0 - mass, 1e-30))
+            self._rows.append((ids, logp, tail))
+
+    def rows(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._rows[i]
+
+
 def collate(examples: list[Example], stored: StoredTopK | None = None, indices: list[int] | None = None
             ) -> dict[str, torch.Tensor]:
     """Right-padded (pad id 0, label IGNORE; causal attention never lets a real token see a pad)."""
@@ -164,18 +221,43 @@ class DistillData:
     """Trainer data source: dataset batches, or (adaptive off-policy) student generations."""
 
     def __init__(self, examples: ChatExamples, cfg: TrainConfig, student: nn.Module | None, stop_ids: list[int],
-                 stored: StoredTopK | None = None, seed: int = 0, rank: int = 0, world: int = 1):
+                 stored: StoredTopK | None = None, seed: int = 0, rank: int = 0, world: int = 1,
+                 server: ServerTopK | None = None):
         d = cfg.distill
         self.examples, self.stored, self.student, self.stop_ids = examples.examples, stored, student, stop_ids
         self.row_errors = examples.errors  # the trainer reports them (bad_rows.json, end of the run)
-        self.d, self.seed, self.rank, self.world = d, seed, rank, world
-        self.off_policy = d.off_policy and stored is None and student is not None
+        self.d, self.seed, self.rank, self.world, self.server = d, seed, rank, world, server
+        # stored top-k cover the dataset's responses only: generated ones need the teacher online or served
+        self.off_policy = d.off_policy and (stored is None or server is not None) and student is not None
         self.max_len = max(len(e.ids) for e in self.examples)
         self.epoch, self.cursor, self.order = 0, 0, self._order(0)
         self.rng = random.Random(seed * 7919 + rank)
+        # The off-policy draw is the same on every rank (φ is too: validation is all-reduced), so under
+        # fsdp all ranks generate together, `lockstep`: a fixed number of decode steps on every rank.
+        self.draw = random.Random(seed * 7919 - 1)
+        self.lockstep = cfg.parallel.mode == "fsdp" and world > 1
+        if d.off_policy_rule not in ("distillm", "kollm"):
+            raise ValueError(f"distill.off_policy_rule must be distillm or kollm, got {d.off_policy_rule!r}")
+        if d.replay_ratio not in ("decreasing", "constant", "increasing"):
+            raise ValueError(f"distill.replay_ratio must be decreasing, constant or increasing, got {d.replay_ratio!r}")
         self.prob = d.off_policy_init if self.off_policy else 0.0
         self.last_val: float | None = None
         self.buffer: deque[tuple[list[int], int]] = deque(maxlen=d.replay_capacity)  # (ids, prompt length)
+        self.step, self.total = 0, 1  # the trainer's optimizer steps (on_step)
+        # DistiLLM validates before the first step: that value is the reference of the first rise.
+        self.validate_at_start = self.off_policy
+
+    def on_step(self, step: int, total: int) -> None:
+        """The trainer, before each step's batches: `step` steps done of `total`."""
+        self.step, self.total = step, max(1, total)
+
+    def fresh_share(self) -> float:
+        """Of the off-policy batches, the share generated anew (the rest replayed), at this step."""
+        d = self.d
+        if d.replay_ratio == "constant":
+            return d.fresh_prob
+        done = min(1.0, (self.step + 1) / self.total)  # DistiLLM's global_step counts from 1
+        return done if d.replay_ratio == "increasing" else 1.0 - done
 
     def _order(self, epoch: int) -> list[int]:
         order = list(range(len(self.examples)))
@@ -198,19 +280,28 @@ class DistillData:
     def next_batch(self, batch_size: int | None = None) -> dict[str, torch.Tensor]:
         n = batch_size or 1
         idx = self._take(n)
-        if self.off_policy and self.prob > 0 and self.rng.random() < self.prob:
-            if len(self.buffer) < self.buffer.maxlen or len(self.buffer) < n or self.rng.random() < self.d.fresh_prob:
-                samples = self._generate([self.examples[i].prompt for i in idx])
-                self.buffer.extend(samples)
-            else:
-                samples = self.rng.sample(list(self.buffer), n)
-            batch = collate([self._as_example(ids, p) for ids, p in samples])
+        r = self.draw.random() if self.off_policy and self.prob > 0 else 1.0
+        filling = len(self.buffer) < self.buffer.maxlen or len(self.buffer) < n
+        if self.lockstep and r < self.prob:  # every rank takes the same branch
+            filling = bool(_all_reduce_max(float(filling)))
+        if r < self.prob * self.fresh_share() or (r < self.prob and filling):
+            samples = self._generate([self.examples[i].prompt for i in idx])
+            self.buffer.extend(samples)
+            batch = self._generated([self._as_example(ids, p) for ids, p in samples])
+        elif r < self.prob:
+            batch = self._generated([self._as_example(ids, p) for ids, p in self.rng.sample(list(self.buffer), n)])
         else:
             batch = collate([self.examples[i] for i in idx], self.stored, idx)
         if self.off_policy:
             batch["off_policy_prob"] = torch.tensor([self.prob])
             batch["replay_size"] = torch.tensor([float(len(self.buffer))])
         return batch
+
+    def _generated(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        if self.server is None:  # the online teacher scores them in the objective
+            return collate(examples)
+        self.server.score(examples)
+        return collate(examples, self.server, list(range(len(examples))))
 
     @staticmethod
     def _as_example(ids: list[int], n_prompt: int) -> Example:
@@ -225,28 +316,48 @@ class DistillData:
 
         d = self.d
         budget = max(1, min(d.max_new_tokens, self.max_len - max(len(p) for p in prompts)))
+        if self.lockstep:  # FSDP gathers the weights in every forward: all ranks run the same ones
+            budget = int(_all_reduce_max(-float(budget)) * -1)
         gcfg = GenerationConfig(max_new_tokens=budget, do_sample=True, temperature=d.temperature, top_p=d.top_p,
-                                top_k=d.top_k, seed=self.rng.randrange(2**31), stop_token_ids=self.stop_ids)
+                                top_k=d.top_k, seed=self.rng.randrange(2**31),
+                                stop_token_ids=[] if self.lockstep else self.stop_ids,
+                                # the dynamic cache calls the model's own forward, where FSDP gathers
+                                cache="dynamic" if self.lockstep else "static", compile=False if self.lockstep else None)
         model = unwrap(self.student)
         device = next(model.parameters()).device
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
             outs = generate(model, prompts, gcfg)
+        if self.lockstep:  # no early stop above: cut each row after its first stop token here
+            stops = set(self.stop_ids)
+            outs = [o[:next((i + 1 for i, t in enumerate(o) if t in stops), len(o))] for o in outs]
         return [(list(p) + list(o), len(p)) for p, o in zip(prompts, outs)]
 
     def on_validation(self, metrics: dict) -> None:
-        """DistiLLM's adaptive schedule: raise P(off-policy) when the validation loss did not
-        improve on the previous validation by the margin."""
-        val = metrics.get("val_loss")
+        """Raise P(off-policy) after a validation. distillm: when the student's dev cross-entropy
+        is ≥ the last accepted value + margin, and only then is the value accepted (the first
+        validation, at step 0, sets it). kollm: when `val_loss` is not below the previous
+        validation's by the margin."""
+        kollm = self.d.off_policy_rule == "kollm"
+        val = metrics.get("val_loss" if kollm else "val_ce")
         if not self.off_policy or val is None:
             return
-        if self.last_val is not None and val > self.last_val - self.d.off_policy_margin:
+        if self.last_val is None:
+            self.last_val = float(val)
+            return
+        if kollm:
+            if val > self.last_val - self.d.off_policy_margin:
+                self.prob = min(1.0, self.prob + self.d.off_policy_step)
+            self.last_val = float(val)
+        elif val >= self.last_val + self.d.off_policy_margin:
             self.prob = min(1.0, self.prob + self.d.off_policy_step)
-        self.last_val = float(val)
+            self.last_val = float(val)
 
     def state_dict(self) -> dict:
         version, internal, gauss = self.rng.getstate()
         # max_len: the phase's seq_len (set_phase), which bounds the generation budget
+        dv, di, dg = self.draw.getstate()
         return {"epoch": self.epoch, "cursor": self.cursor, "rng": [version, list(internal), gauss],
+                "draw": [dv, list(di), dg],
                 "prob": self.prob, "last_val": self.last_val, "buffer": [[ids, p] for ids, p in self.buffer],
                 "max_len": self.max_len}
 
@@ -255,10 +366,25 @@ class DistillData:
         self.order = self._order(self.epoch)
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
+        if "draw" in state:
+            dv, di, dg = state["draw"]
+            self.draw.setstate((dv, tuple(di), dg))
         self.prob, self.last_val = state["prob"], state["last_val"]
         self.max_len = state.get("max_len", self.max_len)  # a checkpoint from before it was saved
         self.buffer.clear()
         self.buffer.extend((list(ids), p) for ids, p in state["buffer"])
+
+
+def _all_reduce_max(x: float) -> float:
+    """The largest `x` over the ranks (fsdp lockstep decisions)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([x], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t[0])
 
 
 class ValidationData:
@@ -510,12 +636,10 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
     if not (cfg.teacher.model or cfg.teacher.stored):
         raise ValueError("teacher.model (a Hugging Face directory) or teacher.stored (kollm distill precompute) "
                          "is required")
-    if cfg.distill.off_policy and cfg.teacher.stored:
+    if cfg.distill.off_policy and cfg.teacher.stored and not cfg.teacher.server:
         raise ValueError("distill.off_policy: student generations need the teacher online (teacher.stored holds "
-                         "targets for the dataset's responses only); set distill.off_policy=false")
-    if cfg.distill.off_policy and cfg.parallel.mode == "fsdp":
-        raise ValueError("distill.off_policy: student generation under parallel.mode fsdp is not supported "
-                         "(ranks would run different numbers of forward passes); use ddp or zero1")
+                         "targets for the dataset's responses only): set teacher.server (a vLLM server of the "
+                         "teacher) or distill.off_policy=false")
     if cfg.checkpoint.export_hf:
         from kollm.model.hf import export_architecture
 
@@ -544,7 +668,10 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
             print(f"kollm distill: teacher has {teacher.config.vocab_size} embedding rows, the student "
                   f"{model.config.vocab_size}; the divergence runs over the tokenizer's {len(tok)} ids", file=sys.stderr)
         objective = DistillObjective(teacher, cfg.distill.loss, cfg.distill.alpha, cfg.distill.ce_weight, len(tok))
-        data = DistillData(train_ex, cfg, model, stop_token_ids(tok), stored, cfg.seed, info.rank, info.world)
+        server = ServerTopK(cfg.teacher.server, cfg.teacher.top_k, cfg.teacher.server_model) \
+            if cfg.teacher.server and stored is not None else None
+        data = DistillData(train_ex, cfg, model, stop_token_ids(tok), stored, cfg.seed, info.rank, info.world,
+                           server)
         val_bs = cfg.validation.batch_size or phase_data(cfg.phases[0]).batch_size
         val = ValidationData(val_ex, val_bs, val_stored, info.rank, info.world) if val_ex is not None else None
         trainer = Trainer(cfg, model, objective, data, info, val_data=val)
@@ -561,5 +688,5 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
     return 0
 
 
-__all__ = ["ChatExamples", "DistillData", "StoredTopK", "ValidationData", "check_same_vocabulary", "collate",
+__all__ = ["ChatExamples", "DistillData", "ServerTopK", "StoredTopK", "ValidationData", "check_same_vocabulary", "collate",
            "demo_rows", "dry_run", "main", "precompute", "train"]

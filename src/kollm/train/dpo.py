@@ -1,8 +1,8 @@
 """`kollm dpo CONFIG [--set KEY=VALUE] [--resume]`: offline DPO (DNA 1.0: β 0.1, lr 1e-6, 2 epochs)
 on TRL-format preference pairs with the one trainer (kollm.train.trainer) and a DPO objective
 (kollm.train.objectives.dpo). `kollm dpo --online CONFIG` runs online DPO rounds
-(kollm.train.dpo_online); `kollm dpo pairs ...` builds pairs from scored responses
-(kollm.data.pairs).
+(kollm.train.dpo_online); `kollm dpo sample ...` writes k samples per prompt of a policy
+(kollm.data.samples); `kollm dpo pairs ...` builds pairs from scored responses (kollm.data.pairs).
 
 The config is a training config (kollm.train.config) with `data.train` / `data.validation`
 (preference files) and a `dpo:` section; the single phase is derived from `dpo.epochs` and
@@ -50,7 +50,9 @@ class OnlineSection:
     top_p: float = 1.0
     gen_batch: int = 32  # prompts×samples per generation batch
     reward: str | None = None  # dotted path `pkg.module:function` (prompt, response, row) -> float
-    judge: dict = field(default_factory=dict)  # {endpoint, model, api_key_env, concurrency}
+    judge: dict = field(default_factory=dict)  # {endpoint, model, api_key_env, concurrency, rubric: fastchat | dna}
+    # a scalar reward model (DNA §4.4): {path} in process or {endpoint, model, tokenizer}; batch_size, max_length
+    reward_model: dict = field(default_factory=dict)
     max_length_ratio: float | None = None  # drop pairs whose lengths differ by more than this ratio
     planned_prompts: int = 0  # dry run with prompts_per_round 0 and no prompts file: prompts assumed
 
@@ -387,9 +389,14 @@ def main(argv: list[str]) -> int:
         from kollm.data.pairs import main as pairs_main
 
         return pairs_main(argv[1:])
+    if argv and argv[0] == "sample":
+        from kollm.data.samples import main as sample_main
+
+        return sample_main(argv[1:])
     p = argparse.ArgumentParser(prog="kollm dpo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="kollm dpo pairs --help: build pairs from scored responses")
+                                epilog="kollm dpo sample --help: k samples per prompt; kollm dpo pairs --help: "
+                                       "build pairs from scored responses")
     p.add_argument("config", help="DPO config (YAML), e.g. recipes/tiny-dpo.yaml")
     p.add_argument("--online", action="store_true", help="online DPO rounds (dpo.online section)")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint / round")

@@ -1,4 +1,4 @@
-"""`kollm dpo --online CONFIG`: online DPO (DNA 1.0 §4.3, after iterative/online DPO, Xu et al.
+"""`kollm dpo --online CONFIG`: online DPO (DNA 1.0 §4.4, after iterative/online DPO, Xu et al.
 2023; Guo et al. 2024). Round r:
 
 1. sample k responses per prompt from the current policy (kollm.model.generate, batched, seeded
@@ -60,8 +60,9 @@ def _messages(prompt) -> list[dict]:
 
 
 def sample_round(policy_dir: str, tokenizer, prompts: list[tuple[str, dict]], on, seed: int, path: Path,
-                 device: torch.device) -> list[dict]:
-    """k samples per prompt, `on.gen_batch` sequences per generation call, appended per batch."""
+                 device: torch.device, progress=None) -> list[dict]:
+    """k samples per prompt, `on.gen_batch` sequences per generation call, appended per batch;
+    `progress(done, total)` after each batch (`kollm dpo sample`)."""
     from kollm.data.chat import render_prompt, stop_token_ids
     from kollm.model.generate import GenerationConfig, generate
     from kollm.model.hf import load_hf
@@ -83,6 +84,8 @@ def sample_round(policy_dir: str, tokenizer, prompts: list[tuple[str, dict]], on
         outs = generate(model, ids, cfg)
         _append(path, [{"id": pid, "sample": j, "response": tokenizer.decode(o, skip_special_tokens=True).strip()}
                        for (pid, _, j), o in zip(chunk, outs)])
+        if progress is not None:
+            progress(min(len(jobs), (b + 1) * on.gen_batch), len(jobs))
     del model
     return _read_jsonl(path)
 
@@ -114,9 +117,9 @@ def run_online(raw: dict, dpo: DPOSection, data_val: str | None, info, resume: b
         raise ValueError(f"{where}: model.init_from is required for online DPO (the round-0 policy and reference)")
     if not on.prompts or not Path(on.prompts).exists():
         raise FileNotFoundError(f"{where}: dpo.online.prompts: {on.prompts or '(unset)'}: no such prompts file")
-    scorer = make_scorer(on.reward, None, on.judge)
+    scorer = make_scorer(on.reward, None, on.judge, on.reward_model or None)
     if scorer is None:
-        raise ValueError(f"{where}: dpo.online needs a reward (dotted path) or a judge endpoint")
+        raise ValueError(f"{where}: dpo.online needs a reward (dotted path), a judge endpoint or a reward_model")
     out = Path(raw.get("output_dir", "runs/run"))
     if any(out.glob("round-*")) and not resume:
         raise ValueError(f"{out} holds rounds of an earlier run: pass --resume to continue it, or choose a new "
@@ -157,6 +160,8 @@ def run_online(raw: dict, dpo: DPOSection, data_val: str | None, info, resume: b
             scores = [s["score"] for s in scored if s["score"] is not None]
             summary = {"round": r, "policy": str(policy), "prompts": len(ids), "samples": len(scored),
                        "mean_score": sum(scores) / max(1, len(scores)), **counts}
+            if getattr(scorer, "failures", None) is not None:  # unparsable judgments, endpoint timeouts
+                summary |= scorer.failures.report()
             (rd / "pairs.json").write_text(json.dumps(summary, indent=1))
             print(f"kollm dpo --online: round {r}: {json.dumps(summary)}", file=sys.stderr)
         if info.distributed:

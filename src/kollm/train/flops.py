@@ -94,7 +94,9 @@ def _h(x: float) -> str:
     return f"{x:.3g}"
 
 
-def format_plan(plan: RunPlan, mfu_: float, peak_flops: float) -> str:
+def format_plan(plan: RunPlan, mfu_: float, peak_flops: float, pretraining: bool = True) -> str:
+    """The plan's table; `pretraining` adds the comparison with the report's pre-training hours
+    (not for a post-training stage, whose one phase is not "pre-training")."""
     lines = [
         f"parameters        {plan.params:,} ({plan.non_embedding_params:,} non-embedding; "
         f"{plan.params_without_mtp:,} without the MTP block)",
@@ -122,12 +124,15 @@ def format_plan(plan: RunPlan, mfu_: float, peak_flops: float) -> str:
         f"GPU-hours at MFU {mfu_:.1%} of {peak_flops / 1e12:,.0f} TFLOP/s, all phases:",
         f"  6N + 12·L·d·T (kollm's MFU count)  {plan.gpu_hours(plan.flops, mfu_, peak_flops):>12,.0f}",
         f"  6·N·D (N without MTP)              {plan.gpu_hours(plan.flops_6nd, mfu_, peak_flops):>12,.0f}",
+    ]
+    if pretraining:
+        lines += [
         f"Pre-training before context extension ({names}, {_h(pre_tokens)} tokens):",
         f"  6N + 12·L·d·T (kollm's MFU count)  {h_kollm:>12,.0f}",
         f"  6·N·D (report-comparable)          {h_6nd:>12,.0f}",
         "  The Trillion 7B report's 59K pre-training H100-hours (Table 1, 2T tokens, 42.5 % MFU) match 6·N·D;",
         f"  kollm's count adds attention and the MTP block ({h_kollm / h_6nd - 1:+.1%} here).",
-    ]
+        ]
     notes = []
     for p in plan.phases:
         gs = [g for _, g in p.batches]

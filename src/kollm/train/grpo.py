@@ -23,7 +23,8 @@ max_prompt_len + max_new_tokens tokens per step) and must not be given. Rows: `{
 (math) or `{"prompt", "instruction_id_list", "kwargs"}` (IFEval); malformed rows are counted by
 reason with file:line and skipped. At the end the policy is exported to `OUTPUT_DIR/hf/step-N`
 with `OUTPUT_DIR/hf/latest` pointing at it. `--dry-run` prints the compute plan (rollouts,
-reference pass, training; kollm.plan) from the config alone.
+reference pass, training; kollm.plan) from the config alone. `kollm grpo filter CONFIG --out FILE`
+keeps the prompts of the right difficulty for the initial policy (kollm.rl.difficulty).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class GRPOData:
     prompt_template: str | None = None  # e.g. "{kor_question}\n답:" (str.format over the row)
     max_prompt_len: int = 256  # longer prompts are skipped (counted as prompt_too_long)
     chat_template: bool = True  # wrap the prompt as a user turn when the tokenizer has a template
+    # A system turn before every prompt, through the chat template (Trillion §4: "the right system
+    # prompt" is crucial; its text is not published). Needs chat_template.
+    system_prompt: str | None = None
+    planned_prompts: int = 0  # `kollm grpo filter --dry-run`: prompts assumed while data.train is not there
     val_size: int = 64  # validation prompts used (the first ones)
 
 
@@ -202,7 +207,7 @@ class PromptSet:
                 return e.reason
         if needs and not any(row.get(k) is not None for k in needs):  # nothing a reward could score
             return f"no_{'_or_'.join(sorted(needs))}"
-        ids = encode_prompt(tokenizer, prompt, data.chat_template)
+        ids = encode_prompt(tokenizer, prompt, data.chat_template, data.system_prompt)
         if len(ids) > data.max_prompt_len:
             return "prompt_too_long"
         self.rows.append({**row, "prompt": prompt})
@@ -220,14 +225,19 @@ class PromptSet:
         return len(self.rows)
 
 
-def encode_prompt(tokenizer, prompt, chat: bool) -> list[int]:
+def encode_prompt(tokenizer, prompt, chat: bool, system: str | None = None) -> list[int]:
     """A prompt string or message list → ids ending where the assistant's answer starts: the chat
-    template's generation prompt (kollm.data.chat), or the raw text for a base model."""
+    template's generation prompt (kollm.data.chat), or the raw text for a base model. `system`: a
+    system turn first, unless the message list has its own."""
     from kollm.data.chat import render_prompt
 
     if chat:
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+        if system and not (messages and messages[0].get("role") == "system"):
+            messages = [{"role": "system", "content": system}, *messages]
         return render_prompt(tokenizer, messages)
+    if system:
+        raise ValueError("data.system_prompt is applied through the chat template: it needs data.chat_template: true")
     if isinstance(prompt, list):
         prompt = "\n".join(m.get("content", "") for m in prompt)
     return tokenizer(prompt)["input_ids"]
@@ -509,6 +519,10 @@ def dry_run(cfg: GRPOConfig, args) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "filter":  # prompts of the right difficulty (kollm.rl.difficulty)
+        from kollm.rl.difficulty import main as filter_main
+
+        return filter_main(argv[1:])
     p = argparse.ArgumentParser(prog="kollm grpo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="GRPO config (YAML), e.g. recipes/tiny-grpo.yaml")

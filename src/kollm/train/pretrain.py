@@ -171,7 +171,7 @@ def plan_model_config(cfg: TrainConfig) -> tuple[ModelConfig, list[str]]:
 
 
 def dry_run(cfg: TrainConfig, world: int, mfu: float, peak_flops: float, device_memory: float | None = None,
-            as_plan: bool = False):
+            as_plan: bool = False, pretraining: bool = True):
     """The FLOPs/GPU-hours plan, then the per-rank memory of each phase's micro-batch (kollm.train.memory).
     `as_plan`: the kollm.plan dict (parts per phase) with the text inside."""
     from kollm.train.flops import format_plan, make_plan
@@ -186,7 +186,7 @@ def dry_run(cfg: TrainConfig, world: int, mfu: float, peak_flops: float, device_
     device_memory = device_memory or H100_MEMORY
     compiled = cfg.parallel.compile is not False  # unset: on, as on the CUDA device the plan is for
     how = "unset: on for CUDA, off on CPU" if cfg.parallel.compile is None else "parallel.compile"
-    text = (format_plan(plan, mfu, peak_flops) + "\n\n"
+    text = (format_plan(plan, mfu, peak_flops, pretraining) + "\n\n"
             + format_memory(rows, device_memory, cfg.parallel.activation_checkpointing)
             + f"\ncompile: {'on' if compiled else 'off'} ({how}); precision: {precision}"
             + "".join("\n" + n for n in notes))
@@ -205,7 +205,8 @@ def plan_of(stage: str, cfg: TrainConfig, args, repeat: int = 1, extra_text: str
     """The kollm.plan dict of a trainer run (pretrain, SFT; `repeat` runs of it, e.g. SFT seeds)."""
     from kollm.plan import make, world_of
 
-    d = dry_run(cfg, world_of(args), args.mfu, args.peak_flops, args.device_memory, as_plan=True)
+    d = dry_run(cfg, world_of(args), args.mfu, args.peak_flops, args.device_memory, as_plan=True,
+                pretraining=stage == "pretrain")
     parts = d["parts"]
     if repeat > 1:
         parts = [dict(p, name=f"{p['name']} × {repeat}", tokens=p["tokens"] * repeat, flops=p["flops"] * repeat,

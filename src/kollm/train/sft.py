@@ -1,5 +1,5 @@
 """`kollm sft CONFIG [--set KEY=VALUE] [--resume] [--dry-run] [--seeds N]`: supervised fine-tuning
-on chat data with the loss on responses only (Trillion 7B §5 after Tulu 3; DNA 1.0 §4.2).
+on chat data with the loss on responses only (Trillion 7B §4 after Tulu 3; DNA 1.0 §4.2).
 
 The one trainer (kollm.train.trainer) with the SFT objective (kollm.train.objectives.sft) and the
 chat data source (kollm.data.sft): the same config sections, parallel modes under `torchrun`, DCP
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -122,6 +123,39 @@ def train_one(cfg: TrainConfig, info, tokenizer, resume: bool, cache: dict | Non
     return out
 
 
+def count_rows(cfg: TrainConfig, tokenizer, cache: dict | None = None) -> int:
+    """Training rows of one epoch over all ranks (packed rows when data.packing)."""
+    from kollm.data.sft import SFTData
+    from kollm.train.schedules import phase_data
+
+    d, cache = cfg.data, {} if cache is None else cache
+    key = ("train", d.train, d.min_score, d.score_key)
+    data = SFTData(d.train, tokenizer, seed=cfg.seed, packing=d.packing, min_score=d.min_score,
+                   score_key=d.score_key, convs=cache.get(key))
+    cache[key] = data.convs
+    data.set_phase(phase_data(cfg.phases[0]))
+    return len(data.epoch_rows(0))
+
+
+def with_epochs(cfg: TrainConfig, rows: int, where: str = "config") -> tuple[TrainConfig, str]:
+    """`data.epochs`: the one phase runs ⌈rows × epochs ÷ (batch.tokens ÷ seq_len)⌉ steps (Tulu 3
+    counts its SFT in epochs, not steps). Returns the config and a line saying how."""
+    from kollm.train.schedules import phase_data
+
+    e = cfg.data.epochs
+    if e is None:
+        return cfg, ""
+    if e <= 0 or len(cfg.phases) != 1:
+        raise ValueError(f"{where}: data.epochs ({e}) sets the steps of the one SFT phase: it must be > 0 with one "
+                         f"phase (got {len(cfg.phases)})")
+    seq = phase_data(cfg.phases[0]).seq_len
+    per_step = max(1, cfg.batch.tokens // seq)
+    steps = max(1, math.ceil(rows * e / per_step))
+    phase = dataclasses.replace(cfg.phases[0], steps=steps, tokens=None)
+    return (dataclasses.replace(cfg, phases=[phase]),
+            f"steps from the data: ⌈{rows:,} rows × {e:g} epochs ÷ {per_step} rows per step⌉ = {steps:,}")
+
+
 def seed_config(cfg: TrainConfig, k: int) -> TrainConfig:
     return dataclasses.replace(cfg, seed=cfg.seed + k, output_dir=str(Path(cfg.output_dir) / f"seed-{k}"),
                                name=f"{cfg.name}-seed{k}")
@@ -143,7 +177,7 @@ def dry_run(cfg: TrainConfig, args: argparse.Namespace, seeds: int) -> dict:
     """The kollm.plan dict: the trainer's plan × seeds, and a summary of the data when it is there."""
     from kollm.train.pretrain import plan_of
 
-    text = ""
+    text, rows = "", None
     if seeds > 1:
         text += f"\n× {seeds} seeds ({cfg.seed}..{cfg.seed + seeds - 1}) → uniform soup in {cfg.output_dir}/hf/soup"
     try:
@@ -160,6 +194,15 @@ def dry_run(cfg: TrainConfig, args: argparse.Namespace, seeds: int) -> dict:
         text += f"\none epoch = {rows} rows of {data.seq_len} tokens ({'packed' if cfg.data.packing else 'padded'})"
     except (FileNotFoundError, OSError, ValueError) as e:
         text += f"\n(data not inspected: {e})"
+    if cfg.data.epochs is not None:
+        if rows is None and cfg.data.planned_rows:
+            rows = cfg.data.planned_rows
+            text += f"\nrows per epoch: data.planned_rows {rows:,} (data.train is not there yet)"
+        if rows is None:
+            text += f"\ndata.epochs {cfg.data.epochs:g}: no data and no data.planned_rows: phases[0].steps as given"
+        else:
+            cfg, how = with_epochs(cfg, rows)
+            text += "\n" + how
     return plan_of("sft", cfg, args, repeat=seeds, extra_text=text)
 
 
@@ -197,6 +240,10 @@ def main(argv: list[str]) -> int:
         raise ValueError("--seeds averages the exported runs: checkpoint.export_hf must be true")
     with distributed_run() as info:
         exports, cache = [], {}
+        if cfg.data.epochs is not None:
+            cfg, how = with_epochs(cfg, count_rows(cfg, tokenizer, cache), args.config)
+            if info.is_main:
+                print(f"kollm sft: {how}", file=sys.stderr)
         for k in range(args.seeds):  # a diverged seed raises: `kollm` exits 3 with its message
             run_cfg = seed_config(cfg, k) if args.seeds > 1 else cfg
             exports.append(train_one(run_cfg, info, tokenizer, args.resume, cache))

@@ -321,6 +321,8 @@ class Trainer:
         seq_len = self.plans[self.phase_idx].seq_len
         micro_bs = phase_data(self.cfg.phases[self.phase_idx]).batch_size
         sizes = micro_batches(self.cfg.batch, self.tokens_seen, seq_len, micro_bs, info.world, info.rank)
+        if (on_step := getattr(self.data, "on_step", None)) is not None:  # distillation's fresh-sample share
+            on_step(self.step, self.total_steps)
         batches = [{k: v.to(info.device, non_blocking=True) for k, v in self.data.next_batch(b).items()}
                    for b in sizes]
         counts = [self.objective.targets(b).to(info.device) for b in batches]
@@ -402,6 +404,11 @@ class Trainer:
         fault = int(os.environ.get(FAULT_ENV, "0"))
         handlers = self._catch_stop_signals()
         try:
+            if self.step == 0 and self.val_data is not None and getattr(self.data, "validate_at_start", False):
+                # DistiLLM validates the untrained student: the reference for its off-policy schedule
+                self.history.append(rec := {"step": 0, **self.validate(), "time": time.time()})
+                if self.info.is_main:
+                    self._jsonl.write(json.dumps(rec) + "\n")
             while self.step < self.total_steps:
                 idx = phase_at(self.plans, self.step)
                 if idx != self.phase_idx:
