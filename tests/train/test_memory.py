@@ -9,7 +9,7 @@ import torch
 
 from kollm.model.config import get_preset
 from kollm.model.transformer import build_model
-from kollm.train.memory import block_activation_bytes, head_activation_bytes, memory_plan
+from kollm.train.memory import block_activation_bytes, head_activation_bytes, loss_fixed_bytes, memory_plan
 from kollm.train.pretrain import main
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -30,8 +30,32 @@ def test_block_and_head_bytes_by_hand():
     assert block_activation_bytes(TINY, a=2, p=2) == 2 * 516 + 400 + 1408
     # fp32: (4+4+4)·64+4 = 772 per norm, attention 4·192+16 = 784, MLP 16·176 = 2,816
     assert block_activation_bytes(TINY, a=4, p=4) == 2 * 772 + 784 + 2816
-    # fp32 log-softmax 4·512, transient bf16 logits 2·512 and fp32 copy 4·512, final norm 10·64+4
-    assert head_activation_bytes(TINY, a=2, p=4) == 2048 + 1024 + 2048 + 644
+    # chunked loss: the hidden states' gradient 4·64 and the targets' int64 index kept, final norm
+    # 10·64+4; no (tokens, V) term
+    assert head_activation_bytes(TINY, a=2, p=4) == 256 + 8 + 644 == 908
+    # per micro-batch: the head weight's gradient 4·V·d kept, its fp32 accumulator 4·V·d, autocast's
+    # bf16 weight 2·V·d, one chunk (all 256 tokens) of fp32 logits + bf16 logits + bf16 gradient
+    vd = 512 * 64
+    assert loss_fixed_bytes(TINY, 256, a=2, p=4) == 4 * vd + 4 * vd + 2 * vd + 256 * 512 * 8
+
+
+def test_chunked_loss_keeps_what_the_plan_says():
+    """What the chunked loss saves for backward, from autograd's saved tensors: the plan's kept
+    terms (p·d per token, p·V·d per head), whatever the number of tokens."""
+    from kollm.train.objectives.chunked import linear_cross_entropy
+
+    for t in (100, 3000):
+        h = torch.randn(t, TINY.dim, requires_grad=True)
+        w = torch.randn(TINY.vocab_size, TINY.dim, requires_grad=True)
+        seen: dict[int, int] = {}
+
+        def pack(x, seen=seen):
+            seen[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+            return x
+
+        with torch.autocast("cpu", torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            linear_cross_entropy(h, w, torch.randint(0, TINY.vocab_size, (t,)))
+        assert sum(seen.values()) == t * (4 * TINY.dim + 8) + 4 * TINY.vocab_size * TINY.dim
 
 
 def test_zero1_plan_by_hand():
@@ -40,9 +64,10 @@ def test_zero1_plan_by_hand():
     # DDP's gradient buckets 4N + autocast's bf16 weight copies 2·(N − 512·64)
     assert m.buffers == 4 * N + 2 * (N - 512 * 64)
     t = 256
-    assert m.activations == t * (2 * 3480 + 5764)
-    assert m.activations_ckpt == t * (2 * 4 * 64 + 3480 + 5764)  # block inputs + one block recomputed + head
-    assert m.total(False) == 4 * N + 4 * N + 2 * N + 4 * N + 2 * (N - 32768) + t * (2 * 3480 + 5764)
+    loss = t * 908 + loss_fixed_bytes(TINY, t, 2, 4)
+    assert m.activations == t * 2 * 3480 + loss
+    assert m.activations_ckpt == t * (2 * 4 * 64 + 3480) + loss  # block inputs + one block recomputed + loss
+    assert m.total(False) == 4 * N + 4 * N + 2 * N + 4 * N + 2 * (N - 32768) + t * 2 * 3480 + loss
 
 
 def test_modes_shard_what_they_say():

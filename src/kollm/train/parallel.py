@@ -70,13 +70,15 @@ def init_distributed() -> DistInfo:
 
 
 @contextlib.contextmanager
-def distributed_run():
+def distributed_run(section=None):
     """A stage's run under `torchrun` (or alone): `init_distributed()`; when the body succeeds every
     rank waits at a barrier (rank 0 may still be exporting), and the process group is destroyed
     however the body ends. A body that raises (a diverged run) skips the barrier: the other ranks
     diverged too, or are stopped by torchrun."""
     info = init_distributed()
     try:
+        if section is not None:  # `parallel`: a setting the world cannot run fails before any model is built
+            check_parallel(section, info.world)
         yield info
         if info.distributed:
             dist.barrier()
@@ -104,14 +106,55 @@ def exit_with_launcher(rank: int, poll_s: float = 0.5) -> threading.Thread:
     return t
 
 
-def apply_activation_checkpointing(model: nn.Module) -> None:
+def _op_level_policy():
+    """torchtitan's op-level selective checkpointing: keep what the matmuls and the attention kernel
+    produce (the costly ops), recompute the rest (norms, RoPE, SwiGLU's elementwise ops, casts)."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    aten = torch.ops.aten
+    keep = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.linear.default,
+            aten._scaled_dot_product_efficient_attention.default, aten._scaled_dot_product_flash_attention.default,
+            aten._scaled_dot_product_cudnn_attention.default,
+            aten._scaled_dot_product_flash_attention_for_cpu.default}
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def checkpointed_blocks(n_layers: int, mtp: bool, setting: bool | str, every: int = 1) -> list[int]:
+    """Indices of the blocks `apply_activation_checkpointing` wraps (the MTP block is n_layers):
+    none, all, or with `every` k > 1 blocks 0, k, 2k, ... (torchtitan's `layer_id % k == 0`)."""
+    if setting is False:
+        return []
+    blocks = list(range(n_layers + (1 if mtp else 0)))
+    return blocks if setting == "op" else blocks[::every]
+
+
+def apply_activation_checkpointing(model: nn.Module, setting: bool | str = True, every: int = 1) -> None:
+    """`parallel.activation_checkpointing`: true, whole blocks (every `every`-th one); "op",
+    op-level selective checkpointing of every block. Non-reentrant either way (FSDP2, compile)."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 
+    kw = {"context_fn": _op_level_policy} if setting == "op" else {}
     layers = model.model.layers
-    for i, block in enumerate(layers):
-        layers[i] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
-    if getattr(model, "mtp", None) is not None:
-        model.mtp.block = checkpoint_wrapper(model.mtp.block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+    mtp = getattr(model, "mtp", None) is not None
+    for i in checkpointed_blocks(len(layers), mtp, setting, every):
+        if i < len(layers):
+            layers[i] = checkpoint_wrapper(layers[i], checkpoint_impl=CheckpointImpl.NO_REENTRANT, **kw)
+        else:
+            model.mtp.block = checkpoint_wrapper(model.mtp.block, checkpoint_impl=CheckpointImpl.NO_REENTRANT, **kw)
+
+
+def check_parallel(section, world: int) -> None:
+    """`parallel` settings that cannot work with `world` ranks: one error naming the key, before any
+    model is built (the values themselves are checked with the config, TrainConfig.validate)."""
+    if section.mode in ("ddp", "zero1", "fsdp") and world < 2:
+        raise ValueError(f"parallel.mode {section.mode} with {world} rank: it shares the work of 2+ ranks; "
+                         "use single, or launch 2+ ranks with torchrun")
+    if section.mode == "single" and world > 1:
+        raise ValueError(f"parallel.mode single with {world} ranks: pick ddp, zero1 or fsdp")
 
 
 # Dimensions of a block's tensor arguments (x, cos, sin, dense mask) that vary: batch and sequence.
@@ -212,8 +255,8 @@ def uses_autocast(setting: str | None, mode: str, device: torch.device) -> bool:
     return resolve_precision(setting, device) == "bf16" and mode != "fsdp"
 
 
-def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpointing: bool = False,
-                mixed_precision: str | None = None, compile: bool = False) -> nn.Module:
+def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpointing: bool | str = False,
+                mixed_precision: str | None = None, compile: bool = False, checkpoint_every: int = 1) -> nn.Module:
     """Wrap `model` for `mode`; returns the module the training loop calls."""
     if mode not in MODES:
         raise ValueError(f"parallel.mode: unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -222,7 +265,7 @@ def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpoi
     if mode == "single" and info.world > 1:
         raise ValueError(f"parallel.mode 'single' with WORLD_SIZE={info.world}: pick ddp, zero1 or fsdp")
     if activation_checkpointing:
-        apply_activation_checkpointing(model)
+        apply_activation_checkpointing(model, activation_checkpointing, checkpoint_every)
     if compile:
         apply_compile(model)
     if mode == "single":
@@ -322,4 +365,5 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     return norm
 
 
-__all__ = ["DistInfo", "init_distributed", "distributed_run", "parallelize", "apply_compile", "compile_stats", "resolve_compile", "resolve_precision", "uses_autocast", "build_optimizer", "clip_grad_norm", "MODES"]
+__all__ = ["DistInfo", "init_distributed", "distributed_run", "parallelize", "apply_compile", "compile_stats", "resolve_compile", "resolve_precision", "uses_autocast", "build_optimizer", "clip_grad_norm", "MODES",
+           "apply_activation_checkpointing", "checkpointed_blocks", "check_parallel"]

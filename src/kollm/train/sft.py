@@ -195,7 +195,7 @@ def main(argv: list[str]) -> int:
     tokenizer = chat.load_tokenizer(tokenizer_source(cfg))
     if args.seeds > 1 and not cfg.checkpoint.export_hf:
         raise ValueError("--seeds averages the exported runs: checkpoint.export_hf must be true")
-    with distributed_run() as info:
+    with distributed_run(cfg.parallel) as info:
         exports, cache = [], {}
         for k in range(args.seeds):  # a diverged seed raises: `kollm` exits 3 with its message
             run_cfg = seed_config(cfg, k) if args.seeds > 1 else cfg
