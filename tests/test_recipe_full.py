@@ -96,7 +96,7 @@ def test_trillion_full_dry_run(plans):
     assert gen["tokens"] == refp["tokens"] == train["tokens"] == 312 * 64 * 16 * T
     assert gen["flops"] == pytest.approx(312 * 64 * 16 * T * f / 3) and train["flops"] == pytest.approx(312 * 64 * 16 * T * f)
     assert gen["gpu_hours"] == pytest.approx(_hours(gen["flops"], 0.1))
-    assert not grpo["fits"]  # zero1 + in-process rollouts + an fp32 reference: > 72 GB per rank (reported)
+    assert grpo["fits"]  # fsdp with a rollout server (its GPUs extra): ≤ 72 GB per rank
 
     ev = _stage(d, "eval")
     assert ev["requests"] > 500_000  # 27 benchmarks; MMLU-style tasks ask one request per choice
