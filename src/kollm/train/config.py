@@ -111,6 +111,7 @@ class ParallelSection:
     # kollm.train.parallel.apply_activation_checkpointing
     activation_checkpointing: bool | str = False
     checkpoint_every: int = 1  # with true: every k-th block only (torchtitan's selective "k")
+    reduce_dtype: str = "fp32"  # zero1/fsdp under bf16: the gradient reduce-scatter's dtype (fp32 | bf16)
     # bf16 autocast (fp32 master weights and AdamW states) or fp32; None: bf16 on CUDA, fp32 on CPU
     mixed_precision: str | None = None
     # torch.compile each block (kollm.train.parallel.apply_compile); None: on for CUDA, off on CPU
@@ -227,6 +228,8 @@ class TrainConfig:
         elif every > 1 and ac is not True:
             problems.append(f"parallel.checkpoint_every: {every} needs parallel.activation_checkpointing true "
                             f"(whole blocks), got {ac!r}")
+        if self.parallel.reduce_dtype not in ("fp32", "bf16"):
+            problems.append(f"parallel.reduce_dtype: fp32 | bf16, got {self.parallel.reduce_dtype!r}")
         if self.parallel.mixed_precision not in (None, "bf16", "fp32"):
             problems.append(f"parallel.mixed_precision: bf16 | fp32, got {self.parallel.mixed_precision!r}")
         if self.data.mask_policy not in ("causal", "document", "xlda", "xlda_literal"):

@@ -514,9 +514,9 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
     if cfg.distill.off_policy and cfg.teacher.stored:
         raise ValueError("distill.off_policy: student generations need the teacher online (teacher.stored holds "
                          "targets for the dataset's responses only); set distill.off_policy=false")
-    if cfg.distill.off_policy and cfg.parallel.mode == "fsdp":
-        raise ValueError("distill.off_policy: student generation under parallel.mode fsdp is not supported "
-                         "(ranks would run different numbers of forward passes); use ddp or zero1")
+    if cfg.distill.off_policy and cfg.parallel.mode in ("zero1", "fsdp"):
+        raise ValueError(f"distill.off_policy: student generation under parallel.mode {cfg.parallel.mode} is not "
+                         "supported (ranks would run different numbers of forward passes); use ddp")
     if cfg.checkpoint.export_hf:
         from kollm.model.hf import export_architecture
 

@@ -428,7 +428,7 @@ def build(cfg: GRPOConfig, info, model):
     sync = None
     if g.server and g.sync_weights:
         sync = WeightSync(engine, policy, Path(tc.output_dir) / "rollout-weights", DTYPES[tc.checkpoint.export_dtype],
-                          tok_dir, info.rank, gather=tc.parallel.mode == "fsdp")
+                          tok_dir, info.rank, gather=tc.parallel.mode in ("zero1", "fsdp"))
     reference = None
     if g.beta > 0:
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -514,9 +514,10 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"{args.config}: data.train is required (prompt rows)")
     in_process = [what for what, yes in (("rollouts", not cfg.grpo.server), ("validation", cfg.data.validation and not (
         cfg.grpo.server and cfg.grpo.sync_weights))) if yes]
-    if tc.parallel.mode == "fsdp" and in_process:
-        raise ValueError(f"{args.config}: parallel.mode fsdp: in-process {' and '.join(in_process)} need whole weights "
-                         "on every rank; use ddp/zero1, or fsdp with grpo.server (validation: and grpo.sync_weights)")
+    if tc.parallel.mode in ("zero1", "fsdp") and in_process:
+        raise ValueError(f"{args.config}: parallel.mode {tc.parallel.mode}: in-process {' and '.join(in_process)} need "
+                         "whole weights on every rank between steps; use ddp, or zero1/fsdp with grpo.server "
+                         "(validation: and grpo.sync_weights)")
     with distributed_run(tc.parallel) as info:
         model = build_run_model(tc, info.device)
         trainer_model = model

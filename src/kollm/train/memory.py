@@ -3,9 +3,11 @@
 Model states (N parameters, W ranks; ZeRO paper, Rajbhandari et al. 2020, §3: 16 bytes/parameter
 for mixed-precision AdamW), as kollm lays them out:
 - fp32 master weights 4N, fp32 gradients 4N, AdamW moments 8N (two fp32 tensors).
-- `single`/`ddp`: nothing sharded. `zero1`: the moments only (8N/W). `fsdp`: all three (/W).
+- `single`/`ddp`: nothing sharded. `zero1` and `fsdp` (both FSDP2): all three (/W).
 - DDP keeps its own gradient buckets (gradient_as_bucket_view is off): another 4N.
-- bf16 autocast (single/ddp/zero1) caches a bf16 copy of every matmul weight for the whole
+- `zero1` (reshard_after_forward=False): the whole model gathered in the compute dtype (bf16: 2N)
+  from the first forward to the end of backward, plus one block's unsharded gradient.
+- bf16 autocast (single/ddp) caches a bf16 copy of every matmul weight for the whole
   forward+backward of a micro-batch (the trainer runs backward inside the autocast region): 2N'
   with N' the parameters that enter a matmul (all but the input embedding).
 - FSDP2 with bf16 parameters all-gathers the root group (embedding, LM head, final norms) and
@@ -127,17 +129,23 @@ def memory_plan(cfg: ModelConfig, mode: str, world: int, micro_batch: int, seq_l
     matmul = n - embed  # the input embedding is a lookup
     bf16 = mixed_precision == "bf16"
     a = 2 if bf16 else 4
-    p = 2 if bf16 and mode == "fsdp" else 4  # FSDP2 computes in bf16 parameters; autocast keeps fp32 ones
-    params, grads = 4 * n / (w if mode == "fsdp" else 1), 4 * n / (w if mode == "fsdp" else 1)
-    optimizer = 8 * n / (w if mode in ("zero1", "fsdp") else 1)
+    sharded = mode in ("zero1", "fsdp")  # FSDP2: fp32 master weights, gradients and moments in shards
+    p = 2 if bf16 and sharded else 4  # FSDP2 computes in bf16 parameters; autocast keeps fp32 ones
+    params = grads = 4 * n / (w if sharded else 1)
+    optimizer = 8 * n / (w if sharded else 1)
     buffers = 0.0
-    if mode in ("ddp", "zero1"):
+    if mode == "ddp":
         buffers += 4 * n
-    if bf16 and mode != "fsdp":
+    if bf16 and not sharded:
         buffers += 2 * matmul
+    if sharded:
+        # the unsharded gradient of one block and its reduce-scatter copy in the reduce dtype (fp32)
+        buffers += (p + 4) * cfg.block_params()
     if mode == "fsdp":
         root = n - (cfg.n_layers + (1 if cfg.mtp else 0)) * cfg.block_params()
-        buffers += p * root + 2 * p * cfg.block_params() + (p + 4) * cfg.block_params()
+        buffers += p * root + 2 * p * cfg.block_params()
+    if mode == "zero1":  # every parameter gathered once and kept from forward to backward
+        buffers += p * n
     layers = cfg.n_layers + (1 if cfg.mtp else 0)
     t = micro_batch * seq_len
     block = block_activation_bytes(cfg, a, p)

@@ -132,7 +132,7 @@ def build_run_model(cfg: TrainConfig, device: torch.device) -> CausalLM:
             extend_vocab(model, cfg.model.vocab_size)
         return model
     # FSDP: shapes only here; each rank allocates and initialises its shard after sharding.
-    return build_model(model_config(cfg), device="meta" if cfg.parallel.mode == "fsdp" else device)
+    return build_model(model_config(cfg), device="meta" if cfg.parallel.mode in ("zero1", "fsdp") else device)
 
 
 def check_vocabulary(data, vocab_size: int, shards: str) -> None:

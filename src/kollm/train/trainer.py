@@ -232,7 +232,8 @@ class Trainer:
                   f"{' (parallel.compile unset)' if cfg.parallel.compile is None else ''}, {self.precision}",
                   file=sys.stderr, flush=True)
         self.model = parallel.parallelize(model, cfg.parallel.mode, self.info, cfg.parallel.activation_checkpointing,
-                                          self.precision, self.compile, cfg.parallel.checkpoint_every)
+                                          self.precision, self.compile, cfg.parallel.checkpoint_every,
+                                          cfg.parallel.reduce_dtype)
         if on_meta:  # built on the meta device: allocate and initialise after sharding
             parallel.materialize(self.model, self.info.device)
         self.optimizer = parallel.build_optimizer(self.model, cfg.parallel.mode, cfg.optimizer)
