@@ -6,7 +6,11 @@
    and AdamW), eager and `parallel.compile`, on a trillion-7b-shaped model cut to --layers blocks
    (d 4096, f 11008, 32 heads, vocab 128,256, sandwich norm, MTP) at micro-batch --batch × --seq,
    XLDA mask; peak memory against the dry run's plan (kollm.train.memory) for the same shape.
-3. Batch-1 greedy decode tokens/s of the same model in bf16 (kollm.model.generate), eager and with
+   Also with the recipes' block checkpointing (`train_ckpt`, eager): planned against measured.
+3. The chunked LM head + loss (kollm.train.objectives.chunked) at --loss-tokens × 128,256 vocabulary,
+   d 4096, bf16 autocast over fp32 head weights, against the dense path: peak memory above the
+   inputs (planned: kollm.train.memory's loss terms) and tokens/s of forward + backward.
+4. Batch-1 greedy decode tokens/s of the same model in bf16 (kollm.model.generate), eager and with
    the compiled static-cache step (CUDA graphs), its compile time apart.
 Every part is timed and caught on its own; a JSON summary goes to --out. Without CUDA it writes
 {"cuda": false} and exits 0, unless --smoke-cpu runs every part on CPU at tiny sizes (to keep
@@ -18,6 +22,7 @@ the script working where there is no GPU).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -123,7 +128,7 @@ def model_config(args):
     return get_preset("trillion-7b", n_layers=args.layers, max_seq_len=args.seq)
 
 
-def check_train(device: torch.device, args, compile_: bool) -> dict:
+def check_train(device: torch.device, args, compile_: bool, ac: bool | str = False) -> dict:
     from kollm.model.transformer import build_model
     from kollm.train.config import config_from_dict
     from kollm.train.flops import H100_BF16_DENSE, default_peak_flops, mfu
@@ -136,7 +141,7 @@ def check_train(device: torch.device, args, compile_: bool) -> dict:
         "output_dir": args.workdir, "batch": {"tokens": args.batch * args.seq}, "optimizer": {"lr": 1e-4},
         "schedule": {"warmup_steps": 1}, "logging": {"progress": False},
         "checkpoint": {"every": 0, "export_hf": False},
-        "parallel": {"mixed_precision": "bf16", "compile": compile_},
+        "parallel": {"mixed_precision": "bf16", "compile": compile_, "activation_checkpointing": ac},
         "phases": [{"name": "p", "steps": args.steps + 2, "mtp_alpha": 0.1,
                     "data": {"seq_len": args.seq, "batch_size": args.batch}}]})
     torch.manual_seed(0)
@@ -163,19 +168,66 @@ def check_train(device: torch.device, args, compile_: bool) -> dict:
     step_s = times[len(times) // 2]
     tok_s = args.batch * args.seq / step_s
     peak = default_peak_flops(device) or H100_BF16_DENSE
-    plan = memory_plan(mc, "single", 1, args.batch, args.seq, "bf16")
+    plan = memory_plan(mc, "single", 1, args.batch, args.seq, "bf16", ac or True)
     res = {"layers": mc.n_layers, "params": mc.num_params(), "micro_batch": args.batch, "seq": args.seq,
            "first_step_s": first_s, "median_step_s": step_s, "tokens_per_s": tok_s,
            "mfu": mfu(tok_s, mc.flops_per_token(args.seq), peak), "peak_flops": peak,
            "first_loss": first["loss"], "last_loss": losses[-1],
            # XLDA mask over RandomDocs: the share of the matrix masked, and of 128-tiles FlexAttention skips
            "attn_sparsity": m["attn_sparsity"], "attn_block_sparsity": m["attn_block_sparsity"],
-           "planned_memory_gb": plan.total(False) / 1e9}
+           "activation_checkpointing": ac, "planned_memory_gb": plan.total(ac) / 1e9}
     if device.type == "cuda":
         res["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
     if compile_:
         res |= compile_stats()
     del t
+    return res
+
+
+def check_loss(device: torch.device, args) -> dict:
+    """Dense against chunked LM head + cross entropy, forward + backward, bf16 autocast over an fp32
+    head weight (the trainer's single/ddp layout): peak memory above the inputs, tokens/s."""
+    import torch.nn.functional as F
+
+    from kollm.train.memory import loss_fixed_bytes
+    from kollm.train.objectives.chunked import linear_cross_entropy
+
+    mc = model_config(args)
+    t, v, d = args.loss_tokens, mc.vocab_size, mc.dim
+    torch.manual_seed(0)
+    h = (torch.randn(t, d, device=device) * 0.5).requires_grad_()
+    w = (torch.randn(v, d, device=device) * 0.02).requires_grad_()
+    tgt = torch.randint(0, v, (t,), device=device)
+    planned = t * (4 * d + 8) + loss_fixed_bytes(dataclasses.replace(mc, mtp=False), t, 2, 4)
+    res = {"tokens": t, "vocab": v, "dim": d, "planned_chunked_gb": planned / 1e9}
+    for path in ("chunked", "dense"):
+        h.grad = w.grad = None
+        try:
+            sync(device)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                base = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.perf_counter()
+            with torch.autocast(device.type, torch.bfloat16):
+                if path == "dense":
+                    loss = F.cross_entropy(F.linear(h, w).float(), tgt, reduction="sum")
+                else:
+                    loss = linear_cross_entropy(h, w, tgt)[0]
+                loss.backward()
+            sync(device)
+            dt = time.perf_counter() - t0
+            res[path] = {"loss": float(loss), "tokens_per_s": t / dt}
+            if device.type == "cuda":  # above the inputs; the gradients' buffers (h, w) included
+                res[path]["peak_memory_gb"] = (torch.cuda.max_memory_allocated(device) - base) / 1e9
+            del loss
+        except torch.OutOfMemoryError as e:
+            res[path] = {"error": f"out of memory: {e}"[:300]}
+    c, dn = res.get("chunked", {}), res.get("dense", {})
+    if "loss" in c and "loss" in dn:
+        res["rel_loss_diff"] = abs(c["loss"] - dn["loss"]) / abs(dn["loss"])
+        res["chunked_over_dense_speed"] = c["tokens_per_s"] / dn["tokens_per_s"]
+    res["ok"] = "loss" in c and res.get("rel_loss_diff", 0.0) < 1e-3
     return res
 
 
@@ -219,6 +271,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=8, help="timed steps per training run (after 2 untimed)")
+    ap.add_argument("--loss-tokens", type=int, default=32768, help="tokens of the chunked-loss check")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--workdir", default="/tmp/kollm-gpu-check")
@@ -234,7 +287,7 @@ def main() -> int:
         return 0
     if args.smoke_cpu:  # minutes of inductor on a small CPU: capture-only backend, eager flex
         os.environ.setdefault("KOLLM_COMPILE_BACKEND", "aot_eager")
-        args.seq, args.batch, args.steps, args.prompt, args.new_tokens = 64, 2, 2, 8, 8
+        args.seq, args.batch, args.steps, args.prompt, args.new_tokens, args.loss_tokens = 64, 2, 2, 8, 8, 256
     device = torch.device("cuda", 0) if cuda and not args.smoke_cpu else torch.device("cpu")
     if device.type == "cuda":
         summary["device"] = torch.cuda.get_device_name(device)
@@ -245,6 +298,8 @@ def main() -> int:
                                            compiled=not args.smoke_cpu),
         "train_eager": lambda: check_train(device, args, compile_=False),
         "train_compiled": lambda: check_train(device, args, compile_=True),
+        "train_ckpt": lambda: check_train(device, args, compile_=False, ac=True),
+        "loss_chunked_vs_dense": lambda: check_loss(device, args),
         "decode": lambda: check_decode(device, args),
     }
     for name, fn in parts.items():

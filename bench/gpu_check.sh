@@ -3,7 +3,10 @@
 #   bench/gpu_check.sh [OUT_DIR]      (default: $OUT if set, else bench/results)
 # 1. the compile and bf16 tests with inductor (KOLLM_COMPILE_BACKEND=inductor; CPU tests use aot_eager)
 # 2. bench/gpu_check.py: FlexAttention fwd/bwd vs SDPA (bf16, document + XLDA masks), training tokens/s
-#    and MFU eager vs compiled (trillion-7b shape, 4 of 32 blocks, micro-batch 2 x 4096), decode tokens/s.
+#    and MFU eager vs compiled (trillion-7b shape, 4 of 32 blocks, micro-batch 2 x 4096), the same with
+#    block checkpointing (the recipes' setting), each with planned vs measured peak memory; the chunked
+#    LM head + loss against the dense one at 32,768 tokens x 128,256 vocabulary (peak memory, tokens/s,
+#    planned beside measured); decode tokens/s. `bench/gpu_check.py --smoke-cpu` runs it all on CPU.
 # Writes OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.log. Without CUDA it says so and exits 0.
 set -uo pipefail
 cd "$(dirname "$0")/.."

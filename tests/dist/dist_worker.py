@@ -19,13 +19,13 @@ from kollm.train.parallel import init_distributed  # noqa: E402
 from kollm.train.trainer import LMObjective, Trainer  # noqa: E402
 
 
-def run_config(mode: str, out_dir: str, steps: int = 4, ac: bool = False) -> dict:
+def run_config(mode: str, out_dir: str, steps: int = 4, ac: bool = False, precision: str = "fp32") -> dict:
     """Shared with the single-process reference in test_parallel.py."""
     return {
         "output_dir": out_dir, "seed": 0,
         "batch": {"tokens": 8 * 32},  # 8 sequences of 32 per step, any world size
         "optimizer": {"lr": 3e-3}, "schedule": {"warmup_steps": 2},
-        "parallel": {"mode": mode, "activation_checkpointing": ac},
+        "parallel": {"mode": mode, "activation_checkpointing": ac, "mixed_precision": precision},
         "checkpoint": {"every": 2, "keep": 2, "export_hf": False},
         "logging": {"progress": False},
         # a phase switch at the mid-run checkpoint; MTP α 0 in the second phase leaves the MTP block
@@ -37,10 +37,10 @@ def run_config(mode: str, out_dir: str, steps: int = 4, ac: bool = False) -> dic
 
 
 def train(mode: str, out_dir: str, rank: int, world: int, info, resume: bool = False, ac: bool = False,
-          device: str = "cpu") -> list:
+          device: str = "cpu", steps: int = 4, precision: str = "fp32") -> list:
     torch.manual_seed(0)
     model = build_model(get_preset("tiny-sandwich-mtp"), device=device)
-    cfg = config_from_dict(run_config(mode, out_dir, ac=ac))
+    cfg = config_from_dict(run_config(mode, out_dir, steps=steps, ac=ac, precision=precision))
     trainer = Trainer(cfg, model, LMObjective("xlda"), SyntheticLoader(rank=rank, world_size=world), info)
     if resume:
         trainer.total_steps = 2  # stop at the mid-run checkpoint, as a crash would leave it
@@ -60,6 +60,9 @@ def main() -> None:
         results[mode] = train(mode, str(workdir / mode), info.rank, info.world, info)
         results[mode + "+resume"] = train(mode, str(workdir / (mode + "-r")), info.rank, info.world, info, resume=True)
     results["fsdp+ac"] = train("fsdp", str(workdir / "fsdp-ac"), info.rank, info.world, info, ac=True)
+    # ZeRO-1 as the report ran it: bf16 weights on every rank over fp32 master shards, 20 steps
+    results["zero1+bf16"] = train("zero1", str(workdir / "zero1-bf16"), info.rank, info.world, info, steps=20,
+                                  precision="bf16")
     # built on the meta device, each rank initialises only its shard (how pretrain builds for fsdp)
     results["fsdp+meta"] = train("fsdp", str(workdir / "fsdp-meta"), info.rank, info.world, info, device="meta")
     if info.rank == 0:

@@ -1,5 +1,5 @@
 """`torchrun --nproc_per_node 2` (gloo, CPU): ddp, zero1 and fsdp (also with activation
-checkpointing) give the loss curve of a single process on the same global batch, and each resumes
+checkpointing; zero1 also with bf16 weights over 20 steps) give the loss curve of a single process on the same global batch, and each resumes
 from its sharded DCP checkpoint onto the same curve; the sharded checkpoints export in one process. One launch runs every mode (torch imports
 cost seconds per process)."""
 
@@ -42,12 +42,16 @@ def dist_results(tmp_path_factory):
     return json.loads(out.read_text()), work
 
 
-@pytest.fixture(scope="module")
-def single(tmp_path_factory):
+def _single(path, steps: int = 4) -> list:
     torch.manual_seed(0)
     model = build_model(get_preset("tiny-sandwich-mtp"))
-    cfg = config_from_dict(run_config("single", str(tmp_path_factory.mktemp("single"))))
+    cfg = config_from_dict(run_config("single", str(path), steps=steps))
     return [h["loss"] for h in Trainer(cfg, model, LMObjective("xlda"), SyntheticLoader()).fit()]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    return _single(tmp_path_factory.mktemp("single"))
 
 
 def test_modes_match_single_process_and_resume(dist_results, single, tmp_path):
@@ -65,16 +69,24 @@ def test_modes_match_single_process_and_resume(dist_results, single, tmp_path):
         assert resumed[:2] == [None, None] and len(resumed) == 4
         torch.testing.assert_close(torch.tensor(resumed[2:]), torch.tensor(dist_results[mode][2:]), rtol=1e-6,
                                    atol=0, msg=lambda m, mode=mode: f"{mode} resumed vs uninterrupted: {m}")
-    # Checkpoints written by 2 ranks load in one process for export: FSDP shards reassemble into
-    # the weights DDP trained (up to the rounding seen in the losses), ZeRO-1 gives DDP's exactly.
+    # ZeRO-1 with bf16 weights (fp32 master shards, fp32 gradient reduction) over 20 steps against
+    # one fp32 process: bf16's rounding only. Stated tolerance: every step within 3 %, the last 5
+    # steps' mean within 1.5 % (the bf16 autocast run of test_mixed_precision.py tracks fp32 alike).
+    ref20 = _single(tmp_path / "single20", steps=20)
+    bf16 = dist_results["zero1+bf16"]
+    rel = [abs(a - b) / b for a, b in zip(bf16, ref20)]
+    assert len(bf16) == 20 and max(rel) < 0.03, rel
+    assert abs(sum(bf16[-5:]) - sum(ref20[-5:])) / sum(ref20[-5:]) < 0.015 and bf16 != ref20
+    # Checkpoints written by 2 ranks load in one process for export: FSDP2's shards (fsdp, zero1)
+    # reassemble into the weights DDP trained, up to the rounding seen in the losses.
     fsdp, ddp, zero1 = (load_checkpoint_model(work / m)[0] for m in ("fsdp", "ddp", "zero1"))
     # Adam divides by sqrt(v): a weight whose gradient is at rounding level (an embedding row seen
     # once) moves by ~lr whatever its sign, so FSDP's other summation order may flip a handful of
     # such elements by up to 2·lr per step; everything else agrees to 1e-5.
     for (name, a), b, c in zip(ddp.named_parameters(), fsdp.parameters(), zero1.parameters()):
-        off = (b - a).abs()
-        assert int((off > 1e-5).sum()) <= max(1, off.numel() // 1000), (name, int((off > 1e-5).sum()))
-        assert float(off.max()) <= 2 * 3e-3 * 4, name  # lr 3e-3, 4 steps
-        assert torch.equal(c, a), name
+        for other in (b, c):
+            off = (other - a).abs()
+            assert int((off > 1e-5).sum()) <= max(1, off.numel() // 1000), (name, int((off > 1e-5).sum()))
+            assert float(off.max()) <= 2 * 3e-3 * 4, name  # lr 3e-3, 4 steps
     assert export_main(["--checkpoint", str(work / "fsdp"), "--out", str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "model.safetensors").is_file()

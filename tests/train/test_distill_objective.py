@@ -175,7 +175,10 @@ class _Fixed(torch.nn.Module):
         super().__init__()
         self.table = torch.nn.Parameter(table)
 
-    def forward(self, ids):
+    def forward(self, ids, head=None):
+        if head is not None:  # rows of the table as hidden states under an identity head
+            eye = torch.eye(self.table.shape[-1])
+            return type("Out", (), {"logits": None, "head": head(self.table[ids], eye, 1), "mtp_head": None})()
         return type("Out", (), {"logits": self.table[ids]})()
 
 

@@ -13,7 +13,9 @@ Parallelism and activation checkpointing are applied from outside (`kollm.train.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -205,8 +207,10 @@ class MTPHead(nn.Module):
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor  # (B, T, V): position t predicts token t+1
+    logits: torch.Tensor | None  # (B, T, V): position t predicts token t+1; None with a `head`
     mtp_logits: torch.Tensor | None = None  # (B, T, V): position t predicts token t+2
+    head: Any = None  # what forward's `head` made of the next-token hidden states
+    mtp_head: Any = None  # ... and of the MTP block's
 
 
 class CausalLM(nn.Module):
@@ -256,13 +260,17 @@ class CausalLM(nn.Module):
         attn_mask=None,
         cache: KVCache | None = None,
         last_only: bool = False,
+        head: Callable[[torch.Tensor, torch.Tensor, int], Any] | None = None,
     ) -> ModelOutput:
         """Logits for a (B, T) batch.
 
         doc_ids/lang_ids + mask_policy give the packed-sequence mask (kollm.model.masks); an
         explicit `attn_mask` (bool (B,1,T,S) or a BlockMask) overrides it. With `cache`, the
         tokens continue the cached ones. `restart_positions` restarts RoPE positions per
-        document where the policy isolates documents.
+        document where the policy isolates documents. With `head`, no logits: `head(hidden, lm_head
+        weight, shift)` takes the final-normed hidden states (B, T, d) of the next-token (shift 1) and
+        MTP (shift 2, training only) heads, inside this forward (so FSDP2 has the weight
+        all-gathered): how the objectives run the chunked loss (kollm.train.objectives.chunked).
         """
         B, T = input_ids.shape
         start = cache.pos if cache is not None else 0
@@ -287,10 +295,15 @@ class CausalLM(nn.Module):
             h = layer(h, cos, sin, mask, cache)
         if cache is not None:
             cache.pos += T
-        mtp_logits = None
+        mtp_logits = mtp_head = None
         if self.mtp is not None and self.training:
-            h2 = self.mtp.block(h, cos, sin, mask)
-            mtp_logits = self.lm_head(self.mtp.norm(h2))
+            h2 = self.mtp.norm(self.mtp.block(h, cos, sin, mask))
+            if head is not None:
+                mtp_head = head(h2, self.lm_head.weight, 2)
+            else:
+                mtp_logits = self.lm_head(h2)
+        if head is not None:
+            return ModelOutput(None, None, head(self.model.norm(h), self.lm_head.weight, 1), mtp_head)
         if last_only:
             h = h[:, -1:]
         return ModelOutput(self.lm_head(self.model.norm(h)), mtp_logits)

@@ -55,37 +55,17 @@ class ModelState(Stateful):
 
 
 class OptimizerState(Stateful):
-    """AdamW moments keyed by parameter name (DCP's distributed state-dict API; FSDP shards included).
-
-    ZeRO-1 keeps each rank's moments for its own shard of parameters in a local AdamW, which the
-    state-dict API does not model; its states are saved by name directly, so every rank writes a
-    disjoint set of keys and the hyper-parameters (set by the trainer every step) are not saved.
-    """
+    """AdamW moments keyed by parameter name (DCP's distributed state-dict API; the FSDP2 shards
+    of zero1 and fsdp included)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
         self.model, self.optimizer = model, optimizer
-        self.local = getattr(optimizer, "optim", None)  # ZeRO-1's per-rank AdamW
-
-    def _local_params(self) -> list[tuple[str, torch.Tensor]]:
-        names = {p: n for n, p in unwrap(self.model).named_parameters()}
-        return [(names[p], p) for g in self.local.param_groups for p in g["params"]]
 
     def state_dict(self) -> dict:
-        if self.local is None:
-            return get_optimizer_state_dict(self.model, self.optimizer)
-        out = {}
-        for name, p in self._local_params():
-            st = self.local.state.get(p) or {  # a template to load into before the first step
-                "step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-            out[name] = dict(st)
-        return {"zero1": out}
+        return get_optimizer_state_dict(self.model, self.optimizer)
 
     def load_state_dict(self, state: dict) -> None:
-        if self.local is None:
-            set_optimizer_state_dict(self.model, self.optimizer, state)
-            return
-        for name, p in self._local_params():
-            self.local.state[p] = dict(state["zero1"][name])
+        set_optimizer_state_dict(self.model, self.optimizer, state)
 
 
 # One process without a process group is a supported DCP mode; its warning would fire every save.

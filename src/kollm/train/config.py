@@ -113,7 +113,11 @@ class PhaseSection:
 @dataclass
 class ParallelSection:
     mode: str = "single"  # single | ddp | zero1 | fsdp
-    activation_checkpointing: bool = False
+    # false | true (whole blocks) | "op" (keep matmul and attention outputs, recompute the rest);
+    # kollm.train.parallel.apply_activation_checkpointing
+    activation_checkpointing: bool | str = False
+    checkpoint_every: int = 1  # with true: every k-th block only (torchtitan's selective "k")
+    reduce_dtype: str = "fp32"  # zero1/fsdp under bf16: the gradient reduce-scatter's dtype (fp32 | bf16)
     # bf16 autocast (fp32 master weights and AdamW states) or fp32; None: bf16 on CUDA, fp32 on CPU
     mixed_precision: str | None = None
     # torch.compile each block (kollm.train.parallel.apply_compile); None: on for CUDA, off on CPU
@@ -229,6 +233,16 @@ class TrainConfig:
                             f"({', '.join(scheduled)}) of a wsd schedule")
         if self.parallel.mode not in ("single", "ddp", "zero1", "fsdp"):
             problems.append(f"parallel.mode: single | ddp | zero1 | fsdp, got {self.parallel.mode!r}")
+        ac, every = self.parallel.activation_checkpointing, self.parallel.checkpoint_every
+        if ac not in (False, True, "op"):
+            problems.append(f"parallel.activation_checkpointing: false | true | op, got {ac!r}")
+        if not isinstance(every, int) or every < 1:
+            problems.append(f"parallel.checkpoint_every must be a positive integer, got {every!r}")
+        elif every > 1 and ac is not True:
+            problems.append(f"parallel.checkpoint_every: {every} needs parallel.activation_checkpointing true "
+                            f"(whole blocks), got {ac!r}")
+        if self.parallel.reduce_dtype not in ("fp32", "bf16"):
+            problems.append(f"parallel.reduce_dtype: fp32 | bf16, got {self.parallel.reduce_dtype!r}")
         if self.parallel.mixed_precision not in (None, "bf16", "fp32"):
             problems.append(f"parallel.mixed_precision: bf16 | fp32, got {self.parallel.mixed_precision!r}")
         if self.data.mask_policy not in ("causal", "document", "xlda", "xlda_literal"):
@@ -338,6 +352,9 @@ def _coerce(tp, value, path: str, is_count: bool):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        for a in args:  # `bool | str`: a value of one of the plain types is kept as it is
+            if a in (bool, str) and isinstance(value, a):
+                return value
         tp = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(tp), typing.get_args(tp)
     if dataclasses.is_dataclass(tp):

@@ -560,8 +560,8 @@ def dry_run(cfg: TrainConfig, args, precompute_only: bool = False) -> dict:
                     bytes_written=int(tokens * (8 * cfg.teacher.top_k + 4)))
     precision = cfg.parallel.mixed_precision or "bf16"
     ckpt = cfg.parallel.activation_checkpointing
-    memory = max(memory_plan(mc, cfg.parallel.mode, world, phase_data(ph).batch_size, p.seq_len, precision)
-                 .total(ckpt) for ph, p in zip(cfg.phases, phases))
+    memory = max(memory_plan(mc, cfg.parallel.mode, world, phase_data(ph).batch_size, p.seq_len, precision,
+                             ckpt, cfg.parallel.checkpoint_every).total(ckpt) for ph, p in zip(cfg.phases, phases))
     parts = [dict(part(f"student fwd+bwd ({p.name})", "train", p.tokens, mc.flops_per_token(p.seq_len), p.seq_len),
                   steps=p.steps) for p in phases]
     if cfg.teacher.stored:
@@ -657,7 +657,7 @@ def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -
                                     len(val_ex.examples))
     elif cfg.teacher.model:
         check_same_vocabulary(tok, load_tokenizer(cfg.teacher.model), tok_path, cfg.teacher.model)
-    with distributed_run() as info:
+    with distributed_run(cfg.parallel) as info:
         if info.is_main:
             for ex in (train_ex, val_ex):
                 if ex is not None:

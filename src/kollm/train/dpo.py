@@ -34,6 +34,7 @@ import yaml
 from kollm.argtypes import config_text
 from kollm.train.config import TrainConfig, _build, apply_overrides, config_from_dict
 from kollm.train.objectives.dpo import LOSSES, DPOObjective, sequence_logps
+from kollm.train.parallel import check_parallel
 
 
 @dataclass
@@ -202,7 +203,8 @@ def dry_run(raw: dict, dpo: DPOSection, data_train: str, args, online: bool, whe
         parts, requests = _dpo_parts(dpo, n_pairs, f), None
     notes.append(f"tokens are upper bounds: chosen and rejected at max_length {L} each")
     precision = cfg.parallel.mixed_precision or "bf16"
-    mem = memory_plan(mc, cfg.parallel.mode, world_of(args), 2 * dpo.micro_batch, L, precision)
+    mem = memory_plan(mc, cfg.parallel.mode, world_of(args), 2 * dpo.micro_batch, L, precision,
+                      cfg.parallel.activation_checkpointing, cfg.parallel.checkpoint_every)
     memory = mem.total(cfg.parallel.activation_checkpointing)
     if dpo.reference == "model":
         memory += 4 * mc.num_params()  # a frozen fp32 copy held through training
@@ -352,6 +354,7 @@ def train_dpo(raw: dict, dpo: DPOSection, data_train: str, data_val: str | None,
     train = load_preference_data(data_train, tokenizer, dpo, info, seed=raw.get("seed", 0))
     val = load_preference_data(data_val, tokenizer, dpo, info, seed=0, shuffle=False) if data_val else None
     cfg = train_config(raw, dpo, len(train), where)
+    check_parallel(cfg.parallel, info.world)
     model = build_run_model(cfg, info.device)
     reference = None
     if dpo.reference == "model":  # the comparison point: a frozen copy held through training

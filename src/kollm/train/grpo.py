@@ -363,7 +363,7 @@ class RolloutSource:
 
     @torch.no_grad()
     def _logps(self, model, ids: torch.Tensor) -> torch.Tensor:
-        from kollm.train.objectives.grpo import token_logps
+        from kollm.train.objectives.grpo import token_logps_head
 
         was = model.training
         model.eval()
@@ -373,7 +373,8 @@ class RolloutSource:
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
                 for s in range(0, len(ids), mb):
                     x = ids[s:s + mb].to(self.device)
-                    out.append(token_logps(model(x).logits, x, self.cfg.grpo.temperature).cpu())
+                    # the training forward's chunked head: the ratio at step 0 is exactly 1
+                    out.append(model(x, head=token_logps_head(x, self.cfg.grpo.temperature)).head.cpu())
         finally:
             model.train(was)
         return torch.cat(out)
@@ -463,7 +464,7 @@ def build(cfg: GRPOConfig, info, model):
     sync = None
     if g.server and g.sync_weights:
         sync = WeightSync(engine, policy, Path(tc.output_dir) / "rollout-weights", DTYPES[tc.checkpoint.export_dtype],
-                          tok_dir, info.rank, gather=tc.parallel.mode == "fsdp")
+                          tok_dir, info.rank, gather=tc.parallel.mode in ("zero1", "fsdp"))
     reference = None
     if g.beta > 0:
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -505,8 +506,9 @@ def dry_run(cfg: GRPOConfig, args) -> dict:
         parts.append(part("reference forward", "forward", batches * rollouts * T, f, T))
     parts.append(dict(part(f"policy fwd+bwd ({steps:,} steps)", "train", steps * rollouts * T, f, T), steps=steps))
     precision = tc.parallel.mixed_precision or "bf16"
-    memory = memory_plan(mc, tc.parallel.mode, world, g.micro_batch_size, T, precision).total(
-        tc.parallel.activation_checkpointing)
+    ac = tc.parallel.activation_checkpointing
+    memory = memory_plan(mc, tc.parallel.mode, world, g.micro_batch_size, T, precision, ac,
+                         tc.parallel.checkpoint_every).total(ac)
     if g.beta > 0:
         memory += 4 * mc.num_params()  # the reference: a frozen fp32 copy of the initial policy per rank
     notes.append(f"{steps:,} steps × {g.prompts_per_step} prompts × G={g.group_size} at ≤ {T} tokens "
@@ -552,10 +554,11 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"{args.config}: data.train is required (prompt rows)")
     in_process = [what for what, yes in (("rollouts", not cfg.grpo.server), ("validation", cfg.data.validation and not (
         cfg.grpo.server and cfg.grpo.sync_weights))) if yes]
-    if tc.parallel.mode == "fsdp" and in_process:
-        raise ValueError(f"{args.config}: parallel.mode fsdp: in-process {' and '.join(in_process)} need whole weights "
-                         "on every rank; use ddp/zero1, or fsdp with grpo.server (validation: and grpo.sync_weights)")
-    with distributed_run() as info:
+    if tc.parallel.mode in ("zero1", "fsdp") and in_process:
+        raise ValueError(f"{args.config}: parallel.mode {tc.parallel.mode}: in-process {' and '.join(in_process)} need "
+                         "whole weights on every rank between steps; use ddp, or zero1/fsdp with grpo.server "
+                         "(validation: and grpo.sync_weights)")
+    with distributed_run(tc.parallel) as info:
         model = build_run_model(tc, info.device)
         trainer_model = model
         objective = GRPOObjective(cfg.grpo.loss_type, cfg.grpo.epsilon, cfg.grpo.epsilon_high, cfg.grpo.beta,

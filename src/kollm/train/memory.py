@@ -3,9 +3,11 @@
 Model states (N parameters, W ranks; ZeRO paper, Rajbhandari et al. 2020, §3: 16 bytes/parameter
 for mixed-precision AdamW), as kollm lays them out:
 - fp32 master weights 4N, fp32 gradients 4N, AdamW moments 8N (two fp32 tensors).
-- `single`/`ddp`: nothing sharded. `zero1`: the moments only (8N/W). `fsdp`: all three (/W).
+- `single`/`ddp`: nothing sharded. `zero1` and `fsdp` (both FSDP2): all three (/W).
 - DDP keeps its own gradient buckets (gradient_as_bucket_view is off): another 4N.
-- bf16 autocast (single/ddp/zero1) caches a bf16 copy of every matmul weight for the whole
+- `zero1` (reshard_after_forward=False): the whole model gathered in the compute dtype (bf16: 2N)
+  from the first forward to the end of backward, plus one block's unsharded gradient.
+- bf16 autocast (single/ddp) caches a bf16 copy of every matmul weight for the whole
   forward+backward of a micro-batch (the trainer runs backward inside the autocast region): 2N'
   with N' the parameters that enter a matmul (all but the input embedding).
 - FSDP2 with bf16 parameters all-gathers the root group (embedding, LM head, final norms) and
@@ -22,8 +24,10 @@ kernel that keeps no T×T matrix, as FlexAttention and SDPA flash/cuDNN do on CU
 - attention: q, k, v after RoPE and the output (a·(2·q + 2·kv), q = heads·head_dim, kv =
   kv_heads·head_dim), and the fp32 log-sum-exp per head (4·heads);
 - SwiGLU MLP: gate, up, silu(gate) and their product, a·4·f;
-- the loss: fp32 log-softmax kept for backward, 4·V per head (next token, and MTP), plus the
-  transient a·V logits and their 4·V fp32 copy of the head being computed.
+- the loss, chunked (kollm.train.objectives.chunked): no (tokens, V) logits; per token each head's
+  gradient with respect to its hidden states (p·d, computed in forward), per micro-batch each
+  head's weight gradient (p·V·d), the fp32 accumulator of one (4·V·d), the autocast copy of the
+  head weight and one chunk's logits.
 With activation checkpointing each block keeps only its input (p bytes·d when the residual is in
 the parameter dtype) and one block's activations exist again during its recomputation.
 The test (tests/train/test_memory.py) compares the block formula with the bytes autograd really
@@ -57,11 +61,33 @@ def block_activation_bytes(cfg: ModelConfig, a: int = 2, p: int = 4) -> int:
     return norms + attn + mlp
 
 
+def op_saved_bytes(cfg: ModelConfig, a: int = 2) -> int:
+    """Per token, what op-level selective checkpointing keeps of a block: the outputs of its
+    matmuls (q, k, v, o; gate, up, down) and of the attention kernel (output and fp32 log-sum-exp)."""
+    d, f = cfg.dim, cfg.ffn_dim
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    return a * (q + 2 * kv + d + 2 * f + d) + a * q + 4 * cfg.n_heads
+
+
 def head_activation_bytes(cfg: ModelConfig, a: int = 2, p: int = 4) -> int:
-    """Per token: the heads' fp32 log-softmax kept for backward plus one head's transient logits."""
+    """Per token: what the chunked loss keeps until backward — each head's gradient with respect
+    to its hidden states (p·d, computed in forward) and the int64 index of the tokens with a target
+    (8) — plus the final norm's activations."""
     heads = 2 if cfg.mtp else 1
-    v = cfg.vocab_size
-    return 4 * v * heads + (a * v if a != 4 else 0) + 4 * v + (4 + p + a) * cfg.dim + 4  # + final norm
+    return heads * (p * cfg.dim + 8) + (4 + p + a) * cfg.dim + 4
+
+
+def loss_fixed_bytes(cfg: ModelConfig, tokens: int, a: int = 2, p: int = 4) -> int:
+    """Per micro-batch, whatever its length: each head's weight gradient (p·V·d, computed in
+    forward and kept), the fp32 accumulator of the one being computed (4·V·d), under autocast the
+    bf16 copy of the head weight (a·V·d), and one chunk's logits (fp32, in place; under bf16 also
+    the matmul's bf16 output and the gradient's bf16 copy)."""
+    from kollm.train.objectives.chunked import chunk_rows
+
+    heads = 2 if cfg.mtp else 1
+    vd = cfg.vocab_size * cfg.dim
+    rows = min(chunk_rows(cfg.vocab_size), tokens)
+    return heads * p * vd + 4 * vd + (a * vd if a != p else 0) + rows * cfg.vocab_size * (4 + (2 * a if a != 4 else 0))
 
 
 @dataclass
@@ -78,7 +104,7 @@ class MemoryPlan:
     activations: float
     activations_ckpt: float
     tokens: int  # micro-batch tokens (batch_size × seq_len)
-    logits: float = 0.0  # the loss's share of the activations (log-softmax and logits)
+    logits: float = 0.0  # the loss's share of the activations (chunked head and loss)
 
     @property
     def states(self) -> float:
@@ -89,8 +115,10 @@ class MemoryPlan:
 
 
 def memory_plan(cfg: ModelConfig, mode: str, world: int, micro_batch: int, seq_len: int,
-                mixed_precision: str = "bf16") -> MemoryPlan:
-    """Per-rank memory of one training micro-batch of `micro_batch` × `seq_len` tokens."""
+                mixed_precision: str = "bf16", checkpointing: bool | str = True, every: int = 1) -> MemoryPlan:
+    """Per-rank memory of one training micro-batch of `micro_batch` × `seq_len` tokens;
+    `activations_ckpt` under `checkpointing` (parallel.activation_checkpointing and
+    checkpoint_every; false: whole blocks, for the hint)."""
     if mode not in ("single", "ddp", "zero1", "fsdp"):
         raise ValueError(f"parallel.mode: unknown mode {mode!r}")
     if mixed_precision not in ("bf16", "fp32"):
@@ -101,30 +129,50 @@ def memory_plan(cfg: ModelConfig, mode: str, world: int, micro_batch: int, seq_l
     matmul = n - embed  # the input embedding is a lookup
     bf16 = mixed_precision == "bf16"
     a = 2 if bf16 else 4
-    p = 2 if bf16 and mode == "fsdp" else 4  # FSDP2 computes in bf16 parameters; autocast keeps fp32 ones
-    params, grads = 4 * n / (w if mode == "fsdp" else 1), 4 * n / (w if mode == "fsdp" else 1)
-    optimizer = 8 * n / (w if mode in ("zero1", "fsdp") else 1)
+    sharded = mode in ("zero1", "fsdp")  # FSDP2: fp32 master weights, gradients and moments in shards
+    p = 2 if bf16 and sharded else 4  # FSDP2 computes in bf16 parameters; autocast keeps fp32 ones
+    params = grads = 4 * n / (w if sharded else 1)
+    optimizer = 8 * n / (w if sharded else 1)
     buffers = 0.0
-    if mode in ("ddp", "zero1"):
+    if mode == "ddp":
         buffers += 4 * n
-    if bf16 and mode != "fsdp":
+    if bf16 and not sharded:
         buffers += 2 * matmul
+    if sharded:
+        # the unsharded gradient of one block and its reduce-scatter copy in the reduce dtype (fp32)
+        buffers += (p + 4) * cfg.block_params()
     if mode == "fsdp":
         root = n - (cfg.n_layers + (1 if cfg.mtp else 0)) * cfg.block_params()
-        buffers += p * root + 2 * p * cfg.block_params() + (p + 4) * cfg.block_params()
+        buffers += p * root + 2 * p * cfg.block_params()
+    if mode == "zero1":  # every parameter gathered once and kept from forward to backward
+        buffers += p * n
     layers = cfg.n_layers + (1 if cfg.mtp else 0)
     t = micro_batch * seq_len
     block = block_activation_bytes(cfg, a, p)
     head = head_activation_bytes(cfg, a, p)
     residual = p * cfg.dim  # a block's input, kept under checkpointing
-    acts = t * (layers * block + head)
-    acts_ckpt = t * (layers * residual + block + head)
+    loss = t * head + loss_fixed_bytes(cfg, t, a, p)
+    acts = t * layers * block + loss
+    from kollm.train.parallel import checkpointed_blocks
+
+    wrapped = len(checkpointed_blocks(cfg.n_layers, cfg.mtp, checkpointing or True, every))
+    kept = residual + (op_saved_bytes(cfg, a) if checkpointing == "op" else 0)
+    # checkpointed blocks keep their input (op-level: and their matmul outputs), the others all of
+    # theirs; one checkpointed block is alive again during its recomputation
+    acts_ckpt = t * (wrapped * kept + (layers - wrapped) * block + block) + loss
     return MemoryPlan(mode, w, mixed_precision, params, grads, optimizer, buffers, float(acts), float(acts_ckpt), t,
-                      float(t * head))
+                      float(loss))
 
 
-def format_memory(rows: list[tuple[str, MemoryPlan]], device_memory: float, checkpointing: bool) -> str:
-    """One line per phase; a warning line for each phase that will not fit."""
+def checkpointing_label(checkpointing: bool | str, every: int = 1) -> str:
+    if checkpointing is False:
+        return "off"
+    return "op" if checkpointing == "op" else ("blocks" if every == 1 else f"1/{every}")
+
+
+def format_memory(rows: list[tuple[str, MemoryPlan]], device_memory: float, checkpointing: bool | str,
+                  every: int = 1) -> str:
+    """One line per phase; a warning line for each phase that will not fit, a "fits" line otherwise."""
     usable = device_memory * (1 - RESERVE_FRACTION)
     m0 = rows[0][1]
     lines = [f"memory per rank ({m0.mode}, {m0.world} rank{'s' if m0.world > 1 else ''}, {m0.mixed_precision}; "
@@ -137,18 +185,21 @@ def format_memory(rows: list[tuple[str, MemoryPlan]], device_memory: float, chec
         total = m.total(checkpointing)
         lines.append(f"{name:<16}{m.tokens:>13,}{m.params / GB:>9.1f}{m.grads / GB:>9.1f}{m.optimizer / GB:>9.1f}"
                      f"{m.buffers / GB:>9.1f}{m.activations / GB:>9.1f}{m.activations_ckpt / GB:>11.1f}"
-                     f"{total / GB:>9.1f}{'on' if checkpointing else 'off':>7}")
+                     f"{total / GB:>9.1f}{checkpointing_label(checkpointing, every):>7}")
         if total > usable:
             other = m.total(not checkpointing)
             acts = m.activations_ckpt if checkpointing else m.activations
             parts = sorted([("states (params, grads, optimizer, buffers)", m.states),
-                            ("activations", acts - m.logits), ("the loss's logits", m.logits)], key=lambda x: -x[1])
+                            ("activations", acts - m.logits), ("the loss (head and cross entropy)", m.logits)], key=lambda x: -x[1])
             hint = (f"; with activation checkpointing {other / GB:.1f} GB" if not checkpointing and other <= usable
                     else "; largest: " + ", ".join(f"{k} {v / GB:.1f} GB" for k, v in parts[:2]))
             warnings.append(f"WARNING: phase {name}: {total / GB:.1f} GB per rank does not fit in "
                             f"{usable / GB:.0f} GB{hint}")
+    if not warnings:
+        lines.append(f"every phase fits: at most {max(m.total(checkpointing) for _, m in rows) / GB:.1f} GB per rank "
+                     f"of {usable / GB:.0f} GB usable")
     return "\n".join(lines + warnings)
 
 
-__all__ = ["memory_plan", "format_memory", "MemoryPlan", "block_activation_bytes", "head_activation_bytes",
-           "H100_MEMORY", "GB"]
+__all__ = ["memory_plan", "format_memory", "MemoryPlan", "block_activation_bytes", "head_activation_bytes", "loss_fixed_bytes",
+           "op_saved_bytes", "H100_MEMORY", "GB"]

@@ -3,8 +3,14 @@
 Modes under `torchrun` (gloo on CPU, NCCL on GPU, the same code):
 - `single`: one process, no wrapper.
 - `ddp`:    DistributedDataParallel, gradients all-reduced (averaged) across ranks.
-- `zero1`:  DDP + ZeroRedundancyOptimizer: each rank keeps AdamW states for its share of the
-            parameters only (Trillion §3.6: "we sharded optimizer states only").
+- `zero1`:  ZeRO-1 as the Trillion report ran it (§3.6, "we sharded optimizer states only"):
+            every rank holds the whole model in the compute dtype (bf16 on GPU) from its first
+            forward to the end of its backward; the fp32 master weights and both AdamW moments
+            are sharded, each rank updates its shard. Built on FSDP2 `fully_shard` with
+            `reshard_after_forward=False` (no all-gather between forward and backward) and
+            MixedPrecisionPolicy, not on a collective layer of kollm's own; gradients are
+            reduce-scattered to the shard (ZeRO-2's gradient sharding, for free) in
+            `parallel.reduce_dtype` (fp32 default, as torchtitan).
 - `fsdp`:   FSDP2 `fully_shard` on every block, the MTP block and the root; with bf16 mixed
             precision parameters are all-gathered in bf16 and gradients reduced in fp32
             (MixedPrecisionPolicy) over the fp32 sharded master weights.
@@ -37,6 +43,7 @@ from torch import nn
 from kollm.train.config import OptimSection
 
 MODES = ("single", "ddp", "zero1", "fsdp")
+SHARDED = ("zero1", "fsdp")  # FSDP2 modes: parameters are DTensors, shards only between steps
 
 
 @dataclass
@@ -70,13 +77,15 @@ def init_distributed() -> DistInfo:
 
 
 @contextlib.contextmanager
-def distributed_run():
+def distributed_run(section=None):
     """A stage's run under `torchrun` (or alone): `init_distributed()`; when the body succeeds every
     rank waits at a barrier (rank 0 may still be exporting), and the process group is destroyed
     however the body ends. A body that raises (a diverged run) skips the barrier: the other ranks
     diverged too, or are stopped by torchrun."""
     info = init_distributed()
     try:
+        if section is not None:  # `parallel`: a setting the world cannot run fails before any model is built
+            check_parallel(section, info.world)
         yield info
         if info.distributed:
             dist.barrier()
@@ -104,14 +113,55 @@ def exit_with_launcher(rank: int, poll_s: float = 0.5) -> threading.Thread:
     return t
 
 
-def apply_activation_checkpointing(model: nn.Module) -> None:
+def _op_level_policy():
+    """torchtitan's op-level selective checkpointing: keep what the matmuls and the attention kernel
+    produce (the costly ops), recompute the rest (norms, RoPE, SwiGLU's elementwise ops, casts)."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    aten = torch.ops.aten
+    keep = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.linear.default,
+            aten._scaled_dot_product_efficient_attention.default, aten._scaled_dot_product_flash_attention.default,
+            aten._scaled_dot_product_cudnn_attention.default,
+            aten._scaled_dot_product_flash_attention_for_cpu.default}
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def checkpointed_blocks(n_layers: int, mtp: bool, setting: bool | str, every: int = 1) -> list[int]:
+    """Indices of the blocks `apply_activation_checkpointing` wraps (the MTP block is n_layers):
+    none, all, or with `every` k > 1 blocks 0, k, 2k, ... (torchtitan's `layer_id % k == 0`)."""
+    if setting is False:
+        return []
+    blocks = list(range(n_layers + (1 if mtp else 0)))
+    return blocks if setting == "op" else blocks[::every]
+
+
+def apply_activation_checkpointing(model: nn.Module, setting: bool | str = True, every: int = 1) -> None:
+    """`parallel.activation_checkpointing`: true, whole blocks (every `every`-th one); "op",
+    op-level selective checkpointing of every block. Non-reentrant either way (FSDP2, compile)."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 
+    kw = {"context_fn": _op_level_policy} if setting == "op" else {}
     layers = model.model.layers
-    for i, block in enumerate(layers):
-        layers[i] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
-    if getattr(model, "mtp", None) is not None:
-        model.mtp.block = checkpoint_wrapper(model.mtp.block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+    mtp = getattr(model, "mtp", None) is not None
+    for i in checkpointed_blocks(len(layers), mtp, setting, every):
+        if i < len(layers):
+            layers[i] = checkpoint_wrapper(layers[i], checkpoint_impl=CheckpointImpl.NO_REENTRANT, **kw)
+        else:
+            model.mtp.block = checkpoint_wrapper(model.mtp.block, checkpoint_impl=CheckpointImpl.NO_REENTRANT, **kw)
+
+
+def check_parallel(section, world: int) -> None:
+    """`parallel` settings that cannot work with `world` ranks: one error naming the key, before any
+    model is built (the values themselves are checked with the config, TrainConfig.validate)."""
+    if section.mode in ("ddp", "zero1", "fsdp") and world < 2:
+        raise ValueError(f"parallel.mode {section.mode} with {world} rank: it shares the work of 2+ ranks; "
+                         "use single, or launch 2+ ranks with torchrun")
+    if section.mode == "single" and world > 1:
+        raise ValueError(f"parallel.mode single with {world} ranks: pick ddp, zero1 or fsdp")
 
 
 # Dimensions of a block's tensor arguments (x, cos, sin, dense mask) that vary: batch and sequence.
@@ -209,11 +259,12 @@ def uses_autocast(setting: str | None, mode: str, device: torch.device) -> bool:
     """Whether forwards run under bf16 autocast: bf16 precision outside FSDP (FSDP2 casts the
     parameters itself). Every forward whose log-probabilities meet the policy's (DPO's reference,
     GRPO's old policy and reference) must take the same answer, or the ratio at step 0 is not 1."""
-    return resolve_precision(setting, device) == "bf16" and mode != "fsdp"
+    return resolve_precision(setting, device) == "bf16" and mode not in SHARDED
 
 
-def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpointing: bool = False,
-                mixed_precision: str | None = None, compile: bool = False) -> nn.Module:
+def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpointing: bool | str = False,
+                mixed_precision: str | None = None, compile: bool = False, checkpoint_every: int = 1,
+                reduce_dtype: str = "fp32") -> nn.Module:
     """Wrap `model` for `mode`; returns the module the training loop calls."""
     if mode not in MODES:
         raise ValueError(f"parallel.mode: unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -222,24 +273,30 @@ def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpoi
     if mode == "single" and info.world > 1:
         raise ValueError(f"parallel.mode 'single' with WORLD_SIZE={info.world}: pick ddp, zero1 or fsdp")
     if activation_checkpointing:
-        apply_activation_checkpointing(model)
+        apply_activation_checkpointing(model, activation_checkpointing, checkpoint_every)
     if compile:
         apply_compile(model)
     if mode == "single":
         return model
-    if mode in ("ddp", "zero1"):
+    if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DDP(model, device_ids=ids)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+    if reduce_dtype not in ("fp32", "bf16"):
+        raise ValueError(f"parallel.reduce_dtype: fp32 | bf16, got {reduce_dtype!r}")
+    reduce = torch.float32 if reduce_dtype == "fp32" else torch.bfloat16
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=reduce) \
         if resolve_precision(mixed_precision, info.device) == "bf16" else MixedPrecisionPolicy()
+    # zero1: the gathered compute-dtype weights stay from forward to backward (ZeRO-1's whole bf16
+    # model per rank); fsdp frees each block's after its forward and gathers it again in backward
+    keep = mode == "zero1"
     blocks = list(model.model.layers) + ([model.mtp.block] if getattr(model, "mtp", None) is not None else [])
     for block in blocks:
-        fully_shard(block, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
+        fully_shard(block, mp_policy=mp, reshard_after_forward=not keep)
+    fully_shard(model, mp_policy=mp, reshard_after_forward=not keep)
     return model
 
 
@@ -274,38 +331,27 @@ def build_optimizer(model: nn.Module, mode: str, cfg: OptimSection) -> torch.opt
     devices = {p.device.type for g in groups for p in g["params"]}
     if devices and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for g in groups for p in g["params"]):
         kwargs["fused"] = True
-    if mode == "zero1":
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-
-        zero = ZeroRedundancyOptimizer(groups[0]["params"], optimizer_class=torch.optim.AdamW,
-                                       weight_decay=cfg.weight_decay, **kwargs)
-        zero.add_param_group(groups[1])
-        return zero
-    return torch.optim.AdamW(groups, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)  # under zero1/fsdp over the DTensor shards: each rank its own
 
 
 def set_weight_decay(opt: torch.optim.Optimizer, weight_decay: float) -> None:
-    """Phase change (anneal: 0.1 → 0.033) on the decaying group; ZeRO's local shard included."""
-    for o in (opt, getattr(opt, "optim", None)):
-        if o is not None:
-            for g in o.param_groups:
-                if g.get("decays", g["weight_decay"] != 0.0):
-                    g["weight_decay"] = weight_decay
+    """Phase change (anneal: 0.1 → 0.033) on the decaying group."""
+    for g in opt.param_groups:
+        if g.get("decays", g["weight_decay"] != 0.0):
+            g["weight_decay"] = weight_decay
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for o in (opt, getattr(opt, "optim", None)):
-        if o is not None:
-            for g in o.param_groups:
-                g["lr"] = lr
+    for g in opt.param_groups:
+        g["lr"] = lr
 
 
 def grad_sync(model: nn.Module, mode: str, sync: bool):
     """Context for one micro-batch's backward: reduce gradients across ranks only when `sync`
     (the last micro-batch of an accumulation), as DDP's no_sync and FSDP2's gradient-sync switch do."""
-    if mode == "fsdp":
+    if mode in SHARDED:
         model.set_requires_gradient_sync(sync)
-    if mode in ("ddp", "zero1") and not sync:
+    if mode == "ddp" and not sync:
         return model.no_sync()
     return contextlib.nullcontext()
 
@@ -322,4 +368,5 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     return norm
 
 
-__all__ = ["DistInfo", "init_distributed", "distributed_run", "parallelize", "apply_compile", "compile_stats", "resolve_compile", "resolve_precision", "uses_autocast", "build_optimizer", "clip_grad_norm", "MODES"]
+__all__ = ["DistInfo", "init_distributed", "distributed_run", "parallelize", "apply_compile", "compile_stats", "resolve_compile", "resolve_precision", "uses_autocast", "build_optimizer", "clip_grad_norm", "MODES",
+           "apply_activation_checkpointing", "checkpointed_blocks", "check_parallel", "SHARDED"]

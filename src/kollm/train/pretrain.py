@@ -132,7 +132,7 @@ def build_run_model(cfg: TrainConfig, device: torch.device) -> CausalLM:
             extend_vocab(model, cfg.model.vocab_size)
         return model
     # FSDP: shapes only here; each rank allocates and initialises its shard after sharding.
-    return build_model(model_config(cfg), device="meta" if cfg.parallel.mode == "fsdp" else device)
+    return build_model(model_config(cfg), device="meta" if cfg.parallel.mode in ("zero1", "fsdp") else device)
 
 
 def check_vocabulary(data, vocab_size: int, shards: str) -> None:
@@ -181,13 +181,15 @@ def dry_run(cfg: TrainConfig, world: int, mfu: float, peak_flops: float, device_
     mc, notes = plan_model_config(cfg)
     plan = make_plan(cfg, mc, world)
     precision = cfg.parallel.mixed_precision or "bf16"  # a plan is for the GPU, where bf16 is the default
-    rows = [(ph.name, memory_plan(mc, cfg.parallel.mode, world, phase_data(ph).batch_size, p.seq_len, precision))
+    ac, every = cfg.parallel.activation_checkpointing, cfg.parallel.checkpoint_every
+    rows = [(ph.name, memory_plan(mc, cfg.parallel.mode, world, phase_data(ph).batch_size, p.seq_len, precision,
+                                  ac, every))
             for ph, p in zip(cfg.phases, plan.phases)]
     device_memory = device_memory or H100_MEMORY
     compiled = cfg.parallel.compile is not False  # unset: on, as on the CUDA device the plan is for
     how = "unset: on for CUDA, off on CPU" if cfg.parallel.compile is None else "parallel.compile"
     text = (format_plan(plan, mfu, peak_flops, pretraining) + "\n\n"
-            + format_memory(rows, device_memory, cfg.parallel.activation_checkpointing)
+            + format_memory(rows, device_memory, ac, every)
             + f"\ncompile: {'on' if compiled else 'off'} ({how}); precision: {precision}"
             + "".join("\n" + n for n in notes))
     if not as_plan:
@@ -245,7 +247,7 @@ def main(argv: list[str]) -> int:
         from kollm.model.hf import export_architecture
 
         export_architecture(model_config(cfg))  # an unexportable model fails now, not after training
-    with distributed_run() as info:
+    with distributed_run(cfg.parallel) as info:
         model = build_run_model(cfg, info.device)
         data = PretrainLoader(cfg.data.shards, phase_data(cfg.phases[0]), seed=cfg.seed, rank=info.rank,
                               world_size=info.world, block_size=cfg.data.block_size)

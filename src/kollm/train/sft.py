@@ -238,7 +238,7 @@ def main(argv: list[str]) -> int:
     tokenizer = chat.load_tokenizer(tokenizer_source(cfg))
     if args.seeds > 1 and not cfg.checkpoint.export_hf:
         raise ValueError("--seeds averages the exported runs: checkpoint.export_hf must be true")
-    with distributed_run() as info:
+    with distributed_run(cfg.parallel) as info:
         exports, cache = [], {}
         if cfg.data.epochs is not None:
             cfg, how = with_epochs(cfg, count_rows(cfg, tokenizer, cache), args.config)

@@ -29,7 +29,6 @@ from typing import Protocol
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from kollm.model import masks
@@ -37,6 +36,7 @@ from kollm.model.masks import ISOLATES_DOCUMENTS
 from kollm.train import checkpoint, parallel, schedules
 from kollm.train.config import PhaseSection, TrainConfig
 from kollm.train.flops import default_peak_flops, mfu
+from kollm.train.objectives.chunked import linear_cross_entropy
 from kollm.train.objectives.lm import IGNORE, shifted_targets
 from kollm.train.parallel import DistInfo
 from kollm.train.schedules import decay_start_step, lr_at, micro_batches, phase_at, phase_data, plan_phases
@@ -115,27 +115,36 @@ class LMObjective:
         return torch.stack(counts).float()
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], totals: torch.Tensor) -> ObjectiveOutput:
-        out = model(batch["input_ids"], doc_ids=batch.get("doc_ids"), lang_ids=batch.get("lang_ids"),
-                    mask_policy=self.mask_policy, restart_positions=self.restart_positions)
         labels, docs = batch["labels"], batch.get("doc_ids")
-        V = out.logits.shape[-1]
         ntp_tgt = shifted_targets(labels, 1, docs, isolate=False)
-        ce = F.cross_entropy(out.logits.float().reshape(-1, V), ntp_tgt.reshape(-1), ignore_index=IGNORE,
-                             reduction="none").view_as(ntp_tgt)
+        # global count: every rank takes the same branch
+        train_mtp = bool(self.mtp_alpha) and bool(totals[1] > 0)
+
+        def head(h: torch.Tensor, weight: torch.Tensor, shift: int):
+            if shift == 1:
+                return linear_cross_entropy(h, weight, ntp_tgt)
+            if train_mtp:
+                return linear_cross_entropy(h, weight, shifted_targets(labels, 2, docs,
+                                                                       ISOLATES_DOCUMENTS[self.mask_policy]))[0]
+            # α = 0 (or no MTP target here): keep the MTP block in the graph with a zero gradient,
+            # or DDP would wait forever for gradients of parameters that got none.
+            return 0.0 * h.sum()
+
+        out = model(batch["input_ids"], doc_ids=docs, lang_ids=batch.get("lang_ids"),
+                    mask_policy=self.mask_policy, restart_positions=self.restart_positions, head=head)
+        ce_sum, ce, lse = out.head
         # sums over the global totals: the step's token means, however it is split into micro-batches
-        ntp = ce.sum() / totals[0].clamp(min=1)
-        loss, metrics = ntp, {"ntp_loss": ntp.detach()}
-        if out.mtp_logits is not None:
-            mtp_tgt = shifted_targets(labels, 2, docs, ISOLATES_DOCUMENTS[self.mask_policy])
-            if self.mtp_alpha and totals[1] > 0:  # global count: every rank takes the same branch
-                mtp = F.cross_entropy(out.mtp_logits.float().reshape(-1, V), mtp_tgt.reshape(-1),
-                                      ignore_index=IGNORE, reduction="sum") / totals[1].clamp(min=1)
+        total = totals[0].clamp(min=1)
+        ntp = ce_sum / total
+        # z-loss (PaLM's log² Z) reported, not trained: how far the head's logits drift from normalised
+        loss, metrics = ntp, {"ntp_loss": ntp.detach(), "z_loss": lse.pow(2).sum() / total}
+        if out.mtp_head is not None:
+            if train_mtp:
+                mtp = out.mtp_head / totals[1].clamp(min=1)
                 loss = loss + self.mtp_alpha * mtp
                 metrics["mtp_loss"] = mtp.detach()
             else:
-                # α = 0 (or no MTP target here): keep the MTP block in the graph with a zero gradient,
-                # or DDP would wait forever for gradients of parameters that got none.
-                loss = loss + 0.0 * out.mtp_logits.sum()
+                loss = loss + out.mtp_head
         if self.langs and "lang_ids" in batch and len(totals) > 2:
             metrics |= self._language_metrics(ce, labels, batch["lang_ids"], totals)
         if docs is not None:
@@ -223,7 +232,8 @@ class Trainer:
                   f"{' (parallel.compile unset)' if cfg.parallel.compile is None else ''}, {self.precision}",
                   file=sys.stderr, flush=True)
         self.model = parallel.parallelize(model, cfg.parallel.mode, self.info, cfg.parallel.activation_checkpointing,
-                                          self.precision, self.compile)
+                                          self.precision, self.compile, cfg.parallel.checkpoint_every,
+                                          cfg.parallel.reduce_dtype)
         if on_meta:  # built on the meta device: allocate and initialise after sharding
             parallel.materialize(self.model, self.info.device)
         self.optimizer = parallel.build_optimizer(self.model, cfg.parallel.mode, cfg.optimizer)

@@ -131,34 +131,58 @@ class DistillObjective:
     def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return target_mask(batch["labels"]).sum().float().reshape(1)
 
-    def _teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _teacher_hidden(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's final hidden states and head weight: its logits are made chunk by chunk."""
         with torch.no_grad():
-            return self.teacher(batch["input_ids"]).logits
+            return self.teacher(batch["input_ids"], head=lambda h, w, shift: (h, w)).head
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], totals: torch.Tensor):
+        from kollm.train.objectives.chunked import chunked_tokens
         from kollm.train.trainer import ObjectiveOutput
 
         mask = target_mask(batch["labels"])
-        logits = model(batch["input_ids"]).logits[:, :-1]
-        total = totals[0].clamp(min=1)
-        s = logits[mask]  # (N, V): only the response positions go through the vocabulary-wide math
-        if "teacher_ids" in batch:
-            div = topk_divergence(s, batch["teacher_ids"][:, :-1][mask], batch["teacher_logp"][:, :-1][mask],
-                                  batch["teacher_tail"][:, :-1][mask], self.kind, self.alpha)
+        tgt = batch["labels"][:, 1:][mask]
+        kind, alpha = self.kind, self.alpha
+        stored = "teacher_ids" in batch
+        if stored:
+            extra = [batch[k][:, :-1][mask] for k in ("teacher_ids", "teacher_logp", "teacher_tail")]
+            t_weight = None
         else:
             if self.teacher is None:
                 raise ValueError("distillation needs teacher.model or stored teacher top-k (teacher.stored)")
-            t = self._teacher_logits(batch)[:, :-1][mask]
-            if t.shape[-1] != s.shape[-1]:  # padded embedding rows: compare over the shared tokenizer's ids
-                v = self.vocab_size or min(t.shape[-1], s.shape[-1])
-                s, t = s[..., :v], t[..., :v]
-            div = divergence(s, t, self.kind, self.alpha)
-        kl_share = div.sum() / total
-        tgt = batch["labels"][:, 1:][mask]
-        ce_share = F.cross_entropy(s.float(), tgt, reduction="sum") / total
+            t_hidden, t_weight = self._teacher_hidden(batch)
+            extra = [t_hidden[:, :-1][mask]]
+        vocab = self.vocab_size
+
+        def per_token(x: torch.Tensor, w: torch.Tensor, t: torch.Tensor, *teacher: torch.Tensor) -> torch.Tensor:
+            """(divergence, cross entropy) of a chunk of response positions: only these go through
+            the vocabulary-wide math, one chunk's logits (student and teacher) at a time."""
+            s = F.linear(x, w)
+            if stored:
+                div = topk_divergence(s, *teacher, kind, alpha)
+            else:
+                tl = F.linear(teacher[0], t_weight)
+                if tl.shape[-1] != s.shape[-1]:  # padded embedding rows: compare over the shared tokenizer's ids
+                    v = vocab or min(tl.shape[-1], s.shape[-1])
+                    s, tl = s[..., :v], tl[..., :v]
+                div = divergence(s, tl, kind, alpha)
+            return torch.stack([div.float(), F.cross_entropy(s.float(), t, reduction="none")], dim=-1)
+
+        def head(h: torch.Tensor, w: torch.Tensor, shift: int):
+            if shift != 1:
+                return 0.0 * h.sum()  # an MTP block: in the graph (DDP), not trained
+            # no response token here: keep every parameter in the graph (DDP) with a zero term
+            keep = 0.0 * (h.sum() + w.sum()) if tgt.shape[0] == 0 else None
+            return chunked_tokens(per_token, h[:, :-1][mask], w, tgt, *extra), keep
+
+        out = model(batch["input_ids"], head=head)
+        (terms, keep), total = out.head, totals[0].clamp(min=1)
+        kl_share, ce_share = terms[:, 0].sum() / total, terms[:, 1].sum() / total
         loss = (1.0 - self.ce_weight) * kl_share + self.ce_weight * ce_share if self.ce_weight else kl_share
-        if s.shape[0] == 0:
-            loss = loss + 0.0 * logits.sum()  # keep every parameter in the graph (DDP)
+        if out.mtp_head is not None:
+            loss = loss + out.mtp_head
+        if keep is not None:
+            loss = loss + keep
         metrics = {"kl": kl_share.detach(), "ce": ce_share.detach()}
         share = mask.sum() / total
         for key in ("off_policy_prob", "replay_size"):

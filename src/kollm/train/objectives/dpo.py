@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kollm.train.objectives.chunked import token_logprobs
 from kollm.train.objectives.lm import IGNORE
 
 LOSSES = ("sigmoid", "ipo", "sigmoid_norm")
@@ -38,6 +39,24 @@ def completion_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     lp = picked.log_softmax(-1).gather(-1, tgt[mask][:, None]).squeeze(-1)
     sums = torch.zeros(labels.shape[0], device=logits.device, dtype=torch.float32).index_add(0, rows, lp)
     return sums, mask.sum(1).float()
+
+
+def completion_head(labels: torch.Tensor):
+    """A model `head` (CausalLM.forward) that gives `completion_logps` from the hidden states,
+    chunked (kollm.train.objectives.chunked): no (tokens, V) logits. An MTP head gets a zero
+    term, which keeps its block in the graph (DDP) without training it."""
+    tgt = labels[:, 1:]
+    mask = tgt != IGNORE
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(tgt)[mask]
+
+    def head(h: torch.Tensor, weight: torch.Tensor, shift: int):
+        if shift != 1:
+            return 0.0 * h.sum()
+        lp = token_logprobs(h[:, :-1][mask], weight, tgt[mask])
+        sums = torch.zeros(labels.shape[0], device=h.device, dtype=torch.float32).index_add(0, rows, lp)
+        return sums, mask.sum(1).float()
+
+    return head
 
 
 def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor, beta: float = 0.1,
@@ -60,7 +79,7 @@ def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor
 @torch.no_grad()
 def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """log π(y|x) of every row of a batch, without gradients (the reference pass)."""
-    return completion_logps(model(batch["input_ids"]).logits, batch["labels"])[0]
+    return model(batch["input_ids"], head=completion_head(batch["labels"])).head[0]
 
 
 class DPOObjective:
@@ -80,8 +99,8 @@ class DPOObjective:
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], totals: torch.Tensor):
         from kollm.train.trainer import ObjectiveOutput
 
-        out = model(batch["input_ids"])
-        logps, counts = completion_logps(out.logits, batch["labels"])
+        out = model(batch["input_ids"], head=completion_head(batch["labels"]))
+        logps, counts = out.head
         if "ref_logps" in batch:
             ref = batch["ref_logps"].to(logps)
         elif self.reference is not None:
@@ -91,8 +110,8 @@ class DPOObjective:
         losses, r_w, r_l = dpo_loss(logps, ref, counts, self.beta, self.loss)
         n = totals[0].clamp(min=1)
         loss = losses.sum() / n
-        if out.mtp_logits is not None:  # an MTP checkpoint: the head gets no DPO gradient, keep DDP whole
-            loss = loss + 0.0 * out.mtp_logits.sum()
+        if out.mtp_head is not None:  # an MTP checkpoint: the head gets no DPO gradient, keep DDP whole
+            loss = loss + out.mtp_head
         metrics = {"reward_accuracy": (r_w > r_l).float().sum() / n, "chosen_reward": r_w.sum() / n,
                    "rejected_reward": r_l.sum() / n, "margin": (r_w - r_l).sum() / n}
         return ObjectiveOutput(loss, metrics)
@@ -101,4 +120,4 @@ class DPOObjective:
         pass
 
 
-__all__ = ["DPOObjective", "dpo_loss", "completion_logps", "sequence_logps", "LOSSES"]
+__all__ = ["DPOObjective", "dpo_loss", "completion_logps", "completion_head", "sequence_logps", "LOSSES"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kollm.train.objectives.chunked import token_logprobs
 from kollm.train.trainer import ObjectiveOutput
 
 LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
@@ -46,6 +47,20 @@ def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, temperature: floa
     picked = logits.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     logp = picked - torch.logsumexp(logits, dim=-1)
     return torch.cat([torch.zeros_like(logp[:, :1]), logp], dim=1)
+
+
+def token_logps_head(input_ids: torch.Tensor, temperature: float = 1.0):
+    """A model `head` (CausalLM.forward) giving `token_logps` from the hidden states, chunked
+    (kollm.train.objectives.chunked): no (B, T, V) logits; an MTP head gets a zero term (DDP)."""
+
+    def head(h: torch.Tensor, weight: torch.Tensor, shift: int) -> torch.Tensor:
+        if shift != 1:
+            return 0.0 * h.sum()
+        B, T = input_ids.shape
+        lp = token_logprobs(h[:, :-1].reshape(B * (T - 1), -1), weight, input_ids[:, 1:].reshape(-1), temperature)
+        return torch.cat([lp.new_zeros(B, 1), lp.view(B, T - 1)], dim=1)
+
+    return head
 
 
 def per_token_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, eps_low: float,
@@ -99,16 +114,16 @@ class GRPOObjective:
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], totals: torch.Tensor) -> ObjectiveOutput:
         n_seqs, n_tokens = totals.tolist()
-        out = model(batch["input_ids"])
+        out = model(batch["input_ids"], head=token_logps_head(batch["input_ids"], self.temperature))
         mask = batch["completion_mask"].float()
-        logps = token_logps(out.logits, batch["input_ids"], self.temperature)
+        logps = out.head
         old = batch.get("old_logps")
         old = logps.detach() if old is None else old
         loss_tok, kl, region = per_token_loss(logps, old, batch["advantages"], self.eps_low, self.eps_high,
                                               self.beta, batch.get("ref_logps"))
         loss = aggregate(loss_tok, mask, self.loss_type, n_seqs, n_tokens, self.max_completion_length)
-        if out.mtp_logits is not None:  # keep an MTP block in the graph (DDP), contributing nothing
-            loss = loss + 0.0 * out.mtp_logits.sum()
+        if out.mtp_head is not None:  # keep an MTP block in the graph (DDP), contributing nothing
+            loss = loss + out.mtp_head
         seq_share, tok_share = 1.0 / max(n_seqs, 1), 1.0 / max(n_tokens, 1)
         metrics = {
             "reward_mean": batch["rewards"].float().sum() * seq_share,
@@ -126,4 +141,4 @@ class GRPOObjective:
         pass
 
 
-__all__ = ["GRPOObjective", "LOSS_TYPES", "group_advantages", "token_logps", "per_token_loss", "aggregate"]
+__all__ = ["GRPOObjective", "LOSS_TYPES", "group_advantages", "token_logps", "token_logps_head", "per_token_loss", "aggregate"]
