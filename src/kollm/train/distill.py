@@ -233,9 +233,10 @@ class DistillData:
         self.epoch, self.cursor, self.order = 0, 0, self._order(0)
         self.rng = random.Random(seed * 7919 + rank)
         # The off-policy draw is the same on every rank (φ is too: validation is all-reduced), so under
-        # fsdp all ranks generate together, `lockstep`: a fixed number of decode steps on every rank.
+        # fsdp (and zero1, FSDP2 underneath: each forward is a collective) all ranks generate together,
+        # `lockstep`: a fixed number of decode steps on every rank.
         self.draw = random.Random(seed * 7919 - 1)
-        self.lockstep = cfg.parallel.mode == "fsdp" and world > 1
+        self.lockstep = cfg.parallel.mode in ("fsdp", "zero1") and world > 1
         if d.off_policy_rule not in ("distillm", "kollm"):
             raise ValueError(f"distill.off_policy_rule must be distillm or kollm, got {d.off_policy_rule!r}")
         if d.replay_ratio not in ("decreasing", "constant", "increasing"):
