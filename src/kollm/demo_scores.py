@@ -97,7 +97,7 @@ def measure(workdir: Path, limit: int = 50) -> dict:
 
 
 def _f(v) -> str:
-    return "–" if v is None else f"{v:.2f}"
+    return "–" if v is None or v != v else f"{v:.2f}"  # None / nan: not defined
 
 
 def table(m: dict) -> tuple[list[str], list[list[str]]]:
@@ -126,7 +126,7 @@ def table(m: dict) -> tuple[list[str], list[list[str]]]:
     if res:
         acc = {t: next(iter(r.get("metrics", {}).values()), {}).get("value") for t, r in res.items()}
         cons = next(iter((m["eval"].get("consistency") or {}).values()), {})
-        ce = [f"{k} {v['value']:.2f} ({v['count']}/{v['of']})" for k, v in cons.items() if isinstance(v, dict) and "value" in v]
+        ce = [f"{k} {_f(v['value'])} ({v['count']}/{v['of']})" for k, v in cons.items() if isinstance(v, dict) and "value" in v]
         rows.append(["eval", "hrm8k_en / hrm8k_ko: the GRPO task in both languages (chance 0.5: two numbers)", "–",
                      f"{_f(acc.get('hrm8k_en'))} / {_f(acc.get('hrm8k_ko'))}; " + "; ".join(ce), "above chance"])
     c = m["chat"]
