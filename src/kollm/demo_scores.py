@@ -104,11 +104,11 @@ def table(m: dict) -> tuple[list[str], list[list[str]]]:
     """(header, rows): per stage, the held-out measure, before, after, the goal."""
     s, n = m["models"], m["n"]
     get = lambda model, task: s.get(model, {}).get(task)  # noqa: E731
-    rows = [["SFT", f"exact answer, greedy chat reply (one fact; n={n['sft']})",
+    rows = [["SFT", f"exact answer, greedy chat reply (lunch, subject; n={n['sft']})",
              f"base {_f(get('base', 'sft'))}", f"SFT {_f(get('SFT', 'sft'))}", "≈0 → ≥ 0.5"],
-            ["DPO", "preference accuracy, implicit reward (two facts)", "0.50 (policy = reference)",
+            ["DPO", "preference accuracy, implicit reward (weather)", "0.50 (policy = reference)",
              f"DPO {_f(m['dpo_preference_accuracy'])}", "≥ 0.8"],
-            ["DPO", f"greedy reply = chosen answer (two facts; n={n['dpo']})", f"SFT {_f(get('SFT', 'dpo'))}",
+            ["DPO", f"greedy reply = chosen answer (weather; n={n['dpo']})", f"SFT {_f(get('SFT', 'dpo'))}",
              f"DPO {_f(get('DPO', 'dpo'))}", "up"]]
     parents = "; ".join(f"{p} {_f(get(p, 'sft'))} / {_f(get(p, 'dpo'))} / {_f(get(p, 'grpo'))}" for p in ("SFT", "DPO"))
     rows.append(["merge", "SFT / DPO / GRPO task scores", parents,
@@ -117,7 +117,7 @@ def table(m: dict) -> tuple[list[str], list[list[str]]]:
     val = m["grpo_validation"]
     best = max(val, key=lambda sv: sv[1]) if val else None
     curve = ", ".join(f"{step}: {v:.2f}" for step, v in val)
-    rows.append(["GRPO", f"greedy math reward (two temperatures; n={n['grpo']}); validation by step: {curve or '–'}",
+    rows.append(["GRPO", f"greedy math reward (temperature; n={n['grpo']}); validation by step: {curve or '–'}",
                  f"merged {_f(get('merged', 'grpo'))}",
                  f"GRPO {_f(get('GRPO', 'grpo'))}" + (f" (best validation {best[1]:.2f} at step {best[0]}, "
                                                       f"final {val[-1][1]:.2f})" if best else ""),
@@ -127,7 +127,7 @@ def table(m: dict) -> tuple[list[str], list[list[str]]]:
         acc = {t: next(iter(r.get("metrics", {}).values()), {}).get("value") for t, r in res.items()}
         cons = next(iter((m["eval"].get("consistency") or {}).values()), {})
         ce = [f"{k} {_f(v['value'])} ({v['count']}/{v['of']})" for k, v in cons.items() if isinstance(v, dict) and "value" in v]
-        rows.append(["eval", "hrm8k_en / hrm8k_ko: the GRPO task in both languages (chance 0.5: two numbers)", "–",
+        rows.append(["eval", "hrm8k_en / hrm8k_ko: the GRPO task in both languages (chance 1/39: a temperature of -5..33)", "–",
                      f"{_f(acc.get('hrm8k_en'))} / {_f(acc.get('hrm8k_ko'))}; " + "; ".join(ce), "above chance"])
     c = m["chat"]
     rows.append(["chat", f"“{c['prompt']}”", "–", f"“{c['reply']}” " + ("✓" if c["correct"] else "✗"), "correct"])
