@@ -1,9 +1,13 @@
 """The `kollm` dispatcher: Ctrl-C while a stage is still loading (before the training loop, whose
 own handler checkpoints) exits 130 with one line, as a Ctrl-C during training does, and no
-traceback."""
+traceback; and every `kollm STAGE --flag` that a stage's --help tells users to run names a flag
+that stage accepts (`kollm sft --help` once pointed at `kollm generate --chat`)."""
 
+import contextlib
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +15,8 @@ import time
 
 import pytest
 import yaml
+
+from kollm.cli import STAGES, main
 
 # A reward module that says it is being imported, then blocks: `kollm dpo --online` imports its
 # reward (dotted path) while loading, so the SIGINT below lands at that known point, not in a race.
@@ -65,3 +71,36 @@ def test_ctrl_c_in_any_stage_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(importlib.import_module(cli.STAGES["sft"][0]), "main", interrupted)
     assert cli.main(["sft", "cfg.yaml"]) == 130
     assert capsys.readouterr().err == "\nkollm sft: stopped by SIGINT\n"
+
+
+# `kollm` then stage (and sub-command) words, then the flag the text names
+_MENTION = re.compile(r"kollm((?: [a-z][a-z-]*)+?) (--[a-z][a-z0-9-]*)")
+
+
+def _help(words: list[str]) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main([*words, "--help"])
+        except SystemExit:
+            pass
+    return out.getvalue()
+
+
+def test_flags_named_in_stage_help_exist():
+    mentions: set[tuple[tuple[str, ...], str]] = set()
+    for stage, (module, _) in STAGES.items():
+        if module:
+            text = " ".join(_help([stage]).split())  # argparse wraps lines: join them back
+            mentions |= {(tuple(m.group(1).split()), m.group(2)) for m in _MENTION.finditer(text)}
+    assert len(mentions) >= 5, mentions  # the scan finds the mentions at all
+    bad = []
+    for words, flag in sorted(mentions):
+        helptext = _help(list(words))
+        while not helptext.strip() and len(words) > 1:  # "kollm eval on a model --x": prose, not a sub-command
+            words = words[:-1]
+            helptext = _help(list(words))
+        assert helptext.strip(), f"`kollm {' '.join(words)} --help` printed nothing"
+        if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", helptext):
+            bad.append(f"kollm {' '.join(words)} {flag}")
+    assert not bad, f"help texts name flags that do not exist: {bad}"

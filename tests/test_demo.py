@@ -1,6 +1,8 @@
 """The README's first command end to end: the tiny-demo recipe on the embedded corpus, from raw
 text through pretraining, SFT, DPO, the SLERP merge, GRPO and evaluation to the report, with every
-training stage shortened by --set overrides (the full demo takes minutes on 2 cores)."""
+training stage shortened by --set overrides (the full demo takes minutes on 2 cores), and each
+post-training stage's effect on held-out items (kollm.demo_scores) within loose bounds: the
+shortened stages still learn, less than the full demo does (README: the full demo's table)."""
 
 import json
 from pathlib import Path
@@ -16,25 +18,28 @@ from kollm.recipe import load_recipe, run_recipe
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny-demo.yaml"
 
 
-def test_demo_recipe_end_to_end(tmp_path, capsys):
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_demo_recipe_end_to_end(tmp_path, capsys, seed):
     transformers = pytest.importorskip("transformers")
     recipe = load_recipe(RECIPE)
     recipe.workdir = str(tmp_path / "demo")
-    pretrain = next(s for s in recipe.stages if s.name == "pretrain")
-    pretrain.args += ["--set", "phases.0.steps=3", "--set", "phases.1.steps=2", "--set", "checkpoint.every=5",
-                      "--set", "logging.progress=false"]
     short = {
-        "sft": ["--set", "phases.0.steps=3", "--set", "validation.every=0", "--set", "checkpoint.every=0"],
-        "dpo": ["--set", "dpo.epochs=0.04", "--set", "validation.every=0", "--set", "checkpoint.every=0"],
-        "grpo": ["--set", "phases.0.steps=2", "--set", "validation.every=0", "--set", "data.val_size=4",
-                 "--set", "checkpoint.every=0", "--set", "grpo.max_new_tokens=8"],
-        "eval": ["--limit", "6"],
+        "pretrain": ["--set", "phases.0.steps=100", "--set", "phases.1.steps=20", "--set", "checkpoint.every=60"],
+        "sft": ["--set", "phases.0.steps=60", "--set", "validation.every=0", "--set", "checkpoint.every=0"],
+        "dpo": ["--set", "dpo.epochs=0.5", "--set", "validation.every=0", "--set", "checkpoint.every=0"],
+        "grpo": ["--set", "phases.0.steps=10", "--set", "validation.every=5", "--set", "data.val_size=16",
+                 "--set", "checkpoint.every=0"],
+        "eval": ["--limit", "20"],
+        "effects": ["--limit", "20"],
     }
     for stage in recipe.stages:
         if stage.name in short:
-            stage.args += short[stage.name] + (["--set", "logging.progress=false"] if stage.name != "eval" else [])
-    write_demo_corpus(tmp_path / "demo" / "raw")
-    write_demo_posttrain(tmp_path / "demo" / "posttrain", n_train=120, n_val=12)
+            trains = stage.name in ("pretrain", "sft", "dpo", "grpo")
+            stage.args += short[stage.name] + (["--set", "logging.progress=false", "--set", f"seed={seed}"]
+                                               if trains else [])
+    write_demo_corpus(tmp_path / "demo" / "raw", n_docs=600, seed=seed)
+    write_demo_posttrain(tmp_path / "demo" / "posttrain", n_train=400, n_val=40, seed=seed + 1)
     outcome = run_recipe(recipe, log=lambda *_: None)
     assert outcome == [(s.name, "ran") for s in recipe.stages]
 
@@ -49,7 +54,9 @@ def test_demo_recipe_end_to_end(tmp_path, capsys):
     eos = next(t["id"] for t in tok["added_tokens"] if t["content"] == "<|end_of_text|>")
     assert config["eos_token_id"] == eos
     # the preset the post-training stages' dry runs plan with (recipes/tiny-demo.yaml) is this model
-    assert config_from_hf(config) == get_preset("tiny-demo-nomtp")
+    # the shapes the post-training dry runs plan with (the vocabulary: the full corpus's, this one is smaller)
+    assert config_from_hf(config).replace(vocab_size=910, bos_token_id=904, eos_token_id=905) == get_preset(
+        "tiny-demo-nomtp")
     model = transformers.AutoModelForCausalLM.from_pretrained(hf)
     ids = transformers.AutoTokenizer.from_pretrained(hf)("오늘 서울의 날씨는", return_tensors="pt").input_ids
     assert torch.isfinite(model(ids).logits).all()
@@ -61,6 +68,17 @@ def test_demo_recipe_end_to_end(tmp_path, capsys):
         assert rows and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows), stage
     dpo_first = json.loads((work / "dpo" / "metrics.jsonl").read_text().splitlines()[0])
     assert abs(dpo_first["loss"] - 0.6931471805599453) < 1e-5  # policy == reference at step 1: ln 2
+    # each stage's effect on held-out items (the full demo's numbers: README), bounds for seeds 0 and 1
+    fx = json.loads((work / "effects" / "effects.json").read_text())
+    s = fx["models"]
+    assert s["base"]["sft"] <= 0.1 and s["SFT"]["sft"] >= 0.35, s  # SFT: from ≈ 0 to about half the answers
+    # DPO: held-out preference accuracy (its greedy replies do not rise yet: README, issue 22)
+    assert fx["dpo_preference_accuracy"] >= 0.6, fx
+    for task in ("sft", "dpo", "grpo"):  # the merge sits between (or near) its parents
+        assert s["merged"][task] >= min(s["SFT"][task], s["DPO"][task]) - 0.2, (task, s)
+    # GRPO: no collapse (the held-out gain of issue 22 is not reached by the shortened run, nor the full one)
+    best = max(v for _, v in fx["grpo_validation"])
+    assert fx["grpo_validation"][-1][1] >= best - 0.1 and s["GRPO"]["grpo"] >= s["merged"]["grpo"] - 0.1, fx
     merged = work / "merge" / "model"
     assert (merged / "mergekit_config.yml").is_file()
     assert f"model.init_from={merged}" in json.loads((work / "grpo" / "run.json").read_text())["argv"]
@@ -70,12 +88,15 @@ def test_demo_recipe_end_to_end(tmp_path, capsys):
                                            add_generation_prompt=True)
     assert prompt.count("<|begin_of_text|>") == 1 and prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     results = json.loads((work / "eval" / "results.json").read_text())
-    assert set(results["results"]) == {"hrm8k_en", "hrm8k_ko"} and results["results"]["hrm8k_ko"]["n"] == 6
-    assert results["consistency"]["hrm8k_en:hrm8k_ko"]["pairs"] == 6
+    assert set(results["results"]) == {"hrm8k_en", "hrm8k_ko"} and results["results"]["hrm8k_ko"]["n"] == 20
+    assert results["consistency"]["hrm8k_en:hrm8k_ko"]["pairs"] == 20
+    final_gen = json.loads((work / "grpo" / "hf" / "latest" / "generation_config.json").read_text())
+    assert eos in final_gen["eos_token_id"] and len(final_gen["eos_token_id"]) == 2  # the end of turn stops a reply
     # the report covers every stage that ran before it
     page = (work / "report" / "report.md").read_text()
     for stage in ("curate", "tokenizer", "pretrain", "sft", "dpo", "grpo", "eval"):
         assert f"| {stage} |" in page, stage
     assert "Training (dpo)" in page and "reward_accuracy" in page and "P(ko✓" in page
+    assert "What each stage did, on held-out items" in page
     assert (work / "report" / "report.html").stat().st_size > 10_000
     assert run_recipe(recipe, log=lambda *_: None) == [(s.name, "skipped") for s in recipe.stages]

@@ -300,7 +300,7 @@ def test_online_teacher_is_planned_in_the_distill_stage(capsys):
 def test_tiny_demo_dry_run_plans_every_compute_stage(tmp_path):
     """`kollm run recipes/tiny-demo.yaml --dry-run` before `kollm demo` has written anything: every
     compute stage is planned, the post-training checkpoints by preset tiny-demo-nomtp (the pretrained
-    model as exported: no MTP block, the demo tokenizer's 806 tokens) and DPO's pairs by
+    model as exported: no MTP block, the demo tokenizer's 910 tokens) and DPO's pairs by
     dpo.planned_pairs (the 1,200 that kollm.demo_corpus writes)."""
     from kollm.model.config import get_preset
     from kollm.recipe import COMPUTE
@@ -314,17 +314,17 @@ def test_tiny_demo_dry_run_plans_every_compute_stage(tmp_path):
     assert "not planned" not in format_dry_run(d)
 
     # the preset is the pretraining config's model (tiny-sandwich-mtp + overrides) without MTP, with the
-    # tokenizer's vocabulary and BOS/EOS: 2·806·128 embeddings + 4 sandwich blocks + the final norm
+    # tokenizer's vocabulary and BOS/EOS: 2·910·128 embeddings + 4 sandwich blocks + the final norm
     pre = yaml.safe_load((RECIPES / "tiny-demo-pretrain.yaml").read_text())["model"]
     nomtp = get_preset("tiny-demo-nomtp")
     assert nomtp == get_preset(pre["preset"], **pre["overrides"]).replace(
-        mtp=False, vocab_size=806, bos_token_id=800, eos_token_id=801)
+        mtp=False, vocab_size=910, bos_token_id=904, eos_token_id=905)
     block = 128 * 16 * (4 + 2 * 2) + 4 * 16 * 128 + 3 * 128 * 352 + 4 * 128  # q,k,v; o; SwiGLU; 4 norms
-    n = 2 * 806 * 128 + 4 * block + 128
-    assert nomtp.num_params() == n == 847_488
+    n = 2 * 910 * 128 + 4 * block + 128
+    assert nomtp.num_params() == n == 874_112
 
     def f(seq: int) -> int:  # 6·N' + 12·L·(heads·head_dim)·T
-        return 6 * (n - 806 * 128) + 12 * 4 * (4 * 16) * seq
+        return 6 * (n - 910 * 128) + 12 * 4 * (4 * 16) * seq
 
     (sft,) = _stage(d, "sft")["parts"]  # 120 steps × 2,048 tokens at 256
     assert sft["tokens"] == 120 * 2048 and sft["flops"] == 120 * 2048 * f(256)

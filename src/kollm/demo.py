@@ -3,8 +3,9 @@
 Writes the corpus and the post-training data (kollm.demo_corpus) into the work directory, then
 runs the recipe `recipes/tiny-demo.yaml` with `kollm run`: curate → tokenizer → token shards →
 pretraining with XLDA (sandwich norm + MTP, stable → anneal phases) → SFT → DPO → SLERP merge →
-GRPO → evaluation with cross-lingual consistency → a chat reply → the report, whose path it prints.
-Minutes on a 2-core CPU; re-running skips the stages already done.
+GRPO → evaluation with cross-lingual consistency → a chat reply → each post-training stage's effect
+on held-out items (`kollm demo score`, kollm.demo_scores) → the report, whose path it prints, and
+the effects table. Minutes on a 2-core CPU; re-running skips the stages already done.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny-demo.yaml"
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["score"]:
+        from kollm.demo_scores import main as score
+
+        return score(argv[1:])
     p = argparse.ArgumentParser(prog="kollm demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="runs/tiny-demo", help="where every stage writes (default: runs/tiny-demo)")
     p.add_argument("--force", action="store_true", help="re-run every stage")
@@ -36,6 +41,9 @@ def main(argv: list[str]) -> int:
     except StageFailed as e:
         print(f"kollm demo: {e}", file=sys.stderr)
         return 1
+    effects = Path(args.workdir) / "effects" / "effects.md"
+    if effects.is_file():
+        print("\nwhat each stage did, on held-out items (kollm.demo_scores):\n" + effects.read_text(encoding="utf-8"))
     print(f"\ndone: every stage's output is under {args.workdir}/ (run.json records each stage's command)")
     print(f"report: {Path(args.workdir) / 'report' / 'report.html'} (and report.md beside it)")
     return 0

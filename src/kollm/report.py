@@ -384,6 +384,16 @@ def training(report: Report, name: str, d: Path) -> Section | None:
 
 
 # -- evaluation ----------------------------------------------------------------------------------
+def effects(report: Report, name: str, d: Path) -> Section | None:
+    """A stage's before/after table (`kollm demo score`: effects.json)."""
+    res = _read_json(d / "effects.json")
+    if not isinstance(res, dict) or "table" not in res:
+        return None
+    sec = Section("What each stage did, on held-out items")
+    sec.table(res["table"]["header"], res["table"]["rows"])
+    return sec
+
+
 def evaluation(report: Report, name: str, d: Path) -> Section | None:
     res = _read_json(d / "results.json")
     if not isinstance(res, dict) or "results" not in res:
@@ -426,6 +436,7 @@ def build(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise ValueError(f"{run_dir}: no stage outputs found (run.json, metrics.jsonl, results.json, report.json "
                          "or kollm_tokenizer.json)")
     report.sections.append(lineage(report, stages))
+    report.sections += [sec for sec in (effects(report, name, d) for name, d, _ in stages) if sec is not None]
     for name, d, meta in stages:
         found = (curation(report, name, d), tokenizer(report, name, d, meta), training(report, name, d),
                  evaluation(report, name, d))

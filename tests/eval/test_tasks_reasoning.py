@@ -78,6 +78,9 @@ def test_hrm8k_languages_pair(fixtures):
     assert t.requests(ko[0])[0].args[0].startswith("문제: (ko) ")
     assert t.process(ko[0], ["답은 \\boxed{72}"]) == {"exact_match": 1.0}
     assert t.process(ko[0], ["72.0 입니다"]) == {"exact_match": 1.0}
+    # chat=true (`--task-arg hrm8k_ko:chat=true`, the demo's chat model): the question alone, a user turn
+    [req] = get_task("hrm8k_ko", chat=True).requests(ko[0])
+    assert req.chat and req.args[0] == ko[0]["question"]
 
 
 def test_bbh_original_json(fixtures):

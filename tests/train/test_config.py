@@ -140,3 +140,67 @@ def test_values_that_would_train_nothing_or_fail_later_name_their_key(raw, what)
     the first generation minutes later, nor accepted in silence), naming the key and the value."""
     with pytest.raises(ValueError, match=re.escape(what)):
         config_from_dict({"phases": [PHASE], **raw})
+
+
+def test_null_turns_an_optional_input_off():
+    # `--set data.validation=null` once answered "data.validation: expected str, got None"
+    cfg = load_config(RECIPES / "tiny-sft.yaml", ["data.validation=null", "model.overrides=null"])
+    assert cfg.data.validation == "" and cfg.model.overrides == {}
+    with pytest.raises(ValueError, match="optimizer.lr: expected a number, got None|optimizer.lr"):
+        load_config(RECIPES / "tiny-sft.yaml", ["optimizer.lr=null"])  # a required value stays required
+    from kollm.train.dpo import load_dpo_config
+    from kollm.train.grpo import load_grpo_config
+
+    assert load_dpo_config(RECIPES / "tiny-dpo.yaml", ["data.validation=null"])[3] is None
+    assert load_grpo_config(RECIPES / "tiny-grpo.yaml", ["data.validation=null"]).data.validation is None
+
+
+def test_init_from_with_a_recipes_overrides_names_the_set_that_clears_them(tmp_path):
+    from kollm.train.pretrain import model_config
+
+    # tiny-distill.yaml sizes its default student with overrides; a user's init_from meets them
+    cfg = load_config(RECIPES / "tiny-distill.yaml", [f"model.init_from={tmp_path}"])
+    with pytest.raises(ValueError, match=r"--set model.overrides=null"):
+        model_config(cfg)
+    cleared = load_config(RECIPES / "tiny-distill.yaml", [f"model.init_from={tmp_path}", "model.overrides=null"])
+    assert cleared.model.overrides == {} and model_config(cleared)  # past the check
+
+
+def _yaml_with_comments(path: Path) -> tuple[str, dict]:
+    import yaml
+
+    text = path.read_text()
+    header = "".join(line for line in text.splitlines(keepends=True)[:40] if line.startswith("#"))
+    return header, yaml.safe_load(text)
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_shows_progress(path):
+    """Long work shows progress: no recipe turns the bar off (tests pass --set logging.progress=false)."""
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("logging"), dict):
+                assert node["logging"].get("progress", True) is True, f"{path.name}: logging.progress"
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(_yaml_with_comments(path)[1])
+
+
+@pytest.mark.parametrize("name", ["tiny-dpo", "tiny-grpo", "tiny-sft", "tiny-pretrain", "tiny-distill"])
+def test_tiny_recipe_inputs_come_from_a_command_in_its_header(name):
+    """Every `runs/...` input a tiny recipe names by default lies under a directory that a command
+    in its header writes (`kollm demo --workdir runs/tiny-demo`, `--out runs/...`): a fresh clone
+    gets there by running the header."""
+    import re
+
+    header, raw = _yaml_with_comments(RECIPES / f"{name}.yaml")
+    commands = [line for line in header.splitlines() if re.match(r"#\s+(kollm|python|PYTHONPATH)", line)]
+    written = {m.group(1) for c in commands for m in re.finditer(r"(?:--workdir|--out)[ =](runs/\S+)", c)}
+    inputs = [raw.get("model", {}).get("init_from"), raw.get("data", {}).get("train"),
+              raw.get("data", {}).get("validation"), raw.get("data", {}).get("shards"),
+              raw.get("teacher", {}).get("model")]
+    for path in [p for p in inputs if isinstance(p, str) and p.startswith("runs/")]:
+        assert any(path == w or path.startswith(w.rstrip("/") + "/") for w in written), (name, path, written)

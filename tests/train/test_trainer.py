@@ -356,3 +356,32 @@ def test_padding_micro_batch_adds_nothing_and_ranks_sum_to_the_global_mean():
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters() if p.requires_grad)
     whole = obj(model, full, totals)
     torch.testing.assert_close(sum(s.loss for s in shares), whole.loss, rtol=1e-5, atol=1e-6)
+
+
+def test_tokens_per_s_counts_real_tokens_not_padding(tmp_path, monkeypatch):
+    from kollm.data.preferences import collate
+    from kollm.rl.rollout import pad_rollouts
+    from kollm.train import trainer as trainer_mod
+    from kollm.train.trainer import real_tokens
+
+    # the three padded layouts the post-training stages feed the trainer, counted by hand
+    packed = {"doc_ids": torch.tensor([[0, 0, 1, -1, -1], [0, 0, 0, 0, 0]])}
+    assert real_tokens(packed) == 8
+    ids, mask = pad_rollouts([[5, 6, 7], [5]], [[1, 2], [3]], pad_id=0)  # GRPO: prompt + completion, right-padded
+    assert ids.shape == (2, 5) and real_tokens({"input_ids": ids, "completion_mask": mask}) == 5 + 2
+    pair = type("P", (), {"prompt": [4, 4, 4], "chosen": [9], "rejected": [8, 8, 8, 8]})()
+    assert real_tokens(collate([pair], max_length=16, pad_id=0)) == 4 + 7  # DPO: chosen and rejected rows
+
+    # in the run: half of every sequence is padding, and a step that takes 1 s logs half its tokens
+    class HalfPadded(SyntheticLoader):
+        def next_batch(self, batch_size=None):
+            b = super().next_batch(batch_size)
+            b["doc_ids"][:, b["doc_ids"].shape[1] // 2:] = -1
+            b["labels"][:, b["labels"].shape[1] // 2:] = -100
+            return b
+    clock = iter(range(0, 1000, 1))
+    monkeypatch.setattr(trainer_mod.time, "perf_counter", lambda: float(next(clock)))
+    t = Trainer(make_cfg(tmp_path, steps=2, micro=2, seqs=4), build_model(get_preset("tiny")), LMObjective("document"),
+                HalfPadded())
+    t.fit()
+    assert [h["tokens_per_s"] for h in t.history] == [4 * 32 / 2] * 2  # not 4 × 32, the nominal step

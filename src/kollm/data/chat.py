@@ -2,7 +2,7 @@
 
 Every post-training stage (SFT, DPO, distillation, GRPO) and the server render conversations here,
 with the tokenizer's own `chat_template` through transformers' `apply_chat_template`, so training
-sees exactly what `transformers`, vLLM, `kollm generate --chat` and `kollm serve` render at
+sees exactly what `transformers`, vLLM, `kollm generate` (unless --raw) and `kollm serve` render at
 inference. Tokenizers without a template (kollm's older ones, base models) get kollm's default:
 Llama 3's headers and `<|eot_id|>`, with `{% generation %}` blocks around each assistant reply
 so that transformers' `return_assistant_tokens_mask` and TRL's `assistant_only_loss` see the same

@@ -189,7 +189,9 @@ class LocalLM:
         def decode(ids: list[int]) -> str:
             return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        from kollm.data.chat import stop_token_ids
+
+        eos = stop_token_ids(self.tokenizer)  # EOS, and a chat reply's end of turn
         out = [""] * len(requests)
         self.truncated = set()  # requests whose prompt lost its start to fit the context (the harness counts them)
         by_cfg: dict[tuple, list[int]] = {}

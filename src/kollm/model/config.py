@@ -138,11 +138,11 @@ PRESETS: dict[str, ModelConfig] = {
     # The tiny demo's model as exported for post-training (recipes/tiny-demo.yaml's SFT, DPO, merge, GRPO
     # and eval dry runs): tiny-sandwich-mtp with recipes/tiny-demo-pretrain.yaml's overrides (head_dim
     # stays the base preset's 16: overrides do not recompute it), the MTP block dropped at export, and
-    # the vocabulary the demo's tokenizer stage makes from the embedded corpus (806: 256 bytes + 285 en
-    # + 259 ko merges, the budgets cut short by the text, + 6 special tokens).
+    # the vocabulary the demo's tokenizer stage makes from the embedded corpus (910: 256 bytes + 287 en
+    # + 361 ko merges, the budgets cut short by the text, + 6 special tokens).
     "tiny-demo-nomtp": ModelConfig(
-        vocab_size=806, dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=352, head_dim=16, max_seq_len=512,
-        norm_placement="sandwich", rope_theta=100000.0, bos_token_id=800, eos_token_id=801,
+        vocab_size=910, dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=352, head_dim=16, max_seq_len=512,
+        norm_placement="sandwich", rope_theta=100000.0, bos_token_id=904, eos_token_id=905,
     ),
     # ~20M parameters: the CPU benchmark size.
     "small-20m": ModelConfig(vocab_size=8192, dim=384, n_layers=8, n_heads=6, n_kv_heads=2, ffn_dim=1024, max_seq_len=1024),

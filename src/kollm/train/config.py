@@ -339,12 +339,20 @@ def _build(cls, raw, where: str):
     kwargs = {}
     for name, value in raw.items():
         path = f"{where}.{name}" if where else name
+        if value is None and _unset(fields[name]) is not None:
+            value = _unset(fields[name])  # `--set data.validation=null`: an optional input turned off
         kwargs[name] = _coerce(hints[name], value, path, (cls.__name__, name) in _COUNTS)
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ValueError(f"{where or 'config'}: missing required key {missing[0]!r}")
     return cls(**kwargs)
+
+
+def _unset(f: dataclasses.Field):
+    """The empty default ("", {} or []) that means "none" for an optional input, else None."""
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return default if default in ("", {}, []) else None
 
 
 def _coerce(tp, value, path: str, is_count: bool):

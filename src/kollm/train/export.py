@@ -55,17 +55,22 @@ def export_final(trainer, cfg, tokenizer=None) -> Path | None:
     if not (cfg.checkpoint.export_hf and trainer.info.is_main):
         return None
     out = trainer.run_dir / "hf" / trainer.last_checkpoint.name
+    # a fine-tuned chat model stops where the model it started from did (its end-of-turn token too)
+    start = Path(cfg.model.init_from or "") / "generation_config.json"
+    eos = json.loads(start.read_text()).get("eos_token_id") if cfg.model.init_from and start.is_file() else None
     if not out.exists():
-        export_checkpoint(trainer.last_checkpoint, out, dtype=DTYPES[cfg.checkpoint.export_dtype], tokenizer=tokenizer)
+        export_checkpoint(trainer.last_checkpoint, out, dtype=DTYPES[cfg.checkpoint.export_dtype], tokenizer=tokenizer,
+                          generation_config={"eos_token_id": eos} if eos is not None else None)
     link_latest(out)
     return out
 
 
 def export_checkpoint(path: str | Path, out: str | Path, dtype: torch.dtype | None = None, tokenizer=None,
-                      max_shard_size: str = "5GB") -> Path:
+                      max_shard_size: str = "5GB", generation_config: dict | None = None) -> Path:
     model, state = load_checkpoint_model(path)
     tokenizer = tokenizer or state.get("tokenizer")
-    return save_hf(model, out, tokenizer=tokenizer, dtype=dtype, max_shard_size=max_shard_size)
+    return save_hf(model, out, tokenizer=tokenizer, dtype=dtype, max_shard_size=max_shard_size,
+                   generation_config=generation_config)
 
 
 def main(argv: list[str]) -> int:

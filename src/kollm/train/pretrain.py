@@ -32,7 +32,9 @@ def _tokenizer_file(path: str | Path) -> Path:
 def model_config(cfg: TrainConfig) -> ModelConfig:
     m = cfg.model
     if m.init_from and m.overrides:
-        raise ValueError("model.overrides: not supported with init_from (the checkpoint fixes the shapes)")
+        raise ValueError(f"model.overrides {m.overrides}: not supported with model.init_from={m.init_from} (the "
+                         "checkpoint fixes the shapes); a recipe's overrides for its default model are cleared "
+                         "with --set model.overrides=null")
     if m.init_from and (Path(m.init_from) / "config.json").is_file():
         from kollm.model.hf import config_from_hf, read_config
 

@@ -10,7 +10,7 @@ the chat rows; the context is the phase's `seq_len`. Packing needs `data.mask_po
 
 The final model goes to `OUTPUT_DIR/hf/step-N` (`OUTPUT_DIR/hf/latest` points at it) with the
 tokenizer and its chat template — the tokenizer's own, or kollm's default Llama 3 template when it
-has none — so transformers, vLLM, `kollm generate --chat` and `kollm serve` render the prompt the
+has none — so transformers, vLLM, `kollm generate` (unless --raw) and `kollm serve` render the prompt the
 model was trained on; generation stops at the end-of-turn token as well as at EOS.
 
 `--seeds N` (Trillion: 3) trains N runs with seeds seed, seed+1, ... into OUTPUT_DIR/seed-K and

@@ -192,6 +192,17 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """The batch's non-pad tokens (what `tokens_per_s` counts, as the benches do): packed rows mark
+    pads with doc id -1; right-padded rows (DPO pairs, GRPO rollouts, distillation, unpacked SFT)
+    end at their last trained token."""
+    if "doc_ids" in batch:
+        return int((batch["doc_ids"] >= 0).sum())
+    trained = batch["completion_mask"] != 0 if "completion_mask" in batch else batch["labels"] != IGNORE
+    ends = (trained * torch.arange(1, trained.shape[1] + 1, device=trained.device)).amax(1)
+    return int(ends.sum())
+
+
 def _replace_atomically(path: Path, text: str) -> None:
     """Write a temporary file beside `path`, then rename it over: a kill leaves the old or the new."""
     tmp = path.with_name(path.name + ".tmp")
@@ -336,6 +347,7 @@ class Trainer:
         batches = [{k: v.to(info.device, non_blocking=True) for k, v in self.data.next_batch(b).items()}
                    for b in sizes]
         counts = [self.objective.targets(b).to(info.device) for b in batches]
+        real = sum(real_tokens(b) for b in batches)
         totals = _all_reduce_sum(torch.stack(counts).sum(0))
         lr = self.lr(self.step)
         parallel.set_lr(self.optimizer, lr)
@@ -364,7 +376,9 @@ class Trainer:
         step_tokens = schedules.global_sequences(self.cfg.batch, self.tokens_seen, seq_len) * seq_len
         self.step += 1
         self.tokens_seen += step_tokens
-        return metrics | {"grad_norm": grad_norm, "lr": lr, "step_tokens": step_tokens, "micro_batches": len(sizes)}
+        real = float(_all_reduce_sum(torch.tensor([float(real)], device=info.device)))
+        return metrics | {"grad_norm": grad_norm, "lr": lr, "step_tokens": step_tokens, "real_tokens": real,
+                          "micro_batches": len(sizes)}
 
     # -- validation ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -545,10 +559,11 @@ class Trainer:
             self._sinks.append(type("Finish", (), {"close": lambda _: self._wandb.finish()})())
 
     def _log(self, m: dict, dt: float) -> None:
-        tok_s = m["step_tokens"] / dt
+        tok_s = m["real_tokens"] / dt  # not the nominal step_tokens: pads are not throughput
         seq_len = self.plans[self.phase_idx].seq_len
         rec = {"step": self.step, "phase": self.cfg.phases[self.phase_idx].name, "tokens": self.tokens_seen,
-               **{k: v for k, v in m.items() if k != "step_tokens"}, "tokens_per_s": tok_s,
+               **{k: v for k, v in m.items() if k not in ("step_tokens", "real_tokens")},
+               "tokens_per_s": tok_s,
                "mfu": mfu(tok_s, self.model_config.flops_per_token(seq_len), self.peak_flops, self.info.world)
                if self.peak_flops else None,
                "peak_mem_mb": peak_memory_mb(self.info.device), "time": time.time()}

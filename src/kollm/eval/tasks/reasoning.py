@@ -237,6 +237,10 @@ class HRM8K(GenerateTask):
     stop = ("문제:", "Question:", "</s>", "<|im_end|>")
     max_new_tokens = 512
 
+    def __init__(self, chat: bool = False, **options) -> None:
+        super().__init__(**options)
+        self.chat = chat  # `--task-arg hrm8k_ko:chat=true`: the question alone as a user turn (a chat model)
+
     def load(self, data_dir):
         base = locate(data_dir, ["HRM8K", "hrm8k"], self.name)
         items = []
@@ -254,6 +258,8 @@ class HRM8K(GenerateTask):
         return {"question": q, "answer": str(r["answer"]), "subset": r["_sub"], "pair_id": f"{r['_sub']}:{r['_i']}"}
 
     def text(self, item):
+        if self.chat:
+            return item["question"]
         return f"문제: {item['question']}\n풀이:" if self.lang == "ko" else f"Question: {item['question']}\nAnswer:"
 
     def process(self, item, results):
