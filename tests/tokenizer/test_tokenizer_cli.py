@@ -41,3 +41,24 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "no files match" in capsys.readouterr().err
     assert cli_main(["tokenizer", "train", "--input", "x", "--budget", "ko", "--out", "o"]) == 1
     assert "--budget must look like LANG=VALUE" in capsys.readouterr().err
+
+
+def test_extend_keeps_the_base_chat_template_file(tmp_path, corpus, capsys):
+    """transformers 5 saves a chat template to chat_template.jinja, not tokenizer_config.json: the
+    extended tokenizer must carry it, or SFT of the extended model silently uses kollm's default."""
+    from transformers import AutoTokenizer
+
+    from kollm.data.chat import load_tokenizer
+
+    ko = tmp_path / "ko.txt"
+    ko.write_text("\n".join(corpus["train"]["ko"]))
+    base = tmp_path / "base"
+    assert cli_main(["tokenizer", "train", "--input", f"ko={ko}", "--budget", "ko=300", "--out", str(base)]) == 0
+    hf = AutoTokenizer.from_pretrained(base)
+    hf.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    hf.save_pretrained(base)
+    assert (base / "chat_template.jinja").is_file()
+    ext = tmp_path / "ext"
+    assert cli_main(["tokenizer", "extend", "--base", str(base), "--input", f"ko={ko}", "--add", "50",
+                     "--out", str(ext)]) == 0
+    assert load_tokenizer(ext).chat_template == hf.chat_template

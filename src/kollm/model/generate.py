@@ -446,6 +446,15 @@ def _stop_ids(model_dir: Path) -> list[int]:
     return []
 
 
+def model_stop_ids(model_dir: Path, tokenizer) -> list[int]:
+    """What `kollm generate` and `kollm serve` stop on: the checkpoint's EOS ids (as transformers'
+    generate) and the chat template's end-of-turn token and EOS (kollm.data.chat.stop_token_ids)."""
+    from kollm.data.chat import stop_token_ids
+
+    ids = _stop_ids(model_dir)
+    return ids + [i for i in stop_token_ids(tokenizer) if i not in ids]
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="kollm generate", description="Generate a completion from a Hugging Face "
                                 "checkpoint directory (KV cache; greedy or sampling).")
@@ -458,7 +467,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], metavar="S", help="stop string (repeatable)")
-    p.add_argument("--raw", action="store_true", help="do not wrap the prompt in the chat template")
+    p.add_argument("--raw", action="store_true", help="send the prompt as is (default: as one user message through "
+                   "the tokenizer's chat template, or kollm's default template where it has none, as `kollm serve`'s "
+                   "/v1/chat/completions and `kollm sft` do)")
     p.add_argument("--json", action="store_true", help="print {completion, token_ids} as JSON")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -469,8 +480,7 @@ def main(argv: list[str]) -> int:
     if args.greedy and any(v is not None for v in sampling.values()):
         p.error("--greedy excludes --temperature/--top-k/--top-p/--seed")
 
-    from transformers import AutoTokenizer
-
+    from kollm.data.chat import load_tokenizer
     from kollm.model.hf import TOKENIZER_FILES, load_hf
 
     model_dir = Path(args.model)
@@ -478,13 +488,13 @@ def main(argv: list[str]) -> int:
         raise FileNotFoundError(f"{model_dir}: no such model directory")
     if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
         raise FileNotFoundError(f"{model_dir}: no tokenizer files (tokenizer.json, tokenizer_config.json, ...)")
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = load_tokenizer(model_dir)  # kollm's default chat template where it has none, as serve and sft
     model = load_hf(model_dir, device=args.device)
     cfg = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         do_sample=not args.greedy,
         **{k: v for k, v in sampling.items() if v is not None},
-        stop_token_ids=_stop_ids(model_dir),
+        stop_token_ids=model_stop_ids(model_dir, tokenizer),
         stop_strings=args.stop,
         compile=args.compile,
     )
@@ -499,6 +509,6 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["GenerationConfig", "generate", "forward_static", "decode_step", "decode_graphs", "static_cache",
+__all__ = ["GenerationConfig", "generate", "model_stop_ids", "forward_static", "decode_step", "decode_graphs", "static_cache",
            "use_compile", "generate_text", "whole_characters", "cap_to_context", "encode_prompt", "next_tokens", "sampling_logits",
            "top_k_filter", "top_p_filter"]

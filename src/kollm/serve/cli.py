@@ -138,8 +138,8 @@ def main(argv: list[str]) -> int:
 
     import uvicorn
 
-    from kollm.data.chat import load_tokenizer, stop_token_ids
-    from kollm.model.generate import _stop_ids
+    from kollm.data.chat import load_tokenizer
+    from kollm.model.generate import model_stop_ids
     from kollm.model.hf import TOKENIZER_FILES, load_hf
     from kollm.serve.app import Limits, create_app
     from kollm.serve.engine import Engine
@@ -152,9 +152,7 @@ def main(argv: list[str]) -> int:
     tokenizer = load_tokenizer(model_dir)  # kollm's default chat template where the tokenizer has none
     model = load_hf(model_dir, device=args.device, dtype=DTYPES[args.dtype])
     context = model.config.max_seq_len
-    # generation_config/config eos ids (as transformers' generate) + the template's end-of-turn token and EOS
-    stop_ids = _stop_ids(model_dir)
-    stop_ids += [i for i in stop_token_ids(tokenizer) if i not in stop_ids]
+    stop_ids = model_stop_ids(model_dir, tokenizer)  # the same as `kollm generate`'s
     device = next(model.parameters()).device
     budget = args.kv_budget_tokens or default_kv_budget(model, device, context, args.max_batch)
     import copy

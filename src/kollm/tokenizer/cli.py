@@ -81,8 +81,10 @@ def cmd_extend(args: argparse.Namespace) -> int:
     out = save(tok, args.out, {"extended_from": str(args.base), "lang": args.lang, "added": len(added),
                                "ids": [old_n, old_n + len(added)]})
     base_dir = Path(args.base) if Path(args.base).is_dir() else Path(args.base).parent
-    if (base_dir / "tokenizer_config.json").is_file():  # keep the base's specials and chat template
-        shutil.copy(base_dir / "tokenizer_config.json", out / "tokenizer_config.json")
+    # Keep the base's specials and chat template (transformers 5 writes the template to its own file).
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json"):
+        if (base_dir / name).is_file():
+            shutil.copy(base_dir / name, out / name)
     print(f"added {len(added)} {args.lang} tokens (ids {old_n}..{tok.get_vocab_size() - 1}); wrote {out}")
     return 0
 
