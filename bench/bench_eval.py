@@ -3,22 +3,27 @@ back-end, same model, same rows, same prompts (lm-eval's own KoBEST task configs
 local parquet files), items/s and the ratio, plus the largest per-request log-likelihood gap.
 
     .venv/bin/python bench/bench_eval.py [--tasks kobest_copa,kobest_hellaswag,kobest_boolq] [--limit 200]
-        [--dim 512 --layers 8] [--device cpu] [--threads 1] [--repeats 2]
+        [--dim 512 --layers 8 | --model DIR] [--device cpu] [--threads 1] [--repeats 2] [--no-rows]
 
 Needs the `bench` extra (lm_eval, accelerate) and the shared dev data. The model is a random
 Llama of the given size with a byte-level BPE trained on the KoBEST train split, written once
-to a temp dir; both harnesses load it from there. Each harness's time includes its model load
+to a temp dir, or `--model DIR`, a real checkpoint directory (Hugging Face layout); both harnesses
+load it from there. Each harness's time includes its model load
 and its own request building (what a user waits for); lm-eval imports and its one-time warm-up
 are excluded; runs are interleaved and the best of `--repeats` is kept (shared machines drift).
 "ratio" is wall time lm-eval / kollm; "cpu ratio" the same with process CPU time, which other
-jobs on a shared machine disturb less.
+jobs on a shared machine disturb less. The last line on stdout is one JSON object: mc_ratio and
+mc_cpu_ratio (all tasks' lm-eval time / kollm's), gen_ratio (null: generation is not benched yet),
+identical (every item's predicted choice agrees and every log-likelihood within --tol), peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -98,6 +103,9 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=200)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--model", default=None, help="a real checkpoint directory instead of the random Llama")
+    p.add_argument("--no-rows", action="store_true", help="skip kollm's one-row-per-choice mode (slow on big models)")
+    p.add_argument("--tol", type=float, default=1e-3, help="largest |dLL| per request that counts as identical")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--lm-eval-batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=2)
@@ -113,11 +121,20 @@ def main() -> None:
     from kollm.eval.models import LocalLM
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_eval_"))
-    model_dir = tmp / "model"
-    build_model(model_dir, args.dim, args.layers)
+    if args.model:
+        model_dir = Path(args.model)
+    else:
+        model_dir = tmp / "model"
+        build_model(model_dir, args.dim, args.layers)
     inc = tmp / "lm_eval_tasks"
     inc.mkdir()
-    print(f"model: Llama d={args.dim} L={args.layers}, device {args.device}, threads {torch.get_num_threads()}")
+    desc = model_dir if args.model else f"Llama d={args.dim} L={args.layers}"
+    print(f"model: {desc}, device {args.device}, threads {torch.get_num_threads()}")
+    modes = ("packed",) if args.no_rows else ("packed", "rows")
+    total = {"lm-eval": 0.0, "packed": 0.0}
+    total_cpu = {"lm-eval": 0.0, "packed": 0.0}
+    identical = True
+    peak = {}
     print(f"{'task':<18} {'items':>5} {'kollm it/s':>11} {'rows it/s':>10} {'lm-eval it/s':>13} {'ratio':>6} "
           f"{'cpu ratio':>8} {'max|dLL|':>9} {'acc k/l':>13}")
     warmed = False
@@ -140,14 +157,17 @@ def main() -> None:
                                   log_samples=True, verbosity="ERROR")
             timings["lm-eval"].append(time.perf_counter() - t0)
             cpu["lm-eval"].append(time.process_time() - c0)
-            for mode in ("packed", "rows"):
+            for mode in modes:
                 t0, c0 = time.perf_counter(), time.process_time()
                 lm = LocalLM(model_dir, device=args.device, mode=mode)
                 runs[mode] = evaluate(lm, [task], EvalConfig(data_dir=str(tmp), num_fewshot=0), log=lambda m: None)
                 timings[mode].append(time.perf_counter() - t0)
                 cpu[mode].append(time.process_time() - c0)
-        best = {k: min(v) for k, v in timings.items()}
-        best_cpu = {k: min(v) for k, v in cpu.items()}
+        best = {k: min(v) if v else float("nan") for k, v in timings.items()}
+        best_cpu = {k: min(v) if v else float("nan") for k, v in cpu.items()}
+        for k in total:
+            total[k] += best[k]
+            total_cpu[k] += best_cpu[k]
         ours = runs["packed"]
         n = ours["results"][task]["n"]
         samples = sorted(ref["samples"][name], key=lambda s: s["doc_id"])
@@ -156,9 +176,20 @@ def main() -> None:
         dmax = max(abs(a - b) for a, b in zip(ref_ll, our_ll))
         acc_k = ours["results"][task]["metrics"]["acc"]["value"]
         acc_l = ref["results"][name]["acc,none"]
+        pick = lambda lls: max(range(len(lls)), key=lls.__getitem__)  # noqa: E731
+        same_pick = all(pick([r[0] for r in s["filtered_resps"]]) == pick([r[0] for r in rec["responses"]])
+                        for s, rec in zip(samples, ours["samples"][task]))
+        identical &= same_pick and dmax <= args.tol and len(samples) == n
         print(f"{task:<18} {n:>5} {n / best['packed']:>11.1f} {n / best['rows']:>10.1f} "
               f"{n / best['lm-eval']:>13.1f} {best['lm-eval'] / best['packed']:>6.2f} "
               f"{best_cpu['lm-eval'] / best_cpu['packed']:>8.2f} {dmax:>9.2e} {acc_k:>6.4f}/{acc_l:.4f}", flush=True)
+    # ru_maxrss: the process's peak (KiB on Linux); both harnesses run in this one process, so it
+    # is the larger of the two, not each one's.
+    peak["process_peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    print(json.dumps({"model": str(desc), "mc_ratio": round(total["lm-eval"] / total["packed"], 3),
+                      "mc_cpu_ratio": round(total_cpu["lm-eval"] / total_cpu["packed"], 3),
+                      "kollm_s": round(total["packed"], 2), "lm_eval_s": round(total["lm-eval"], 2),
+                      "gen_ratio": None, "identical": identical, **peak}))
 
 
 if __name__ == "__main__":
