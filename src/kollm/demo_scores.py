@@ -121,9 +121,9 @@ def table(m: dict) -> tuple[list[str], list[list[str]]]:
     curve = ", ".join(f"{step}: {v:.2f}" for step, v in val)
     rows.append(["GRPO", f"greedy math reward (temperature; n={n['grpo']}); validation by step: {curve or '–'}",
                  f"merged {_f(get('merged', 'grpo'))}",
-                 f"GRPO {_f(get('GRPO', 'grpo'))}" + (f" (best validation {best[1]:.2f} at step {best[0]}, "
-                                                      f"final {val[-1][1]:.2f})" if best else "")
-                 + (f"; exported: step {ex['best_step']} (grpo.keep_best)" if (ex := m.get("grpo_export")) else ""),
+                 f"GRPO {_f(get('GRPO', 'grpo'))}" + (f" (best validation {best[1]:.2f} at step {best[0]}, " + (
+                     f"exported: step {ex['best_step']}, grpo.keep_best; last step {val[-1][1]:.2f})"
+                     if (ex := m.get("grpo_export")) else f"final {val[-1][1]:.2f})") if best else ""),
                  "+0.2; final ≥ best − 0.05"])
     res = m["eval"].get("results", {})
     if res:
