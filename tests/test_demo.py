@@ -76,9 +76,13 @@ def test_demo_recipe_end_to_end(tmp_path, capsys, seed):
     assert fx["dpo_preference_accuracy"] >= 0.6, fx
     for task in ("sft", "dpo", "grpo"):  # the merge sits between (or near) its parents
         assert s["merged"][task] >= min(s["SFT"][task], s["DPO"][task]) - 0.2, (task, s)
-    # GRPO: no collapse (the held-out gain of issue 22 is not reached by the shortened run, nor the full one)
+    # GRPO: no collapse (the held-out gain of issue 22 is not reached by the shortened run, nor the full one);
+    # grpo.keep_best: the export is the best validation step's policy (ties: the later)
     best = max(v for _, v in fx["grpo_validation"])
-    assert fx["grpo_validation"][-1][1] >= best - 0.1 and s["GRPO"]["grpo"] >= s["merged"]["grpo"] - 0.1, fx
+    assert s["GRPO"]["grpo"] >= s["merged"]["grpo"] - 0.1, fx
+    kept = max(step for step, v in fx["grpo_validation"] if v == best)
+    assert fx["grpo_export"]["best_step"] == kept and fx["grpo_export"]["export"] == f"step-{kept:08d}", fx
+    assert (work / "grpo" / "hf" / "latest").resolve().name == f"step-{kept:08d}"
     merged = work / "merge" / "model"
     assert (merged / "mergekit_config.yml").is_file()
     assert f"model.init_from={merged}" in json.loads((work / "grpo" / "run.json").read_text())["argv"]

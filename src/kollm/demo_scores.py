@@ -93,6 +93,8 @@ def measure(workdir: Path, limit: int = 50) -> dict:
     return {"n": {k: len(v) for k, v in tasks.items()}, "models": models,
             "dpo_preference_accuracy": dpo[-1]["val_reward_accuracy"] if dpo else None,
             "grpo_validation": [(r["step"], r["val_reward_mean"]) for r in grpo],
+            # grpo.keep_best: which validation step the export is (kollm.train.grpo.BestExport)
+            "grpo_export": json.loads(p.read_text()) if (p := workdir / "grpo" / "export.json").is_file() else None,
             "eval": results, "chat": {"prompt": CHAT_PROMPT, "reply": chat, "correct": chat == CHAT_ANSWER}}
 
 
@@ -119,8 +121,9 @@ def table(m: dict) -> tuple[list[str], list[list[str]]]:
     curve = ", ".join(f"{step}: {v:.2f}" for step, v in val)
     rows.append(["GRPO", f"greedy math reward (temperature; n={n['grpo']}); validation by step: {curve or '–'}",
                  f"merged {_f(get('merged', 'grpo'))}",
-                 f"GRPO {_f(get('GRPO', 'grpo'))}" + (f" (best validation {best[1]:.2f} at step {best[0]}, "
-                                                      f"final {val[-1][1]:.2f})" if best else ""),
+                 f"GRPO {_f(get('GRPO', 'grpo'))}" + (f" (best validation {best[1]:.2f} at step {best[0]}, " + (
+                     f"exported: step {ex['best_step']}, grpo.keep_best; last step {val[-1][1]:.2f})"
+                     if (ex := m.get("grpo_export")) else f"final {val[-1][1]:.2f})") if best else ""),
                  "+0.2; final ≥ best − 0.05"])
     res = m["eval"].get("results", {})
     if res:

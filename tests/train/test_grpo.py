@@ -179,3 +179,57 @@ def test_bf16_reference_and_old_policy_match_the_policy_at_step_one(tiny, prompt
     assert grpo_main([str(tmp_path / "c.yaml")]) == 0
     [m] = metrics(tmp_path / "run")
     assert m["kl"] == 0.0 and m["clip_frac"] == 0.0
+
+
+def _scripted_validation(monkeypatch, values: list[float]) -> None:
+    """Validation passes give the scripted val_reward_mean, one value per pass in order."""
+    from kollm.train.grpo import ValidationSource
+
+    real, left = ValidationSource.batches, list(values)
+
+    def batches(self):
+        v = left.pop(0)
+        for b in real(self):
+            yield {**b, "rewards": torch.full_like(b["rewards"], v)}
+
+    monkeypatch.setattr(ValidationSource, "batches", batches)
+
+
+def _weights(d: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(d / "model.safetensors")
+
+
+@pytest.mark.parametrize("values, stop_after, best", [
+    ([0.1, 0.5, 0.5, 0.2], None, 3),  # a tie: the later step
+    ([0.1, 0.6, 0.5, 0.2], 2, 2),  # interrupted after the best: the resumed run still compares with it
+])
+def test_keep_best_exports_the_best_validation_step(tiny, prompts, tmp_path, monkeypatch, values, stop_after, best):
+    import signal
+
+    from kollm.train.export import export_checkpoint
+    from kollm.train.trainer import Trainer, TrainingInterrupted
+
+    run = tmp_path / "run"
+    cfg = config(tiny, prompts, run, keep_best=True)
+    cfg["validation"] = {"every": 1}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    _scripted_validation(monkeypatch, values)
+    if stop_after:
+        with monkeypatch.context() as m:  # SIGTERM after step 2: checkpoint, exit; then --resume
+            m.setattr(Trainer, "_stop_requested", lambda self: signal.SIGTERM if self.step == stop_after else 0)
+            with pytest.raises(TrainingInterrupted):
+                grpo_main([str(tmp_path / "c.yaml")])
+    assert grpo_main([str(tmp_path / "c.yaml")] + (["--resume"] if stop_after else [])) == 0
+    val = [m["val_reward_mean"] for m in metrics(run)]
+    assert val == pytest.approx(values, abs=1e-6)
+    assert (run / "hf" / "latest").resolve().name == f"step-{best:08d}"
+    record = json.loads((run / "export.json").read_text())
+    assert record["best_step"] == best and record["best_val_reward_mean"] == pytest.approx(values[best - 1])
+    assert record["last_step"] == 4 and record["export"] == f"step-{best:08d}"
+    # the export is the policy of that step: the same weights as its checkpoint, not the last step's
+    ref = export_checkpoint(run / "checkpoints" / f"step-{best:08d}", tmp_path / "ref")
+    a, b, last = _weights(run / "hf" / "latest"), _weights(ref), _weights(run / "hf" / "step-00000004")
+    assert all(torch.equal(a[k], b[k]) for k in b) and any(not torch.equal(a[k], last[k]) for k in a)
+    assert sorted(p.name for p in (run / "hf").glob("step-*")) == [f"step-{best:08d}", "step-00000004"]

@@ -55,14 +55,18 @@ def export_final(trainer, cfg, tokenizer=None) -> Path | None:
     if not (cfg.checkpoint.export_hf and trainer.info.is_main):
         return None
     out = trainer.run_dir / "hf" / trainer.last_checkpoint.name
-    # a fine-tuned chat model stops where the model it started from did (its end-of-turn token too)
-    start = Path(cfg.model.init_from or "") / "generation_config.json"
-    eos = json.loads(start.read_text()).get("eos_token_id") if cfg.model.init_from and start.is_file() else None
     if not out.exists():
         export_checkpoint(trainer.last_checkpoint, out, dtype=DTYPES[cfg.checkpoint.export_dtype], tokenizer=tokenizer,
-                          generation_config={"eos_token_id": eos} if eos is not None else None)
+                          generation_config=start_generation_config(cfg))
     link_latest(out)
     return out
+
+
+def start_generation_config(cfg) -> dict | None:
+    """A fine-tuned chat model stops where the model it started from did (its end-of-turn token too)."""
+    start = Path(cfg.model.init_from or "") / "generation_config.json"
+    eos = json.loads(start.read_text()).get("eos_token_id") if cfg.model.init_from and start.is_file() else None
+    return {"eos_token_id": eos} if eos is not None else None
 
 
 def export_checkpoint(path: str | Path, out: str | Path, dtype: torch.dtype | None = None, tokenizer=None,

@@ -22,9 +22,11 @@ checkpoint, logging), plus
 max_prompt_len + max_new_tokens tokens per step) and must not be given. Rows: `{"prompt", "answer"}`
 (math) or `{"prompt", "instruction_id_list", "kwargs"}` (IFEval); malformed rows are counted by
 reason with file:line and skipped. At the end the policy is exported to `OUTPUT_DIR/hf/step-N`
-with `OUTPUT_DIR/hf/latest` pointing at it. `--dry-run` prints the compute plan (rollouts,
-reference pass, training; kollm.plan) from the config alone. `kollm grpo filter CONFIG --out FILE`
-keeps the prompts of the right difficulty for the initial policy (kollm.rl.difficulty).
+with `OUTPUT_DIR/hf/latest` pointing at it; with `grpo.keep_best` hf/latest is the policy at the
+best held-out val_reward_mean instead (ties: the later step; OUTPUT_DIR/export.json says which).
+`--dry-run` prints the compute plan (rollouts, reference pass, training; kollm.plan) from the
+config alone. `kollm grpo filter CONFIG --out FILE` keeps the prompts of the right difficulty for
+the initial policy (kollm.rl.difficulty).
 """
 
 from __future__ import annotations
@@ -83,6 +85,10 @@ class GRPOSection:
     # `kollm serve --allow-weight-updates --weights-root OUTPUT_DIR`), so rollouts come from the current policy. The server
     # must see OUTPUT_DIR. false: the server's weights are kept in step some other way (vLLM).
     sync_weights: bool = True
+    # The export (hf/latest) is the policy at the best held-out val_reward_mean (ties: the later
+    # step), not the last step's: an RL curve that peaks and falls back keeps its peak. Needs
+    # data.validation; recorded in OUTPUT_DIR/export.json and said in the log.
+    keep_best: bool = False
 
 
 @dataclass
@@ -135,6 +141,8 @@ def grpo_config_from_dict(raw: dict, world: int = 1) -> GRPOConfig:
             problems.append(f"{key} must be {want}, got {value!r}")
     from kollm.train.objectives.grpo import LOSS_TYPES
 
+    if g.keep_best and not data.validation:
+        problems.append("grpo.keep_best needs data.validation (the held-out reward it keeps the best of)")
     if g.loss_type not in LOSS_TYPES:
         problems.append(f"grpo.loss_type: one of {', '.join(LOSS_TYPES)}, got {g.loss_type!r}")
     if not isinstance(g.rewards, list) or not g.rewards:
@@ -278,6 +286,7 @@ class RolloutSource:
         self.gen = torch.Generator().manual_seed(seed * 1000003 + rank)
         self.buffer: dict[str, torch.Tensor] | None = None
         self.cursor, self.iteration = 0, 0
+        self.keep_best: BestExport | None = None  # grpo.keep_best (set by `main`)
 
     # protocol ------------------------------------------------------------------------------------
     def set_phase(self, phase) -> None:
@@ -299,8 +308,13 @@ class RolloutSource:
                 self.buffer = None
         return out
 
+    def on_validation(self, metrics: dict) -> None:
+        if self.keep_best is not None:
+            self.keep_best.see(metrics)
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos, "cursor": self.cursor, "iteration": self.iteration,
+                "best": None if self.keep_best is None else self.keep_best.best,
                 "gen": base64.b64encode(self.gen.get_state().numpy().tobytes()).decode(),
                 "buffer": None if self.buffer is None else {k: _encode_tensor(v) for k, v in self.buffer.items()}}
 
@@ -310,6 +324,9 @@ class RolloutSource:
         self.gen.set_state(torch.frombuffer(bytearray(base64.b64decode(state["gen"])), dtype=torch.uint8))
         buf = state["buffer"]
         self.buffer = None if buf is None else {k: _decode_tensor(v) for k, v in buf.items()}
+        if self.keep_best is not None:
+            self.keep_best.best = state.get("best")
+
 
     # rollouts ------------------------------------------------------------------------------------
     def _next_prompts(self) -> list[int]:
@@ -378,6 +395,65 @@ class RolloutSource:
         finally:
             model.train(was)
         return torch.cat(out)
+
+
+class BestExport:
+    """grpo.keep_best: each validation at least as good as the best so far (ties: the later) exports
+    the policy to OUTPUT_DIR/hf/step-N at once (the previous best's export is removed; the rank-0
+    policy holds whole weights: in-process validation needs them), so `finish` can point hf/latest
+    at it. `best` = [step, val_reward_mean] is checkpointed with the data source: a resumed run
+    keeps comparing against it, and its export is on disk already."""
+
+    def __init__(self, trainer, policy, tokenizer, dtype: torch.dtype, generation_config: dict | None):
+        self.trainer, self.policy, self.tokenizer = trainer, policy, tokenizer
+        self.dtype, self.generation_config = dtype, generation_config
+        self.best: list | None = None
+
+    def _dir(self, step: int) -> Path:
+        return self.trainer.run_dir / "hf" / f"step-{step:08d}"
+
+    def see(self, metrics: dict) -> None:
+        import shutil
+
+        from kollm.model.hf import save_hf
+
+        value, step = metrics.get("val_reward_mean"), self.trainer.step
+        if value is None or (self.best is not None and value < self.best[1]):
+            return
+        previous, self.best = self.best, [step, float(value)]
+        if not self.trainer.info.is_main:
+            return
+        out = self._dir(step)
+        shutil.rmtree(out, ignore_errors=True)  # a resumed run re-validating a step it had not checkpointed
+        save_hf(self.policy, out, tokenizer=self.tokenizer, dtype=self.dtype, generation_config=self.generation_config)
+        if previous is not None and previous[0] != step:
+            shutil.rmtree(self._dir(previous[0]), ignore_errors=True)
+
+    def finish(self, last: Path) -> Path:
+        """After export_final (`last`: the last step's export): hf/latest := the best validation
+        step's export; OUTPUT_DIR/export.json says which step and why. Returns the export."""
+        import json
+
+        from kollm.train.pretrain import link_latest
+
+        last_step = self.trainer.step
+        last_val = next((r["val_reward_mean"] for r in reversed(self.trainer.history)
+                         if r.get("step") == last_step and "val_reward_mean" in r), None)
+        if self.best is None or self.best[0] == last_step:
+            chosen = last
+        else:
+            chosen = self._dir(self.best[0])
+            link_latest(chosen)
+        record = {"export": chosen.name, "rule": "grpo.keep_best: the best val_reward_mean (ties: the later step)",
+                  "best_step": None if self.best is None else self.best[0],
+                  "best_val_reward_mean": None if self.best is None else self.best[1],
+                  "last_step": last_step, "last_val_reward_mean": last_val}
+        (self.trainer.run_dir / "export.json").write_text(json.dumps(record, indent=1) + "\n")
+        if self.best is not None:
+            print(f"kollm grpo: grpo.keep_best: hf/latest is step {self.best[0]} (val_reward_mean "
+                  f"{self.best[1]:.4f}; last step {last_step}"
+                  + (f": {last_val:.4f}" if last_val is not None else "") + ")", file=sys.stderr)
+        return chosen
 
 
 @torch.no_grad()
@@ -554,6 +630,9 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"{args.config}: data.train is required (prompt rows)")
     in_process = [what for what, yes in (("rollouts", not cfg.grpo.server), ("validation", cfg.data.validation and not (
         cfg.grpo.server and cfg.grpo.sync_weights))) if yes]
+    if tc.parallel.mode in ("zero1", "fsdp") and cfg.grpo.keep_best:
+        raise ValueError(f"{args.config}: grpo.keep_best exports the policy at a validation step from rank 0's "
+                         f"whole weights; parallel.mode {tc.parallel.mode} shards them (use ddp or single)")
     if tc.parallel.mode in ("zero1", "fsdp") and in_process:
         raise ValueError(f"{args.config}: parallel.mode {tc.parallel.mode}: in-process {' and '.join(in_process)} need "
                          "whole weights on every rank between steps; use ddp, or zero1/fsdp with grpo.server "
@@ -565,10 +644,20 @@ def main(argv: list[str]) -> int:
                                   cfg.grpo.max_new_tokens, cfg.grpo.temperature)
         _, source, val = build(cfg, info, model.to(info.device))
         trainer = Trainer(tc, trainer_model, objective, source, info, val_data=val)
+        if cfg.grpo.keep_best:
+            from kollm.model.hf import DTYPES
+            from kollm.train.export import start_generation_config
+            from kollm.train.parallel import unwrap
+
+            source.keep_best = BestExport(trainer, unwrap(model), tc.model.tokenizer or tc.model.init_from,
+                                          DTYPES[tc.checkpoint.export_dtype], start_generation_config(tc))
         if source.sync is not None:  # every update leaves the rollout server behind the policy
             trainer.optimizer.register_step_post_hook(source.sync.mark_stale)
         trainer.fit(resume=args.resume)  # a diverged run raises: `kollm` exits 3 with its message
-        if (out := export_final(trainer, tc, tokenizer=tc.model.tokenizer or tc.model.init_from)) is not None:
+        out = export_final(trainer, tc, tokenizer=tc.model.tokenizer or tc.model.init_from)
+        if out is not None and source.keep_best is not None:
+            out = source.keep_best.finish(out)
+        if out is not None:
             print(f"kollm grpo: Hugging Face export in {out}", file=sys.stderr)
         if source.sync is not None:  # the server ends serving the final policy: the export when there is one
             source.sync(trainer.run_dir / "hf" / "latest" if tc.checkpoint.export_hf else None)
