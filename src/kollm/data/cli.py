@@ -99,7 +99,8 @@ def _report(argv: list[str]) -> int:
 
 
 def _judge(argv: list[str]) -> int:
-    from kollm.data.judge import JudgeConfig, api_key_from_env, run_judge
+    from kollm.data.judge import JudgeConfig, run_judge
+    from kollm.openai_client import api_key_from_env
 
     ap = argparse.ArgumentParser(prog="kollm data judge", description="Score a sample with an LLM judge.")
     ap.add_argument("--input", action="append", required=True, help="file, glob or directory (repeatable)")
