@@ -12,10 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kollm.data import IGNORE
 from kollm.model.masks import ISOLATES_DOCUMENTS
 from kollm.model.transformer import ModelOutput
-
-IGNORE = -100
 
 
 @dataclass
