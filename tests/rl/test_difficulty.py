@@ -94,8 +94,7 @@ def test_keep_is_strict_and_skips_unscored():
 
 
 def test_system_prompt_needs_the_chat_template(tok_dir, tmp_path):
-    from kollm.data.chat import load_tokenizer
-    from kollm.train.grpo import encode_prompt
+    from kollm.data.chat import encode_prompt, load_tokenizer
 
     tok = load_tokenizer(tok_dir)
     with pytest.raises(ValueError, match="data.system_prompt .* needs data.chat_template: true"):

@@ -50,11 +50,11 @@ def run(cfg, out: str | Path, low: float = 0.0, high: float = 1.0, group_size: i
     `engine`: a sampler to use instead of the config's policy (tests)."""
     import torch
 
-    from kollm.data.chat import load_tokenizer
+    from kollm.data.chat import load_tokenizer, stop_token_ids
     from kollm.model.generate import GenerationConfig
     from kollm.rl.rewards import Rewards
     from kollm.rl.rollout import LocalRollout, ServerRollout
-    from kollm.train.grpo import PromptSet, reward_fields, stop_token_ids
+    from kollm.train.grpo import PromptSet, reward_fields
 
     if not 0.0 <= low < high <= 1.0:
         raise ValueError(f"kollm grpo filter: bounds must satisfy 0 <= low < high <= 1, got {low}, {high}")
@@ -67,7 +67,7 @@ def run(cfg, out: str | Path, low: float = 0.0, high: float = 1.0, group_size: i
     if prompts.errors.total:
         print(f"kollm grpo filter: {cfg.data.train}: {prompts.summary()}", file=sys.stderr)
     gen = GenerationConfig(max_new_tokens=g.max_new_tokens, do_sample=True, temperature=g.temperature, top_p=g.top_p,
-                           top_k=g.top_k, stop_token_ids=stop_token_ids(tc.model.init_from, tokenizer))
+                           top_k=g.top_k, stop_token_ids=sorted(set(stop_token_ids(tokenizer, tc.model.init_from))))
     if engine is None and g.server:
         engine = ServerRollout(g.server, tokenizer, gen, g.server_model)
     elif engine is None:

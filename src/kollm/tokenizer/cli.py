@@ -68,10 +68,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_extend(args: argparse.Namespace) -> int:
-    from kollm.tokenizer.extend import extend_tokenizer, load_tokenizer
+    from kollm.tokenizer.extend import extend_tokenizer, load_tokenizer_json
     from kollm.tokenizer.train import read_texts, save
 
-    base = load_tokenizer(args.base)
+    base = load_tokenizer_json(args.base)
     texts, bad = read_texts(args.input)
     _report_bad(bad)
     if args.lang not in texts:
@@ -90,7 +90,7 @@ def cmd_extend(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from kollm.tokenizer.extend import load_tokenizer
+    from kollm.tokenizer.extend import load_tokenizer_json
     from kollm.tokenizer.stats import measure, table
     from kollm.tokenizer.train import read_texts
 
@@ -98,7 +98,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     _report_bad(bad)
     rows = []
     for path in args.tokenizers:
-        tok = load_tokenizer(path)
+        tok = load_tokenizer_json(path)
         for lang in sorted(texts):
             rows.append((path, measure(tok, texts[lang][: args.limit] if args.limit else texts[lang], lang)))
     if args.json:
