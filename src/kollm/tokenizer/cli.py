@@ -49,11 +49,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         budgets = ", ".join(args.budget)
         return emit(input_plan("tokenizer train", [i.partition("=")[2] if "=" in i else i for i in args.input],
                                f"budgets {budgets}; the text is read into memory"), args)
-    from kollm.tokenizer.train import TrainConfig, read_texts, save, train
+    from kollm.tokenizer.train import TokenizerConfig, read_texts, save, train
 
     budgets = {k: _int(v, f"--budget {k}") for k, v in _pairs(args.budget, "--budget").items()}
     series = {k: [_int(x, f"--series {k}") for x in v.split(",")] for k, v in _pairs(args.series, "--series").items()}
-    cfg = TrainConfig(budgets=budgets, series=series, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
+    cfg = TokenizerConfig(budgets=budgets, series=series, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
     texts, bad = read_texts(args.input)
     _report_bad(bad)
     tok, summary, nested = train(texts, cfg)
