@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from kollm.argtypes import config_text
-from kollm.train.config import TrainConfig, _build, apply_overrides, config_from_dict
+from kollm.argtypes import apply_overrides, config_text
+from kollm.train.config import TrainConfig, _build, config_from_dict
 from kollm.train.objectives.dpo import LOSSES, DPOObjective, sequence_logps
 from kollm.train.parallel import check_parallel
 

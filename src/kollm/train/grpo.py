@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kollm.argtypes import config_text
+from kollm.argtypes import apply_overrides, config_text
 from kollm.data.chat import encode_prompt
-from kollm.train.config import TrainConfig, _build, apply_overrides, config_from_dict
+from kollm.train.config import TrainConfig, _build, config_from_dict
 
 
 # -- config --------------------------------------------------------------------------------------
