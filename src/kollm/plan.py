@@ -23,9 +23,12 @@ import json
 import os
 from pathlib import Path
 
-from kollm.train.flops import H100_BF16_DENSE
-from kollm.train.memory import GB, H100_MEMORY, RESERVE_FRACTION
-
+# The device every plan assumes unless told otherwise (kollm.train.flops and kollm.train.memory use them)
+H100_BF16_DENSE = 989e12  # FLOP/s, SXM, dense (no sparsity)
+GB = 1e9
+H100_MEMORY = 80 * GB  # H100 SXM/PCIe 80 GB
+# allocator fragmentation, CUDA context, NCCL buffers, kernels' workspaces: not counted above
+RESERVE_FRACTION = 0.1
 GEN_MFU = 0.1
 
 
