@@ -12,7 +12,7 @@ completion, matched against the row's `answer` (GSM8K's `... #### 72` is cut aft
 Korean, then Hendrycks' normalisation, then math-verify's sympy equality).
 
 Instruction following: the fraction of the row's IFEval / Korean IFEval instructions the completion
-follows (strict), with kollm.eval.ifeval's checkers, as open-instruct's IFEvalVerifier scores it.
+follows (strict), with kollm.ifeval's checkers, as open-instruct's IFEvalVerifier scores it.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 def ifeval_reward(completion: str, row: dict) -> float | None:
     """Fraction of the row's instructions followed (strict), English or Korean checkers by the
     row's `lang` (else Korean when the prompt has Hangul)."""
-    from kollm.eval.ifeval import check
+    from kollm.ifeval import check
 
     ids, kwargs = row.get("instruction_id_list"), row.get("kwargs")
     if not ids:
