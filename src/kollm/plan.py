@@ -95,6 +95,15 @@ def make(stage: str, args: argparse.Namespace, parts: list[dict] = (), memory: f
     return plan
 
 
+def input_plan(stage: str, inputs: list[str], note: str = "") -> dict:
+    """The kollm.plan dict of a stage that streams its inputs once (curation, tokenization): their bytes."""
+    sizes = {str(i): path_bytes(i) for i in inputs}
+    notes = [f"{i}: " + ("not there yet" if b is None else f"{b:,} bytes") for i, b in sizes.items()]
+    missing = [i for i, b in sizes.items() if b is None]
+    return make(stage, argparse.Namespace(), notes=notes + ([note] if note else []),
+                bytes_read=sum(b or 0 for b in sizes.values()), inputs_missing=missing)
+
+
 def format_parts(plan: dict) -> str:
     lines = []
     if plan["parts"]:

@@ -52,7 +52,7 @@ def _curate(argv: list[str]) -> int:
         overrides["quality"] = {**quality, "keep": args.keep}
     cfg = load_config(args.config, overrides)
     if args.dry_run:
-        from kollm.plan import emit
+        from kollm.plan import emit, input_plan
 
         plan = input_plan("data curate", cfg.inputs or [], f"{cfg.workers} worker(s), executor {cfg.executor}")
         if cfg.executor != "slurm" or args.plan_json:
@@ -66,17 +66,6 @@ def _curate(argv: list[str]) -> int:
     else:
         print((Path(cfg.output) / "report.md").read_text(encoding="utf-8"))
     return 0
-
-
-def input_plan(stage: str, inputs: list[str], note: str = "") -> dict:
-    """The kollm.plan dict of a stage that streams its inputs once (curation, tokenization): their bytes."""
-    from kollm.plan import make, path_bytes
-
-    sizes = {str(i): path_bytes(i) for i in inputs}
-    notes = [f"{i}: " + ("not there yet" if b is None else f"{b:,} bytes") for i, b in sizes.items()]
-    missing = [i for i, b in sizes.items() if b is None]
-    return make(stage, argparse.Namespace(), notes=notes + ([note] if note else []),
-                bytes_read=sum(b or 0 for b in sizes.values()), inputs_missing=missing)
 
 
 def _report(argv: list[str]) -> int:

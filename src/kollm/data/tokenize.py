@@ -220,8 +220,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--plan-json", action="store_true", help="dry run: print the plan as one JSON object")
     args = p.parse_args(argv)
     if args.dry_run:
-        from kollm.data.cli import input_plan
-        from kollm.plan import emit
+        from kollm.plan import emit, input_plan
 
         return emit(input_plan("data tokenize", args.inputs, "shards: 4 bytes (uint32) per token"), args)
     summary = tokenize(args.inputs, args.tokenizer, args.out, args.workers, args.batch_size, args.eos, args.bos)

@@ -43,8 +43,7 @@ def _report_bad(bad) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
-        from kollm.data.cli import input_plan
-        from kollm.plan import emit
+        from kollm.plan import emit, input_plan
 
         budgets = ", ".join(args.budget)
         return emit(input_plan("tokenizer train", [i.partition("=")[2] if "=" in i else i for i in args.input],
