@@ -158,6 +158,14 @@ def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer(_text(tokenizer, messages, True), add_special_tokens=False)["input_ids"]
 
 
+def prompt_text(prompt) -> str:
+    """The question a judge sees: the prompt string or the last user turn."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
 def encode_prompt(tokenizer, prompt: str | list[dict], chat: bool = True, system: str | None = None) -> list[int]:
     """A prompt string or message list → ids ending where the assistant's answer starts: the chat
     template's generation prompt (`render_prompt`; a string is one user message), or the raw text
@@ -230,5 +238,5 @@ def read_conversations(spec: str | Path, errors: RowErrors | None = None) -> Ite
 
 
 __all__ = ["DEFAULT_CHAT_TEMPLATE", "END_OF_TURN", "BadRow", "RowErrors", "check_messages", "checkpoint_eos_ids", "data_files",
-           "encode_prompt", "iter_rows", "load_tokenizer", "read_conversations", "render", "render_prompt", "stop_token_ids",
+           "encode_prompt", "iter_rows", "load_tokenizer", "prompt_text", "read_conversations", "render", "render_prompt", "stop_token_ids",
            "to_messages"]

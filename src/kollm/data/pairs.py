@@ -33,17 +33,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kollm.data.chat import iter_rows
+from kollm.data.chat import iter_rows, prompt_text
+from kollm.data.reward_model import Failures, reward_model_scorer
+from kollm.judging import FASTCHAT, judge_turn, parse_fastchat
+from kollm.openai_client import ChatClient, ClientConfig
 
 Scorer = Callable[[object, str, dict], "float | None"]
-
-
-def prompt_text(prompt) -> str:
-    """The question a judge sees: the prompt string or the last user turn."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
-    return users[-1] if users else ""
 
 
 # -- scorers ------------------------------------------------------------------------------------------
@@ -118,10 +113,6 @@ def judge_scorer(endpoint: str, model: str, api_key: str | None = None, concurre
     `rubric: dna` — relevance, helpfulness and safety, 1–10 each, averaged. A judgment with no
     parsable score (after `retries` more asks) or a failed call leaves the response unscored and
     is counted by prompt in `score.failures`."""
-    from kollm.data.reward_model import Failures
-    from kollm.judging import FASTCHAT, judge_turn, parse_fastchat
-    from kollm.openai_client import ChatClient, ClientConfig
-
     if rubric not in ("fastchat", "dna"):
         raise ValueError(f"judge rubric {rubric!r}: fastchat or dna")
     client = ChatClient(ClientConfig(endpoint=endpoint, model=model, api_key=api_key, concurrency=concurrency,
@@ -155,8 +146,6 @@ def make_scorer(reward: str | None = None, verifier: str | None = None, judge: d
             raise ValueError(f"verifier {verifier!r}: one of {', '.join(VERIFIERS)}")
         return VERIFIERS[verifier]
     if reward_model:
-        from kollm.data.reward_model import reward_model_scorer
-
         return reward_model_scorer(reward_model)
     if judge and judge.get("endpoint"):
         import os
