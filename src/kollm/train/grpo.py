@@ -417,7 +417,7 @@ class BestExport:
         step's export; OUTPUT_DIR/export.json says which step and why. Returns the export."""
         import json
 
-        from kollm.train.pretrain import link_latest
+        from kollm.train.export import link_latest
 
         last_step = self.trainer.step
         last_val = next((r["val_reward_mean"] for r in reversed(self.trainer.history)

@@ -146,16 +146,6 @@ def check_vocabulary(data, vocab_size: int, shards: str) -> None:
                          "rows; set model.tokenizer to the tokenizer that made the shards")
 
 
-def link_latest(export: Path) -> None:
-    """Point `hf/latest` at the newest export, atomically (a temp link renamed over the old one),
-    so recipes and scripts can name the run's final model without knowing its step."""
-    link = export.parent / "latest"
-    tmp = export.parent / ".latest.tmp"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(export.name, target_is_directory=True)
-    tmp.replace(link)
-
-
 def plan_model_config(cfg: TrainConfig) -> tuple[ModelConfig, list[str]]:
     """The model a dry run plans: the checkpoint's or the preset's shapes, without a tokenizer or
     checkpoint that an earlier recipe stage has not written yet (a note says so)."""
