@@ -1,6 +1,7 @@
-"""`kollm grpo filter` (kollm.rl.difficulty): prompts whose measured pass rate lies strictly inside
-the bounds are kept — exactly those —, the rates are written, nothing kept is an error with the
-counts; and `data.system_prompt` reaches the prompt through the chat template."""
+"""`kollm grpo filter` (kollm.train.grpo_filter over kollm.rl.difficulty): prompts whose measured
+pass rate lies strictly inside the bounds are kept — exactly those —, the rates are written,
+nothing kept is an error with the counts; and `data.system_prompt` reaches the prompt through the
+chat template."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kollm.rl.difficulty import keep, run
+from kollm.rl.difficulty import keep
 from kollm.train.grpo import grpo_config_from_dict
+from kollm.train.grpo_filter import run
 
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{% endif %}")

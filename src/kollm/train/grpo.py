@@ -26,7 +26,7 @@ with `OUTPUT_DIR/hf/latest` pointing at it; with `grpo.keep_best` hf/latest is t
 best held-out val_reward_mean instead (ties: the later step; OUTPUT_DIR/export.json says which).
 `--dry-run` prints the compute plan (rollouts, reference pass, training; kollm.plan) from the
 config alone. `kollm grpo filter CONFIG --out FILE` keeps the prompts of the right difficulty for
-the initial policy (kollm.rl.difficulty).
+the initial policy (kollm.train.grpo_filter; the command is kollm.train.grpo_cli).
 """
 
 from __future__ import annotations
@@ -572,10 +572,6 @@ def dry_run(cfg: GRPOConfig, args) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "filter":  # prompts of the right difficulty (kollm.rl.difficulty)
-        from kollm.rl.difficulty import main as filter_main
-
-        return filter_main(argv[1:])
     p = argparse.ArgumentParser(prog="kollm grpo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="GRPO config (YAML), e.g. recipes/tiny-grpo.yaml")
