@@ -129,6 +129,7 @@ def gold_answer(answer) -> str:
 def symbolic_equal(gold: str, pred: str, timeout_s: int = 3) -> bool:
     """math-verify's sympy equality of two LaTeX/plain expressions. Its time limit uses
     SIGALRM, which only the main thread may set; elsewhere it runs without one."""
+    # here, not at the top: math-verify loads sympy (a second), needed only past the cheaper steps
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
     t = timeout_s if threading.current_thread() is threading.main_thread() else None
