@@ -21,12 +21,14 @@ import sys
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kollm.data.chat import load_tokenizer, render_prompt, stop_token_ids
+from kollm.jsonrows import loads_row
 
 if TYPE_CHECKING:
     import torch
@@ -80,20 +82,10 @@ class EndpointSampler:
 
 
 def _done_rows(path: Path) -> list[dict]:
-    """Complete rows already written; a line cut short by a crash (and everything after) is dropped."""
-    from kollm.jsonrows import loads_row
-
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = loads_row(line)
-            except ValueError:
-                break
-            if isinstance(row, dict) and "id" in row and "sample" in row:
-                rows.append(row)
+    """Sample rows already written (`complete_rows`), the file created when missing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    rows = complete_rows(path, lambda row: isinstance(row, dict) and "id" in row and "sample" in row)
+    path.touch()
     return rows
 
 
@@ -102,17 +94,19 @@ def append_rows(path: Path, rows: list[dict]) -> None:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def complete_rows(path: Path) -> list[dict]:
-    """Complete lines only: a line cut short by a crash is dropped (and rewritten on resume)."""
-    if not path.is_file():
-        return []
+def complete_rows(path: Path, keep: Callable[[object], bool] = lambda row: True) -> list[dict]:
+    """The rows already written that `keep` accepts, the file rewritten with only them; a line cut
+    short by a crash (and everything after it) is dropped, so a resumed run writes it again."""
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            break
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = loads_row(line)
+            except ValueError:
+                break
+            if keep(row):
+                rows.append(row)
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return rows
 
 
