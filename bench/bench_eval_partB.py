@@ -2,7 +2,7 @@
 
 1. Code sandbox: seconds per HumanEval program through kollm.eval.code_exec (all layers) vs a bare
    `python -c` subprocess of the same program (no isolation) -- the cost of the sandbox.
-2. IFEval scoring: responses per second through kollm.eval.ifeval.score_row vs lm-eval's
+2. IFEval scoring: responses per second through kollm.ifeval.score_row vs lm-eval's
    `ifeval.utils.process_results` (strict + loose) on the same rows (sentence/language checkers
    left out: lm-eval's need downloads).
 
@@ -22,7 +22,7 @@ from test_code_exec import HUMANEVAL  # noqa: E402
 from test_ifeval_en import CASES, NEEDS_DOWNLOAD, _lm_eval_registry  # noqa: E402
 
 from kollm.eval.code_exec import SandboxConfig, humaneval_program, run_program, sandbox_kind  # noqa: E402
-from kollm.eval.ifeval import score_row  # noqa: E402
+from kollm.ifeval import score_row  # noqa: E402
 
 
 def bench_sandbox(n: int = 20) -> None:

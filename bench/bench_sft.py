@@ -43,11 +43,11 @@ def make_model(work: Path, rows: list[dict], dim: int, layers: int) -> Path:
     from kollm.model.config import get_preset
     from kollm.model.hf import save_hf
     from kollm.model.transformer import build_model
-    from kollm.tokenizer.train import TrainConfig, save, train
+    from kollm.tokenizer.train import TokenizerConfig, save, train
 
     texts = {"en": [m["content"] for r in rows[::2] for m in r["messages"]],
              "ko": [m["content"] for r in rows[1::2] for m in r["messages"]]}
-    tok, summary, _ = train(texts, TrainConfig(budgets={"en": 400, "ko": 600}))
+    tok, summary, _ = train(texts, TokenizerConfig(budgets={"en": 400, "ko": 600}))
     tok_dir = save(tok, work / "tokenizer", summary)
     n_heads = max(2, dim // 64)
     cfg = get_preset("tiny", vocab_size=tok.get_vocab_size(with_added_tokens=True), dim=dim, n_layers=layers,

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from kollm.data.tokenize import encode_texts, tokenize
-from kollm.tokenizer.train import TrainConfig, train
+from kollm.tokenizer.train import TokenizerConfig, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus"
 
@@ -56,7 +56,7 @@ def main() -> None:
     docs = load(args.repeat)
     texts = [t for t, _ in docs]
     tok, _, _ = train({lang: [t for t, lg in docs[: len(docs) // args.repeat] if lg == lang] for lang in ("en", "ko")},
-                      TrainConfig(budgets={"en": 4000, "ko": 3000}))
+                      TokenizerConfig(budgets={"en": 4000, "ko": 3000}))
 
     def plain_encode() -> int:
         return sum(len(e.ids) for b in batches(texts, args.batch) for e in tok.encode_batch(b, add_special_tokens=False))

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from kollm.tokenizer.stats import measure
-from kollm.tokenizer.train import TrainConfig, train
+from kollm.tokenizer.train import TokenizerConfig, train
 
 
 def lines(path: Path) -> list[str]:
@@ -51,10 +51,10 @@ def main() -> None:
 
     t0 = time.perf_counter()
     print("equal size:")
-    en_only, summary, _ = train({"en": texts["en"]}, TrainConfig(budgets={"en": 8000}))
+    en_only, summary, _ = train({"en": texts["en"]}, TokenizerConfig(budgets={"en": 8000}))
     added = summary["languages"][0]["added"]
     base = row(f"en={added}", en_only)
-    bi, summary, _ = train(texts, TrainConfig(budgets={"en": added // 2, "ko": added - added // 2}))
+    bi, summary, _ = train(texts, TokenizerConfig(budgets={"en": added // 2, "ko": added - added // 2}))
     both = row(f"en={added // 2} + ko={added - added // 2}", bi)
     print(f"  Korean tokens/char {base['ko_tokens_per_char']:.3f} -> {both['ko_tokens_per_char']:.3f} "
           f"({both['ko_tokens_per_char'] / base['ko_tokens_per_char'] - 1:+.0%}); English "
@@ -62,8 +62,8 @@ def main() -> None:
           f"({both['en_tokens_per_char'] / base['en_tokens_per_char'] - 1:+.0%})")
 
     print("nested Korean series (one run, en=4000 fixed):")
-    full, summary, nested = train(texts, TrainConfig(budgets={"en": 4000, "ko": 24552}, series={"ko": [1536, 5000, 13000]}))
-    en4k, _, _ = train({"en": texts["en"]}, TrainConfig(budgets={"en": 4000}))
+    full, summary, nested = train(texts, TokenizerConfig(budgets={"en": 4000, "ko": 24552}, series={"ko": [1536, 5000, 13000]}))
+    en4k, _, _ = train({"en": texts["en"]}, TokenizerConfig(budgets={"en": 4000}))
     row("en=4000 (no Korean)", en4k)
     for k in (1536, 5000, 13000):
         row(f"en=4000 + ko={k}", nested[f"ko-{k}"])

@@ -96,14 +96,15 @@ def warm_up(workdir: Path, steps: int, trailing: float) -> Path:
 def held_out_reward(model_dir: Path, rows_path: Path) -> float:
     from transformers import AutoTokenizer
 
+    from kollm.data.chat import stop_token_ids
     from kollm.model.hf import load_hf
     from kollm.rl.rewards import Rewards
-    from kollm.train.grpo import GRPOData, PromptSet, mean_reward, stop_token_ids
+    from kollm.train.grpo import GRPOData, PromptSet, mean_reward
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     prompts = PromptSet(rows_path, tok, GRPOData(max_prompt_len=16, chat_template=False), {"answer"})
     model = load_hf(model_dir, dtype=torch.float32)
-    return mean_reward(model, tok, prompts, Rewards([{"name": "math"}]), 4, stop_token_ids(model_dir, tok))
+    return mean_reward(model, tok, prompts, Rewards([{"name": "math"}]), 4, stop_token_ids(tok, model_dir))
 
 
 def main() -> int:

@@ -1,10 +1,14 @@
-"""argparse value types shared by the stages: a number out of range is refused at parse time,
-naming the flag (`argument --workers: must be a positive integer, got 0`), instead of being
-accepted and failing later or silently doing nothing."""
+"""Command-line and config values shared by every layer: argparse types (a number out of range is
+refused at parse time, naming the flag: `argument --workers: must be a positive integer, got 0`,
+instead of being accepted and failing later or silently doing nothing), counts written `1.8T`,
+config files read as UTF-8, and `--set KEY.PATH=VALUE` overrides."""
 
 from __future__ import annotations
 
 import argparse
+import re
+
+import yaml
 
 
 def _int_at_least(text: str, low: int, what: str) -> int:
@@ -40,3 +44,40 @@ def config_text(path) -> str:
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
         raise ValueError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at line {line}, column {col}); "
                          "save the file as UTF-8") from None
+
+
+_SUFFIX = {"K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+
+
+def parse_count(value, where: str) -> int:
+    """2T, 1.8T, 60B, 2M, 4096 or 1.0e+12 → int."""
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: expected a count, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMBGT]?)\s*", str(value))
+    if not m:
+        raise ValueError(f"{where}: expected a count like 4096, 2M, 60B or 1.8T, got {value!r}")
+    return int(round(float(m.group(1)) * _SUFFIX.get(m.group(2), 1)))
+
+
+def _list_index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise KeyError(f"--set {key}: {part!r} is not an index of a {len(node)}-item list")
+    return int(part)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`KEY.PATH=VALUE` command-line overrides (torchtitan style), VALUE read as YAML, so
+    `data.shards=runs/x`, `phases.0.steps=8` and `model.overrides={mtp: true}` all work."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY.PATH=VALUE")
+        node, *parents, last = [raw, *key.split(".")]
+        for part in parents:
+            node = node[_list_index(node, part, key)] if isinstance(node, list) else node.setdefault(part, {})
+        node[_list_index(node, last, key) if isinstance(node, list) else last] = yaml.safe_load(text)
+    return raw

@@ -31,8 +31,8 @@ def greedy_replies(model_dir: Path, prompts: list[str], tokenizer, max_new_token
     """Greedy chat replies of the model (prompts rendered with `tokenizer`'s chat template)."""
     import torch
 
-    from kollm.data.chat import stop_token_ids
-    from kollm.model.generate import GenerationConfig, encode_prompt, generate
+    from kollm.data.chat import encode_prompt, stop_token_ids
+    from kollm.model.generate import GenerationConfig, generate
     from kollm.model.hf import load_hf
 
     model = load_hf(model_dir, dtype=torch.float32)

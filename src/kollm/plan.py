@@ -23,9 +23,12 @@ import json
 import os
 from pathlib import Path
 
-from kollm.train.flops import H100_BF16_DENSE
-from kollm.train.memory import GB, H100_MEMORY, RESERVE_FRACTION
-
+# The device every plan assumes unless told otherwise (kollm.train.flops and kollm.train.memory use them)
+H100_BF16_DENSE = 989e12  # FLOP/s, SXM, dense (no sparsity)
+GB = 1e9
+H100_MEMORY = 80 * GB  # H100 SXM/PCIe 80 GB
+# allocator fragmentation, CUDA context, NCCL buffers, kernels' workspaces: not counted above
+RESERVE_FRACTION = 0.1
 GEN_MFU = 0.1
 
 
@@ -90,6 +93,15 @@ def make(stage: str, args: argparse.Namespace, parts: list[dict] = (), memory: f
     plan.update(extra)
     plan["text"] = text or format_parts(plan)
     return plan
+
+
+def input_plan(stage: str, inputs: list[str], note: str = "") -> dict:
+    """The kollm.plan dict of a stage that streams its inputs once (curation, tokenization): their bytes."""
+    sizes = {str(i): path_bytes(i) for i in inputs}
+    notes = [f"{i}: " + ("not there yet" if b is None else f"{b:,} bytes") for i, b in sizes.items()]
+    missing = [i for i, b in sizes.items() if b is None]
+    return make(stage, argparse.Namespace(), notes=notes + ([note] if note else []),
+                bytes_read=sum(b or 0 for b in sizes.values()), inputs_missing=missing)
 
 
 def format_parts(plan: dict) -> str:

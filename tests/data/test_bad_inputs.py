@@ -48,11 +48,11 @@ def test_training_shards_and_the_exported_tokenizer_agree_on_bos(tmp_path):
 
     from kollm.data.shards import LanguageCorpus, open_shards
     from kollm.model.hf import _write_tokenizer
-    from kollm.tokenizer.train import TrainConfig, save, train
+    from kollm.tokenizer.train import TokenizerConfig, save, train
 
     ko = ["서울은 대한민국의 수도이다.", "한국어와 영어를 함께 배우는 모델입니다.", "오늘 날씨가 맑습니다."] * 30
     en = ["The quick brown fox jumps over the lazy dog.", "Language models predict the next token."] * 30
-    tok = train({"en": en, "ko": ko}, TrainConfig(budgets={"en": 60, "ko": 60}))[0]
+    tok = train({"en": en, "ko": ko}, TokenizerConfig(budgets={"en": 60, "ko": 60}))[0]
     save(tok, tmp_path / "tok")
     docs = [("서울은 대한민국의 수도이다. 날씨가 맑습니다.", "ko"), ("The lazy fox predicts the next token.", "en")]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t, "lang": lg}, ensure_ascii=False) + "\n"

@@ -29,9 +29,9 @@ CONVO = [{"role": "system", "content": "You are helpful."},
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
-    from kollm.tokenizer.train import TrainConfig, save, train
+    from kollm.tokenizer.train import TokenizerConfig, save, train
 
-    tok, summary, _ = train(TEXTS, TrainConfig(budgets={"en": 60, "ko": 60}))
+    tok, summary, _ = train(TEXTS, TokenizerConfig(budgets={"en": 60, "ko": 60}))
     return save(tok, tmp_path_factory.mktemp("tok"), summary)
 
 

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from kollm.data.shards import LanguageCorpus, open_shards
 from kollm.data.tokenize import PROGRESS, encode_texts, main, part_name, tokenize
-from kollm.tokenizer.train import TrainConfig, tokenizer_hash, train
+from kollm.tokenizer.train import TokenizerConfig, tokenizer_hash, train
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "corpus"
 
@@ -27,7 +27,7 @@ def texts() -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def tok(texts) -> Tokenizer:
-    return train(texts, TrainConfig(budgets={"en": 300, "ko": 300}))[0]
+    return train(texts, TokenizerConfig(budgets={"en": 300, "ko": 300}))[0]
 
 
 def write_inputs(d: Path, texts) -> tuple[list[tuple[str, str, float | None]], ...]:
@@ -116,7 +116,7 @@ def test_parallel_workers_write_the_same_shards(tmp_path, tok, texts):
 def test_other_tokenizer_in_same_root_is_an_error(tmp_path, tok, texts):
     write_inputs(tmp_path / "in", texts)
     tokenize([str(tmp_path / "in")], tok, tmp_path / "s")
-    other = train(texts, TrainConfig(budgets={"en": 100}))[0]
+    other = train(texts, TokenizerConfig(budgets={"en": 100}))[0]
     with pytest.raises(ValueError, match="was tokenized with tokenizer"):
         tokenize([str(tmp_path / "in")], other, tmp_path / "s")
     with pytest.raises(ValueError, match=re.escape("EOS '<|end_of_text|>' and BOS ids [") + ".*, not .*, None and"):

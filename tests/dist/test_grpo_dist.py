@@ -63,9 +63,10 @@ def test_fsdp_grpo_syncs_the_gathered_policy(tmp_path, write_tiny_llama):
     from transformers import AutoTokenizer
 
     from kollm.rl.rewards import Rewards
-    from kollm.train.grpo import GRPOData, PromptSet, mean_reward, stop_token_ids
+    from kollm.data.chat import stop_token_ids
+    from kollm.train.grpo import GRPOData, PromptSet, mean_reward
 
     tok = AutoTokenizer.from_pretrained(tiny)
     held = PromptSet(prompts, tok, GRPOData(max_prompt_len=16, chat_template=False), set(), limit=8)
-    want = mean_reward(final, tok, held, Rewards(cfg["grpo"]["rewards"]), 6, stop_token_ids(tiny, tok))
+    want = mean_reward(final, tok, held, Rewards(cfg["grpo"]["rewards"]), 6, stop_token_ids(tok, tiny))
     assert rows[1]["val_reward_mean"] == pytest.approx(want, abs=1e-6)

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from kollm.data.judge import JudgeConfig
 from kollm.eval.judge import ChatItem, parse_fastchat, parse_logickor, run_chat_benchmark
 from kollm.eval.task import get_task
+from kollm.openai_client import ClientConfig
 
 
 class Server:
@@ -79,8 +79,8 @@ def test_mt_bench_two_turns_retries_and_concurrency(server):
         {"question_id": 90, "category": "writing", "turns": ["flaky question", "second"]},
         {"question_id": 91, "category": "roleplay", "turns": ["never rated", "second"]},
     ]]
-    cfg = JudgeConfig(server.url, "judge")
-    out = run_chat_benchmark(items, cfg, "fastchat", model_cfg=JudgeConfig(server.url, "m"), concurrency=2,
+    cfg = ClientConfig(server.url, "judge")
+    out = run_chat_benchmark(items, cfg, "fastchat", model_cfg=ClientConfig(server.url, "m"), concurrency=2,
                              judge_retries=2)
     recs = {r["qid"]: r for r in out["records"]}
     # turn 2 is answered with the turn-1 exchange as history (3 messages)
@@ -106,7 +106,7 @@ def test_logickor_style_and_categories(server):
                                 "references": ["다섯 벌", None]}),
              ChatItem.from_row({"id": 36, "category": "문법(Grammar)", "questions": ["맞춤법?", "정렬해봐."]})]
     answers = {"3": ["다섯 벌입니다.", "검은색입니다."], "36": ["개수, 초점", "가나다순"]}
-    out = run_chat_benchmark(items, JudgeConfig(server.url, "judge"), "logickor", answers=answers, concurrency=3)
+    out = run_chat_benchmark(items, ClientConfig(server.url, "judge"), "logickor", answers=answers, concurrency=3)
     m = out["metrics"]
     assert m["single"] == 8.0 and m["multi"] == 6.0 and m["score"] == 7.0
     assert set(m["categories"]) == {"추론", "문법"} and m["unparsable"] == 0

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from kollm.data.judge import JudgeConfig
 from kollm.eval.cli import main
 from kollm.eval.judge import ChatItem, run_chat_benchmark
+from kollm.openai_client import ClientConfig
 
 
 class Stub:
@@ -112,7 +112,7 @@ def test_nothing_scored_exits_nonzero(stub, tmp_path, capsys):
 
 def test_run_chat_benchmark_survives_and_caches(stub, tmp_path):
     items = [ChatItem.from_row(r) for r in ROWS]
-    cfg = JudgeConfig(stub.url, "judge", max_retries=1, backoff_s=0.01)
+    cfg = ClientConfig(stub.url, "judge", max_retries=1, backoff_s=0.01)
     out = run_chat_benchmark(items, cfg, model_cfg=cfg, concurrency=2, judge_retries=1, cache=tmp_path / "c.jsonl")
     m = out["metrics"]
     assert (m["scored_turns"], m["errors"], m["unparsable"]) == (3, 6, 1)

@@ -1,6 +1,7 @@
-"""`kollm grpo filter` (kollm.rl.difficulty): prompts whose measured pass rate lies strictly inside
-the bounds are kept — exactly those —, the rates are written, nothing kept is an error with the
-counts; and `data.system_prompt` reaches the prompt through the chat template."""
+"""`kollm grpo filter` (kollm.train.grpo_filter over kollm.rl.difficulty): prompts whose measured
+pass rate lies strictly inside the bounds are kept — exactly those —, the rates are written,
+nothing kept is an error with the counts; and `data.system_prompt` reaches the prompt through the
+chat template."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kollm.rl.difficulty import keep, run
+from kollm.rl.difficulty import keep
 from kollm.train.grpo import grpo_config_from_dict
+from kollm.train.grpo_filter import run
 
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -94,8 +96,7 @@ def test_keep_is_strict_and_skips_unscored():
 
 
 def test_system_prompt_needs_the_chat_template(tok_dir, tmp_path):
-    from kollm.data.chat import load_tokenizer
-    from kollm.train.grpo import encode_prompt
+    from kollm.data.chat import encode_prompt, load_tokenizer
 
     tok = load_tokenizer(tok_dir)
     with pytest.raises(ValueError, match="data.system_prompt .* needs data.chat_template: true"):

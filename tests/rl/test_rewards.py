@@ -10,17 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kollm.rl.rewards import (
-    Rewards,
-    RewardSpec,
-    as_number,
-    extract_answer,
-    format_reward,
-    ifeval_reward,
-    last_boxed,
-    math_reward,
-    resolve,
-)
+from kollm.answers import as_number, extract_answer, last_boxed
+from kollm.rl.rewards import Rewards, RewardSpec, format_reward, ifeval_reward, math_reward, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 # ../shared/data beside the repository (a worktree one level deeper finds it one level up)

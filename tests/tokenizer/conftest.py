@@ -27,6 +27,6 @@ def corpus() -> dict[str, dict[str, list[str]]]:
 @pytest.fixture(scope="session")
 def bilingual(corpus):
     """en=1500, ko=1200 with the nested Korean series 100 and 400."""
-    from kollm.tokenizer.train import TrainConfig, train
+    from kollm.tokenizer.train import TokenizerConfig, train
 
-    return train(corpus["train"], TrainConfig(budgets={"en": 1500, "ko": 1200}, series={"ko": [100, 400]}))
+    return train(corpus["train"], TokenizerConfig(budgets={"en": 1500, "ko": 1200}, series={"ko": [100, 400]}))

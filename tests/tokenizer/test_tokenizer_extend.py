@@ -6,14 +6,14 @@ from tokenizers import Tokenizer
 
 from kollm.model import build_model, get_preset
 from kollm.tokenizer.extend import extend_tokenizer, resize_for_extended_tokenizer
-from kollm.tokenizer.train import TrainConfig, add_special_tokens, train
+from kollm.tokenizer.train import TokenizerConfig, add_special_tokens, train
 
 
 @pytest.fixture(scope="module")
 def llama_like(corpus) -> Tokenizer:
     """An English-only tokenizer laid out like Llama 3's: BPE ids, then a block of special tokens
     (reserved ones included), with `ignore_merges` on as in Llama 3's tokenizer.json."""
-    tok, _, _ = train({"en": corpus["train"]["en"]}, TrainConfig(budgets={"en": 1000}))
+    tok, _, _ = train({"en": corpus["train"]["en"]}, TokenizerConfig(budgets={"en": 1000}))
     d = json.loads(tok.to_str())
     d["model"]["ignore_merges"] = True
     tok = Tokenizer.from_str(json.dumps(d))
@@ -86,7 +86,7 @@ def test_resize_initialises_new_rows_as_mean_of_replaced_tokens(llama_like, exte
 
 
 def test_resize_rejects_a_tokenizer_that_moves_ids(corpus, llama_like):
-    other, _, _ = train({"ko": corpus["train"]["ko"]}, TrainConfig(budgets={"ko": 1100}))
+    other, _, _ = train({"ko": corpus["train"]["ko"]}, TokenizerConfig(budgets={"ko": 1100}))
     model = build_model(get_preset("tiny", vocab_size=1300))
     with pytest.raises(ValueError, match="not an extension"):
         resize_for_extended_tokenizer(model, llama_like, other)

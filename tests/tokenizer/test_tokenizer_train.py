@@ -6,7 +6,7 @@ from tokenizers.trainers import BpeTrainer
 
 from kollm.tokenizer.train import (
     SPECIAL_TOKENS,
-    TrainConfig,
+    TokenizerConfig,
     add_special_tokens,
     byte_level_base,
     bytes_to_unicode,
@@ -42,7 +42,7 @@ def test_single_language_equals_plain_bpe(corpus):
     """Growing from bytes with one language is ordinary BPE: same merges as tokenizers' own
     trainer (order may differ only among equal-count ties) and the same token count."""
     ko = corpus["train"]["ko"]
-    ours, summary, _ = train({"ko": ko}, TrainConfig(budgets={"ko": 600}))
+    ours, summary, _ = train({"ko": ko}, TokenizerConfig(budgets={"ko": 600}))
     ref = byte_level_base()
     ref.train_from_iterator(ko, BpeTrainer(vocab_size=256 + 600, min_frequency=2, show_progress=False,
                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
@@ -90,7 +90,7 @@ def test_korean_budget_is_what_encodes_korean(corpus, bilingual):
     tok, summary, nested = bilingual
     ko = corpus["heldout"]["ko"]
     lo, hi = summary["languages"][1]["ids"]
-    en_only, _, _ = train(corpus["train"], TrainConfig(budgets={"en": 1500 + 1200}))
+    en_only, _, _ = train(corpus["train"], TokenizerConfig(budgets={"en": 1500 + 1200}))
     tokenizers = (en_only, nested["ko-100"], nested["ko-400"], tok)
     ids = [[i for e in t.encode_batch(ko, add_special_tokens=False) for i in e.ids] for t in tokenizers]
     counts = [len(x) for x in ids]
@@ -102,7 +102,7 @@ def test_korean_budget_is_what_encodes_korean(corpus, bilingual):
     assert sum(lo <= i < hi for i in ids[-1]) / len(ids[-1]) > 0.5
     # English barely changes when Korean is added after it
     en = corpus["heldout"]["en"]
-    en_tok, _, _ = train(corpus["train"], TrainConfig(budgets={"en": 1500}))
+    en_tok, _, _ = train(corpus["train"], TokenizerConfig(budgets={"en": 1500}))
     assert abs(n_tokens(tok, en) - n_tokens(en_tok, en)) <= 0.01 * n_tokens(en_tok, en)
 
 
@@ -150,12 +150,12 @@ def test_vocab_size_pads_with_reserved_specials():
 ])
 def test_config_errors_name_the_problem(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        TrainConfig(**kwargs)
+        TokenizerConfig(**kwargs)
 
 
 def test_missing_language_text_is_an_error():
     with pytest.raises(ValueError, match=r"no training text for language\(s\) \['ko'\]"):
-        train({"en": ["hello world"]}, TrainConfig(budgets={"en": 5, "ko": 5}))
+        train({"en": ["hello world"]}, TokenizerConfig(budgets={"en": 5, "ko": 5}))
 
 
 def test_read_texts_groups_by_lang_and_counts_bad_rows(tmp_path, capsys):

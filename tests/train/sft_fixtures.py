@@ -22,9 +22,9 @@ def make_model_dir(out: Path, seed: int = 0, dim: int = 64) -> Path:
     from kollm.model.config import get_preset
     from kollm.model.hf import save_hf
     from kollm.model.transformer import build_model
-    from kollm.tokenizer.train import TrainConfig, save, train
+    from kollm.tokenizer.train import TokenizerConfig, save, train
 
-    tok, summary, _ = train(TEXTS, TrainConfig(budgets={"en": 60, "ko": 60}))
+    tok, summary, _ = train(TEXTS, TokenizerConfig(budgets={"en": 60, "ko": 60}))
     tok_dir = save(tok, out.parent / f"{out.name}-tokenizer", summary)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     torch.manual_seed(seed)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kollm.train.config import config_from_dict, load_config, parse_count
+from kollm.argtypes import parse_count
+from kollm.train.config import config_from_dict, load_config
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 PHASE = {"name": "stable", "steps": 2}

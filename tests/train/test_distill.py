@@ -29,7 +29,7 @@ KO = ["오늘 서울의 날씨는 맑음입니다.", "민수는 점심으로 비
 
 
 def _tokenizer(out: Path, budget: int = 120) -> Path:
-    from kollm.tokenizer.train import TrainConfig as TokConfig
+    from kollm.tokenizer.train import TokenizerConfig as TokConfig
     from kollm.tokenizer.train import save, train
 
     tok, summary, _ = train({"en": EN * 40, "ko": KO * 40}, TokConfig(budgets={"en": budget, "ko": 60}))

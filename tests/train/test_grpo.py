@@ -146,15 +146,16 @@ def test_resume_mid_rollout_batch_is_exact_and_exports(tiny, prompts, tmp_path):
     assert [m["val_reward_mean"] is not None for m in m_full] == [False, True, False, True]
     from transformers import AutoTokenizer
 
+    from kollm.data.chat import stop_token_ids
     from kollm.model.hf import load_hf
     from kollm.rl.rewards import Rewards
-    from kollm.train.grpo import mean_reward, stop_token_ids
+    from kollm.train.grpo import mean_reward
 
     hf = full / "hf" / "latest"
     tok = AutoTokenizer.from_pretrained(hf)
     held = PromptSet(prompts, tok, GRPOData(max_prompt_len=16, chat_template=False), {"answer"}, limit=6)
     spec = config(tiny, prompts, full)["grpo"]["rewards"]
-    assert mean_reward(load_hf(hf, dtype=torch.float32), tok, held, Rewards(spec), 6, stop_token_ids(hf, tok)) == \
+    assert mean_reward(load_hf(hf, dtype=torch.float32), tok, held, Rewards(spec), 6, stop_token_ids(tok, hf)) == \
         pytest.approx(m_full[3]["val_reward_mean"], abs=1e-6)
     from safetensors.torch import load_file
 

@@ -140,8 +140,9 @@ def test_server_follows_the_policy_only_with_sync(tiny, prompts, server, tmp_pat
     assert same(served(server), in_process(load_hf(val / "hf" / "latest")))
     from transformers import AutoTokenizer
 
+    from kollm.data.chat import stop_token_ids
     from kollm.rl.rewards import Rewards
-    from kollm.train.grpo import GRPOData, PromptSet, mean_reward, stop_token_ids
+    from kollm.train.grpo import GRPOData, PromptSet, mean_reward
 
     tok = AutoTokenizer.from_pretrained(tiny)
     held = PromptSet(prompts, tok, GRPOData(max_prompt_len=16, chat_template=False), set(), limit=12)
@@ -149,7 +150,7 @@ def test_server_follows_the_policy_only_with_sync(tiny, prompts, server, tmp_pat
     for row, policy in ((rows[1], load_checkpoint_model(val / "checkpoints" / "step-00000002")[0]),
                         (rows[2], load_hf(val / "hf" / "latest"))):  # the greedy reward of that step's policy
         assert row["val_reward_mean"] == pytest.approx(
-            mean_reward(policy, tok, held, rewards, 6, stop_token_ids(tiny, tok)), abs=1e-6)
+            mean_reward(policy, tok, held, rewards, 6, stop_token_ids(tok, tiny)), abs=1e-6)
     assert 0 < rows[2]["val_reward_mean"] < 1 or rows[1]["val_reward_mean"] != rows[2]["val_reward_mean"]
 
 

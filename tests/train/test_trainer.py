@@ -55,7 +55,7 @@ def test_mask_policies_reach_attention(tmp_path):
 
 
 def test_gradient_accumulation_is_exact(tmp_path):
-    # float64 weights (lm_loss's cross entropy is still fp32, ~1e-7): the split into micro-batches
+    # float64 weights (the loss's cross entropy is still fp32, ~1e-7): the split into micro-batches
     # must not change the step, MTP term included, whose target count differs per micro-batch.
     # Weighting MTP by NTP counts instead was off by 2e-6 in the loss and 1e-5 in the gradient norm.
     t1, one = run(tmp_path / "a", micro=8, dtype=torch.float64)  # 1 micro-batch of 8
@@ -165,7 +165,7 @@ def test_continual_pretraining_with_an_extended_tokenizer(tmp_path):
     """`kollm tokenizer extend` output as model.tokenizer: rows grow to it, each new row the mean of
     the base rows of the tokens that spelled it (not the mean of all rows)."""
     from kollm.tokenizer.extend import extend_tokenizer
-    from kollm.tokenizer.train import TrainConfig as TokConfig
+    from kollm.tokenizer.train import TokenizerConfig as TokConfig
     from kollm.tokenizer.train import save as save_tok
     from kollm.tokenizer.train import train as train_tok
 

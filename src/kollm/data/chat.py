@@ -16,6 +16,7 @@ Row formats (TRL's and OpenAI's, the ones datasets ship in):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,9 +158,48 @@ def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer(_text(tokenizer, messages, True), add_special_tokens=False)["input_ids"]
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-    """Ids that end an assistant turn: the end-of-turn token when the vocabulary has it, and EOS."""
-    ids = []
+def prompt_text(prompt) -> str:
+    """The question a judge sees: the prompt string or the last user turn."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
+def encode_prompt(tokenizer, prompt: str | list[dict], chat: bool = True, system: str | None = None) -> list[int]:
+    """A prompt string or message list → ids ending where the assistant's answer starts: the chat
+    template's generation prompt (`render_prompt`; a string is one user message), or the raw text
+    for a base model or a tokenizer without a template. `system`: a system turn first, unless the
+    message list has its own; it needs the template."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+        if system and not (messages and messages[0].get("role") == "system"):
+            messages = [{"role": "system", "content": system}, *messages]
+        return render_prompt(tokenizer, messages)
+    if system:
+        raise ValueError("data.system_prompt is applied through the chat template: it needs data.chat_template: true")
+    if isinstance(prompt, list):
+        prompt = "\n".join(m.get("content", "") for m in prompt)
+    return tokenizer(prompt)["input_ids"]
+
+
+def checkpoint_eos_ids(model_dir: str | Path) -> list[int]:
+    """The checkpoint's EOS ids, from where transformers' generate reads them: generation_config.json,
+    else config.json."""
+    for name in ("generation_config.json", "config.json"):
+        f = Path(model_dir) / name
+        if f.is_file():
+            eos = json.loads(f.read_text()).get("eos_token_id")
+            if eos is not None:
+                return [eos] if isinstance(eos, int) else list(eos)
+    return []
+
+
+def stop_token_ids(tokenizer, model_dir: str | Path | None = None) -> list[int]:
+    """Ids that end an assistant turn: with `model_dir`, the checkpoint's EOS ids first (what
+    transformers' generate stops on; `kollm generate`, `kollm serve` and GRPO pass it), then the
+    end-of-turn token when the vocabulary has it, and the tokenizer's EOS."""
+    ids = checkpoint_eos_ids(model_dir) if model_dir is not None else []
     eot = tokenizer.convert_tokens_to_ids(END_OF_TURN) if END_OF_TURN in tokenizer.get_vocab() else None
     for i in (eot, tokenizer.eos_token_id):
         if i is not None and i not in ids:
@@ -197,5 +237,6 @@ def read_conversations(spec: str | Path, errors: RowErrors | None = None) -> Ite
                 errors.add(e.reason, f, line)
 
 
-__all__ = ["DEFAULT_CHAT_TEMPLATE", "END_OF_TURN", "BadRow", "RowErrors", "check_messages", "data_files", "iter_rows", "load_tokenizer",
-           "read_conversations", "render", "render_prompt", "stop_token_ids", "to_messages"]
+__all__ = ["DEFAULT_CHAT_TEMPLATE", "END_OF_TURN", "BadRow", "RowErrors", "check_messages", "checkpoint_eos_ids", "data_files",
+           "encode_prompt", "iter_rows", "load_tokenizer", "prompt_text", "read_conversations", "render", "render_prompt", "stop_token_ids",
+           "to_messages"]

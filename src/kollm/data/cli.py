@@ -52,7 +52,7 @@ def _curate(argv: list[str]) -> int:
         overrides["quality"] = {**quality, "keep": args.keep}
     cfg = load_config(args.config, overrides)
     if args.dry_run:
-        from kollm.plan import emit
+        from kollm.plan import emit, input_plan
 
         plan = input_plan("data curate", cfg.inputs or [], f"{cfg.workers} worker(s), executor {cfg.executor}")
         if cfg.executor != "slurm" or args.plan_json:
@@ -66,17 +66,6 @@ def _curate(argv: list[str]) -> int:
     else:
         print((Path(cfg.output) / "report.md").read_text(encoding="utf-8"))
     return 0
-
-
-def input_plan(stage: str, inputs: list[str], note: str = "") -> dict:
-    """The kollm.plan dict of a stage that streams its inputs once (curation, tokenization): their bytes."""
-    from kollm.plan import make, path_bytes
-
-    sizes = {str(i): path_bytes(i) for i in inputs}
-    notes = [f"{i}: " + ("not there yet" if b is None else f"{b:,} bytes") for i, b in sizes.items()]
-    missing = [i for i, b in sizes.items() if b is None]
-    return make(stage, argparse.Namespace(), notes=notes + ([note] if note else []),
-                bytes_read=sum(b or 0 for b in sizes.values()), inputs_missing=missing)
 
 
 def _report(argv: list[str]) -> int:
@@ -99,7 +88,8 @@ def _report(argv: list[str]) -> int:
 
 
 def _judge(argv: list[str]) -> int:
-    from kollm.data.judge import JudgeConfig, api_key_from_env, run_judge
+    from kollm.data.judge import JudgeConfig, run_judge
+    from kollm.openai_client import api_key_from_env
 
     ap = argparse.ArgumentParser(prog="kollm data judge", description="Score a sample with an LLM judge.")
     ap.add_argument("--input", action="append", required=True, help="file, glob or directory (repeatable)")

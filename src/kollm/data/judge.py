@@ -4,7 +4,7 @@ Trillion 7B §2 scores a sample of one million documents per language with Qwen-
 distils the scores into a small classifier (`kollm data classifier`). The prompt follows the
 additive 5-point rubric FineWeb-Edu used with Llama-3-70B, in English and in Korean (a Korean
 document is judged with the Korean prompt, every other one with the English prompt). The judge is
-any OpenAI-compatible `/v1/chat/completions` server (vLLM, SGLang, a hosted API). Requests run
+any OpenAI-compatible `/v1/chat/completions` server (vLLM, SGLang, a hosted API; `kollm.openai_client`). Requests run
 `concurrency` at a time, retry with exponential backoff on 429/5xx/network errors, and every answer
 is appended to an on-disk cache before it counts, so an interrupted run resumes where it stopped.
 An answer without a parsable score is counted and left out, never guessed.
@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import threading
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from kollm.data.documents import iter_rows, resolve_inputs
 from kollm.data.langid import LanguageIdentifier
+from kollm.openai_client import ChatClient, ClientConfig
 
 PROMPT_VERSION = "edu-v1"  # part of the cache key: changing a prompt must not reuse old answers
 
@@ -140,58 +137,9 @@ def build_messages(text: str, lang: str, max_chars: int, rubric: str = "edu") ->
 
 
 @dataclass
-class JudgeConfig:
-    endpoint: str  # base URL, e.g. http://localhost:8000/v1 ; /chat/completions is appended
-    model: str
-    api_key: str | None = None
-    concurrency: int = 8
-    max_retries: int = 6
-    backoff_s: float = 1.0  # first retry waits ~1 s, then 2, 4, ... (capped at 60 s, with jitter)
-    timeout_s: float = 120.0
-    temperature: float = 0.0
-    max_tokens: int = 512
+class JudgeConfig(ClientConfig):
     max_chars: int = 6000  # documents are cut before prompting (FineWeb-Edu used ~2k tokens)
     rubric: str = "edu"  # edu: educational value of documents; sft: quality of a chat response
-
-
-class JudgeClient:
-    """Minimal OpenAI chat-completions client (stdlib only, so judging needs no SDK)."""
-
-    def __init__(self, cfg: JudgeConfig):
-        self.cfg = cfg
-        self.url = cfg.endpoint.rstrip("/") + ("" if cfg.endpoint.rstrip("/").endswith("/chat/completions")
-                                               else "/chat/completions")
-
-    def complete(self, messages: list[dict], attempt: int = 0) -> str:
-        """One chat completion, retried on transport errors and 5xx. `attempt` is the caller's count
-        of asks for the same judgment (eval.judge.judge_turn re-asks unparsable ones); it matters to
-        caching wrappers, not to the request."""
-        c = self.cfg
-        body = json.dumps({"model": c.model, "messages": messages, "temperature": c.temperature,
-                           "max_tokens": c.max_tokens}).encode()
-        headers = {"Content-Type": "application/json"}
-        if c.api_key:
-            headers["Authorization"] = f"Bearer {c.api_key}"
-        for attempt in range(c.max_retries + 1):
-            wait = min(60.0, c.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
-            try:
-                req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=c.timeout_s) as resp:
-                    data = json.loads(resp.read().decode("utf-8"))
-                return data["choices"][0]["message"]["content"] or ""
-            except urllib.error.HTTPError as e:
-                if e.code != 429 and e.code < 500:
-                    raise RuntimeError(f"judge endpoint {self.url} answered HTTP {e.code}: {e.read()[:200]!r}") from e
-                retry_after = e.headers.get("Retry-After") if e.headers else None
-                if retry_after and retry_after.replace(".", "", 1).isdigit():
-                    wait = float(retry_after)
-                err: Exception = e
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError, KeyError,
-                    IndexError) as e:
-                err = e
-            if attempt < c.max_retries:
-                time.sleep(wait)
-        raise RuntimeError(f"judge endpoint {self.url} failed after {c.max_retries + 1} tries: {err}")
 
 
 def sample_documents(inputs: list[str], per_language: int, seed: int = 0) -> tuple[list[dict], dict]:
@@ -240,7 +188,7 @@ def load_cache(path: Path) -> dict[str, str]:
 def judge_documents(docs: list[dict], cfg: JudgeConfig, cache_path: Path) -> tuple[list[dict], dict]:
     """Score `docs`; returns (rows with "score", summary). Answers go to `cache_path` as they come."""
     cache = load_cache(cache_path)
-    client = JudgeClient(cfg)
+    client = ChatClient(cfg)
     lock = threading.Lock()
     todo = [d for d in docs if cache_key(cfg, d) not in cache]
     failed: list[str] = []
@@ -340,7 +288,3 @@ def run_judge_sft(inputs: list[str], output: str, cfg: JudgeConfig, limit: int |
                    kept_above_3=sum(r["score"] > 3 for r in rows))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     return summary
-
-
-def api_key_from_env(name: str | None) -> str | None:
-    return os.environ.get(name) if name else None

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kollm.data import IGNORE
 from kollm.data.mixture import language_probs
 from kollm.data.shards import LanguageCorpus, ShardReader, open_shards
 from kollm.data.xlda import PackSpec, XLDAPacker
@@ -144,11 +145,11 @@ class PretrainLoader:
         if batch_size == 0:
             T = self.phase.seq_len
             pad = torch.full((1, T), -1, dtype=torch.int64)
-            return {"input_ids": torch.zeros(1, T, dtype=torch.int64), "labels": torch.full((1, T), -100),
+            return {"input_ids": torch.zeros(1, T, dtype=torch.int64), "labels": torch.full((1, T), IGNORE),
                     "doc_ids": pad, "lang_ids": pad.clone()}
         seqs = self.packer.pack(batch_size or self.phase.batch_size)
         labels = seqs["tokens"].copy()
-        labels[seqs["doc_ids"] < 0] = -100
+        labels[seqs["doc_ids"] < 0] = IGNORE
         return {"input_ids": torch.from_numpy(seqs["tokens"]), "labels": torch.from_numpy(labels),
                 "doc_ids": torch.from_numpy(seqs["doc_ids"]), "lang_ids": torch.from_numpy(seqs["lang_ids"])}
 

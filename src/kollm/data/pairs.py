@@ -13,7 +13,7 @@ built-in `math` verifier (1 when the response's final number equals the prompt r
 else 0); a scalar reward model (kollm.data.reward_model: a *ForSequenceClassification checkpoint
 in process, or a /classify endpoint); or an LLM judge behind any OpenAI-compatible endpoint
 (FastChat's single-answer 1–10 rating, kollm.eval.judge, or `--judge-rubric dna`: relevance,
-helpfulness and safety, DNA 1.0 §4.4's criteria; through kollm.data.judge's client). Responses a
+helpfulness and safety, DNA 1.0 §4.4's criteria; through kollm.openai_client). Responses a
 judge or an endpoint could not score are counted by reason and by prompt in the report.
 
 Files: prompts rows `{id, prompt (string or messages), answer?}`; response rows
@@ -33,17 +33,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kollm.data.chat import iter_rows
+from kollm.data.chat import iter_rows, prompt_text
+from kollm.data.reward_model import Failures, reward_model_scorer
+from kollm.judging import FASTCHAT, judge_turn, parse_fastchat
+from kollm.openai_client import ChatClient, ClientConfig
 
 Scorer = Callable[[object, str, dict], "float | None"]
-
-
-def prompt_text(prompt) -> str:
-    """The question a judge sees: the prompt string or the last user turn."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
-    return users[-1] if users else ""
 
 
 # -- scorers ------------------------------------------------------------------------------------------
@@ -118,13 +113,9 @@ def judge_scorer(endpoint: str, model: str, api_key: str | None = None, concurre
     `rubric: dna` — relevance, helpfulness and safety, 1–10 each, averaged. A judgment with no
     parsable score (after `retries` more asks) or a failed call leaves the response unscored and
     is counted by prompt in `score.failures`."""
-    from kollm.data.judge import JudgeClient, JudgeConfig
-    from kollm.data.reward_model import Failures
-    from kollm.eval.judge import FASTCHAT, judge_turn, parse_fastchat
-
     if rubric not in ("fastchat", "dna"):
         raise ValueError(f"judge rubric {rubric!r}: fastchat or dna")
-    client = JudgeClient(JudgeConfig(endpoint=endpoint, model=model, api_key=api_key, concurrency=concurrency,
+    client = ChatClient(ClientConfig(endpoint=endpoint, model=model, api_key=api_key, concurrency=concurrency,
                                      max_retries=3, backoff_s=0.5))
     system, template = FASTCHAT["single"] if rubric == "fastchat" else (RUBRIC_SYSTEM, RUBRIC_USER)
     parse = parse_fastchat if rubric == "fastchat" else parse_rubric
@@ -155,8 +146,6 @@ def make_scorer(reward: str | None = None, verifier: str | None = None, judge: d
             raise ValueError(f"verifier {verifier!r}: one of {', '.join(VERIFIERS)}")
         return VERIFIERS[verifier]
     if reward_model:
-        from kollm.data.reward_model import reward_model_scorer
-
         return reward_model_scorer(reward_model)
     if judge and judge.get("endpoint"):
         import os

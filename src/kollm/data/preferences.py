@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kollm.data import IGNORE
 from kollm.data.chat import BadRow, RowErrors, data_files, iter_rows, render
-from kollm.train.objectives.lm import IGNORE
 
 ROLES = ("system", "user", "assistant", "tool")
 

@@ -26,6 +26,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from kollm.data.chat import prompt_text
+
 
 def conversation_text(tokenizer, prompt, response: str) -> str:
     if isinstance(prompt, list):
@@ -41,8 +43,6 @@ def prompt_key(prompt, row: dict) -> str:
     """How a failure names its prompt in the report: the row's id, else the prompt's start."""
     if isinstance(row, dict) and row.get("id") is not None:
         return str(row["id"])
-    from kollm.data.pairs import prompt_text
-
     return prompt_text(prompt)[:60]
 
 

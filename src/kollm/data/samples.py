@@ -4,7 +4,7 @@ Tulu 3's off-policy ones; then `kollm dpo pairs --responses SAMPLES OTHER...`).
 
 K samples per prompt, one output row each: `{id, sample, response}` (`id` names the prompt, as
 `kollm dpo pairs` reads it). In process (`--model`: kollm's batched KV-cache generation, the
-chat template, seeded per batch — kollm.train.dpo_online.sample_round) or through an
+chat template, seeded per batch — `sample_round`, which online DPO samples its rounds with) or through an
 OpenAI-compatible `/v1/chat/completions` endpoint (`--endpoint`: vLLM, SGLang, `kollm serve`;
 one request per sample with its own seed, `--concurrency` at once). Resumable: rows already in
 SAMPLES are kept and only the missing samples are generated (a batch cut short by a crash is
@@ -16,13 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kollm.data.chat import load_tokenizer, render_prompt, stop_token_ids
+from kollm.jsonrows import loads_row
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -73,9 +82,21 @@ class EndpointSampler:
 
 
 def _done_rows(path: Path) -> list[dict]:
-    """Complete rows already written; a line cut short by a crash (and everything after) is dropped."""
-    from kollm.jsonrows import loads_row
+    """Sample rows already written (`complete_rows`), the file created when missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = complete_rows(path, lambda row: isinstance(row, dict) and "id" in row and "sample" in row)
+    path.touch()
+    return rows
 
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def complete_rows(path: Path, keep: Callable[[object], bool] = lambda row: True) -> list[dict]:
+    """The rows already written that `keep` accepts, the file rewritten with only them; a line cut
+    short by a crash (and everything after it) is dropped, so a resumed run writes it again."""
     rows = []
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -83,16 +104,42 @@ def _done_rows(path: Path) -> list[dict]:
                 row = loads_row(line)
             except ValueError:
                 break
-            if isinstance(row, dict) and "id" in row and "sample" in row:
+            if keep(row):
                 rows.append(row)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return rows
 
 
-def _append(path: Path, rows: list[dict]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+def sample_round(policy_dir: str, tokenizer, prompts: list[tuple[str, dict]], on, seed: int, path: Path,
+                 device: torch.device, progress=None) -> list[dict]:
+    """k samples per prompt, `on.gen_batch` sequences per generation call, appended per batch;
+    `progress(done, total)` after each batch (`kollm dpo sample`)."""
+    import torch  # here, with the model: sampling through an endpoint needs neither
+
+    from kollm.model.generate import GenerationConfig, generate
+    from kollm.model.hf import load_hf
+
+    jobs = [(pid, row, j) for pid, row in prompts for j in range(on.k)]
+    done = complete_rows(path)
+    if len(done) >= len(jobs):
+        return done[:len(jobs)]
+    n_done_batches = len(done) // on.gen_batch
+    done = done[:n_done_batches * on.gen_batch]  # a partly written batch is generated again
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done), encoding="utf-8")
+    model = load_hf(policy_dir, device=device, dtype=torch.float32)
+    stop = stop_token_ids(tokenizer)
+    for b in range(n_done_batches, math.ceil(len(jobs) / on.gen_batch)):
+        chunk = jobs[b * on.gen_batch:(b + 1) * on.gen_batch]
+        cfg = GenerationConfig(max_new_tokens=on.max_new_tokens, do_sample=True, temperature=on.temperature,
+                               top_p=on.top_p, seed=seed * 1_000_003 + b, stop_token_ids=stop)
+        ids = [render_prompt(tokenizer, _messages(row["prompt"], None)) for _, row, _ in chunk]
+        outs = generate(model, ids, cfg)
+        append_rows(path, [{"id": pid, "sample": j, "response": tokenizer.decode(o, skip_special_tokens=True).strip()}
+                       for (pid, _, j), o in zip(chunk, outs)])
+        if progress is not None:
+            progress(min(len(jobs), (b + 1) * on.gen_batch), len(jobs))
+    del model
+    return complete_rows(path)
 
 
 def sample_endpoint(sampler: EndpointSampler, prompts: list[tuple[str, dict]], cfg: SampleConfig, out: Path,
@@ -115,7 +162,7 @@ def sample_endpoint(sampler: EndpointSampler, prompts: list[tuple[str, dict]], c
                     failed.setdefault(pid, Counter())[why] += 1
                 else:
                     rows.append({"id": pid, "sample": j, "response": text.strip()})
-            _append(out, rows)
+            append_rows(out, rows)
             done |= {(r["id"], r["sample"]) for r in rows}
             log(f"kollm dpo sample: {len(done)}/{total} samples ({sum(map(sum, map(Counter.values, failed.values())))}"
                 " failed)")
@@ -123,11 +170,8 @@ def sample_endpoint(sampler: EndpointSampler, prompts: list[tuple[str, dict]], c
 
 
 def sample_local(model_dir: str, prompts: list[tuple[str, dict]], cfg: SampleConfig, out: Path, log=print) -> int:
-    """In process: kollm.train.dpo_online.sample_round (per-batch seeds, resumable by batch)."""
+    """In process: sample_round (per-batch seeds, resumable by batch)."""
     import torch
-
-    from kollm.data.chat import load_tokenizer
-    from kollm.train.dpo_online import sample_round
 
     tok = load_tokenizer(model_dir)
     rows = [(pid, {**row, "prompt": _messages(row["prompt"], cfg.system_prompt)}) for pid, row in prompts]

@@ -32,9 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kollm.data import chat
+from kollm.data import IGNORE, chat
 
-IGNORE = -100
 STATE_VERSION = 1
 
 

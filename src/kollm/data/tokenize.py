@@ -39,7 +39,7 @@ from tokenizers import Tokenizer
 from kollm.argtypes import positive_int
 from kollm.data.documents import iter_rows, resolve_inputs
 from kollm.data.shards import ShardWriter
-from kollm.tokenizer.extend import load_tokenizer
+from kollm.tokenizer.extend import load_tokenizer_json
 from kollm.tokenizer.train import tokenizer_hash
 
 PROGRESS = ".progress"
@@ -169,7 +169,7 @@ def tokenize(inputs: list[str], tokenizer: str | Path | Tokenizer, root: str | P
     for key, v in (("workers", workers), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"tokenize: {key} must be a positive integer, got {v!r}")
-    tok = load_tokenizer(tokenizer)
+    tok = load_tokenizer_json(tokenizer)
     eos = eos or None
     eos_id_of(tok, eos)  # fail before any work
     prefix = bos_prefix(tok, bos)
@@ -220,8 +220,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--plan-json", action="store_true", help="dry run: print the plan as one JSON object")
     args = p.parse_args(argv)
     if args.dry_run:
-        from kollm.data.cli import input_plan
-        from kollm.plan import emit
+        from kollm.plan import emit, input_plan
 
         return emit(input_plan("data tokenize", args.inputs, "shards: 4 bytes (uint32) per token"), args)
     summary = tokenize(args.inputs, args.tokenizer, args.out, args.workers, args.batch_size, args.eos, args.bos)

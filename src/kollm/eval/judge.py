@@ -31,50 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from kollm.data.judge import JudgeClient, JudgeConfig
 from kollm.jsonrows import iter_rows
+from kollm.judging import FASTCHAT, judge_turn, parse_fastchat
+from kollm.openai_client import ChatClient, ClientConfig
 
-# FastChat llm_judge/data/judge_prompts.jsonl: single-v1, single-math-v1 and their multi-turn forms
-_RATE = ('you must rate the response on a scale of 1 to 10 by strictly following this format: "[[rating]]", '
-         'for example: "Rating: [[5]]".')
-FASTCHAT = {
-    "single": ("You are a helpful assistant.",
-               "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by "
-               "an AI assistant to the user question displayed below. Your evaluation should consider factors such as "
-               "the helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. Begin "
-               "your evaluation by providing a short explanation. Be as objective as possible. After providing your "
-               f"explanation, {_RATE}\n\n[Question]\n{{question}}\n\n[The Start of Assistant's Answer]\n{{answer}}\n"
-               "[The End of Assistant's Answer]"),
-    "single-math": ("You are a helpful assistant.",
-                    "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided "
-                    "by an AI assistant to the user question displayed below. Your evaluation should consider "
-                    "correctness and helpfulness. You will be given a reference answer and the assistant's answer. "
-                    "Begin your evaluation by comparing the assistant's answer with the reference answer. Identify and "
-                    "correct any mistakes. Be as objective as possible. After providing your explanation, "
-                    f"{_RATE}\n\n[Question]\n{{question}}\n\n[The Start of Reference Answer]\n{{ref_answer_1}}\n"
-                    "[The End of Reference Answer]\n\n[The Start of Assistant's Answer]\n{answer}\n"
-                    "[The End of Assistant's Answer]"),
-    "multi": ("Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant "
-              "to the user question displayed below. Your evaluation should consider factors such as the "
-              "helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. You "
-              "evaluation should focus on the assistant's answer to the second user question. Begin your evaluation "
-              f"by providing a short explanation. Be as objective as possible. After providing your explanation, "
-              f"{_RATE}\n\n",
-              "<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question_1}\n\n### Assistant A:\n"
-              "{answer_1}\n\n### User:\n{question_2}\n\n### Assistant A:\n{answer_2}\n\n"
-              "<|The End of Assistant A's Conversation with User|>"),
-    "multi-math": ("Please act as an impartial judge and evaluate the quality of the response provided by an AI "
-                   "assistant to the user question. Your evaluation should consider correctness and helpfulness. You "
-                   "will be given a reference answer and the assistant's answer. You evaluation should focus on the "
-                   "assistant's answer to the second question. Begin your evaluation by comparing the assistant's "
-                   "answer with the reference answer. Identify and correct any mistakes. Be as objective as possible. "
-                   f"After providing your explanation, {_RATE}\n\n",
-                   "<|The Start of Reference Answer|>\n\n### User:\n{question_1}\n\n### Reference answer:\n"
-                   "{ref_answer_1}\n\n### User:\n{question_2}\n\n### Reference answer:\n{ref_answer_2}\n\n"
-                   "<|The End of Reference Answer|>\n\n\n<|The Start of Assistant A's Conversation with User|>\n\n"
-                   "### User:\n{question_1}\n\n### Assistant A:\n{answer_1}\n\n### User:\n{question_2}\n\n"
-                   "### Assistant A:\n{answer_2}\n\n<|The End of Assistant A's Conversation with User|>"),
-}
 NEED_REF_CATS = ("math", "reasoning", "coding", "arena-hard-200")  # FastChat common.py
 
 # LogicKor templates.py JUDGE_TEMPLATE (single_turn / multi_turn system prompts)
@@ -104,11 +64,6 @@ LOGICKOR = {
                   + "\n5. 후속 질문에 대한 답변이 이전 대화 맥락과 일치하는지 확인할 것." + _LK_TAIL,
 }
 LOGICKOR_CATEGORIES = ("추론", "수학", "글쓰기", "코딩", "이해", "문법")
-
-
-def parse_fastchat(judgment: str) -> float | None:
-    m = re.search(r"\[\[(\d+\.?\d*)\]\]", judgment) or re.search(r"\[(\d+\.?\d*)\]", judgment)
-    return float(m.group(1)) if m else None
 
 
 def parse_logickor(judgment: str) -> float | None:
@@ -146,7 +101,7 @@ class Endpoint:
     attempt), so a re-run of an interrupted or partly failed benchmark asks only what is missing
     (judging costs money). `attempt` keeps a retried unparsable judgment from replaying itself."""
 
-    def __init__(self, client: JudgeClient, sem: threading.Semaphore, cache: ReplyCache | None = None,
+    def __init__(self, client: ChatClient, sem: threading.Semaphore, cache: ReplyCache | None = None,
                  role: str = "judge"):
         self.client, self.sem, self.cache, self.role = client, sem, cache, role
 
@@ -284,23 +239,6 @@ def answer_two_turns(model, item: ChatItem) -> list[str]:
     return [a1, a2]
 
 
-def judge_turn(judge, messages: list[dict], parse: Callable[[str], float | None],
-               retries: int) -> tuple[float | None, list[str], str | None]:
-    """(rating, every judgment text asked for, error). Unparsable judgments are asked again
-    (1 + retries at most); an endpoint failure that outlived the client's own retries (HTTP 4xx, a
-    body without `choices`) ends the turn unscored with its error -- it never ends the run."""
-    texts: list[str] = []
-    for attempt in range(retries + 1):
-        try:
-            texts.append(judge.complete(messages, attempt=attempt))
-        except RuntimeError as e:
-            return None, texts, str(e)
-        score = parse(texts[-1])
-        if score is not None:
-            return score, texts, None
-    return None, texts, None
-
-
 def judge_item(item: ChatItem, judge, build: Callable, parse: Callable[[str], float | None], retries: int,
                model=None, answers: list[str] | None = None) -> dict:
     """Answer (unless `answers` are given) and judge both turns of one item. The record keeps, per
@@ -326,8 +264,8 @@ def judge_item(item: ChatItem, judge, build: Callable, parse: Callable[[str], fl
     return rec
 
 
-def run_chat_benchmark(items: Sequence[ChatItem], judge_cfg: JudgeConfig, style: str = "fastchat",
-                       model_cfg: JudgeConfig | None = None, answers: dict[str, list[str]] | None = None,
+def run_chat_benchmark(items: Sequence[ChatItem], judge_cfg: ClientConfig, style: str = "fastchat",
+                       model_cfg: ClientConfig | None = None, answers: dict[str, list[str]] | None = None,
                        concurrency: int = 4, judge_retries: int = 2, cache: str | Path | None = None) -> dict:
     """Answer (with `model_cfg`'s endpoint, unless `answers` maps qid → [a1, a2]) and judge every item.
     `cache`: a jsonl file every reply is appended to, and read back on a re-run.
@@ -339,8 +277,8 @@ def run_chat_benchmark(items: Sequence[ChatItem], judge_cfg: JudgeConfig, style:
     build, parse = STYLES[style]
     sem = threading.Semaphore(max(1, concurrency))
     store = ReplyCache(cache) if cache else None
-    judge = Endpoint(JudgeClient(judge_cfg), sem, store, "judge")
-    model = Endpoint(JudgeClient(model_cfg), sem, store, "model") if model_cfg else None
+    judge = Endpoint(ChatClient(judge_cfg), sem, store, "judge")
+    model = Endpoint(ChatClient(model_cfg), sem, store, "model") if model_cfg else None
 
     def one(item: ChatItem) -> dict:
         return judge_item(item, judge, build, parse, judge_retries, model,

@@ -184,7 +184,8 @@ class LocalLM:
 
     # --- generation ---------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request], batch_size: int = 16) -> list[str]:
-        from kollm.model.generate import GenerationConfig, encode_prompt, generate
+        from kollm.data.chat import encode_prompt
+        from kollm.model.generate import GenerationConfig, generate
 
         def decode(ids: list[int]) -> str:
             return self.tokenizer.decode(ids, skip_special_tokens=True)

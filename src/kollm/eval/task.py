@@ -30,7 +30,7 @@ import inspect
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -252,13 +252,3 @@ def task_names() -> list[str]:
     import kollm.eval.tasks  # noqa: F401
 
     return sorted(_TASKS)
-
-
-@dataclass
-class ItemRecord:
-    """What results.json keeps per item."""
-
-    index: int
-    metrics: dict[str, float]
-    requests: list[dict] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)

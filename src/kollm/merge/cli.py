@@ -11,7 +11,7 @@ import math
 import time
 from pathlib import Path
 
-from kollm.argtypes import config_text
+from kollm.argtypes import apply_overrides, config_text
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 
@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         import yaml
 
         from kollm.plan import emit
-        from kollm.train.config import apply_overrides
 
         path = Path(args.config)
         if not path.is_file():
@@ -88,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     config, root = args.config, None
     if args.set:
         import yaml
-
-        from kollm.train.config import apply_overrides
 
         path = Path(args.config)
         if not path.is_file():

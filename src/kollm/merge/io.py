@@ -4,7 +4,7 @@ In: `Checkpoint` reads a Hugging Face directory's headers only (single file or s
 `model.safetensors.index.json`), then hands out one tensor at a time with a positioned read into
 a fresh buffer. Not mmap (`safe_open`): pages of a mapped file count in the process's resident
 set until unmapped, so a mapped read of every input would show the whole inputs as memory.
-Out: `ShardWriter` knows every output tensor's name, shape and dtype before the first byte (the
+Out: `SafetensorsWriter` knows every output tensor's name, shape and dtype before the first byte (the
 plan does), so each shard's header is written first and tensors are appended as they are
 computed — peak memory is the inputs and result of one tensor, not a shard. The file format is
 safetensors' own: an 8-byte little-endian header length, a JSON header padded with spaces to
@@ -149,7 +149,7 @@ def _header(entries: list[tuple[str, tuple[int, ...], torch.dtype]]) -> tuple[by
     return struct.pack("<Q", len(raw)) + raw, sizes
 
 
-class ShardWriter:
+class SafetensorsWriter:
     """Writes tensors, in the announced order, into shards of at most `max_shard_size` bytes."""
 
     def __init__(self, out: Path, entries: list[tuple[str, tuple[int, ...], torch.dtype]], max_shard_size: int):

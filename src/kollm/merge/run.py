@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from kollm.merge.config import MergeConfig, parse_config
-from kollm.merge.io import Checkpoint, ShardWriter
+from kollm.merge.io import Checkpoint, SafetensorsWriter
 from kollm.merge.methods import METHODS
 from kollm.merge.plan import HEAD, Planner, TensorPlan, is_vocab
 from kollm.merge.vocab import Vocab, align, build_vocab
@@ -63,7 +63,7 @@ def _apply(method: str, p: TensorPlan, tensors: list[torch.Tensor]) -> torch.Ten
     return METHODS[method].fn(tensors, p.base_index, p.params)
 
 
-def _write_finite(writer: ShardWriter, name: str, t: torch.Tensor) -> None:
+def _write_finite(writer: SafetensorsWriter, name: str, t: torch.Tensor) -> None:
     """Write one merged tensor, refusing a non-finite one: a NaN weight, an infinite input or an
     overflow to the output dtype must fail the merge (nothing published), not ship a broken model.
     Runs on the writer thread, so the check overlaps the next tensor's arithmetic."""
@@ -178,7 +178,7 @@ def merge(config: dict | str | os.PathLike, out: str | os.PathLike, max_shard_si
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        writer = ShardWriter(tmp, [(p.out, p.shape, p.dtype) for p in plans], parse_size(max_shard_size))
+        writer = SafetensorsWriter(tmp, [(p.out, p.shape, p.dtype) for p in plans], parse_size(max_shard_size))
         bar = None
         if progress:
             from tqdm import tqdm

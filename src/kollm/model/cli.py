@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from kollm.argtypes import parse_count
 from kollm.model.config import PRESETS, get_preset, memory_bytes
 
 
@@ -39,8 +40,6 @@ def scale(proxy_params: float, proxy_tokens: float, params: float, tokens: float
 
 
 def _scale_main(args) -> int:
-    from kollm.train.config import parse_count
-
     params = parse_count(args.params, "--params") if args.params else get_preset(args.preset).num_params(include_mtp=False)
     r = scale(parse_count(args.proxy_params, "--proxy-params"), parse_count(args.proxy_tokens, "--proxy-tokens"),
               params, parse_count(args.tokens, "--tokens"))

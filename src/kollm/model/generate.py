@@ -396,16 +396,6 @@ def _decode_static(model: CausalLM, prompts, cfg: GenerationConfig, decode) -> l
     return out
 
 
-def encode_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None = None) -> list[int]:
-    """Prompt text → ids; wrapped as one user message (after a `system` turn, if given) when the
-    tokenizer has a chat template."""
-    if chat and getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has its own BOS
-    return tokenizer(prompt)["input_ids"]
-
-
 def whole_characters(decode: Callable[[list[int]], str], ids: list[int]) -> str:
     """The text of `ids` up to the last complete character. Byte-level tokens can split a
     multi-byte character (a Hangul syllable is 3 UTF-8 bytes): decoding a cut there ends in U+FFFD
@@ -423,6 +413,8 @@ def whole_characters(decode: Callable[[list[int]], str], ids: list[int]) -> str:
 def generate_text(model: CausalLM, tokenizer, prompts: Sequence[str], cfg: GenerationConfig,
                   chat: bool = True) -> list[tuple[str, list[int]]]:
     """Text in, (completion text, generated ids) out; the text is cut before the first stop string."""
+    from kollm.data.chat import encode_prompt
+
     def decode(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=True)
 
@@ -433,26 +425,6 @@ def generate_text(model: CausalLM, tokenizer, prompts: Sequence[str], cfg: Gener
         cuts = [text.find(s) for s in cfg.stop_strings if s in text]
         results.append((text[: min(cuts)] if cuts else text, ids))
     return results
-
-
-def _stop_ids(model_dir: Path) -> list[int]:
-    # Same source as transformers' generate: generation_config.json, else config.json.
-    for name in ("generation_config.json", "config.json"):
-        f = model_dir / name
-        if f.is_file():
-            eos = json.loads(f.read_text()).get("eos_token_id")
-            if eos is not None:
-                return [eos] if isinstance(eos, int) else list(eos)
-    return []
-
-
-def model_stop_ids(model_dir: Path, tokenizer) -> list[int]:
-    """What `kollm generate` and `kollm serve` stop on: the checkpoint's EOS ids (as transformers'
-    generate) and the chat template's end-of-turn token and EOS (kollm.data.chat.stop_token_ids)."""
-    from kollm.data.chat import stop_token_ids
-
-    ids = _stop_ids(model_dir)
-    return ids + [i for i in stop_token_ids(tokenizer) if i not in ids]
 
 
 def main(argv: list[str]) -> int:
@@ -480,7 +452,7 @@ def main(argv: list[str]) -> int:
     if args.greedy and any(v is not None for v in sampling.values()):
         p.error("--greedy excludes --temperature/--top-k/--top-p/--seed")
 
-    from kollm.data.chat import load_tokenizer
+    from kollm.data.chat import load_tokenizer, stop_token_ids
     from kollm.model.hf import TOKENIZER_FILES, load_hf
 
     model_dir = Path(args.model)
@@ -494,7 +466,7 @@ def main(argv: list[str]) -> int:
         max_new_tokens=args.max_new_tokens,
         do_sample=not args.greedy,
         **{k: v for k, v in sampling.items() if v is not None},
-        stop_token_ids=model_stop_ids(model_dir, tokenizer),
+        stop_token_ids=stop_token_ids(tokenizer, model_dir),
         stop_strings=args.stop,
         compile=args.compile,
     )
@@ -509,6 +481,6 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["GenerationConfig", "generate", "model_stop_ids", "forward_static", "decode_step", "decode_graphs", "static_cache",
-           "use_compile", "generate_text", "whole_characters", "cap_to_context", "encode_prompt", "next_tokens", "sampling_logits",
+__all__ = ["GenerationConfig", "generate", "forward_static", "decode_step", "decode_graphs", "static_cache",
+           "use_compile", "generate_text", "whole_characters", "cap_to_context", "next_tokens", "sampling_logits",
            "top_k_filter", "top_p_filter"]

@@ -138,8 +138,7 @@ def main(argv: list[str]) -> int:
 
     import uvicorn
 
-    from kollm.data.chat import load_tokenizer
-    from kollm.model.generate import model_stop_ids
+    from kollm.data.chat import load_tokenizer, stop_token_ids
     from kollm.model.hf import TOKENIZER_FILES, load_hf
     from kollm.serve.app import Limits, create_app
     from kollm.serve.engine import Engine
@@ -152,7 +151,7 @@ def main(argv: list[str]) -> int:
     tokenizer = load_tokenizer(model_dir)  # kollm's default chat template where the tokenizer has none
     model = load_hf(model_dir, device=args.device, dtype=DTYPES[args.dtype])
     context = model.config.max_seq_len
-    stop_ids = model_stop_ids(model_dir, tokenizer)  # the same as `kollm generate`'s
+    stop_ids = stop_token_ids(tokenizer, model_dir)  # the same as `kollm generate`'s
     device = next(model.parameters()).device
     budget = args.kv_budget_tokens or default_kv_budget(model, device, context, args.max_batch)
     import copy

@@ -2,7 +2,7 @@
 
     with running_server(model_dir, "--max-batch", "16") as server:
         OpenAI(base_url=server.base_url, api_key=server.api_key or "x")   # base_url ends in /v1
-        JudgeConfig(endpoint=server.base_url, model=server.model)
+        ClientConfig(endpoint=server.base_url, model=server.model)   # kollm.openai_client
 
 The process is started with this interpreter (`python -m kollm.cli serve ... --port 0`), its
 output is drained by a thread (the last lines go into the error if it dies), the context manager

@@ -43,17 +43,16 @@ def _report_bad(bad) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
-        from kollm.data.cli import input_plan
-        from kollm.plan import emit
+        from kollm.plan import emit, input_plan
 
         budgets = ", ".join(args.budget)
         return emit(input_plan("tokenizer train", [i.partition("=")[2] if "=" in i else i for i in args.input],
                                f"budgets {budgets}; the text is read into memory"), args)
-    from kollm.tokenizer.train import TrainConfig, read_texts, save, train
+    from kollm.tokenizer.train import TokenizerConfig, read_texts, save, train
 
     budgets = {k: _int(v, f"--budget {k}") for k, v in _pairs(args.budget, "--budget").items()}
     series = {k: [_int(x, f"--series {k}") for x in v.split(",")] for k, v in _pairs(args.series, "--series").items()}
-    cfg = TrainConfig(budgets=budgets, series=series, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
+    cfg = TokenizerConfig(budgets=budgets, series=series, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
     texts, bad = read_texts(args.input)
     _report_bad(bad)
     tok, summary, nested = train(texts, cfg)
@@ -68,10 +67,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_extend(args: argparse.Namespace) -> int:
-    from kollm.tokenizer.extend import extend_tokenizer, load_tokenizer
+    from kollm.tokenizer.extend import extend_tokenizer, load_tokenizer_json
     from kollm.tokenizer.train import read_texts, save
 
-    base = load_tokenizer(args.base)
+    base = load_tokenizer_json(args.base)
     texts, bad = read_texts(args.input)
     _report_bad(bad)
     if args.lang not in texts:
@@ -90,7 +89,7 @@ def cmd_extend(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from kollm.tokenizer.extend import load_tokenizer
+    from kollm.tokenizer.extend import load_tokenizer_json
     from kollm.tokenizer.stats import measure, table
     from kollm.tokenizer.train import read_texts
 
@@ -98,7 +97,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     _report_bad(bad)
     rows = []
     for path in args.tokenizers:
-        tok = load_tokenizer(path)
+        tok = load_tokenizer_json(path)
         for lang in sorted(texts):
             rows.append((path, measure(tok, texts[lang][: args.limit] if args.limit else texts[lang], lang)))
     if args.json:

@@ -44,7 +44,7 @@ def _repeat(words: Counter, chunk: int = 1 << 16) -> Iterator[str]:
             c -= chunk
 
 
-def load_tokenizer(path: str | Path | Tokenizer) -> Tokenizer:
+def load_tokenizer_json(path: str | Path | Tokenizer) -> Tokenizer:
     """A `Tokenizer` from itself, a `tokenizer.json`, or a directory holding one."""
     if isinstance(path, Tokenizer):
         return path
@@ -150,7 +150,7 @@ def resize_for_extended_tokenizer(model: nn.Module, old_tok: Tokenizer | str | P
     """Grow a kollm `CausalLM`'s embedding and LM head to `new_tok` and initialise each new row as
     the mean of the rows of the old tokens that spelled it. Tied models stay tied. Returns the
     new token ids. Every old token must keep its id in `new_tok`."""
-    old_tok, new_tok = load_tokenizer(old_tok), load_tokenizer(new_tok)
+    old_tok, new_tok = load_tokenizer_json(old_tok), load_tokenizer_json(new_tok)
     old_vocab, new_vocab = old_tok.get_vocab(), new_tok.get_vocab()
     moved = [t for t, i in old_vocab.items() if new_vocab.get(t) != i]
     if moved:

@@ -41,7 +41,7 @@ CHAT_TEMPLATE = DEFAULT_CHAT_TEMPLATE
 
 
 @dataclass
-class TrainConfig:
+class TokenizerConfig:
     budgets: dict[str, int]  # language -> new tokens it contributes; insertion order = priority
     series: dict[str, list[int]] = field(default_factory=dict)  # language -> smaller nested budgets
     vocab_size: int | None = None  # pad with reserved special tokens up to this size
@@ -122,7 +122,7 @@ def _cut(merges: list[tuple[str, str]], vocab: set[str], k: int) -> int:
     return len(merges)
 
 
-def train(texts: dict[str, list[str]], cfg: TrainConfig) -> tuple[Tokenizer, dict, dict[str, Tokenizer]]:
+def train(texts: dict[str, list[str]], cfg: TokenizerConfig) -> tuple[Tokenizer, dict, dict[str, Tokenizer]]:
     """Train the tokenizer. Returns (tokenizer, summary, {"ko-1536": nested smaller tokenizer, ...})."""
     missing = [lang for lang in cfg.budgets if not texts.get(lang)]
     if missing:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,23 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from kollm.argtypes import config_text
-
-_SUFFIX = {"K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
-
-
-def parse_count(value, where: str) -> int:
-    """2T, 1.8T, 60B, 2M, 4096 or 1.0e+12 → int."""
-    if isinstance(value, bool):
-        raise ValueError(f"{where}: expected a count, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMBGT]?)\s*", str(value))
-    if not m:
-        raise ValueError(f"{where}: expected a count like 4096, 2M, 60B or 1.8T, got {value!r}")
-    return int(round(float(m.group(1)) * _SUFFIX.get(m.group(2), 1)))
+from kollm.argtypes import apply_overrides, config_text, parse_count
 
 
 @dataclass
@@ -391,26 +374,6 @@ def config_from_dict(raw: dict) -> TrainConfig:
     return _build(TrainConfig, raw, "")
 
 
-def _list_index(node: list, part: str, key: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise KeyError(f"--set {key}: {part!r} is not an index of a {len(node)}-item list")
-    return int(part)
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """`KEY.PATH=VALUE` command-line overrides (torchtitan style), VALUE read as YAML, so
-    `data.shards=runs/x`, `phases.0.steps=8` and `model.overrides={mtp: true}` all work."""
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY.PATH=VALUE")
-        node, *parents, last = [raw, *key.split(".")]
-        for part in parents:
-            node = node[_list_index(node, part, key)] if isinstance(node, list) else node.setdefault(part, {})
-        node[_list_index(node, last, key) if isinstance(node, list) else last] = yaml.safe_load(text)
-    return raw
-
-
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
@@ -428,4 +391,4 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
         raise type(e)(f"{path}: {msg}") from None
 
 
-__all__ = ["TrainConfig", "PhaseSection", "apply_overrides", "config_from_dict", "load_config", "parse_count"]
+__all__ = ["TrainConfig", "PhaseSection", "config_from_dict", "load_config"]

@@ -1,4 +1,4 @@
-"""`kollm dpo CONFIG [--set KEY=VALUE] [--resume]`: offline DPO (DNA 1.0: β 0.1, lr 1e-6, 2 epochs)
+"""Offline DPO (`kollm dpo CONFIG [--set KEY=VALUE] [--resume]`, the command in kollm.train.dpo_cli) (DNA 1.0: β 0.1, lr 1e-6, 2 epochs)
 on TRL-format preference pairs with the one trainer (kollm.train.trainer) and a DPO objective
 (kollm.train.objectives.dpo). `kollm dpo --online CONFIG` runs online DPO rounds
 (kollm.train.dpo_online); `kollm dpo sample ...` writes k samples per prompt of a policy
@@ -19,7 +19,6 @@ online rounds' sampling and the training steps, in FLOPs, GPU-hours and per-rank
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import math
@@ -31,8 +30,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from kollm.argtypes import config_text
-from kollm.train.config import TrainConfig, _build, apply_overrides, config_from_dict
+from kollm.argtypes import apply_overrides, config_text
+from kollm.train.config import TrainConfig, _build, config_from_dict
 from kollm.train.objectives.dpo import LOSSES, DPOObjective, sequence_logps
 from kollm.train.parallel import check_parallel
 
@@ -387,45 +386,5 @@ class _Validation:
         return self.data.batches(self.batch_size)
 
 
-def main(argv: list[str]) -> int:
-    if argv and argv[0] == "pairs":
-        from kollm.data.pairs import main as pairs_main
-
-        return pairs_main(argv[1:])
-    if argv and argv[0] == "sample":
-        from kollm.data.samples import main as sample_main
-
-        return sample_main(argv[1:])
-    p = argparse.ArgumentParser(prog="kollm dpo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="kollm dpo sample --help: k samples per prompt; kollm dpo pairs --help: "
-                                       "build pairs from scored responses")
-    p.add_argument("config", help="DPO config (YAML), e.g. recipes/tiny-dpo.yaml")
-    p.add_argument("--online", action="store_true", help="online DPO rounds (dpo.online section)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint / round")
-    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a config value (YAML), e.g. --set data.train=pairs.jsonl (repeatable)")
-    from kollm.plan import add_plan_args, emit
-
-    add_plan_args(p, "print the compute plan (reference pass, sampling, training) and exit")
-    args = p.parse_args(argv)
-    raw, dpo, data_train, data_val = load_dpo_config(args.config, args.set)
-    if args.dry_run:
-        return emit(dry_run(raw, dpo, data_train, args, args.online, args.config), args)
-
-    from kollm.train.parallel import distributed_run
-
-    with distributed_run() as info:  # a diverged run raises: `kollm` exits 3 with its message
-        if args.online:
-            from kollm.train.dpo_online import run_online
-
-            run_online(raw, dpo, data_val, info, resume=args.resume, where=args.config)
-        else:
-            trainer = train_dpo(raw, dpo, data_train, data_val, info, args.resume, where=args.config)
-            if trainer.export is not None:
-                print(f"kollm dpo: Hugging Face export in {trainer.export}", file=sys.stderr)
-    return 0
-
-
-__all__ = ["main", "dry_run", "DPOSection", "OnlineSection", "load_dpo_config", "train_config", "train_dpo",
+__all__ = ["dry_run", "DPOSection", "OnlineSection", "load_dpo_config", "train_config", "train_dpo",
            "reference_logps", "compute_ref_logps", "model_fingerprint", "load_preference_data"]

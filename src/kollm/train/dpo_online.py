@@ -1,8 +1,8 @@
 """`kollm dpo --online CONFIG`: online DPO (DNA 1.0 §4.4, after iterative/online DPO, Xu et al.
 2023; Guo et al. 2024). Round r:
 
-1. sample k responses per prompt from the current policy (kollm.model.generate, batched, seeded
-   per batch) → `OUT/round-r/samples.jsonl`, appended batch by batch;
+1. sample k responses per prompt from the current policy (kollm.data.samples.sample_round:
+   kollm.model.generate, batched, seeded per batch) → `OUT/round-r/samples.jsonl`, appended batch by batch;
 2. score them with the configured reward function or judge → `scores.jsonl`, appended in chunks;
 3. chosen = best, rejected = worst per prompt (kollm.data.pairs; ties and length-ratio drops
    counted) → `pairs.jsonl`;
@@ -24,81 +24,25 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import sys
 from pathlib import Path
 
 import torch
 
+from kollm.data.samples import append_rows, complete_rows, sample_round
 from kollm.train.dpo import DPOSection, model_fingerprint, reference_logps, train_dpo
 from kollm.train.parallel import uses_autocast
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """Complete lines only: a line cut short by a crash is dropped (and rewritten on resume)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            break
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return rows
-
-
-def _append(path: Path, rows: list[dict]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-
-
-def _messages(prompt) -> list[dict]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-
-
-def sample_round(policy_dir: str, tokenizer, prompts: list[tuple[str, dict]], on, seed: int, path: Path,
-                 device: torch.device, progress=None) -> list[dict]:
-    """k samples per prompt, `on.gen_batch` sequences per generation call, appended per batch;
-    `progress(done, total)` after each batch (`kollm dpo sample`)."""
-    from kollm.data.chat import render_prompt, stop_token_ids
-    from kollm.model.generate import GenerationConfig, generate
-    from kollm.model.hf import load_hf
-
-    jobs = [(pid, row, j) for pid, row in prompts for j in range(on.k)]
-    done = _read_jsonl(path)
-    if len(done) >= len(jobs):
-        return done[:len(jobs)]
-    n_done_batches = len(done) // on.gen_batch
-    done = done[:n_done_batches * on.gen_batch]  # a partly written batch is generated again
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done), encoding="utf-8")
-    model = load_hf(policy_dir, device=device, dtype=torch.float32)
-    stop = stop_token_ids(tokenizer)
-    for b in range(n_done_batches, math.ceil(len(jobs) / on.gen_batch)):
-        chunk = jobs[b * on.gen_batch:(b + 1) * on.gen_batch]
-        cfg = GenerationConfig(max_new_tokens=on.max_new_tokens, do_sample=True, temperature=on.temperature,
-                               top_p=on.top_p, seed=seed * 1_000_003 + b, stop_token_ids=stop)
-        ids = [render_prompt(tokenizer, _messages(row["prompt"])) for _, row, _ in chunk]
-        outs = generate(model, ids, cfg)
-        _append(path, [{"id": pid, "sample": j, "response": tokenizer.decode(o, skip_special_tokens=True).strip()}
-                       for (pid, _, j), o in zip(chunk, outs)])
-        if progress is not None:
-            progress(min(len(jobs), (b + 1) * on.gen_batch), len(jobs))
-    del model
-    return _read_jsonl(path)
 
 
 def score_round(samples: list[dict], prompts: dict[str, dict], scorer, path: Path, chunk: int = 64) -> list[dict]:
     from kollm.data.pairs import score_all
 
-    done = _read_jsonl(path)
+    done = complete_rows(path)
     for i in range(len(done), len(samples), chunk):
         part = samples[i:i + chunk]
         scores = score_all([(prompts[s["id"]]["prompt"], s["response"], prompts[s["id"]]) for s in part], scorer)
-        _append(path, [{**s, "score": sc} for s, sc in zip(part, scores)])
-    return _read_jsonl(path)
+        append_rows(path, [{**s, "score": sc} for s, sc in zip(part, scores)])
+    return complete_rows(path)
 
 
 def run_online(raw: dict, dpo: DPOSection, data_val: str | None, info, resume: bool = False,
@@ -195,4 +139,4 @@ def run_online(raw: dict, dpo: DPOSection, data_val: str | None, info, resume: b
     return Path(policy)
 
 
-__all__ = ["run_online", "sample_round", "score_round"]
+__all__ = ["run_online", "score_round"]

@@ -46,12 +46,20 @@ def load_checkpoint_model(path: str | Path) -> tuple[CausalLM, dict]:
     return model.eval(), state
 
 
+def link_latest(export: Path) -> None:
+    """Point `hf/latest` at the newest export, atomically (a temp link renamed over the old one),
+    so recipes and scripts can name the run's final model without knowing its step."""
+    link = export.parent / "latest"
+    tmp = export.parent / ".latest.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(export.name, target_is_directory=True)
+    tmp.replace(link)
+
+
 def export_final(trainer, cfg, tokenizer=None) -> Path | None:
     """End of a training run (rank 0, when `checkpoint.export_hf`): the last checkpoint as
     `OUTPUT_DIR/hf/step-N` with `OUTPUT_DIR/hf/latest` pointing at it; a resumed, already finished
     run exported it before and only relinks. Returns the export, None on other ranks."""
-    from kollm.train.pretrain import link_latest
-
     if not (cfg.checkpoint.export_hf and trainer.info.is_main):
         return None
     out = trainer.run_dir / "hf" / trainer.last_checkpoint.name
@@ -100,4 +108,4 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["export_checkpoint", "load_checkpoint_model", "find_checkpoint", "main"]
+__all__ = ["export_checkpoint", "export_final", "link_latest", "load_checkpoint_model", "find_checkpoint", "main"]

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from kollm.model.config import ModelConfig
+from kollm.plan import H100_BF16_DENSE
 from kollm.train.config import TrainConfig
 from kollm.train.schedules import PhasePlan, plan_phases
 
-H100_BF16_DENSE = 989e12  # FLOP/s, SXM, dense (no sparsity)
 _PEAKS = {"H100": H100_BF16_DENSE, "H200": H100_BF16_DENSE, "H800": H100_BF16_DENSE, "A100": 312e12,
           "A800": 312e12, "L40S": 362e12, "B200": 2250e12}
 

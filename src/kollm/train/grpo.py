@@ -26,7 +26,7 @@ with `OUTPUT_DIR/hf/latest` pointing at it; with `grpo.keep_best` hf/latest is t
 best held-out val_reward_mean instead (ties: the later step; OUTPUT_DIR/export.json says which).
 `--dry-run` prints the compute plan (rollouts, reference pass, training; kollm.plan) from the
 config alone. `kollm grpo filter CONFIG --out FILE` keeps the prompts of the right difficulty for
-the initial policy (kollm.rl.difficulty).
+the initial policy (kollm.train.grpo_filter; the command is kollm.train.grpo_cli).
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kollm.argtypes import config_text
-from kollm.train.config import TrainConfig, _build, apply_overrides, config_from_dict
+from kollm.argtypes import apply_overrides, config_text
+from kollm.data.chat import encode_prompt
+from kollm.train.config import TrainConfig, _build, config_from_dict
 
 
 # -- config --------------------------------------------------------------------------------------
@@ -233,24 +234,6 @@ class PromptSet:
         return len(self.rows)
 
 
-def encode_prompt(tokenizer, prompt, chat: bool, system: str | None = None) -> list[int]:
-    """A prompt string or message list → ids ending where the assistant's answer starts: the chat
-    template's generation prompt (kollm.data.chat), or the raw text for a base model. `system`: a
-    system turn first, unless the message list has its own."""
-    from kollm.data.chat import render_prompt
-
-    if chat:
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
-        if system and not (messages and messages[0].get("role") == "system"):
-            messages = [{"role": "system", "content": system}, *messages]
-        return render_prompt(tokenizer, messages)
-    if system:
-        raise ValueError("data.system_prompt is applied through the chat template: it needs data.chat_template: true")
-    if isinstance(prompt, list):
-        prompt = "\n".join(m.get("content", "") for m in prompt)
-    return tokenizer(prompt)["input_ids"]
-
-
 def reward_fields(specs: list) -> set[str]:
     names = {s["name"] if isinstance(s, dict) else s.name for s in specs}
     return ({"answer"} if "math" in names else set()) | ({"instruction_id_list"} if "ifeval" in names else set())
@@ -434,7 +417,7 @@ class BestExport:
         step's export; OUTPUT_DIR/export.json says which step and why. Returns the export."""
         import json
 
-        from kollm.train.pretrain import link_latest
+        from kollm.train.export import link_latest
 
         last_step = self.trainer.step
         last_val = next((r["val_reward_mean"] for r in reversed(self.trainer.history)
@@ -507,17 +490,9 @@ class ValidationSource:
 
 
 # -- the command ---------------------------------------------------------------------------------
-def stop_token_ids(model_dir: str | Path, tokenizer) -> list[int]:
-    """The end-of-turn token and EOS (kollm.data.chat), and the model's generation_config EOS."""
-    from kollm.data.chat import stop_token_ids as chat_stops
-    from kollm.model.generate import _stop_ids
-
-    return sorted(set(chat_stops(tokenizer)) | set(_stop_ids(Path(model_dir))))
-
-
 def build(cfg: GRPOConfig, info, model):
     """Tokenizer, prompts, rewards, rollout engine, data and validation sources for a run."""
-    from kollm.data.chat import load_tokenizer
+    from kollm.data.chat import load_tokenizer, stop_token_ids
     from kollm.model.generate import GenerationConfig
     from kollm.model.hf import DTYPES
     from kollm.rl.rewards import Rewards
@@ -532,7 +507,7 @@ def build(cfg: GRPOConfig, info, model):
     train = PromptSet(cfg.data.train, tokenizer, cfg.data, needs)
     if train.errors.total and info.is_main:
         print(f"kollm grpo: {cfg.data.train}: {train.summary()}", file=sys.stderr)
-    stops = stop_token_ids(tc.model.init_from, tokenizer)
+    stops = sorted(set(stop_token_ids(tokenizer, tc.model.init_from)))  # a server rollout that drops its stop token gets the first
     gen = GenerationConfig(max_new_tokens=g.max_new_tokens, do_sample=True, temperature=g.temperature,
                            top_p=g.top_p, top_k=g.top_k, stop_token_ids=stops)
     policy = unwrap(model)
@@ -597,10 +572,6 @@ def dry_run(cfg: GRPOConfig, args) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "filter":  # prompts of the right difficulty (kollm.rl.difficulty)
-        from kollm.rl.difficulty import main as filter_main
-
-        return filter_main(argv[1:])
     p = argparse.ArgumentParser(prog="kollm grpo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="GRPO config (YAML), e.g. recipes/tiny-grpo.yaml")
@@ -665,4 +636,4 @@ def main(argv: list[str]) -> int:
 
 
 __all__ = ["main", "dry_run", "GRPOConfig", "GRPOData", "GRPOSection", "RolloutSource", "ValidationSource", "PromptSet",
-           "load_grpo_config", "grpo_config_from_dict", "mean_reward", "encode_prompt"]
+           "load_grpo_config", "grpo_config_from_dict", "mean_reward"]

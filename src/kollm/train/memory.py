@@ -39,11 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kollm.model.config import ModelConfig
-
-GB = 1e9
-H100_MEMORY = 80 * GB  # H100 SXM/PCIe 80 GB
-# allocator fragmentation, CUDA context, NCCL buffers, kernels' workspaces: not counted above
-RESERVE_FRACTION = 0.1
+from kollm.plan import GB, H100_MEMORY, RESERVE_FRACTION
 
 
 def block_activation_bytes(cfg: ModelConfig, a: int = 2, p: int = 4) -> int:

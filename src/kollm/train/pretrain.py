@@ -59,12 +59,12 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
 def tokenizer_fields(tokenizer_dir: str) -> dict:
     """A fresh model sized to its tokenizer: vocabulary size and the BOS/EOS ids of the Llama 3
     special tokens `kollm tokenizer train` writes (so export and generation stop where the data did)."""
-    from kollm.tokenizer.extend import load_tokenizer
+    from kollm.tokenizer.extend import load_tokenizer_json
 
     path = _tokenizer_file(tokenizer_dir)
     if not path.is_file():
         raise FileNotFoundError(f"model.tokenizer: {path} not found")
-    tok = load_tokenizer(path)  # a corrupt file is an error naming it
+    tok = load_tokenizer_json(path)  # a corrupt file is an error naming it
     fields: dict = {"vocab_size": tok.get_vocab_size(with_added_tokens=True)}
     for key, token in (("bos_token_id", "<|begin_of_text|>"), ("eos_token_id", "<|end_of_text|>")):
         if (i := tok.token_to_id(token)) is not None:
@@ -99,7 +99,7 @@ def resize_to_tokenizer(model: CausalLM, init_from: str, tokenizer: str) -> None
     """Continual pretraining with an extended tokenizer (`kollm tokenizer extend`): grow the
     embedding and LM head, each new row the mean of the rows of the base tokens that spelled the
     new token. The base tokenizer is the one shipped in `init_from`."""
-    from kollm.tokenizer.extend import load_tokenizer
+    from kollm.tokenizer.extend import load_tokenizer_json
 
     new = _tokenizer_file(tokenizer)
     if not new.is_file():
@@ -107,7 +107,7 @@ def resize_to_tokenizer(model: CausalLM, init_from: str, tokenizer: str) -> None
     base = _tokenizer_file(init_from)
     if base.is_file() and base.resolve() == new.resolve():
         return
-    size = load_tokenizer(new).get_vocab_size(with_added_tokens=True)
+    size = load_tokenizer_json(new).get_vocab_size(with_added_tokens=True)
     if size <= model.config.vocab_size:
         return  # the checkpoint's rows already cover every id
     if not base.is_file():
@@ -144,16 +144,6 @@ def check_vocabulary(data, vocab_size: int, shards: str) -> None:
         lang = max(ids, key=ids.get)
         raise ValueError(f"{shards}: {lang} token ids reach {ids[lang]} but the model has {vocab_size} embedding "
                          "rows; set model.tokenizer to the tokenizer that made the shards")
-
-
-def link_latest(export: Path) -> None:
-    """Point `hf/latest` at the newest export, atomically (a temp link renamed over the old one),
-    so recipes and scripts can name the run's final model without knowing its step."""
-    link = export.parent / "latest"
-    tmp = export.parent / ".latest.tmp"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(export.name, target_is_directory=True)
-    tmp.replace(link)
 
 
 def plan_model_config(cfg: TrainConfig) -> tuple[ModelConfig, list[str]]:

@@ -28,7 +28,8 @@ import sys
 from pathlib import Path
 
 from kollm.train.config import TrainConfig, load_config
-from kollm.train.pretrain import build_run_model, link_latest, model_config
+from kollm.train.export import link_latest
+from kollm.train.pretrain import build_run_model, model_config
 
 
 def tokenizer_source(cfg: TrainConfig) -> str:

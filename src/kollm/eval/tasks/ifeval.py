@@ -1,5 +1,5 @@
 """IFEval (English, Zhou et al. 2023) and KoIFEval (Korean, the Trillion 7B report's 22
-instruction types): generate a response to each prompt, check it with kollm.eval.ifeval.
+instruction types): generate a response to each prompt, check it with kollm.ifeval.
 
 As lm-eval's `ifeval` task: 0-shot, the prompt as is, no stop sequence, up to 1280 new tokens,
 greedy; metrics prompt_level_{strict,loose}_acc (mean over prompts) and inst_level_{strict,loose}_acc
@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kollm.eval.ifeval.evaluate import english_keywords, inst_level_acc, score_row, validate_row
 from kollm.eval.task import Request, Task, register_task
 from kollm.eval.tasks.common import EXTS, convert_rows, find_split, locate, read_rows
+from kollm.ifeval.evaluate import english_keywords, inst_level_acc, score_row, validate_row
 
 
 class IFEvalTask(Task):

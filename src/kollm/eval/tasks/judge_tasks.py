@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kollm.data.judge import JudgeClient, JudgeConfig
 from kollm.eval.judge import (
     NEED_REF_CATS,
     STYLES,
@@ -49,6 +48,7 @@ from kollm.eval.judge import (
 )
 from kollm.eval.task import Request, Task, register_task
 from kollm.eval.tasks.common import EXTS, convert_rows, locate, read_rows
+from kollm.openai_client import ChatClient, ClientConfig
 
 COUNTS = ("unparsable", "errors", "unscored")  # reported as counts over items, not means
 
@@ -69,8 +69,8 @@ class JudgeTask(Task):
         self.errors: list[str] = []  # "qid turn N: error" for every turn a failed call left unscored
         key = os.environ.get(api_key_env) if api_key_env else None
         net = {"max_tokens": max_tokens, "max_retries": request_retries, "backoff_s": backoff_s}
-        self.judge_cfg = JudgeConfig(judge_url, judge_model, api_key=key, **net) if judge_url else None
-        self.model_cfg = JudgeConfig(model_url, model_name, **net) if model_url else None
+        self.judge_cfg = ClientConfig(judge_url, judge_model, api_key=key, **net) if judge_url else None
+        self.model_cfg = ClientConfig(model_url, model_name, **net) if model_url else None
         self.judge_retries = judge_retries
         self.sem = threading.Semaphore(1)
         self.cache = ReplyCache(cache) if cache else None
@@ -138,8 +138,8 @@ class JudgeTask(Task):
         if self.prompts is not None:
             build = functools.partial(fastchat_messages, prompts=self.prompts)
         chat: ChatItem = item["chat"]
-        judge = Endpoint(JudgeClient(self.judge_cfg), self.sem, self.cache, "judge")
-        model = Endpoint(JudgeClient(self.model_cfg), self.sem, self.cache, "model")
+        judge = Endpoint(ChatClient(self.judge_cfg), self.sem, self.cache, "judge")
+        model = Endpoint(ChatClient(self.model_cfg), self.sem, self.cache, "model")
         rec = judge_item(chat, judge, build, parse, self.judge_retries, model)
         # what results.json keeps for this item: the questions, and per turn the answer, the judge's
         # messages and every judge reply (the harness's usual prompt/responses are empty here)

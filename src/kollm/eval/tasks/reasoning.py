@@ -4,7 +4,8 @@ GSM8K, MATH and BBH follow lm-evaluation-harness (`gsm8k`, `hendrycks_math`, `bb
 same prompts, stop sequences and extraction (GSM8K's strict "#### N" and flexible last-number
 filters; MATH's Hendrycks `is_equiv` string normalisation). HRM8K is not in lm-eval; kollm's
 prompt mirrors GSM8K's ("문제:/풀이:" for Korean, "Question:/Answer:" for the English originals)
-and scores the last \\boxed{} or last number. Layouts (HF repo name / original):
+and scores the last \\boxed{} or last number with `kollm.answers`, GRPO's math reward matcher.
+Layouts (HF repo name / original):
 - GSM8K: `gsm8k/main/<split>-*.parquet` (openai/gsm8k) or `gsm8k/<split>.jsonl` (grade-school-math).
 - MATH: `hendrycks_math/<subject>/<split>-*.parquet` (EleutherAI/hendrycks_math) or the original
   `MATH/<split>/<subject>/<n>.json`.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import re
 
+from kollm.answers import answers_match, is_equiv, last_boxed
 from kollm.eval.task import register_task
 from kollm.eval.tasks.common import GenerateTask, convert_rows, find_split, locate, read_rows
 
@@ -87,88 +89,6 @@ class GSM8K(GenerateTask):
 
 # --- MATH (Hendrycks) -------------------------------------------------------------------------
 
-def last_boxed(s: str) -> str | None:
-    """The last \\boxed{...} (or \\fbox{...}) with balanced braces, including the command."""
-    i = max(s.rfind("\\boxed"), s.rfind("\\fbox"))
-    if i < 0:
-        return None
-    if s.startswith("\\boxed ", i):
-        return s[i:].split("$")[0]
-    depth, j = 0, i
-    while j < len(s):
-        if s[j] == "{":
-            depth += 1
-        elif s[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return s[i:j + 1]
-        j += 1
-    return None
-
-
-def remove_boxed(s: str) -> str:
-    for left in ("\\boxed ", "\\boxed{", "\\fbox{"):
-        if s.startswith(left):
-            return s[len(left):] if left.endswith(" ") else s[len(left):-1]
-    return s
-
-
-def _fix_fracs(s: str) -> str:
-    parts = s.split("\\frac")
-    out = parts[0]
-    for p in parts[1:]:
-        out += "\\frac"
-        if p.startswith("{") or len(p) < 2:
-            out += p
-        else:
-            a, b, rest = p[0], p[1], p[2:]
-            out += "{" + a + "}" + (b + rest if b == "{" else "{" + b + "}" + rest)
-    return out
-
-
-def _fix_a_slash_b(s: str) -> str:
-    if s.count("/") != 1:
-        return s
-    a, b = s.split("/")
-    if a.isdigit() and b.isdigit():
-        return f"\\frac{{{a}}}{{{b}}}"
-    return s
-
-
-def _fix_sqrt(s: str) -> str:
-    return re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)
-
-
-def strip_string(s: str) -> str:
-    """Hendrycks et al.'s MATH answer normalisation (what lm-eval's `is_equiv` compares)."""
-    s = s.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
-    s = s.replace("tfrac", "frac").replace("dfrac", "frac").replace("\\left", "").replace("\\right", "")
-    s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\$", "")
-    s = re.sub(r"\\text\{\s*[a-zA-Z ]*\}$", "", s).strip() if "\\text{ " in s else s
-    s = s.replace("\\%", "").replace(r"\%", "").replace("%", "")
-    s = s.replace(" .", " 0.").replace("{.", "{0.")
-    if not s:
-        return s
-    if s[0] == ".":
-        s = "0" + s
-    if len(s.split("=")) == 2 and len(s.split("=")[0]) <= 2:
-        s = s.split("=")[1]
-    s = _fix_sqrt(s).replace(" ", "")
-    s = _fix_fracs(s)
-    if s == "0.5":
-        s = "\\frac{1}{2}"
-    return _fix_a_slash_b(s)
-
-
-def is_equiv(a: str | None, b: str | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    try:
-        return strip_string(a) == strip_string(b)
-    except Exception:  # noqa: BLE001 — malformed LaTeX compares raw, as Hendrycks' code does
-        return a == b
-
-
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
                  "prealgebra", "precalculus")
 
@@ -198,7 +118,7 @@ class MATH(GenerateTask):
         boxed = last_boxed(r["solution"])
         if boxed is None:
             raise ValueError("solution has no \\boxed{} answer")
-        return {"problem": r["problem"], "answer": remove_boxed(boxed), "level": r.get("level"), "type": r.get("type")}
+        return {"problem": r["problem"], "answer": boxed, "level": r.get("level"), "type": r.get("type")}
 
     def text(self, item):
         return f"Problem: {item['problem']}\nAnswer:"
@@ -219,16 +139,15 @@ def final_answer(text: str) -> str:
     """Last \\boxed{} content, else the last number (commas dropped)."""
     b = last_boxed(text)
     if b is not None:
-        return remove_boxed(b).strip()
+        return b
     nums = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)
     return nums[-1].replace(",", "") if nums else INVALID
 
 
-def answers_match(pred: str, gold: str) -> bool:
-    try:
-        return abs(float(pred.replace(",", "")) - float(str(gold).replace(",", ""))) < 1e-6
-    except ValueError:
-        return is_equiv(pred, str(gold))
+def _scored(completion: str, gold: str) -> float:
+    """1.0 when the completion's final answer matches `gold` (kollm.answers, the GRPO reward's matcher)."""
+    pred = final_answer(completion)
+    return float(pred != INVALID and answers_match(str(gold), pred))
 
 
 class HRM8K(GenerateTask):
@@ -263,7 +182,7 @@ class HRM8K(GenerateTask):
         return f"문제: {item['question']}\n풀이:" if self.lang == "ko" else f"Question: {item['question']}\nAnswer:"
 
     def process(self, item, results):
-        return {"exact_match": float(answers_match(final_answer(results[0]), item["answer"]))}
+        return {"exact_match": _scored(results[0], item["answer"])}
 
 
 register_task("hrm8k_ko", "hrm8k")(HRM8K)
@@ -355,7 +274,7 @@ class GSM8KCoT(GSM8K):
         return TRILLION_COT.format(q=item["question"])
 
     def process(self, item, results):
-        return {"exact_match": float(answers_match(final_answer(results[0]), gsm_clean(item["answer"])))}
+        return {"exact_match": _scored(results[0], gsm_clean(item["answer"]))}
 
 
 @register_task("math_cot")
@@ -366,4 +285,4 @@ class MATHCoT(MATH):
         return TRILLION_COT.format(q=item["problem"])
 
     def process(self, item, results):
-        return {"exact_match": float(answers_match(final_answer(results[0]), item["answer"]))}
+        return {"exact_match": _scored(results[0], item["answer"])}

@@ -28,7 +28,8 @@ from collections.abc import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
-IGNORE = -100
+from kollm.data import IGNORE
+
 CHUNK_ELEMENTS = 2**26  # logits per chunk: 256 MB in fp32 (≈ 523 tokens of a 128,256 vocabulary)
 
 

@@ -1,29 +1,16 @@
-"""Language-modelling objective: next-token loss plus the optional MTP loss.
+"""Language-modelling targets: next-token (shift 1) and MTP (shift 2) labels of a packed batch.
 
-L = L_ntp + α·L_mtp (Trillion §3.4). MTP targets (token t+2) are dropped where t+2 lies in a
-different document and the mask policy isolates documents: the model could not have seen
-anything of that document, so the target is noise.
+L = L_ntp + α·L_mtp (Trillion §3.4), computed by `LMObjective` (train/trainer.py) through the
+chunked head. MTP targets (token t+2) are dropped where t+2 lies in a different document and the
+mask policy isolates documents: the model could not have seen anything of that document, so the
+target is noise.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 
-from kollm.model.masks import ISOLATES_DOCUMENTS
-from kollm.model.transformer import ModelOutput
-
-IGNORE = -100
-
-
-@dataclass
-class LMLoss:
-    loss: torch.Tensor
-    ntp: torch.Tensor
-    mtp: torch.Tensor | None
-    n_tokens: int
+from kollm.data import IGNORE
 
 
 def shifted_targets(labels: torch.Tensor, shift: int, doc_ids: torch.Tensor | None, isolate: bool) -> torch.Tensor:
@@ -35,22 +22,3 @@ def shifted_targets(labels: torch.Tensor, shift: int, doc_ids: torch.Tensor | No
         crosses[:, :-shift] = doc_ids[:, shift:] != doc_ids[:, :-shift]
         tgt[crosses] = IGNORE
     return tgt
-
-
-def lm_loss(
-    out: ModelOutput,
-    labels: torch.Tensor,
-    doc_ids: torch.Tensor | None = None,
-    mask_policy: str = "causal",
-    mtp_alpha: float = 0.0,
-) -> LMLoss:
-    """Token-mean cross entropy; `labels` are aligned with the inputs (HF convention), -100 ignored."""
-    V = out.logits.shape[-1]
-    ntp_tgt = shifted_targets(labels, 1, doc_ids, isolate=False)
-    ntp = F.cross_entropy(out.logits.float().reshape(-1, V), ntp_tgt.reshape(-1), ignore_index=IGNORE)
-    n_tokens = int((ntp_tgt != IGNORE).sum())
-    if out.mtp_logits is None or mtp_alpha == 0.0:
-        return LMLoss(ntp, ntp.detach(), None, n_tokens)
-    mtp_tgt = shifted_targets(labels, 2, doc_ids, isolate=ISOLATES_DOCUMENTS[mask_policy])
-    mtp = F.cross_entropy(out.mtp_logits.float().reshape(-1, V), mtp_tgt.reshape(-1), ignore_index=IGNORE)
-    return LMLoss(ntp + mtp_alpha * mtp, ntp.detach(), mtp.detach(), n_tokens)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from kollm.eval.ifeval import REGISTRY, check, score_row, validate_row
-from kollm.eval.ifeval.instructions_ko import count_letter, count_sentences, count_words, jamo
 from kollm.eval.task import get_task
+from kollm.ifeval import REGISTRY, check, score_row, validate_row
+from kollm.ifeval.instructions_ko import count_letter, count_sentences, count_words, jamo
 
 CASES = [
     ("keywords:existence", {"keywords": ["인공지능"]}, "인공지능은 빠르게 발전한다.", "기계 학습은 빠르게 발전한다."),

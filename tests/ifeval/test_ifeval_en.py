@@ -8,9 +8,9 @@ import types
 
 import pytest
 
-from kollm.eval.ifeval import REGISTRY, aggregate, check, loose_variants, score_row, validate_row
-from kollm.eval.ifeval.instructions_en import count_sentences, count_words
 from kollm.eval.task import get_task
+from kollm.ifeval import REGISTRY, aggregate, check, loose_variants, score_row, validate_row
+from kollm.ifeval.instructions_en import count_sentences, count_words
 
 # (id, kwargs, passing response, failing response)
 CASES = [

@@ -27,8 +27,8 @@ import collections
 import re
 from collections.abc import Callable
 
-from kollm.eval.ifeval import instructions_en as en
-from kollm.eval.ifeval.instructions_en import compare
+from kollm.ifeval import instructions_en as en
+from kollm.ifeval.instructions_en import compare
 
 _KO_PREFIXES = ("제 대답은", "제 답변은", "내 대답은")  # the phrasings of released Korean IFEval prompts
 KO_OPTIONS = tuple(f"{p} {a}" for p in _KO_PREFIXES for a in ("예입니다.", "아니요입니다.", "아마도입니다."))

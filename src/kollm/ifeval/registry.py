@@ -11,7 +11,7 @@ import functools
 import inspect
 from collections.abc import Callable
 
-from kollm.eval.ifeval import instructions_en, instructions_ko
+from kollm.ifeval import instructions_en, instructions_ko
 
 REGISTRY: dict[str, dict[str, Callable[..., bool]]] = {"en": instructions_en.CHECKERS, "ko": instructions_ko.CHECKERS}
 

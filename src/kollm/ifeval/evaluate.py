@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from kollm.eval.ifeval.instructions_ko import options_from_prompt
-from kollm.eval.ifeval.registry import clean_kwargs, follows
+from kollm.ifeval.instructions_ko import options_from_prompt
+from kollm.ifeval.registry import clean_kwargs, follows
 
 
 def loose_variants(response: str) -> list[str]:
