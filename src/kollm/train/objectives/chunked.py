@@ -71,7 +71,12 @@ def _ce_chunks(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, nee
             if need_grad:  # d ce / d logits = softmax − one-hot
                 g = p.div_(total[:, None])
                 g.scatter_add_(1, tgt[:, None], torch.full_like(total[:, None], -1.0))
-                g = g.to(dt)
+                if dt == torch.bfloat16 and h.device.type == "cpu":
+                    # column-major: CPU's bf16 kernel for (chunk, V) @ (V, d) with a row-major left
+                    # side takes 20–40× longer (1 min a chunk at V 32K on AVX2), column-major 1–2×
+                    g = torch.empty(g.shape[::-1], dtype=dt, device=g.device).t().copy_(g)
+                else:
+                    g = g.to(dt)
                 torch.mm(g, w, out=gh[s:s + rows])
                 if dt == gw.dtype:
                     gw.addmm_(g.t(), x)
