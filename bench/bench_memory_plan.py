@@ -8,10 +8,11 @@ rank, against `memory_plan` for the same config (docs/memory-plan.md has the tab
                                                     [--precision fp32 bf16] [--world-size 2]
 
 `single` runs one process; ddp, zero1 and fsdp run `torchrun --nproc_per_node WORLD` on gloo (CPU).
-Sharded modes build the model on the meta device, as `kollm pretrain` does. glibc's allocator is
-told to hand every block of 64 KiB or more straight to mmap (MALLOC_MMAP_THRESHOLD_, which also
-turns off its sliding threshold), so a freed tensor leaves RSS at once and the peak RSS follows
-the tensors alive at the peak instead of what the heap kept from earlier steps.
+Sharded modes build the model on the meta device, as `kollm pretrain` does. RSS is made to count
+tensors as CUDA's allocator counts them: glibc hands every block of 64 KiB or more straight to
+mmap (MALLOC_MMAP_THRESHOLD_, which also turns off its sliding threshold), so a freed tensor leaves
+RSS at once, and fills each new block (MALLOC_PERTURB_), so an allocated tensor is resident before
+it is written (DDP's gradient buckets are only written in backward; untouched pages are not RSS).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ SETTINGS = {"off": False, "blocks": True, "op": "op"}
 MODES = ("single", "ddp", "zero1", "fsdp")
 SHAPE = {"n_layers": 2, "dim": 256, "ffn_dim": 688, "n_heads": 2, "n_kv_heads": 2, "head_dim": 128, "vocab_size": 32768}
 B, T, STEPS = 1, 512, 2
-ENV = {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+ENV = {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_PERTURB_": "165"}
 
 
 def rss() -> int:
@@ -78,7 +79,7 @@ def measure(mode: str, ac_name: str, precision: str) -> dict:
     base = rss()
     train(mc, cfg)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    plan = memory_plan(mc, mode, info.world, B, T, precision, ac or True)
+    plan = memory_plan(mc, mode, info.world, B, T, precision, ac or True, accumulating=False)  # one micro-batch a step
     total = plan.total(ac)
     if info.distributed:
         torch.distributed.destroy_process_group()

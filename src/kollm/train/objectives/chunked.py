@@ -29,7 +29,10 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 IGNORE = -100
-CHUNK_ELEMENTS = 2**26  # logits per chunk: 256 MB in fp32 (≈ 523 tokens of a 128,256 vocabulary)
+# Logits per chunk: 256 MB in fp32 (≈ 523 tokens of a 128,256 vocabulary). A constant, not a key:
+# one chunk's buffers are 0.4 GB of trillion-7b's 72 GB plan (the head's V×d gradients, 3–4 GB, do
+# not shrink with it), and 523 rows already keep the head matmul GPU-efficient.
+CHUNK_ELEMENTS = 2**26
 
 
 def chunk_rows(vocab: int) -> int:
@@ -72,16 +75,21 @@ def _ce_chunks(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, nee
                 g = p.div_(total[:, None])
                 g.scatter_add_(1, tgt[:, None], torch.full_like(total[:, None], -1.0))
                 if dt == torch.bfloat16 and h.device.type == "cpu":
-                    # column-major: CPU's bf16 kernel for (chunk, V) @ (V, d) with a row-major left
-                    # side takes 20–40× longer (1 min a chunk at V 32K on AVX2), column-major 1–2×
+                    # CPU without bf16 units emulates bf16 matmuls (AVX2: ~6× slower than fp32) and
+                    # packs a copy of the (V, chunk) operand: the weight gradient from the fp32
+                    # softmax gradient instead, and the hidden states' from a column-major bf16 copy
+                    # (row-major, that (chunk, V) @ (V, d) takes 20–40× longer)
+                    gw.addmm_(g.t(), x.to(gw.dtype))
                     g = torch.empty(g.shape[::-1], dtype=dt, device=g.device).t().copy_(g)
+                    torch.mm(g, w, out=gh[s:s + rows])
                 else:
                     g = g.to(dt)
-                torch.mm(g, w, out=gh[s:s + rows])
-                if dt == gw.dtype:
-                    gw.addmm_(g.t(), x)
-                else:
-                    gw += (g.t() @ x).to(gw.dtype)
+                    torch.mm(g, w, out=gh[s:s + rows])
+                    if dt == gw.dtype:
+                        gw.addmm_(g.t(), x)
+                    else:  # accumulated into fp32 without an fp32 copy of the (V, d) product
+                        gw.add_(g.t() @ x)
+            logits = p = g = None  # freed before the next chunk's matmul: one chunk's buffers at a time
     return ce, lse, gh, gw
 
 
