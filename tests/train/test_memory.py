@@ -149,7 +149,7 @@ def test_dry_run_warns_for_the_full_size_recipes(capsys):
     assert main([str(RECIPES / "trillion-7b.yaml"), "--dry-run", "--world-size", "256"]) == 0
     out = capsys.readouterr().out
     assert "memory per rank (zero1, 256 ranks, bf16" in out and "WARNING" not in out
-    assert "every phase fits: at most 40.1 GB per rank of 72 GB usable" in out  # the 32K phase
+    assert "every phase fits: at most 33.7 GB per rank of 72 GB usable" in out  # the 32K phase
     assert "compile: on (unset: on for CUDA, off on CPU); precision: bf16" in out  # what the GPU run would choose
     assert main([str(RECIPES / "trillion-7b.yaml"), "--dry-run", "--world-size", "256",
                  "--set", "parallel.activation_checkpointing=false"]) == 0
@@ -164,16 +164,21 @@ def test_dry_run_warns_for_the_full_size_recipes(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ac", ["off", "blocks"])
-def test_plan_against_measured_peak(ac):
-    """The plan against a measurement (bench/bench_memory_plan.py, one process: peak RSS of three
-    steps of a reduced trillion-7b-shaped model with a 32K vocabulary, fp32): within 20 %, a generous
-    bound for RSS on a shared machine (measured 0.98 and 0.95 of the plan; the bench table in
-    docs/memory-plan.md has all settings)."""
+@pytest.mark.parametrize("mode,ac", [("single", "off"), ("zero1", "blocks")])
+def test_plan_against_measured_peak(mode, ac):
+    """The plan against a measurement (bench/bench_memory_plan.py: each rank's peak RSS over two
+    steps of a reduced trillion-7b-shaped model, 32K vocabulary, fp32; zero1 on 2 gloo ranks), a
+    cheap subset of its 24 combinations. Bound: within 10 % on every rank. All 12 fp32 rows measured
+    within 1.5 % of the plan here (docs/memory-plan.md), so the bound leaves room for another CPU,
+    allocator or torch version, and still fails if a term is dropped or counted twice (the smallest
+    here: the sharded fp32 weights, 11 % of zero1's total), or if gradients and activations are
+    summed instead of taking the peak of each phase (the plan before: measured 0.80 of it)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_memory_plan", RECIPES.parent / "bench" / "bench_memory_plan.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    row = bench.run_child(ac, "fp32")
-    assert 0.8 < row["measured_over_planned"] < 1.2, row
+    rows = bench.run_child(mode, ac, "fp32")
+    assert len(rows) == (1 if mode == "single" else 2)
+    for row in rows:
+        assert 0.9 < row["measured_over_planned"] < 1.1, row
