@@ -28,11 +28,15 @@ kernel that keeps no T×T matrix, as FlexAttention and SDPA flash/cuDNN do on CU
 - the loss, chunked (kollm.train.objectives.chunked): no (tokens, V) logits; per token each head's
   gradient with respect to its hidden states (p·d, computed in forward), per micro-batch each
   head's weight gradient (p·V·d), the fp32 accumulator of one (4·V·d), the autocast copy of the
-  head weight and one chunk's logits.
+  head weight and one chunk's logits (loss_fixed_bytes).
 With activation checkpointing each block keeps only its input (p bytes·d when the residual is in
-the parameter dtype) and one block's activations exist again during its recomputation.
-The test (tests/train/test_memory.py) compares the block formula with the bytes autograd really
-saves on CPU; docs/memory-plan.md works the numbers for trillion-7b and dna-8b-cpt by hand.
+the parameter dtype) and, in backward, one block's activations exist again during its recomputation.
+The peak is the forward's (at the loss) or the backward's (the blocks' activations beside the
+gradients), not their sum; with gradient accumulation the gradients sit beside every forward.
+tests/train/test_memory.py compares the block formula with the bytes autograd really saves on
+CPU and the whole plan with a measured peak (bench/bench_memory_plan.py: every parallel mode ×
+checkpointing × precision on 2 gloo ranks, within 10 %); docs/memory-plan.md works the numbers
+for trillion-7b and dna-8b-cpt by hand and has the measured table.
 """
 
 from __future__ import annotations
