@@ -1,8 +1,10 @@
 """The dry run's memory plan against a measurement, for every parallel mode × activation
 checkpointing × precision: peak RSS of two training steps (the second one has the AdamW moments
-and the activations alive at once) of a reduced trillion-7b-shaped model (sandwich norm, MTP, 2 blocks of d 256, f 688, 2 heads of 128, vocabulary 32,768 so the loss
-matters; micro-batch 1 × 512 per rank) above the process's RSS before the model is built, on each
-rank, against `memory_plan` for the same config (docs/memory-plan.md has the table).
+and the activations alive at once) of a reduced trillion-7b-shaped model (sandwich norm, MTP,
+2 blocks of d 256, f 688, 2 heads of 128, vocabulary 32,768 so the loss matters; micro-batch
+1 × 512 per rank) above the process's RSS before the model is built (after a warm-up run of a
+model 2 % the size), on each rank, against `memory_plan` for the same config, one JSON line per
+rank (docs/memory-plan.md has the table).
 
     PYTHONPATH=src python bench/bench_memory_plan.py [--mode single ddp zero1 fsdp] [--ac off blocks op]
                                                     [--precision fp32 bf16] [--world-size 2]

@@ -18,7 +18,8 @@ loss run over chunks of CHUNK_ELEMENTS // V tokens, two ways:
 
 The logits are computed as the dense path computes them (under autocast: bf16 matmul, fp32 loss
 math), so loss and gradients equal the dense path's up to summation order
-(tests/train/objectives/test_chunked.py).
+(tests/train/objectives/test_chunked.py); on CPU under bf16 the head weight's gradient comes from
+the fp32 softmax gradient (CPU emulates bf16 matmuls), nearer fp32 than the dense path.
 """
 
 from __future__ import annotations
