@@ -48,16 +48,19 @@ def test_checkpointed_blocks():
 
 
 def test_plan_per_policy():
-    """t·(wrapped·kept + unwrapped·block + one block recomputed) + the loss, per policy."""
+    """Forward: t·(wrapped·kept + unwrapped·block) + the loss; backward: the same blocks + one
+    block recomputed (the loss's buffers gone), per policy."""
     t, a, p = 2 * 64, 2, 4
     block, res = block_activation_bytes(CFG, a, p), p * CFG.dim
     n = CFG.n_layers + 1  # with the MTP block
     plans = {k: memory_plan(CFG, "single", 1, 2, 64, "bf16", *k) for k in [(True, 1), (True, 2), ("op", 1)]}
     loss = plans[(True, 1)].logits
-    assert plans[(True, 1)].activations_ckpt == t * (n * res + block) + loss
+    assert plans[(True, 1)].activations_ckpt == t * n * res + loss
+    assert plans[(True, 1)].backward_ckpt == t * (n * res + block)
     wrapped = len(range(0, n, 2))
-    assert plans[(True, 2)].activations_ckpt == t * (wrapped * res + (n - wrapped) * block + block) + loss
-    assert plans[("op", 1)].activations_ckpt == t * (n * (res + op_saved_bytes(CFG, a)) + block) + loss
+    assert plans[(True, 2)].activations_ckpt == t * (wrapped * res + (n - wrapped) * block) + loss
+    assert plans[(True, 2)].backward_ckpt == t * (wrapped * res + (n - wrapped) * block + block)
+    assert plans[("op", 1)].activations_ckpt == t * n * (res + op_saved_bytes(CFG, a)) + loss
     assert plans[(True, 1)].activations_ckpt < plans[("op", 1)].activations_ckpt < plans[(True, 1)].activations
 
 

@@ -33,10 +33,17 @@ def test_block_and_head_bytes_by_hand():
     # chunked loss: the hidden states' gradient 4·64 and the targets' int64 index kept, final norm
     # 10·64+4; no (tokens, V) term
     assert head_activation_bytes(TINY, a=2, p=4) == 256 + 8 + 644 == 908
-    # per micro-batch: the head weight's gradient 4·V·d kept, its fp32 accumulator 4·V·d, autocast's
-    # bf16 weight 2·V·d, one chunk (all 256 tokens) of fp32 logits + bf16 logits + bf16 gradient
+    # per micro-batch, one head: its fp32 accumulator 4·V·d (with fp32 parameters also the kept
+    # gradient), autocast's bf16 weight 2·V·d, one chunk (all 256 tokens) of fp32 logits + the bf16
+    # gradient, and the bf16 (V, d) product added to the accumulator
     vd = 512 * 64
-    assert loss_fixed_bytes(TINY, 256, a=2, p=4) == 4 * vd + 4 * vd + 2 * vd + 256 * 512 * 8
+    assert loss_fixed_bytes(TINY, 256, a=2, p=4) == 4 * vd + 2 * vd + 256 * 512 * 6 + 2 * vd
+    # two heads (MTP), fp32: the first head's gradient kept while the second's accumulates
+    mtp = get_preset("tiny-sandwich-mtp")
+    vd2 = mtp.vocab_size * mtp.dim
+    assert loss_fixed_bytes(mtp, 100, a=4, p=4) == 4 * vd2 + 4 * vd2 + 100 * mtp.vocab_size * 4
+    # bf16 parameters (FSDP2): the bf16 copy of the last accumulator (2·V·d) outlasts the chunk here
+    assert loss_fixed_bytes(mtp, 1, a=2, p=2) == 2 * vd2 + 4 * vd2 + max(mtp.vocab_size * 6 + 2 * vd2, 2 * vd2)
 
 
 def test_chunked_loss_keeps_what_the_plan_says():
@@ -59,7 +66,7 @@ def test_chunked_loss_keeps_what_the_plan_says():
 
 
 def test_zero1_plan_by_hand():
-    m = memory_plan(TINY, "zero1", world=4, micro_batch=2, seq_len=128, mixed_precision="bf16")
+    m = memory_plan(TINY, "zero1", world=4, micro_batch=2, seq_len=128, mixed_precision="bf16", accumulating=False)
     # fp32 master weights, gradients and moments sharded; the bf16 model whole (2N) from forward to
     # backward and one block's bf16 gradient + its fp32 reduce-scatter copy
     assert (m.params, m.grads, m.optimizer) == (N, N, 2 * N)
@@ -68,23 +75,31 @@ def test_zero1_plan_by_hand():
     loss = t * (2 * 64 + 8 + 8 * 64 + 4) + loss_fixed_bytes(TINY, t, 2, 2)
     block = block_activation_bytes(TINY, 2, 2)
     assert m.activations == t * 2 * block + loss
-    assert m.activations_ckpt == t * (2 * 2 * 64 + block) + loss  # bf16 block inputs + one block recomputed + loss
-    assert m.total(False) == N + N + 2 * N + 2 * N + 6 * BLOCK + t * 2 * block + loss
+    assert m.activations_ckpt == t * 2 * 2 * 64 + loss  # bf16 block inputs + loss (forward)
+    assert m.backward_ckpt == t * (2 * 2 * 64 + block)  # ... + one block recomputed (backward)
+    # one micro-batch: the sharded gradients only exist once backward has freed the activations
+    assert m.total(False) == N + 2 * N + 2 * N + 6 * BLOCK + max(t * 2 * block + loss, N + t * 2 * block)
+    # several: the (sharded) gradients beside the later forwards
+    acc = memory_plan(TINY, "zero1", world=4, micro_batch=2, seq_len=128, mixed_precision="bf16")
+    assert acc.total(True) == N + N + 2 * N + m.buffers + max(m.activations_ckpt, m.backward_ckpt)
 
 
 def test_autocast_plan_by_hand():
     m = memory_plan(TINY, "ddp", world=4, micro_batch=2, seq_len=128, mixed_precision="bf16")
     assert (m.params, m.grads, m.optimizer) == (4 * N, 4 * N, 8 * N)
-    # DDP's gradient buckets 4N + autocast's bf16 weight copies 2·(N − 512·64)
-    assert m.buffers == 4 * N + 2 * (N - 512 * 64)
+    # DDP's gradient buckets 4N + autocast's bf16 copies of the blocks' weights 2·(N − 2·512·64): not
+    # the embedding (a lookup) nor the untied LM head (the chunked loss casts it, uncached)
+    assert m.buffers == 4 * N + 2 * (N - 2 * 512 * 64)
     t = 256
     loss = t * 908 + loss_fixed_bytes(TINY, t, 2, 4)
     assert m.activations == t * 2 * 3480 + loss
-    assert m.activations_ckpt == t * (2 * 4 * 64 + 3480) + loss  # block inputs + one block recomputed + loss
+    assert m.activations_ckpt == t * 2 * 4 * 64 + loss  # block inputs + loss
+    assert m.backward_ckpt == t * (2 * 4 * 64 + 3480)  # block inputs + one block recomputed
 
 
 def test_modes_shard_what_they_say():
-    plans = {mode: memory_plan(TINY, mode, 4, 1, 64, "bf16") for mode in ("single", "ddp", "zero1", "fsdp")}
+    plans = {mode: memory_plan(TINY, mode, 4, 1, 64, "bf16", accumulating=False)
+             for mode in ("single", "ddp", "zero1", "fsdp")}
     assert plans["single"].world == 1 and plans["single"].optimizer == 8 * N
     assert plans["ddp"].optimizer == 8 * N and plans["ddp"].buffers == plans["single"].buffers + 4 * N
     for mode in ("zero1", "fsdp"):
@@ -134,7 +149,7 @@ def test_dry_run_warns_for_the_full_size_recipes(capsys):
     assert main([str(RECIPES / "trillion-7b.yaml"), "--dry-run", "--world-size", "256"]) == 0
     out = capsys.readouterr().out
     assert "memory per rank (zero1, 256 ranks, bf16" in out and "WARNING" not in out
-    assert "every phase fits: at most 40.1 GB per rank of 72 GB usable" in out  # the 32K phase
+    assert "every phase fits: at most 33.7 GB per rank of 72 GB usable" in out  # the 32K phase
     assert "compile: on (unset: on for CUDA, off on CPU); precision: bf16" in out  # what the GPU run would choose
     assert main([str(RECIPES / "trillion-7b.yaml"), "--dry-run", "--world-size", "256",
                  "--set", "parallel.activation_checkpointing=false"]) == 0
@@ -149,16 +164,21 @@ def test_dry_run_warns_for_the_full_size_recipes(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ac", ["off", "blocks"])
-def test_plan_against_measured_peak(ac):
-    """The plan against a measurement (bench/bench_memory_plan.py, one process: peak RSS of three
-    steps of a reduced trillion-7b-shaped model with a 32K vocabulary, fp32): within 20 %, a generous
-    bound for RSS on a shared machine (measured 0.98 and 0.95 of the plan; the bench table in
-    docs/memory-plan.md has all settings)."""
+@pytest.mark.parametrize("mode,ac", [("single", "off"), ("zero1", "blocks")])
+def test_plan_against_measured_peak(mode, ac):
+    """The plan against a measurement (bench/bench_memory_plan.py: each rank's peak RSS over two
+    steps of a reduced trillion-7b-shaped model, 32K vocabulary, fp32; zero1 on 2 gloo ranks), a
+    cheap subset of its 24 combinations. Bound: within 10 % on every rank. All 12 fp32 rows measured
+    within 1.5 % of the plan here (docs/memory-plan.md), so the bound leaves room for another CPU,
+    allocator or torch version, and still fails if a term is dropped or counted twice (the smallest
+    here: the sharded fp32 weights, 11 % of zero1's total), or if gradients and activations are
+    summed instead of taking the peak of each phase (the plan before: measured 0.80 of it)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_memory_plan", RECIPES.parent / "bench" / "bench_memory_plan.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    row = bench.run_child(ac, "fp32")
-    assert 0.8 < row["measured_over_planned"] < 1.2, row
+    rows = bench.run_child(mode, ac, "fp32")
+    assert len(rows) == (1 if mode == "single" else 2)
+    for row in rows:
+        assert 0.9 < row["measured_over_planned"] < 1.1, row

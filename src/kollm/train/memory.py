@@ -9,7 +9,8 @@ for mixed-precision AdamW), as kollm lays them out:
   from the first forward to the end of backward, plus one block's unsharded gradient.
 - bf16 autocast (single/ddp) caches a bf16 copy of every matmul weight for the whole
   forward+backward of a micro-batch (the trainer runs backward inside the autocast region): 2N'
-  with N' the parameters that enter a matmul (all but the input embedding).
+  with N' the blocks' parameters (not the input embedding, a lookup, nor the LM head, which the
+  chunked loss casts itself for the duration of the head's call).
 - FSDP2 with bf16 parameters all-gathers the root group (embedding, LM head, final norms) and
   about two blocks at a time (the current one and the prefetched next), 2 bytes each, and reduces
   one block's unsharded gradient in fp32 (2 + 4 bytes per block parameter).
@@ -27,11 +28,15 @@ kernel that keeps no T×T matrix, as FlexAttention and SDPA flash/cuDNN do on CU
 - the loss, chunked (kollm.train.objectives.chunked): no (tokens, V) logits; per token each head's
   gradient with respect to its hidden states (p·d, computed in forward), per micro-batch each
   head's weight gradient (p·V·d), the fp32 accumulator of one (4·V·d), the autocast copy of the
-  head weight and one chunk's logits.
+  head weight and one chunk's logits (loss_fixed_bytes).
 With activation checkpointing each block keeps only its input (p bytes·d when the residual is in
-the parameter dtype) and one block's activations exist again during its recomputation.
-The test (tests/train/test_memory.py) compares the block formula with the bytes autograd really
-saves on CPU; docs/memory-plan.md works the numbers for trillion-7b and dna-8b-cpt by hand.
+the parameter dtype) and, in backward, one block's activations exist again during its recomputation.
+The peak is the forward's (at the loss) or the backward's (the blocks' activations beside the
+gradients), not their sum; with gradient accumulation the gradients sit beside every forward.
+tests/train/test_memory.py compares the block formula with the bytes autograd really saves on
+CPU and the whole plan with a measured peak (bench/bench_memory_plan.py: every parallel mode ×
+checkpointing × precision on 2 gloo ranks, within 10 %); docs/memory-plan.md works the numbers
+for trillion-7b and dna-8b-cpt by hand and has the measured table.
 """
 
 from __future__ import annotations
@@ -74,21 +79,26 @@ def head_activation_bytes(cfg: ModelConfig, a: int = 2, p: int = 4) -> int:
 
 
 def loss_fixed_bytes(cfg: ModelConfig, tokens: int, a: int = 2, p: int = 4) -> int:
-    """Per micro-batch, whatever its length: each head's weight gradient (p·V·d, computed in
-    forward and kept), the fp32 accumulator of the one being computed (4·V·d), under autocast the
-    bf16 copy of the head weight (a·V·d), and one chunk's logits (fp32, in place; under bf16 also
-    the matmul's bf16 output and the gradient's bf16 copy)."""
+    """Per micro-batch, whatever its length, at the loss's peak (the last head's chunks): the earlier
+    heads' weight gradients, kept (p·V·d each; with fp32 parameters the fp32 accumulator itself),
+    the fp32 accumulator of the head being computed (4·V·d), under autocast the compute-dtype copy
+    of the head weight (a·V·d), and the larger of one chunk — its fp32 logits (in place, softmax
+    and gradient too), under bf16 the gradient's bf16 copy and the bf16 (V, d) product added to the
+    accumulator — and, with bf16 parameters, the kept bf16 copy of the accumulator made at the end."""
     from kollm.train.objectives.chunked import chunk_rows
 
     heads = 2 if cfg.mtp else 1
     vd = cfg.vocab_size * cfg.dim
     rows = min(chunk_rows(cfg.vocab_size), tokens)
-    return heads * p * vd + 4 * vd + (a * vd if a != p else 0) + rows * cfg.vocab_size * (4 + (2 * a if a != 4 else 0))
+    chunk = rows * cfg.vocab_size * (4 + (a if a != 4 else 0)) + (a * vd if a != 4 else 0)
+    return (heads - 1) * p * vd + 4 * vd + (a * vd if a != p else 0) + max(chunk, p * vd if p != 4 else 0)
 
 
 @dataclass
 class MemoryPlan:
-    """Bytes per rank; `activations` without and `activations_ckpt` with activation checkpointing."""
+    """Bytes per rank. `activations` (`activations_ckpt` with activation checkpointing): the forward's
+    peak, at the loss; `backward` (`backward_ckpt`): what the blocks keep when backward reaches
+    them (with checkpointing, one block recomputed), alive beside the gradients."""
 
     mode: str
     world: int
@@ -101,20 +111,32 @@ class MemoryPlan:
     activations_ckpt: float
     tokens: int  # micro-batch tokens (batch_size × seq_len)
     logits: float = 0.0  # the loss's share of the activations (chunked head and loss)
+    backward: float = 0.0
+    backward_ckpt: float = 0.0
+    accumulating: bool = True  # several micro-batches a step: gradients live through the forwards
 
     @property
     def states(self) -> float:
         return self.params + self.grads + self.optimizer + self.buffers
 
     def total(self, checkpointing: bool) -> float:
-        return self.states + (self.activations_ckpt if checkpointing else self.activations)
+        """The peak: the gradients exist (whole) only once backward ends, when the activations are
+        gone — unless they accumulate over micro-batches, then they sit beside the next forward."""
+        fwd, bwd = (self.activations_ckpt, self.backward_ckpt) if checkpointing else (self.activations, self.backward)
+        rest = self.params + self.optimizer + self.buffers
+        if self.accumulating:
+            return rest + self.grads + max(fwd, bwd)
+        return rest + max(fwd, self.grads + bwd)
 
 
 def memory_plan(cfg: ModelConfig, mode: str, world: int, micro_batch: int, seq_len: int,
-                mixed_precision: str = "bf16", checkpointing: bool | str = True, every: int = 1) -> MemoryPlan:
+                mixed_precision: str = "bf16", checkpointing: bool | str = True, every: int = 1,
+                accumulating: bool = True) -> MemoryPlan:
     """Per-rank memory of one training micro-batch of `micro_batch` × `seq_len` tokens;
     `activations_ckpt` under `checkpointing` (parallel.activation_checkpointing and
-    checkpoint_every; false: whole blocks, for the hint)."""
+    checkpoint_every; false: whole blocks, for the hint). `accumulating`: more than one micro-batch
+    per rank and step, so the gradients (sharded under FSDP2, which reduce-scatters each
+    micro-batch: kollm.train.parallel.grad_sync) are alive during the later forwards."""
     if mode not in ("single", "ddp", "zero1", "fsdp"):
         raise ValueError(f"parallel.mode: unknown mode {mode!r}")
     if mixed_precision not in ("bf16", "fp32"):
@@ -122,7 +144,9 @@ def memory_plan(cfg: ModelConfig, mode: str, world: int, micro_batch: int, seq_l
     w = world if mode != "single" else 1
     n = cfg.num_params()
     embed = cfg.vocab_size * cfg.dim
-    matmul = n - embed  # the input embedding is a lookup
+    # autocast caches the blocks' matmul weights; the input embedding is a lookup and the chunked
+    # loss casts the LM head itself, uncached (loss_fixed_bytes)
+    matmul = n - embed * (1 if cfg.tie_embeddings else 2)
     bf16 = mixed_precision == "bf16"
     a = 2 if bf16 else 4
     sharded = mode in ("zero1", "fsdp")  # FSDP2: fp32 master weights, gradients and moments in shards
@@ -154,10 +178,12 @@ def memory_plan(cfg: ModelConfig, mode: str, world: int, micro_batch: int, seq_l
     wrapped = len(checkpointed_blocks(cfg.n_layers, cfg.mtp, checkpointing or True, every))
     kept = residual + (op_saved_bytes(cfg, a) if checkpointing == "op" else 0)
     # checkpointed blocks keep their input (op-level: and their matmul outputs), the others all of
-    # theirs; one checkpointed block is alive again during its recomputation
-    acts_ckpt = t * (wrapped * kept + (layers - wrapped) * block + block) + loss
-    return MemoryPlan(mode, w, mixed_precision, params, grads, optimizer, buffers, float(acts), float(acts_ckpt), t,
-                      float(loss))
+    # theirs; in backward one checkpointed block is alive again during its recomputation, the loss's
+    # buffers are gone
+    blocks_ckpt = t * (wrapped * kept + (layers - wrapped) * block)
+    return MemoryPlan(mode, w, mixed_precision, params, grads, optimizer, buffers, float(acts),
+                      float(blocks_ckpt + loss), t, float(loss), float(t * layers * block),
+                      float(blocks_ckpt + t * block), accumulating)
 
 
 def checkpointing_label(checkpointing: bool | str, every: int = 1) -> str:

@@ -347,10 +347,11 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 def grad_sync(model: nn.Module, mode: str, sync: bool):
-    """Context for one micro-batch's backward: reduce gradients across ranks only when `sync`
-    (the last micro-batch of an accumulation), as DDP's no_sync and FSDP2's gradient-sync switch do."""
-    if mode in SHARDED:
-        model.set_requires_gradient_sync(sync)
+    """Context for one micro-batch's backward. DDP reduces only when `sync` (the last micro-batch of
+    an accumulation; no_sync keeps the local gradients, which exist whole anyway). FSDP2 (zero1,
+    fsdp) reduce-scatters every micro-batch into the sharded gradients, as torchtitan does:
+    without sync it would keep every parameter's unsharded gradient in fp32 until the last one,
+    4 bytes × N per rank (31 GB for trillion-7b), more than all the sharded states together."""
     if mode == "ddp" and not sync:
         return model.no_sync()
     return contextlib.nullcontext()

@@ -18,7 +18,8 @@ loss run over chunks of CHUNK_ELEMENTS // V tokens, two ways:
 
 The logits are computed as the dense path computes them (under autocast: bf16 matmul, fp32 loss
 math), so loss and gradients equal the dense path's up to summation order
-(tests/train/objectives/test_chunked.py).
+(tests/train/objectives/test_chunked.py); on CPU under bf16 the head weight's gradient comes from
+the fp32 softmax gradient (CPU emulates bf16 matmuls), nearer fp32 than the dense path.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ from torch.utils.checkpoint import checkpoint
 
 from kollm.data import IGNORE
 
-CHUNK_ELEMENTS = 2**26  # logits per chunk: 256 MB in fp32 (≈ 523 tokens of a 128,256 vocabulary)
+# Logits per chunk: 256 MB in fp32 (≈ 523 tokens of a 128,256 vocabulary). A constant, not a key:
+# one chunk's buffers are 0.4 GB of trillion-7b's 72 GB plan (the head's V×d gradients, 3–4 GB, do
+# not shrink with it), and 523 rows already keep the head matmul GPU-efficient.
+CHUNK_ELEMENTS = 2**26
 
 
 def chunk_rows(vocab: int) -> int:
@@ -72,12 +76,22 @@ def _ce_chunks(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, nee
             if need_grad:  # d ce / d logits = softmax − one-hot
                 g = p.div_(total[:, None])
                 g.scatter_add_(1, tgt[:, None], torch.full_like(total[:, None], -1.0))
-                g = g.to(dt)
-                torch.mm(g, w, out=gh[s:s + rows])
-                if dt == gw.dtype:
-                    gw.addmm_(g.t(), x)
+                if dt == torch.bfloat16 and h.device.type == "cpu":
+                    # CPU without bf16 units emulates bf16 matmuls (AVX2: ~6× slower than fp32) and
+                    # packs a copy of the (V, chunk) operand: the weight gradient from the fp32
+                    # softmax gradient instead, and the hidden states' from a column-major bf16 copy
+                    # (row-major, that (chunk, V) @ (V, d) takes 20–40× longer)
+                    gw.addmm_(g.t(), x.to(gw.dtype))
+                    g = torch.empty(g.shape[::-1], dtype=dt, device=g.device).t().copy_(g)
+                    torch.mm(g, w, out=gh[s:s + rows])
                 else:
-                    gw += (g.t() @ x).to(gw.dtype)
+                    g = g.to(dt)
+                    torch.mm(g, w, out=gh[s:s + rows])
+                    if dt == gw.dtype:
+                        gw.addmm_(g.t(), x)
+                    else:  # accumulated into fp32 without an fp32 copy of the (V, d) product
+                        gw.add_(g.t() @ x)
+            logits = p = g = None  # freed before the next chunk's matmul: one chunk's buffers at a time
     return ce, lse, gh, gw
 
 
