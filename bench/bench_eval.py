@@ -97,6 +97,100 @@ def lm_eval_yaml(task: str, parquet: Path, include_dir: Path) -> str:
     return f"{task}_local"
 
 
+class PeakRSS:
+    """The largest resident set size seen while the block runs (sampled every 20 ms): each harness's
+    own peak, where ru_maxrss would give the process's over both."""
+
+    def __enter__(self):
+        import gc
+        import threading
+
+        gc.collect()
+        self.peak, self._stop = 0, threading.Event()
+
+        def watch():
+            page = os.sysconf("SC_PAGE_SIZE")
+            while True:
+                with open("/proc/self/statm") as f:
+                    self.peak = max(self.peak, int(f.read().split()[1]) * page)
+                if self._stop.wait(0.02):
+                    return
+
+        self._thread = threading.Thread(target=watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def gb(self) -> float:
+        return self.peak / 2**30
+
+
+GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval-dev" / "gsm8k" / "train.jsonl"
+
+
+def bench_gen(model_dir: Path, tmp: Path, args) -> dict:
+    """GSM8K generate_until, both harnesses on the same rows: the shared copy holds only the train
+    split, so both evaluate its first `--gen-limit` rows with shots drawn from all of it (the item
+    itself excluded), lm-eval through its own gsm8k config with the split names pointed there."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from kollm.eval.harness import EvalConfig, evaluate
+    from kollm.eval.models import LocalLM
+
+    data = tmp / "gen" / "gsm8k"
+    data.mkdir(parents=True)
+    (data / "train.jsonl").symlink_to(GSM8K)
+    inc = tmp / "gen_tasks"
+    inc.mkdir()
+    import lm_eval
+
+    src = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml"
+    (inc / "gsm8k_local.yaml").write_text(
+        f"include: {src}\ntask: gsm8k_local\ndataset_path: json\ndataset_name: null\n"
+        f"dataset_kwargs:\n  data_files:\n    train: {GSM8K}\ntest_split: train\nfewshot_split: train\n"
+        "training_split: train\ntag: []\n", encoding="utf-8")
+    tm = TaskManager(include_path=str(inc))
+    shots = args.gen_shots
+    t0, c0 = time.perf_counter(), time.process_time()
+    with PeakRSS() as rss_ref:
+        ref = simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=["gsm8k_local"],
+                              task_manager=tm, num_fewshot=shots, batch_size=args.lm_eval_batch, device=args.device,
+                              limit=args.gen_limit, log_samples=True, verbosity="ERROR")
+    t_ref, c_ref = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    with PeakRSS() as rss_ours:
+        lm = LocalLM(model_dir, device=args.device)
+        ours = evaluate(lm, ["gsm8k"], EvalConfig(data_dir=str(tmp / "gen"), num_fewshot=shots,
+                                                  limit=args.gen_limit), log=lambda m: None)
+    t_ours, c_ours = time.perf_counter() - t0, time.process_time() - c0
+    # one record per doc and filter (strict-match, flexible-extract): the first of each doc
+    samples = sorted({s["doc_id"]: s for s in reversed(ref["samples"]["gsm8k_local"])}.values(),
+                     key=lambda s: s["doc_id"])
+    recs = ours["samples"]["gsm8k"]
+    same_prompt = sum(s["arguments"][0][0] == r["prompt"] for s, r in zip(samples, recs))
+    same_text = sum(s["resps"][0][0] == r["responses"][0] for s, r in zip(samples, recs))
+    n = len(recs)
+    em_k = ours["results"]["gsm8k"]["metrics"]["exact_match_flexible"]["value"]
+    em_l = ref["results"]["gsm8k_local"]["exact_match,flexible-extract"]
+    print(f"gsm8k generate_until, {n} items, {shots if shots is not None else 5}-shot, greedy, 256 new tokens: "
+          f"kollm {t_ours:.1f} s (cpu {c_ours:.1f}), lm-eval {t_ref:.1f} s (cpu {c_ref:.1f}), "
+          f"ratio {t_ref / t_ours:.2f} (cpu {c_ref / c_ours:.2f}); same prompts {same_prompt}/{n}, same "
+          f"generations {same_text}/{n}; flexible EM kollm {em_k:.4f} / lm-eval {em_l:.4f}", flush=True)
+    for s, r in zip(samples, recs):
+        if s["resps"][0][0] != r["responses"][0]:
+            print(f"  differs, item {r['index']}: kollm {r['responses'][0][:120]!r}\n"
+                  f"                  lm-eval {s['resps'][0][0][:120]!r}")
+    return {"gen_ratio": round(t_ref / t_ours, 3), "gen_cpu_ratio": round(c_ref / c_ours, 3),
+            "gen_kollm_s": round(t_ours, 2), "gen_lm_eval_s": round(t_ref, 2), "gen_items": n,
+            "gen_same": same_text == n and same_prompt == n, "gen_kollm_peak_rss_gb": round(rss_ours.gb, 2),
+            "gen_lm_eval_peak_rss_gb": round(rss_ref.gb, 2)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tasks", default="kobest_copa,kobest_hellaswag,kobest_boolq")
@@ -111,6 +205,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads for both harnesses (1: least disturbed by other jobs on a shared box)")
+    p.add_argument("--gen-limit", type=int, default=100, help="GSM8K items for the generation bench (0: skip it)")
+    p.add_argument("--gen-shots", type=int, default=None, help="GSM8K shots (None: the task's 5)")
+    p.add_argument("--gen-only", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -138,7 +235,7 @@ def main() -> None:
     print(f"{'task':<18} {'items':>5} {'kollm it/s':>11} {'rows it/s':>10} {'lm-eval it/s':>13} {'ratio':>6} "
           f"{'cpu ratio':>8} {'max|dLL|':>9} {'acc k/l':>13}")
     warmed = False
-    for task in args.tasks.split(","):
+    for task in [] if args.gen_only else args.tasks.split(","):
         parquet = hf_layout(task, args.limit, tmp)
         name = lm_eval_yaml(task, parquet, inc)
         tm = TaskManager(include_path=str(inc))
@@ -152,15 +249,21 @@ def main() -> None:
         runs = {}
         for _ in range(args.repeats):  # interleaved, best of N: the machine's load drifts between runs
             t0, c0 = time.perf_counter(), time.process_time()
-            ref = simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=[name],
-                                  task_manager=tm, num_fewshot=0, batch_size=args.lm_eval_batch, device=args.device,
-                                  log_samples=True, verbosity="ERROR")
+            with PeakRSS() as rss:
+                ref = simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=[name],
+                                      task_manager=tm, num_fewshot=0, batch_size=args.lm_eval_batch,
+                                      device=args.device, log_samples=True, verbosity="ERROR")
+            peak["lm_eval_peak_rss_gb"] = max(peak.get("lm_eval_peak_rss_gb", 0), round(rss.gb, 2))
             timings["lm-eval"].append(time.perf_counter() - t0)
             cpu["lm-eval"].append(time.process_time() - c0)
             for mode in modes:
                 t0, c0 = time.perf_counter(), time.process_time()
-                lm = LocalLM(model_dir, device=args.device, mode=mode)
-                runs[mode] = evaluate(lm, [task], EvalConfig(data_dir=str(tmp), num_fewshot=0), log=lambda m: None)
+                with PeakRSS() as rss:
+                    lm = LocalLM(model_dir, device=args.device, mode=mode)
+                    runs[mode] = evaluate(lm, [task], EvalConfig(data_dir=str(tmp), num_fewshot=0),
+                                          log=lambda m: None)
+                if mode == "packed":
+                    peak["kollm_peak_rss_gb"] = max(peak.get("kollm_peak_rss_gb", 0), round(rss.gb, 2))
                 timings[mode].append(time.perf_counter() - t0)
                 cpu[mode].append(time.process_time() - c0)
         best = {k: min(v) if v else float("nan") for k, v in timings.items()}
@@ -185,11 +288,13 @@ def main() -> None:
               f"{best_cpu['lm-eval'] / best_cpu['packed']:>8.2f} {dmax:>9.2e} {acc_k:>6.4f}/{acc_l:.4f}", flush=True)
     # ru_maxrss: the process's peak (KiB on Linux); both harnesses run in this one process, so it
     # is the larger of the two, not each one's.
+    gen = bench_gen(model_dir, tmp, args) if args.gen_limit else {"gen_ratio": None}
     peak["process_peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-    print(json.dumps({"model": str(desc), "mc_ratio": round(total["lm-eval"] / total["packed"], 3),
-                      "mc_cpu_ratio": round(total_cpu["lm-eval"] / total_cpu["packed"], 3),
-                      "kollm_s": round(total["packed"], 2), "lm_eval_s": round(total["lm-eval"], 2),
-                      "gen_ratio": None, "identical": identical, **peak}))
+    mc = {"mc_ratio": round(total["lm-eval"] / total["packed"], 3),
+          "mc_cpu_ratio": round(total_cpu["lm-eval"] / total_cpu["packed"], 3),
+          "kollm_s": round(total["packed"], 2), "lm_eval_s": round(total["lm-eval"], 2)} if total["packed"] else {}
+    print(json.dumps({"model": str(desc), **mc, **gen, "identical": identical and gen.get("gen_same", True),
+                      **peak}))
 
 
 if __name__ == "__main__":
