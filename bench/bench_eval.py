@@ -232,7 +232,7 @@ def main() -> None:
     total_cpu = {"lm-eval": 0.0, "packed": 0.0}
     identical = True
     peak = {}
-    print(f"{'task':<18} {'items':>5} {'kollm it/s':>11} {'rows it/s':>10} {'lm-eval it/s':>13} {'ratio':>6} "
+    print(f"{'task':<18} {'items':>5} {'kollm s':>8} {'rows s':>8} {'lm-eval s':>9} {'ratio':>6} "
           f"{'cpu ratio':>8} {'max|dLL|':>9} {'acc k/l':>13}")
     warmed = False
     for task in [] if args.gen_only else args.tasks.split(","):
@@ -283,8 +283,8 @@ def main() -> None:
         same_pick = all(pick([r[0] for r in s["filtered_resps"]]) == pick([r[0] for r in rec["responses"]])
                         for s, rec in zip(samples, ours["samples"][task]))
         identical &= same_pick and dmax <= args.tol and len(samples) == n
-        print(f"{task:<18} {n:>5} {n / best['packed']:>11.1f} {n / best['rows']:>10.1f} "
-              f"{n / best['lm-eval']:>13.1f} {best['lm-eval'] / best['packed']:>6.2f} "
+        print(f"{task:<18} {n:>5} {best['packed']:>8.1f} {best['rows']:>8.1f} "
+              f"{best['lm-eval']:>9.1f} {best['lm-eval'] / best['packed']:>6.2f} "
               f"{best_cpu['lm-eval'] / best_cpu['packed']:>8.2f} {dmax:>9.2e} {acc_k:>6.4f}/{acc_l:.4f}", flush=True)
     # ru_maxrss: the process's peak (KiB on Linux); both harnesses run in this one process, so it
     # is the larger of the two, not each one's.
