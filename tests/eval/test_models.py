@@ -125,6 +125,23 @@ def test_generate_equals_transformers_greedy_and_cuts_at_stop(model_dir, local_l
         == outs[0][: outs[0].find(stop)]
 
 
+def test_packed_row_runs_context_once_and_each_continuation_but_its_last_token(model_dir):
+    """The body runs exactly context + sum(len(continuation) - 1) tokens per item (a continuation's
+    last token predicts nothing scored), and the log-likelihoods still equal transformers'."""
+    lm = LocalLM(model_dir, batch_tokens=1)  # one item per forward
+    run = []
+    hidden = lm._hidden
+    lm._hidden = lambda ids, pos, mask: (run.append(ids.shape[1]), hidden(ids, pos, mask))[1]
+    pairs = PAIRS[:5]
+    ours = lm.loglikelihood(pairs)
+    enc = [lm.encode_pair(c, x) for c, x in pairs]
+    want = sorted([len(enc[0][0]) + len(enc[0][1]) + len(enc[1][1]) - 2,
+                   len(enc[2][0]) + sum(len(e[1]) - 1 for e in enc[2:5])], reverse=True)
+    assert run == want
+    for (a, ga), (b, gb) in zip(ours, reference(model_dir, lm, pairs)):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(b)) and ga == gb
+
+
 def test_generation_runs_continuously_batched_as_each_prompt_alone(model_dir, monkeypatch):
     """Generation goes through the serve engine: with 2 rows for 6 prompts of different lengths,
     budgets and stops, a finished row's place is taken mid-run (more prefills than a static
