@@ -1,9 +1,11 @@
-"""Multiple-choice evaluation speed: kollm's harness against lm-evaluation-harness's Hugging Face
-back-end, same model, same rows, same prompts (lm-eval's own KoBEST task configs pointed at
-local parquet files), items/s and the ratio, plus the largest per-request log-likelihood gap.
+"""Evaluation speed: kollm's harness against lm-evaluation-harness's Hugging Face back-end, same
+model, same rows, same prompts (lm-eval's own KoBEST and GSM8K task configs pointed at local
+files): multiple choice (seconds, ratio, the largest per-request log-likelihood gap) and GSM8K
+generate_until (ratio, generations compared item by item).
 
     .venv/bin/python bench/bench_eval.py [--tasks kobest_copa,kobest_hellaswag,kobest_boolq] [--limit 200]
         [--dim 512 --layers 8 | --model DIR] [--device cpu] [--threads 1] [--repeats 2] [--no-rows]
+        [--gen-limit 100 (0: no generation) --gen-shots N --gen-only]
 
 Needs the `bench` extra (lm_eval, accelerate) and the shared dev data. The model is a random
 Llama of the given size with a byte-level BPE trained on the KoBEST train split, written once
@@ -13,8 +15,9 @@ and its own request building (what a user waits for); lm-eval imports and its on
 are excluded; runs are interleaved and the best of `--repeats` is kept (shared machines drift).
 "ratio" is wall time lm-eval / kollm; "cpu ratio" the same with process CPU time, which other
 jobs on a shared machine disturb less. The last line on stdout is one JSON object: mc_ratio and
-mc_cpu_ratio (all tasks' lm-eval time / kollm's), gen_ratio (null: generation is not benched yet),
-identical (every item's predicted choice agrees and every log-likelihood within --tol), peak RSS.
+mc_cpu_ratio (all tasks' lm-eval time / kollm's), gen_ratio and gen_cpu_ratio (GSM8K, one run each,
+null with --gen-limit 0), identical (every item's predicted choice agrees, every log-likelihood
+within --tol, every generation equal), each harness's peak RSS during its own runs.
 """
 
 from __future__ import annotations
