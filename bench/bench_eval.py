@@ -1,9 +1,11 @@
-"""Multiple-choice evaluation speed: kollm's harness against lm-evaluation-harness's Hugging Face
-back-end, same model, same rows, same prompts (lm-eval's own KoBEST task configs pointed at
-local parquet files), items/s and the ratio, plus the largest per-request log-likelihood gap.
+"""Evaluation speed: kollm's harness against lm-evaluation-harness's Hugging Face back-end, same
+model, same rows, same prompts (lm-eval's own KoBEST and GSM8K task configs pointed at local
+files): multiple choice (seconds, ratio, the largest per-request log-likelihood gap) and GSM8K
+generate_until (ratio, generations compared item by item).
 
     .venv/bin/python bench/bench_eval.py [--tasks kobest_copa,kobest_hellaswag,kobest_boolq] [--limit 200]
         [--dim 512 --layers 8 | --model DIR] [--device cpu] [--threads 1] [--repeats 2] [--no-rows]
+        [--gen-limit 100 (0: no generation) --gen-shots N --gen-only]
 
 Needs the `bench` extra (lm_eval, accelerate) and the shared dev data. The model is a random
 Llama of the given size with a byte-level BPE trained on the KoBEST train split, written once
@@ -13,8 +15,9 @@ and its own request building (what a user waits for); lm-eval imports and its on
 are excluded; runs are interleaved and the best of `--repeats` is kept (shared machines drift).
 "ratio" is wall time lm-eval / kollm; "cpu ratio" the same with process CPU time, which other
 jobs on a shared machine disturb less. The last line on stdout is one JSON object: mc_ratio and
-mc_cpu_ratio (all tasks' lm-eval time / kollm's), gen_ratio (null: generation is not benched yet),
-identical (every item's predicted choice agrees and every log-likelihood within --tol), peak RSS.
+mc_cpu_ratio (all tasks' lm-eval time / kollm's), gen_ratio and gen_cpu_ratio (GSM8K, one run each,
+null with --gen-limit 0), identical (every item's predicted choice agrees, every log-likelihood
+within --tol, every generation equal), each harness's peak RSS during its own runs.
 """
 
 from __future__ import annotations
@@ -97,6 +100,100 @@ def lm_eval_yaml(task: str, parquet: Path, include_dir: Path) -> str:
     return f"{task}_local"
 
 
+class PeakRSS:
+    """The largest resident set size seen while the block runs (sampled every 20 ms): each harness's
+    own peak, where ru_maxrss would give the process's over both."""
+
+    def __enter__(self):
+        import gc
+        import threading
+
+        gc.collect()
+        self.peak, self._stop = 0, threading.Event()
+
+        def watch():
+            page = os.sysconf("SC_PAGE_SIZE")
+            while True:
+                with open("/proc/self/statm") as f:
+                    self.peak = max(self.peak, int(f.read().split()[1]) * page)
+                if self._stop.wait(0.02):
+                    return
+
+        self._thread = threading.Thread(target=watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def gb(self) -> float:
+        return self.peak / 2**30
+
+
+GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval-dev" / "gsm8k" / "train.jsonl"
+
+
+def bench_gen(model_dir: Path, tmp: Path, args) -> dict:
+    """GSM8K generate_until, both harnesses on the same rows: the shared copy holds only the train
+    split, so both evaluate its first `--gen-limit` rows with shots drawn from all of it (the item
+    itself excluded), lm-eval through its own gsm8k config with the split names pointed there."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from kollm.eval.harness import EvalConfig, evaluate
+    from kollm.eval.models import LocalLM
+
+    data = tmp / "gen" / "gsm8k"
+    data.mkdir(parents=True)
+    (data / "train.jsonl").symlink_to(GSM8K)
+    inc = tmp / "gen_tasks"
+    inc.mkdir()
+    import lm_eval
+
+    src = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml"
+    (inc / "gsm8k_local.yaml").write_text(
+        f"include: {src}\ntask: gsm8k_local\ndataset_path: json\ndataset_name: null\n"
+        f"dataset_kwargs:\n  data_files:\n    train: {GSM8K}\ntest_split: train\nfewshot_split: train\n"
+        "training_split: train\ntag: []\n", encoding="utf-8")
+    tm = TaskManager(include_path=str(inc))
+    shots = args.gen_shots
+    t0, c0 = time.perf_counter(), time.process_time()
+    with PeakRSS() as rss_ref:
+        ref = simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=["gsm8k_local"],
+                              task_manager=tm, num_fewshot=shots, batch_size=args.lm_eval_batch, device=args.device,
+                              limit=args.gen_limit, log_samples=True, verbosity="ERROR")
+    t_ref, c_ref = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    with PeakRSS() as rss_ours:
+        lm = LocalLM(model_dir, device=args.device)
+        ours = evaluate(lm, ["gsm8k"], EvalConfig(data_dir=str(tmp / "gen"), num_fewshot=shots,
+                                                  limit=args.gen_limit), log=lambda m: None)
+    t_ours, c_ours = time.perf_counter() - t0, time.process_time() - c0
+    # one record per doc and filter (strict-match, flexible-extract): the first of each doc
+    samples = sorted({s["doc_id"]: s for s in reversed(ref["samples"]["gsm8k_local"])}.values(),
+                     key=lambda s: s["doc_id"])
+    recs = ours["samples"]["gsm8k"]
+    same_prompt = sum(s["arguments"][0][0] == r["prompt"] for s, r in zip(samples, recs))
+    same_text = sum(s["resps"][0][0] == r["responses"][0] for s, r in zip(samples, recs))
+    n = len(recs)
+    em_k = ours["results"]["gsm8k"]["metrics"]["exact_match_flexible"]["value"]
+    em_l = ref["results"]["gsm8k_local"]["exact_match,flexible-extract"]
+    print(f"gsm8k generate_until, {n} items, {shots if shots is not None else 5}-shot, greedy, 256 new tokens: "
+          f"kollm {t_ours:.1f} s (cpu {c_ours:.1f}), lm-eval {t_ref:.1f} s (cpu {c_ref:.1f}), "
+          f"ratio {t_ref / t_ours:.2f} (cpu {c_ref / c_ours:.2f}); same prompts {same_prompt}/{n}, same "
+          f"generations {same_text}/{n}; flexible EM kollm {em_k:.4f} / lm-eval {em_l:.4f}", flush=True)
+    for s, r in zip(samples, recs):
+        if s["resps"][0][0] != r["responses"][0]:
+            print(f"  differs, item {r['index']}: kollm {r['responses'][0][:120]!r}\n"
+                  f"                  lm-eval {s['resps'][0][0][:120]!r}")
+    return {"gen_ratio": round(t_ref / t_ours, 3), "gen_cpu_ratio": round(c_ref / c_ours, 3),
+            "gen_kollm_s": round(t_ours, 2), "gen_lm_eval_s": round(t_ref, 2), "gen_items": n,
+            "gen_same": same_text == n and same_prompt == n, "gen_kollm_peak_rss_gb": round(rss_ours.gb, 2),
+            "gen_lm_eval_peak_rss_gb": round(rss_ref.gb, 2)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tasks", default="kobest_copa,kobest_hellaswag,kobest_boolq")
@@ -111,6 +208,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads for both harnesses (1: least disturbed by other jobs on a shared box)")
+    p.add_argument("--gen-limit", type=int, default=100, help="GSM8K items for the generation bench (0: skip it)")
+    p.add_argument("--gen-shots", type=int, default=None, help="GSM8K shots (None: the task's 5)")
+    p.add_argument("--gen-only", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -135,10 +235,10 @@ def main() -> None:
     total_cpu = {"lm-eval": 0.0, "packed": 0.0}
     identical = True
     peak = {}
-    print(f"{'task':<18} {'items':>5} {'kollm it/s':>11} {'rows it/s':>10} {'lm-eval it/s':>13} {'ratio':>6} "
+    print(f"{'task':<18} {'items':>5} {'kollm s':>8} {'rows s':>8} {'lm-eval s':>9} {'ratio':>6} "
           f"{'cpu ratio':>8} {'max|dLL|':>9} {'acc k/l':>13}")
     warmed = False
-    for task in args.tasks.split(","):
+    for task in [] if args.gen_only else args.tasks.split(","):
         parquet = hf_layout(task, args.limit, tmp)
         name = lm_eval_yaml(task, parquet, inc)
         tm = TaskManager(include_path=str(inc))
@@ -152,15 +252,21 @@ def main() -> None:
         runs = {}
         for _ in range(args.repeats):  # interleaved, best of N: the machine's load drifts between runs
             t0, c0 = time.perf_counter(), time.process_time()
-            ref = simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=[name],
-                                  task_manager=tm, num_fewshot=0, batch_size=args.lm_eval_batch, device=args.device,
-                                  log_samples=True, verbosity="ERROR")
+            with PeakRSS() as rss:
+                ref = simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=[name],
+                                      task_manager=tm, num_fewshot=0, batch_size=args.lm_eval_batch,
+                                      device=args.device, log_samples=True, verbosity="ERROR")
+            peak["lm_eval_peak_rss_gb"] = max(peak.get("lm_eval_peak_rss_gb", 0), round(rss.gb, 2))
             timings["lm-eval"].append(time.perf_counter() - t0)
             cpu["lm-eval"].append(time.process_time() - c0)
             for mode in modes:
                 t0, c0 = time.perf_counter(), time.process_time()
-                lm = LocalLM(model_dir, device=args.device, mode=mode)
-                runs[mode] = evaluate(lm, [task], EvalConfig(data_dir=str(tmp), num_fewshot=0), log=lambda m: None)
+                with PeakRSS() as rss:
+                    lm = LocalLM(model_dir, device=args.device, mode=mode)
+                    runs[mode] = evaluate(lm, [task], EvalConfig(data_dir=str(tmp), num_fewshot=0),
+                                          log=lambda m: None)
+                if mode == "packed":
+                    peak["kollm_peak_rss_gb"] = max(peak.get("kollm_peak_rss_gb", 0), round(rss.gb, 2))
                 timings[mode].append(time.perf_counter() - t0)
                 cpu[mode].append(time.process_time() - c0)
         best = {k: min(v) if v else float("nan") for k, v in timings.items()}
@@ -180,16 +286,18 @@ def main() -> None:
         same_pick = all(pick([r[0] for r in s["filtered_resps"]]) == pick([r[0] for r in rec["responses"]])
                         for s, rec in zip(samples, ours["samples"][task]))
         identical &= same_pick and dmax <= args.tol and len(samples) == n
-        print(f"{task:<18} {n:>5} {n / best['packed']:>11.1f} {n / best['rows']:>10.1f} "
-              f"{n / best['lm-eval']:>13.1f} {best['lm-eval'] / best['packed']:>6.2f} "
+        print(f"{task:<18} {n:>5} {best['packed']:>8.1f} {best['rows']:>8.1f} "
+              f"{best['lm-eval']:>9.1f} {best['lm-eval'] / best['packed']:>6.2f} "
               f"{best_cpu['lm-eval'] / best_cpu['packed']:>8.2f} {dmax:>9.2e} {acc_k:>6.4f}/{acc_l:.4f}", flush=True)
     # ru_maxrss: the process's peak (KiB on Linux); both harnesses run in this one process, so it
     # is the larger of the two, not each one's.
+    gen = bench_gen(model_dir, tmp, args) if args.gen_limit else {"gen_ratio": None}
     peak["process_peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-    print(json.dumps({"model": str(desc), "mc_ratio": round(total["lm-eval"] / total["packed"], 3),
-                      "mc_cpu_ratio": round(total_cpu["lm-eval"] / total_cpu["packed"], 3),
-                      "kollm_s": round(total["packed"], 2), "lm_eval_s": round(total["lm-eval"], 2),
-                      "gen_ratio": None, "identical": identical, **peak}))
+    mc = {"mc_ratio": round(total["lm-eval"] / total["packed"], 3),
+          "mc_cpu_ratio": round(total_cpu["lm-eval"] / total_cpu["packed"], 3),
+          "kollm_s": round(total["packed"], 2), "lm_eval_s": round(total["lm-eval"], 2)} if total["packed"] else {}
+    print(json.dumps({"model": str(desc), **mc, **gen, "identical": identical and gen.get("gen_same", True),
+                      **peak}))
 
 
 if __name__ == "__main__":

@@ -125,6 +125,46 @@ def test_generate_equals_transformers_greedy_and_cuts_at_stop(model_dir, local_l
         == outs[0][: outs[0].find(stop)]
 
 
+def test_packed_row_runs_context_once_and_each_continuation_but_its_last_token(model_dir):
+    """The body runs exactly context + sum(len(continuation) - 1) tokens per item (a continuation's
+    last token predicts nothing scored), and the log-likelihoods still equal transformers'."""
+    lm = LocalLM(model_dir, batch_tokens=1)  # one item per forward
+    run = []
+    hidden = lm._hidden
+    lm._hidden = lambda ids, pos, mask: (run.append(ids.shape[1]), hidden(ids, pos, mask))[1]
+    pairs = PAIRS[:5]
+    ours = lm.loglikelihood(pairs)
+    enc = [lm.encode_pair(c, x) for c, x in pairs]
+    want = sorted([len(enc[0][0]) + len(enc[0][1]) + len(enc[1][1]) - 2,
+                   len(enc[2][0]) + sum(len(e[1]) - 1 for e in enc[2:5])], reverse=True)
+    assert run == want
+    for (a, ga), (b, gb) in zip(ours, reference(model_dir, lm, pairs)):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(b)) and ga == gb
+
+
+def test_generation_runs_continuously_batched_as_each_prompt_alone(model_dir, monkeypatch):
+    """Generation goes through the serve engine: with 2 rows for 6 prompts of different lengths,
+    budgets and stops, a finished row's place is taken mid-run (more prefills than a static
+    batching's 3), longest prompt first, and every answer is the prompt's answer alone."""
+    from kollm.serve.engine import Engine
+
+    prompts = ["Question: How many apples?\nAnswer:", "서울은 대한민국의", "한국어와 영어를 함께 배우는 언어 모델입니다. 질문:",
+               "The following are", "1", "Question: 2+2?\nAnswer: 4 #### 4\n\nQuestion: 3?\nAnswer:"]
+    reqs = [Request("generate", (p,), stop=("#",) if i % 2 else (), max_new_tokens=3 + 4 * (i % 3))
+            for i, p in enumerate(prompts)]
+    lm = LocalLM(model_dir, gen_rows=2)
+    seen = []
+    run = Engine.run
+    monkeypatch.setattr(Engine, "run", lambda self, rs: (seen.append((self, rs)), run(self, rs))[1])
+    outs = lm.generate(reqs)
+    engine, queued = seen[0]
+    assert engine.stats["peak_running"] == 2 and engine.stats["prefills"] > 3
+    lens = [len(r.seqs[0].prompt) for r in queued]
+    assert lens == sorted(lens, reverse=True) and len(set(lens)) > 3
+    alone = [LocalLM(model_dir, gen_rows=1).generate([r])[0] for r in reqs]
+    assert outs == alone and any(outs)
+
+
 def _reply(call):
     if call.path == "/v1/chat/completions":
         return "echo: " + call.body["messages"][0]["content"] + " STOP tail"

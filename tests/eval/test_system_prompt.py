@@ -20,14 +20,13 @@ def test_endpoint_sends_the_system_message(openai_stub):
 
 
 def test_local_model_renders_the_system_turn(write_tiny_llama, tmp_path, monkeypatch):
-    import kollm.model.generate as gen
+    import kollm.serve.engine as engine
 
     d = write_tiny_llama(tmp_path / "m", ["1+1=2"] * 20, ["<pad>", "<s>", "</s>"], 64, 32, 128, 0.5,
                          chat_template=TEMPLATE)
     m = LocalLM(d, max_length=64)
     m.system_prompt = "Be brief."
     seen = []
-    monkeypatch.setattr(gen, "generate", lambda model, prompts, cfg, decode=None: seen.extend(prompts) or
-                        [[] for _ in prompts])
+    monkeypatch.setattr(engine.Engine, "run", lambda self, reqs: seen.extend(s.prompt for r in reqs for s in r.seqs))
     m.generate([Request("generate", ("1+1=",), max_new_tokens=2, chat=True)])
     assert m.tokenizer.decode(seen[0]) == "<|system|>Be brief.</s><|user|>1+1=</s><|assistant|>"

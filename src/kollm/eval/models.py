@@ -49,7 +49,7 @@ class LocalLM:
     def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None,
                  batch_tokens: int | None = None, max_length: int | None = None, add_bos: bool = False,
                  mode: Literal["packed", "rows"] = "packed", model=None, tokenizer=None,
-                 compile: bool | None = None):
+                 compile: bool | None = None, gen_rows: int | None = None):
         from transformers import AutoTokenizer
 
         from kollm.model.hf import load_hf, require_tokenizer
@@ -69,6 +69,9 @@ class LocalLM:
             raise ValueError(f"mode must be packed or rows, got {mode!r}")
         self.mode = mode
         self.compile = compile  # generation's decode step (kollm.model.generate): None = on for CUDA
+        # Rows decoded together by generation: CPU decode steps cost ~ rows x weights (compute
+        # bound), so more rows buy little there; a GPU reads the weights once for all of them.
+        self.gen_rows = gen_rows or (64 if self.device.type == "cuda" else 16)
         self.system_prompt: str | None = None  # chat requests: a system turn first (`kollm eval --system-prompt`)
         tok = self.tokenizer
         self.prefix_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
@@ -126,7 +129,9 @@ class LocalLM:
         if len(ctx) > self.max_length - longest:
             self.truncated.update(idx)
         ctx = ctx[-(self.max_length - longest):]
-        return ctx, conts, idx, len(ctx) + sum(len(c) for c in conts)
+        # A continuation's last token predicts nothing that is scored and no later token sees it:
+        # it is not run (its log-probability comes from the position before it).
+        return ctx, conts, idx, len(ctx) + sum(len(c) - 1 for c in conts)
 
     def _run(self, batch, out: list[tuple[float, bool]]) -> None:
         B, T = len(batch), batch[0][3]
@@ -143,13 +148,14 @@ class LocalLM:
             seg[b, :L] = 0
             at = L
             for j, (c, i) in enumerate(zip(conts, idx)):
-                ids[b, at:at + len(c)] = torch.tensor(c)
-                pos[b, at:at + len(c)] = torch.arange(L, L + len(c))
-                seg[b, at:at + len(c)] = j + 1
+                n = len(c) - 1  # tokens run: all but the last
+                ids[b, at:at + n] = torch.tensor(c[:-1])
+                pos[b, at:at + n] = torch.arange(L, L + n)
+                seg[b, at:at + n] = j + 1
                 # token c[0] is predicted by the context's last position, c[k] by c[k-1]'s position
-                predictors = [L - 1] + list(range(at, at + len(c) - 1))
+                predictors = [L - 1] + list(range(at, at + n))
                 targets.append((i, b, predictors, c))
-                at += len(c)
+                at += n
         causal = torch.ones(T, T, dtype=torch.bool).tril()
         q, k = seg[:, :, None], seg[:, None, :]
         mask = causal & (k >= 0) & ((k == 0) | (k == q))
@@ -183,41 +189,41 @@ class LocalLM:
         return m.model.norm(h)
 
     # --- generation ---------------------------------------------------------------------------
-    def generate(self, requests: Sequence[Request], batch_size: int = 16) -> list[str]:
-        from kollm.data.chat import encode_prompt
-        from kollm.model.generate import GenerationConfig, generate
+    def generate(self, requests: Sequence[Request]) -> list[str]:
+        """Greedy generation through `kollm serve`'s continuous-batching engine, run offline:
+        prompts queued longest first, a finished row's place taken by the next prompt at the next
+        step (a static batch waits for its longest row), decode step compiled where `compile` says."""
+        from kollm.data.chat import encode_prompt, stop_token_ids
+        from kollm.model.generate import use_compile
+        from kollm.serve.engine import Engine, SamplingParams
+        from kollm.serve.engine import Request as EngineRequest
 
-        def decode(ids: list[int]) -> str:
-            return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-        from kollm.data.chat import stop_token_ids
-
-        eos = stop_token_ids(self.tokenizer)  # EOS, and a chat reply's end of turn
-        out = [""] * len(requests)
         self.truncated = set()  # requests whose prompt lost its start to fit the context (the harness counts them)
-        by_cfg: dict[tuple, list[int]] = {}
+        jobs = []  # (request index, prompt ids, sampling params)
         for i, r in enumerate(requests):
-            by_cfg.setdefault((r.stop, r.max_new_tokens, r.chat), []).append(i)
-        for (stop, max_new, chat), idx in by_cfg.items():
             # The prompt keeps its last (max_length - max_new) tokens, as lm-eval does; a budget that
             # leaves it nothing (CoT and IFEval ask for 1,024+ tokens) is capped at half the context.
-            if max_new >= self.max_length:
-                max_new = self.max_length // 2
-            cfg = GenerationConfig(max_new_tokens=max_new, stop_token_ids=eos, stop_strings=list(stop),
-                                   compile=self.compile)
-            prompts = []
-            for i in idx:
-                text = requests[i].args[0]
-                ids = encode_prompt(self.tokenizer, text, True, self.system_prompt) if chat else self.encode(text)
-                if len(ids) > self.max_length - max_new:
-                    self.truncated.add(i)
-                prompts.append((ids or [self.prefix_id])[-(self.max_length - max_new):])
-            order = sorted(range(len(idx)), key=lambda j: -len(prompts[j]))
-            for s in range(0, len(order), batch_size):
-                part = order[s:s + batch_size]
-                gens = generate(self.model, [prompts[j] for j in part], cfg, decode)
-                for j, g in zip(part, gens):
-                    out[idx[j]] = cut_at_stop(decode(g), stop)
+            max_new = r.max_new_tokens if r.max_new_tokens < self.max_length else self.max_length // 2
+            text = r.args[0]
+            ids = encode_prompt(self.tokenizer, text, True, self.system_prompt) if r.chat else self.encode(text)
+            if len(ids) > self.max_length - max_new:
+                self.truncated.add(i)
+            ids = (ids or [self.prefix_id])[-(self.max_length - max_new):]
+            jobs.append((i, ids, SamplingParams(max_tokens=max_new, temperature=0.0, stop=tuple(r.stop))))
+        jobs.sort(key=lambda j: -len(j[1]))  # similar lengths prefill together, the longest first
+        bound = max((len(ids) + p.max_tokens for _, ids, p in jobs), default=1)
+        engine = Engine(self.model, self.tokenizer, stop_token_ids(self.tokenizer), max_batch=self.gen_rows,
+                        kv_budget_tokens=max(bound, self.gen_rows * bound), max_prefill_tokens=self.batch_tokens * 4,
+                        compile=use_compile(self.compile, self.device, self.model))
+        reqs = [EngineRequest([ids], p, 1, None, stream=False) for _, ids, p in jobs]
+        engine.run(reqs)
+        out = [""] * len(requests)
+        for (i, *_), q in zip(jobs, reqs):
+            got = q.done[0] if q.done else None
+            if got is None or isinstance(got, Exception):  # this sequence failed (NaN logits...), not the run
+                out[i] = Failed("engine_error", str(got)[:300] if got else "no output")
+            else:
+                out[i] = cut_at_stop(got[0].text, requests[i].stop)
         return out
 
 

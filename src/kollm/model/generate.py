@@ -1,8 +1,9 @@
 """Autoregressive generation with a KV cache: greedy, temperature, top-k, top-p, stop criteria.
 
-The one generator of kollm: `kollm generate`, evaluation's generation tasks, GRPO and online-DPO
-rollouts call `generate`; `kollm serve`'s continuous-batching engine keeps its own scheduling but
-decodes with the same static cache and compiled step (`forward_static`, `decode_step`).
+The one generator of kollm: `kollm generate`, GRPO and online-DPO rollouts call `generate`;
+`kollm serve`'s continuous-batching engine (also what evaluation's generation tasks run, offline)
+keeps its own scheduling but decodes with the same static cache and compiled step
+(`forward_static`, `decode_step`).
 
 Follows the sampling order of transformers' `generate` (temperature → top-k → top-p → sample) and
 its output convention (a stop token is kept as the last generated token). A batch of prompts is

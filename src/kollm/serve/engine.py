@@ -123,9 +123,11 @@ class Request:
     """One HTTP request's choices. The model thread puts lists of `Output` (or an `EngineError`)
     on `queue`, through the event loop that created the request."""
 
-    def __init__(self, prompts: list[list[int]], params: SamplingParams, n: int, loop: asyncio.AbstractEventLoop,
-                 stream: bool = True):
-        self.loop, self.queue = loop, asyncio.Queue()
+    def __init__(self, prompts: list[list[int]], params: SamplingParams, n: int,
+                 loop: asyncio.AbstractEventLoop | None, stream: bool = True):
+        # loop None: offline (`Engine.run`), what the model thread puts is kept in `done`
+        self.loop, self.queue = loop, asyncio.Queue() if loop is not None else None
+        self.done: list = []
         self.cancelled = False
         self.weights: set[int] = set()  # the weights versions its sequences were admitted under
         self.stream = stream  # False: one Output per choice, when it finishes (no per-step wake-ups)
@@ -133,6 +135,9 @@ class Request:
                      for j in range(n)]
 
     def put(self, item) -> None:
+        if self.loop is None:
+            self.done.append(item)
+            return
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the event loop is closed: nobody is listening any more
@@ -231,16 +236,35 @@ class Engine:
                 if self.update is not None and self.batch is None:
                     self._apply_update()
                     continue
-                try:
-                    self._drop_cancelled()
-                    if self.batch is not None:
-                        self._decode_step()
-                    if new:
-                        self._prefill(new)
-                except Exception as e:  # never leave a client waiting on a dead thread
-                    self._fail([s for s in (self.batch.seqs if self.batch else [])] + new, e)
-                    self.batch = None
-                self.stats["running"] = len(self.batch.seqs) if self.batch else 0
+                self._iterate(new)
+
+    def run(self, reqs: list[Request]) -> None:
+        """Offline batch generation in the calling thread (the model thread not started): the
+        requests (made with loop=None) are queued in order and served to completion by the same
+        iterations as the server's; each request's outputs are then in its `done`."""
+        for r in reqs:
+            if max(s.bound for s in r.seqs) > self.kv_budget:
+                raise ValueError(f"a sequence needs {max(s.bound for s in r.seqs)} cache tokens, more than "
+                                 f"kv_budget_tokens {self.kv_budget}")
+        self.max_queue = max(self.max_queue, sum(len(r.seqs) for r in reqs))
+        for r in reqs:
+            self.submit(r)
+        with torch.inference_mode():
+            while self.waiting or self.batch is not None:
+                self._iterate(self._take())
+
+    def _iterate(self, new: list[Sequence]) -> None:
+        """One decode step of the running rows, then the prefill of `new` into the batch."""
+        try:
+            self._drop_cancelled()
+            if self.batch is not None:
+                self._decode_step()
+            if new:
+                self._prefill(new)
+        except Exception as e:  # never leave a client waiting on a dead thread
+            self._fail([s for s in (self.batch.seqs if self.batch else [])] + new, e)
+            self.batch = None
+        self.stats["running"] = len(self.batch.seqs) if self.batch else 0
 
     def _ended(self) -> int:
         return self.stats["finished"] + self.stats["cancelled"] + self.stats["failed"]
