@@ -50,15 +50,16 @@ class LocalLM:
                  batch_tokens: int | None = None, max_length: int | None = None, add_bos: bool = False,
                  mode: Literal["packed", "rows"] = "packed", model=None, tokenizer=None,
                  compile: bool | None = None):
-        from transformers import AutoTokenizer
-
+        from kollm.data.chat import load_tokenizer
         from kollm.model.hf import load_hf, require_tokenizer
 
         self.path = Path(path)
         if tokenizer is None:
             require_tokenizer(self.path)
         self.model = model if model is not None else load_hf(self.path, device=device, dtype=dtype)
-        self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(self.path))
+        # kollm's default chat template where the model has none, as `kollm generate`, `kollm serve` and
+        # `kollm sft` use: a chat=true request gets the same prompt from all of them
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.path)
         self.device = next(self.model.parameters()).device
         self.max_length = max_length or self.model.config.max_seq_len
         # Tokens per forward (padded). CPU matmuls run fastest on small, cache-sized batches
