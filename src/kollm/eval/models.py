@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -36,6 +37,15 @@ def split_pair(context: str, continuation: str) -> tuple[str, str]:
     if n:
         return context[:-n], context[-n:] + continuation
     return context, continuation
+
+
+def progress_bar(total: int, desc: str):
+    """A bar on stderr for minutes of work (a real model on a CPU prints nothing for half an hour
+    otherwise); redrawn every 30 s when stderr is a log file, as the trainer's is."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="req", file=sys.stderr, dynamic_ncols=True,
+                mininterval=0.1 if sys.stderr.isatty() else 30.0)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -110,13 +120,17 @@ class LocalLM:
         units.sort(key=lambda u: -u[3])  # longest first: a too-big batch fails at once, padding stays low
         out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
         batch: list = []
+        bar = progress_bar(len(pairs), "loglikelihood")
         for u in units:
             if batch and (len(batch) + 1) * batch[0][3] > self.batch_tokens:
                 self._run(batch, out)
+                bar.update(sum(len(b[2]) for b in batch))
                 batch = []
             batch.append(u)
         if batch:
             self._run(batch, out)
+            bar.update(sum(len(b[2]) for b in batch))
+        bar.close()
         return out
 
     def _fit(self, ctx: list[int], conts: list[list[int]], idx: list[int]):
@@ -198,6 +212,7 @@ class LocalLM:
         by_cfg: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
             by_cfg.setdefault((r.stop, r.max_new_tokens, r.chat), []).append(i)
+        bar = progress_bar(len(requests), "generate")
         for (stop, max_new, chat), idx in by_cfg.items():
             # The prompt keeps its last (max_length - max_new) tokens, as lm-eval does; a budget that
             # leaves it nothing (CoT and IFEval ask for 1,024+ tokens) is capped at half the context.
@@ -218,6 +233,8 @@ class LocalLM:
                 gens = generate(self.model, [prompts[j] for j in part], cfg, decode)
                 for j, g in zip(part, gens):
                     out[idx[j]] = cut_at_stop(decode(g), stop)
+                bar.update(len(part))
+        bar.close()
         return out
 
 
