@@ -87,3 +87,54 @@ def test_an_edited_config_file_re_runs_its_stage_and_what_follows(tmp_path):
     assert list(meta["inputs"]) == [str(cfg.resolve())]  # lineage names the file and its hash
     cfg.write_text(cfg.read_text().replace("lr: 3.0e-3", "lr: 1.0e-3"))  # same arguments, new contents
     assert run_recipe(r, log=lambda *_: None) == [("plan", "ran"), ("after", "ran")]
+
+
+def test_a_data_file_kept_in_the_workdir_re_runs_its_stage_when_its_contents_change(tmp_path, monkeypatch):
+    # `--set data.train=W/data/chat.jsonl`: a user's file beside the stages in the workdir is an input,
+    # not an earlier stage's output; a new content (same path, same arguments) re-runs the stage.
+    import kollm.cli
+
+    monkeypatch.setattr(kollm.cli, "main", lambda argv: 0)
+    data = tmp_path / "w" / "data" / "chat.jsonl"
+    data.parent.mkdir(parents=True)
+    data.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n')
+    stages = [{"name": "sft", "run": "sft", "args": ["--set", f"data.train={data}", "--out", "{out}"]},
+              {"name": "dpo", "run": "dpo", "args": ["--set", "model.init_from={stages.sft}/run.json"]}]
+    r = load_recipe(_write(tmp_path, stages))
+    assert run_recipe(r, log=lambda *_: None) == [("sft", "ran"), ("dpo", "ran")]
+    assert run_recipe(r, log=lambda *_: None) == [("sft", "skipped"), ("dpo", "skipped")]
+    assert list(json.loads((tmp_path / "w" / "sft" / "run.json").read_text())["inputs"]) == [str(data.resolve())]
+    assert json.loads((tmp_path / "w" / "dpo" / "run.json").read_text())["inputs"] == {}  # an output: the chain's
+    data.write_text(data.read_text().replace('"b"', '"c"'))
+    assert run_recipe(r, log=lambda *_: None) == [("sft", "ran"), ("dpo", "ran")]
+
+
+def test_an_interrupted_stage_resumes_only_on_the_same_inputs(tmp_path, monkeypatch):
+    # A stage killed mid-run leaves its output (checkpoints) for --resume; if its data changed since,
+    # resuming would continue training on the old data, so the runner starts it afresh.
+    import kollm.cli
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("old\n")
+    seen = []
+
+    def fake_main(argv):
+        out = Path(argv[-1])
+        seen.append(sorted(p.name for p in out.iterdir()) if out.exists() else None)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "checkpoint").write_text(data.read_text())
+        return 1 if len(seen) <= 2 else 0  # the first two runs are interrupted
+
+    from pathlib import Path
+
+    monkeypatch.setattr(kollm.cli, "main", fake_main)
+    stages = [{"name": "sft", "run": "sft", "args": ["--set", f"data.train={data}", "--out", "{out}"]}]
+    r = load_recipe(_write(tmp_path, stages))
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="stage 'sft' failed"):
+            run_recipe(r, log=lambda *_: None)
+    assert seen == [None, ["checkpoint"]]  # same inputs: the interrupted output is there to resume
+    data.write_text("new\n")
+    assert run_recipe(r, log=lambda *_: None) == [("sft", "ran")]
+    assert seen[-1] is None  # other inputs: started afresh
+    assert not (tmp_path / "w" / ".sft.pending.json").exists()

@@ -32,7 +32,7 @@ def test_real_small_ko_dry_run_plans_every_stage(tmp_path, write_tiny_llama):
 
     recipe = load_recipe(RECIPE, [f"workdir={tmp_path / 'run'}", f"vars.model={model}", f"vars.data={data}",
                                   f"vars.eval_data={tmp_path / 'eval'}", "vars.cpt_steps=3", "vars.sft_steps=2",
-                                  "vars.eval_limit=5"])
+                                  "vars.eval_limit=5", "vars.eval_after_limit=3"])
     d = dry_run(recipe, defaults={"mfu": 0.4, "gen_mfu": 0.1})
     assert d["stops_at"] is None  # every named input is there
     stages = {s["name"]: s for s in d["stages"]}
@@ -47,4 +47,4 @@ def test_real_small_ko_dry_run_plans_every_stage(tmp_path, write_tiny_llama):
     (sft,) = stages["sft"]["plan"]["parts"]
     assert (cpt["tokens"], sft["tokens"]) == (3 * 2048, 2 * 2048)
     assert stages["dpo"]["plan"]["pairs"] == 24 and stages["dpo"]["plan"]["parts"][1]["steps"] == 3  # ⌈24/8⌉
-    assert stages["eval-before"]["plan"]["requests"] > 0
+    assert stages["eval-before"]["plan"]["requests"] > stages["eval-after"]["plan"]["requests"] > 0  # 5 vs 3 a task

@@ -13,10 +13,13 @@ with the same inputs and config (`kollm run RECIPE`).
 Each stage writes into `{workdir}/{name}` (`{out}`); `{stages.NAME}` is an earlier stage's output
 and `{recipe_dir}` the recipe file's directory (for configs that sit beside it). After a stage
 succeeds the runner writes `run.json` there: the stage, its arguments, the fingerprint of
-everything upstream, the kollm version and the wall time. The fingerprint chains: a stage re-runs when its own arguments
-change, when a file its arguments name outside the workdir changed (a config's contents are hashed;
-files over 16 MiB — corpora — by size and modification time), or when any stage before it re-ran,
-so lineage is exact without hashing outputs. docs/recipes.md has the format and the re-run rules.
+everything upstream, the kollm version and the wall time. The fingerprint chains: a stage re-runs
+when its own arguments change, when a file its arguments name outside the stages' outputs changed
+(a config's or a data file's contents are hashed -- data kept in the workdir too; files over 16 MiB
+-- corpora -- by size and modification time), or when any stage before it re-ran, so lineage is
+exact without hashing outputs. While a stage runs, `{workdir}/.NAME.pending.json`
+holds its fingerprint: an interrupted output of the same inputs is left for the stage to resume, one
+of other inputs is removed first. docs/recipes.md has the format and the re-run rules.
 
 A user's own data and models enter as named inputs, `vars:` (`{vars.NAME}` in arguments, set with
 `kollm run RECIPE --set vars.NAME=VALUE`): before a stage runs, every path variable its arguments
@@ -215,10 +218,11 @@ def missing_message(recipe: Recipe, stage: Stage, missing: list[tuple[str, str, 
 HASHED_BYTES = 16 << 20  # larger input files (corpora) are fingerprinted by size and mtime, not read
 
 
-def _input_files(argv: list[str], workdir: Path) -> dict[str, str]:
-    """Files named by the arguments (also as `--set key=PATH`) that lie outside the workdir: their
-    contents (or, for big ones, size and mtime) go into the fingerprint. Files inside the workdir are
-    earlier stages' outputs, already covered by the upstream chain."""
+def _input_files(argv: list[str], outputs: list[Path]) -> dict[str, str]:
+    """Files named by the arguments (also as `--set key=PATH`) that lie outside every stage's output
+    directory: their contents (or, for big ones, size and mtime) go into the fingerprint. Files in a
+    stage's output are covered by the upstream chain; anything else -- data kept beside the stages in
+    the workdir included -- is an input whose contents decide whether the stage is up to date."""
     found: dict[str, str] = {}
     for arg in argv:
         for cand in (arg, arg.partition("=")[2]):
@@ -231,7 +235,7 @@ def _input_files(argv: list[str], workdir: Path) -> dict[str, str]:
                 p = p.resolve()
             except OSError:
                 continue
-            if p.is_relative_to(workdir):
+            if any(p.is_relative_to(o) for o in outputs):
                 continue
             st = p.stat()
             digest = (hashlib.sha256(p.read_bytes()).hexdigest() if st.st_size <= HASHED_BYTES
@@ -249,7 +253,7 @@ def _walk(recipe: Recipe):
     for stage in recipe.stages:
         out = workdir / stage.name
         argv = stage.run.split() + [_expand(a, workdir, out, done, recipe.dir, recipe.vars) for a in stage.args]
-        inputs = _input_files(argv, workdir)
+        inputs = _input_files(argv, [workdir / s.name for s in recipe.stages])
         fingerprint = hashlib.sha256(json.dumps([upstream, argv, inputs], sort_keys=True).encode()).hexdigest()
         record = out / "run.json"
         current = record.exists() and json.loads(record.read_text()).get("fingerprint") == fingerprint
@@ -275,10 +279,14 @@ def run_recipe(recipe: Recipe, force: bool = False, log=print) -> list[tuple[str
             missing = [i for i in stage_inputs(recipe, stage, workdir) if not i[2]]
             if missing:
                 raise MissingInput(missing_message(recipe, stage, missing))
-            if record.exists():
-                # A finished output of other inputs is stale: start the stage afresh. An output without
-                # run.json is an interrupted run, left in place for stages that resume (pretrain --resume).
+            pending = workdir / f".{stage.name}.pending.json"  # beside, not in, the output: stages want it empty
+            if record.exists() or (out.exists() and pending.exists()
+                                   and json.loads(pending.read_text()).get("fingerprint") != fingerprint):
+                # A finished output of other inputs is stale: start the stage afresh. So is an interrupted
+                # one of other inputs (resuming it would continue training on the old data); an interrupted
+                # run of these inputs is left in place for stages that resume (pretrain --resume).
                 shutil.rmtree(out)
+            pending.write_text(json.dumps({"fingerprint": fingerprint, "argv": argv}))
             log(f"[{stage.name}] kollm {shlex.join(argv)}")
             t0 = time.time()
             try:
@@ -295,6 +303,7 @@ def run_recipe(recipe: Recipe, force: bool = False, log=print) -> list[tuple[str
                 "wall_time_s": round(time.time() - t0, 3),
             }, indent=2))
             tmp.replace(record)
+            pending.unlink(missing_ok=True)
             outcome.append((stage.name, "ran"))
     return outcome
 

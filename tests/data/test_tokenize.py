@@ -136,3 +136,34 @@ def test_main_prints_per_language_counts(tmp_path, tok, texts, capsys):
     (ko,) = open_shards(tmp_path / "s")["ko"]
     assert tok.decode(ko.doc(0).tolist()) == texts["ko"][0]  # no EOS appended
     assert ko.meta["tokenizer_hash"] == tokenizer_hash(tok)  # same hash after a save/load round trip
+
+
+def _chatml_tokenizer(d: Path, eos_token) -> Path:
+    """A SmolLM2-like tokenizer directory: no Llama 3 tokens, its own EOS in tokenizer_config.json."""
+    from tokenizers import models, pre_tokenizers, trainers
+
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.train_from_iterator(["hello world", "안녕하세요 세계"] * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    d.mkdir(parents=True)
+    t.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos_token, "bos_token": None}))
+    return d
+
+
+@pytest.mark.parametrize("eos_token", ["<|endoftext|>", {"content": "<|im_end|>", "special": True}])
+def test_default_eos_is_the_tokenizers_own(tmp_path, eos_token, capsys):
+    # Was Llama 3's <|end_of_text|> whatever the tokenizer: "not in the tokenizer's vocabulary" for SmolLM2.
+    d = _chatml_tokenizer(tmp_path / "tok", eos_token)
+    name = eos_token if isinstance(eos_token, str) else eos_token["content"]
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": "hello world", "lang": "en"}) + "\n")
+    assert main([str(tmp_path / "in.jsonl"), "--tokenizer", str(d), "--out", str(tmp_path / "s"), "--workers", "1"]) == 0
+    assert f"EOS after every document: {name!r}" in capsys.readouterr().out
+    (en,) = open_shards(tmp_path / "s")["en"]
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    assert en.doc(0).tolist() == tok.encode("hello world", add_special_tokens=False).ids + [tok.token_to_id(name)]
+    (d / "tokenizer_config.json").unlink()  # no config, no <|end_of_text|>: a clear error, not a guess
+    with pytest.raises(ValueError, match="no eos_token in a tokenizer_config.json .* pass --eos"):
+        tokenize([str(tmp_path / "in.jsonl")], d, tmp_path / "s3", workers=1)

@@ -73,6 +73,16 @@ def test_greedy_flag_true_for_the_models_own_argmax(model_dir, monkeypatch):
             assert abs(ll - ref) < 1e-4
 
 
+def test_progress_counts_every_request_on_stderr(model_dir, capsys):
+    # A real model on a CPU takes half an hour for a few hundred requests: the bar shows it moving.
+    lm = LocalLM(model_dir, batch_tokens=1)  # one unit per batch: the bar advances by a group's requests
+    lm.loglikelihood(PAIRS)
+    lm.generate([Request("generate", (c,), max_new_tokens=2) for c, _ in PAIRS[:3]], batch_size=2)
+    err = capsys.readouterr().err
+    assert "loglikelihood: 100%" in err and f"{len(PAIRS)}/{len(PAIRS)}" in err
+    assert "generate: 100%" in err and "3/3" in err
+
+
 def test_split_pair_follows_lm_eval():
     assert split_pair("답변: ", "예") == ("답변:", " 예")
     assert split_pair("답변: ", " 예") == ("답변:", "  예")

@@ -39,6 +39,13 @@ def run(tmp_path, policy="xlda", preset="tiny-sandwich-mtp", resume=False, train
     return t, [h["loss"] for h in t.fit(resume=resume)]
 
 
+def test_the_last_step_is_logged_whatever_logging_every_says(tmp_path):
+    # 3 steps at logging.every 2: steps 2 and 3 (3 was missing: a 2-step run at every 10 wrote nothing)
+    run(tmp_path, steps=3, logging={"progress": False, "every": 2})
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [2, 3]
+
+
 def test_mask_policies_reach_attention(tmp_path):
     losses = {p: run(tmp_path / p, p, steps=1)[1][0] for p in ("causal", "document", "xlda")}
     assert len(set(losses.values())) == 3, losses  # same data and weights, three different losses

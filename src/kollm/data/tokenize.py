@@ -6,9 +6,12 @@ and a rerun finds them again. Files are spread over worker processes; a single f
 in-process with `tokenizers`' own multi-threaded batch encoding instead. Each document is its
 BOS token, the text's tokens and the EOS token, as Llama 3 trains: BOS is what the tokenizer's
 own post-processor puts before a text (`<|begin_of_text|>` for kollm's tokenizers), so the model
-sees in training what `AutoTokenizer` on its export feeds it; EOS (`<|end_of_text|>` by default, as
-datatrove's DocumentTokenizer and Megatron's `--append-eod` do) so a model trained on packed
-sequences learns where documents end; index.npy keeps the exact boundaries for the attention masks.
+sees in training what `AutoTokenizer` on its export feeds it; EOS (the tokenizer's own by default:
+the `eos_token` of the tokenizer_config.json beside it, as Megatron's `--append-eod` takes the
+tokenizer's EOD) so a model trained on packed sequences learns where documents end; index.npy keeps
+the exact boundaries for the attention masks. A chat model's `eos_token` is often its end of turn
+(SmolLM2-Instruct: `<|im_end|>`): continual pretraining of one passes `--eos` with the token its
+pretraining ended documents with (SmolLM2: `<|endoftext|>`; Llama 3: `<|end_of_text|>`).
 
 Resuming: a file is done once `ROOT/.progress/<part>.json` exists (written after every language
 part of that file is closed). A file without it is redone from scratch, its partial parts
@@ -45,6 +48,7 @@ from kollm.tokenizer.train import tokenizer_hash
 PROGRESS = ".progress"
 LANG_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
 MAX_LOGGED = 20  # malformed rows printed per file; all are counted
+LLAMA3_EOS = "<|end_of_text|>"
 
 
 def encode_texts(tok: Tokenizer, texts: list[str], eos_id: int | None = None,
@@ -73,6 +77,24 @@ def bos_prefix(tok: Tokenizer, bos: str | None = "auto") -> tuple[int, ...]:
     full = tok.encode("a", add_special_tokens=True).ids
     starts = [i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain]
     return tuple(full[: starts[0]]) if starts else ()
+
+
+def default_eos(tokenizer: str | Path | Tokenizer, tok: Tokenizer) -> str:
+    """The tokenizer's own EOS: `eos_token` in the tokenizer_config.json beside its tokenizer.json;
+    without one (a bare tokenizer.json, an in-memory tokenizer) Llama 3's `<|end_of_text|>`, the EOS
+    of kollm's own tokenizers, if the vocabulary has it."""
+    if not isinstance(tokenizer, Tokenizer):
+        p = Path(tokenizer)
+        cfg = (p if p.is_dir() else p.parent) / "tokenizer_config.json"
+        if cfg.is_file():
+            eos = json.loads(cfg.read_text(encoding="utf-8")).get("eos_token")
+            eos = eos.get("content") if isinstance(eos, dict) else eos  # older configs: an AddedToken dict
+            if isinstance(eos, str) and eos:
+                return eos
+    if tok.token_to_id(LLAMA3_EOS) is not None:
+        return LLAMA3_EOS
+    raise ValueError(f"{tokenizer if not isinstance(tokenizer, Tokenizer) else 'the tokenizer'}: no eos_token in a "
+                     f"tokenizer_config.json and no {LLAMA3_EOS} in the vocabulary; pass --eos TOKEN ('' for none)")
 
 
 def eos_id_of(tok: Tokenizer, eos: str | None) -> int | None:
@@ -163,14 +185,15 @@ def _work(args: tuple[str, str, int, str | None, tuple[int, ...]]) -> dict:
 
 
 def tokenize(inputs: list[str], tokenizer: str | Path | Tokenizer, root: str | Path, workers: int = 1,
-             batch_size: int = 1000, eos: str | None = "<|end_of_text|>", bos: str | None = "auto") -> dict:
+             batch_size: int = 1000, eos: str | None = "auto", bos: str | None = "auto") -> dict:
     """Tokenize every input file not already done under `root`. Returns a summary. Documents are
-    BOS (`bos_prefix`) + text + EOS, as Llama 3 trains."""
+    BOS (`bos_prefix`) + text + EOS, as Llama 3 trains; EOS "auto" is the tokenizer's own
+    (`default_eos`), "" or None none."""
     for key, v in (("workers", workers), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"tokenize: {key} must be a positive integer, got {v!r}")
     tok = load_tokenizer_json(tokenizer)
-    eos = eos or None
+    eos = default_eos(tokenizer, tok) if eos == "auto" else (eos or None)
     eos_id_of(tok, eos)  # fail before any work
     prefix = bos_prefix(tok, bos)
     root = Path(root)
@@ -201,7 +224,7 @@ def tokenize(inputs: list[str], tokenizer: str | Path | Tokenizer, root: str | P
         docs.update(r["docs"])
         tokens.update(r["tokens"])
         bad.update(r["malformed"])
-    return {"files": len(files), "skipped_done": len(done), "tokenized": len(new), "tokenizer_hash": thash,
+    return {"files": len(files), "skipped_done": len(done), "eos": eos, "tokenized": len(new), "tokenizer_hash": thash,
             "docs": dict(docs), "tokens": dict(tokens), "malformed": dict(bad), "seconds": seconds,
             "tokens_per_second": sum(sum(r["tokens"].values()) for r in new) / max(seconds, 1e-9)}
 
@@ -213,7 +236,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="shard root (ROOT/<lang>/<part>/)")
     p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
     p.add_argument("--batch-size", type=positive_int, default=1000, help="documents per encode call")
-    p.add_argument("--eos", default="<|end_of_text|>", help="token appended to every document ('' for none)")
+    p.add_argument("--eos", default="auto", help="token appended to every document; auto (default): the "
+                   "tokenizer's own eos_token (tokenizer_config.json; <|end_of_text|> without one), '' for none")
     p.add_argument("--bos", default="auto", help="token every document starts with; auto (default): what the "
                    "tokenizer puts before a text, as the exported model's AutoTokenizer does ('' for none)")
     p.add_argument("--dry-run", action="store_true", help="print the input bytes and exit")
@@ -228,6 +252,7 @@ def main(argv: list[str]) -> int:
         print(f"{lang}: {summary['docs'][lang]} docs, {summary['tokens'][lang]} tokens")
     if summary["malformed"]:
         print(f"malformed rows: {summary['malformed']}")
+    print(f"EOS after every document: {summary['eos']!r}" if summary["eos"] else "no EOS after documents")
     print(f"{summary['tokenized']} files tokenized, {summary['skipped_done']} already done "
           f"({summary['tokens_per_second']:,.0f} tokens/s) -> {args.out}")
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -38,6 +39,15 @@ def split_pair(context: str, continuation: str) -> tuple[str, str]:
     return context, continuation
 
 
+def progress_bar(total: int, desc: str):
+    """A bar on stderr for minutes of work (a real model on a CPU prints nothing for half an hour
+    otherwise); redrawn every 30 s when stderr is a log file, as the trainer's is."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="req", file=sys.stderr, dynamic_ncols=True,
+                mininterval=0.1 if sys.stderr.isatty() else 30.0)
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     cuts = [text.find(s) for s in stop if s and s in text]
     return text[: min(cuts)] if cuts else text
@@ -50,15 +60,16 @@ class LocalLM:
                  batch_tokens: int | None = None, max_length: int | None = None, add_bos: bool = False,
                  mode: Literal["packed", "rows"] = "packed", model=None, tokenizer=None,
                  compile: bool | None = None, gen_rows: int | None = None):
-        from transformers import AutoTokenizer
-
+        from kollm.data.chat import load_tokenizer
         from kollm.model.hf import load_hf, require_tokenizer
 
         self.path = Path(path)
         if tokenizer is None:
             require_tokenizer(self.path)
         self.model = model if model is not None else load_hf(self.path, device=device, dtype=dtype)
-        self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(self.path))
+        # kollm's default chat template where the model has none, as `kollm generate`, `kollm serve` and
+        # `kollm sft` use: a chat=true request gets the same prompt from all of them
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.path)
         self.device = next(self.model.parameters()).device
         self.max_length = max_length or self.model.config.max_seq_len
         # Tokens per forward (padded). CPU matmuls run fastest on small, cache-sized batches
@@ -112,13 +123,17 @@ class LocalLM:
         units.sort(key=lambda u: -u[3])  # longest first: a too-big batch fails at once, padding stays low
         out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
         batch: list = []
+        bar = progress_bar(len(pairs), "loglikelihood")
         for u in units:
             if batch and (len(batch) + 1) * batch[0][3] > self.batch_tokens:
                 self._run(batch, out)
+                bar.update(sum(len(b[2]) for b in batch))
                 batch = []
             batch.append(u)
         if batch:
             self._run(batch, out)
+            bar.update(sum(len(b[2]) for b in batch))
+        bar.close()
         return out
 
     def _fit(self, ctx: list[int], conts: list[list[int]], idx: list[int]):
@@ -216,7 +231,9 @@ class LocalLM:
                         kv_budget_tokens=max(bound, self.gen_rows * bound), max_prefill_tokens=self.batch_tokens * 4,
                         compile=use_compile(self.compile, self.device, self.model))
         reqs = [EngineRequest([ids], p, 1, None, stream=False) for _, ids, p in jobs]
-        engine.run(reqs)
+        bar = progress_bar(len(requests), "generate")
+        engine.run(reqs, progress=bar.update)
+        bar.close()
         out = [""] * len(requests)
         for (i, *_), q in zip(jobs, reqs):
             got = q.done[0] if q.done else None

@@ -50,6 +50,7 @@ import concurrent.futures
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -238,10 +239,11 @@ class Engine:
                     continue
                 self._iterate(new)
 
-    def run(self, reqs: list[Request]) -> None:
+    def run(self, reqs: list[Request], progress: Callable[[int], object] | None = None) -> None:
         """Offline batch generation in the calling thread (the model thread not started): the
         requests (made with loop=None) are queued in order and served to completion by the same
-        iterations as the server's; each request's outputs are then in its `done`."""
+        iterations as the server's; each request's outputs are then in its `done`. `progress(n)`
+        hears how many sequences ended at each step (a progress bar's update)."""
         for r in reqs:
             if max(s.bound for s in r.seqs) > self.kv_budget:
                 raise ValueError(f"a sequence needs {max(s.bound for s in r.seqs)} cache tokens, more than "
@@ -249,9 +251,13 @@ class Engine:
         self.max_queue = max(self.max_queue, sum(len(r.seqs) for r in reqs))
         for r in reqs:
             self.submit(r)
+        ended = self._ended()
         with torch.inference_mode():
             while self.waiting or self.batch is not None:
                 self._iterate(self._take())
+                if progress is not None and self._ended() > ended:
+                    progress(self._ended() - ended)
+                    ended = self._ended()
 
     def _iterate(self, new: list[Sequence]) -> None:
         """One decode step of the running rows, then the prefill of `new` into the batch."""

@@ -570,7 +570,8 @@ class Trainer:
         if self.compile:  # a recompile mid-run costs minutes on a big model: visible in the log
             rec |= parallel.compile_stats()
         self.history.append(rec)
-        if not self.info.is_main or self.step % self.cfg.logging.every:
+        # the last step always: a short run (a real model on a CPU) otherwise logs nothing at all
+        if not self.info.is_main or (self.step % self.cfg.logging.every and self.step != self.total_steps):
             return
         self._jsonl.write(json.dumps(rec) + "\n")
         self._jsonl.flush()
