@@ -77,7 +77,7 @@ def test_progress_counts_every_request_on_stderr(model_dir, capsys):
     # A real model on a CPU takes half an hour for a few hundred requests: the bar shows it moving.
     lm = LocalLM(model_dir, batch_tokens=1)  # one unit per batch: the bar advances by a group's requests
     lm.loglikelihood(PAIRS)
-    lm.generate([Request("generate", (c,), max_new_tokens=2) for c, _ in PAIRS[:3]], batch_size=2)
+    lm.generate([Request("generate", (c,), max_new_tokens=2) for c, _ in PAIRS[:3]])
     err = capsys.readouterr().err
     assert "loglikelihood: 100%" in err and f"{len(PAIRS)}/{len(PAIRS)}" in err
     assert "generate: 100%" in err and "3/3" in err
@@ -165,7 +165,7 @@ def test_generation_runs_continuously_batched_as_each_prompt_alone(model_dir, mo
     lm = LocalLM(model_dir, gen_rows=2)
     seen = []
     run = Engine.run
-    monkeypatch.setattr(Engine, "run", lambda self, rs: (seen.append((self, rs)), run(self, rs))[1])
+    monkeypatch.setattr(Engine, "run", lambda self, rs, **kw: (seen.append((self, rs)), run(self, rs, **kw))[1])
     outs = lm.generate(reqs)
     engine, queued = seen[0]
     assert engine.stats["peak_running"] == 2 and engine.stats["prefills"] > 3
