@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from kollm.demo_corpus import write_demo_corpus, write_demo_posttrain
 from kollm.model.config import get_preset
@@ -67,7 +68,10 @@ def test_demo_recipe_end_to_end(tmp_path, capsys, seed):
         rows = [json.loads(line) for line in (work / stage / "metrics.jsonl").read_text().splitlines()]
         assert rows and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows), stage
     dpo_first = json.loads((work / "dpo" / "metrics.jsonl").read_text().splitlines()[0])
-    assert abs(dpo_first["loss"] - 0.6931471805599453) < 1e-5  # policy == reference at step 1: ln 2
+    # policy == reference at step 1: DPO's term is ln 2, RPO adds dpo.rpo_alpha × the chosen replies' NLL
+    alpha = yaml.safe_load((RECIPE.parent / "tiny-demo-dpo.yaml").read_text())["dpo"]["rpo_alpha"]
+    # (float32 sums of a loss near 10: 1e-4 absolute is some ulps of it)
+    assert dpo_first["loss"] - alpha * dpo_first["chosen_nll"] == pytest.approx(0.6931471805599453, abs=1e-4)
     # each stage's effect on held-out items (the full demo's numbers: README). This shortened run
     # (pretraining 120 steps, n = 20) learns less: seed 0 gave SFT 0.25 (0.20 with twice the SFT
     # steps) and DPO preference accuracy 0.65 (0.525 with half an epoch); seed 1, on the earlier
