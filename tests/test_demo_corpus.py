@@ -52,3 +52,22 @@ def test_every_particle_in_the_generated_korean_agrees(tmp_path):
             assert particle in (("은", "이", "을") if consonant else ("는", "가", "를")), (word, particle, text[:80])
             checked += 1
     assert checked > 1000
+
+
+def test_demo_seed_draws_another_demo(tmp_path, monkeypatch):
+    """`kollm demo --seed 3`: other documents and post-training rows (same world, same held-out
+    questions), and every training stage of the recipe runs with seed 3; seed 0 is the recipe as written."""
+    import kollm.demo as demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_recipe", lambda recipe, force=False: seen.setdefault("stages", recipe.stages))
+    assert demo.main(["--workdir", str(tmp_path / "s0")]) == 0
+    plain = {s.name: list(s.args) for s in seen.pop("stages")}
+    assert demo.main(["--workdir", str(tmp_path / "s3"), "--seed", "3"]) == 0
+    seeded = {s.name: list(s.args) for s in seen["stages"]}
+    for name in plain:
+        extra = seeded[name][len(plain[name]):]
+        assert extra == (["--set", "seed=3"] if name in ("pretrain", "sft", "dpo", "grpo") else []), name
+        assert "seed=0" not in " ".join(plain[name]), name
+    for rel in ("raw/demo.jsonl", "posttrain/chat/train.jsonl", "posttrain/math/val.jsonl"):
+        assert (tmp_path / "s0" / rel).read_bytes() != (tmp_path / "s3" / rel).read_bytes(), rel

@@ -18,6 +18,7 @@ from kollm.demo_corpus import write_demo_corpus, write_demo_posttrain
 from kollm.recipe import StageFailed, load_recipe, run_recipe
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny-demo.yaml"
+TRAINING = ("pretrain", "sft", "dpo", "grpo")  # the stages --seed reaches (`seed:` of their configs)
 
 
 def main(argv: list[str]) -> int:
@@ -28,13 +29,20 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="kollm demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="runs/tiny-demo", help="where every stage writes (default: runs/tiny-demo)")
     p.add_argument("--force", action="store_true", help="re-run every stage")
+    p.add_argument("--seed", type=int, default=0,
+                   help="another draw of the demo: the corpus's documents, the post-training rows (seed + 1) and "
+                        "every training stage's seed (default 0: the recipe as written)")
     args = p.parse_args(argv)
     if not RECIPE.exists():
         raise FileNotFoundError(f"{RECIPE} not found: `kollm demo` runs from a clone of the kollm repository")
     recipe = load_recipe(RECIPE)
     recipe.workdir = args.workdir
-    corpus = write_demo_corpus(Path(args.workdir) / "raw")
-    post = write_demo_posttrain(Path(args.workdir) / "posttrain")
+    if args.seed:
+        for stage in recipe.stages:
+            if stage.run in TRAINING:
+                stage.args += ["--set", f"seed={args.seed}"]
+    corpus = write_demo_corpus(Path(args.workdir) / "raw", seed=args.seed)
+    post = write_demo_posttrain(Path(args.workdir) / "posttrain", seed=args.seed + 1)
     print(f"embedded corpus: {corpus}; post-training data: {post['chat'].parent}")
     try:
         run_recipe(recipe, force=args.force)

@@ -130,7 +130,10 @@ def table(m: dict) -> tuple[list[str], list[list[str]]]:
         acc = {t: next(iter(r.get("metrics", {}).values()), {}).get("value") for t, r in res.items()}
         cons = next(iter((m["eval"].get("consistency") or {}).values()), {})
         ce = [f"{k} {_f(v['value'])} ({v['count']}/{v['of']})" for k, v in cons.items() if isinstance(v, dict) and "value" in v]
-        rows.append(["eval", "hrm8k_en / hrm8k_ko: the GRPO task in both languages (chance 1/39: a temperature of -5..33)", "–",
+        from kollm.demo_corpus import TEMPS
+
+        rows.append(["eval", f"hrm8k_en / hrm8k_ko: the GRPO task in both languages (chance 1/{len(TEMPS)}: the "
+                     "temperatures a city can have)", "–",
                      f"{_f(acc.get('hrm8k_en'))} / {_f(acc.get('hrm8k_ko'))}; " + "; ".join(ce), "above chance"])
     c = m["chat"]
     rows.append(["chat", f"“{c['prompt']}”", "–", f"“{c['reply']}” " + ("✓" if c["correct"] else "✗"), "correct"])

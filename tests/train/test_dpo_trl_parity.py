@@ -76,3 +76,55 @@ def test_loss_matches_trl(models, tmp_path, loss):
         # IPO's loss is ~25, so an absolute 1e-5 was under 2 ulps there
         assert out.loss.item() == pytest.approx(trl_loss, rel=1e-5)
         assert abs(out.loss.item() - (0.6931471805599453 if loss != "ipo" else 25.0)) > 1e-4  # not trivial
+
+
+def test_rpo_matches_trl_step_by_step(models, tmp_path):
+    """dpo.rpo_alpha = TRL's RPO (`loss_type=["sigmoid", "sft"], loss_weights=[1, α]`, the old
+    `rpo_alpha`): the loss of three plain SGD steps taken by each implementation on its own copy of
+    the same policy agrees at every step, so the NLL term's gradient (a mean over the batch's chosen
+    tokens, the rejected half left out) agrees too."""
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    policy_dir, ref_dir = models
+    tok = load_tokenizer(policy_dir)
+    rows, alpha, lr = ROWS[:2], 0.7, 0.5
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), beta=0.1, loss_type=["sigmoid", "sft"], loss_weights=[1.0, alpha],
+                     report_to="none", per_device_train_batch_size=len(rows), max_length=128, use_cpu=True, bf16=False,
+                     dataset_num_proc=None)
+    hf_policy = AutoModelForCausalLM.from_pretrained(policy_dir)
+    trainer = DPOTrainer(model=hf_policy, ref_model=AutoModelForCausalLM.from_pretrained(ref_dir), args=args,
+                         processing_class=tok, train_dataset=datasets.Dataset.from_list(rows))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
+    ours = collate([tokenize_pair(tok, parse_pair(r)) for r in rows], 128, tok.pad_token_id)
+    ours["ref_logps"] = sequence_logps(load_hf(ref_dir).eval(), ours)
+    policy = load_hf(policy_dir).eval()
+    hf_policy.eval()
+    obj, plain = DPOObjective(beta=0.1, rpo_alpha=alpha), DPOObjective(beta=0.1)
+    seen = []
+    for step in range(3):
+        trl_loss = trainer.compute_loss(hf_policy, batch)
+        seen.append(trl_loss.item())
+        out = obj(policy, ours, obj.targets(ours))
+        assert out.loss.item() == pytest.approx(trl_loss.item(), rel=1e-5), step
+        with torch.no_grad():  # the NLL is not trivial: RPO's loss is above DPO's alone by α × the chosen NLL
+            dpo_only = plain(policy, ours, plain.targets(ours)).loss.item()
+        assert out.loss.item() - dpo_only == pytest.approx(alpha * out.metrics["chosen_nll"].item(), rel=1e-5)
+        assert out.metrics["chosen_nll"].item() > 1.0
+        for loss, model in ((trl_loss, hf_policy), (out.loss, policy)):
+            model.zero_grad()
+            loss.backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= lr * p.grad
+    assert seen[2] < seen[1] - 0.05 < seen[0] - 0.1, seen  # the steps moved the policy (and the loss went down)
+
+
+def test_rpo_alpha_range_checked():
+    from kollm.train.dpo import DPOSection
+
+    with pytest.raises(ValueError, match="dpo.rpo_alpha"):
+        DPOSection(rpo_alpha=-0.1)
+    with pytest.raises(ValueError, match="dpo.rpo_alpha"):
+        DPOSection(rpo_alpha=float("nan"))
+    assert DPOSection().rpo_alpha is None and DPOSection(rpo_alpha=0.5).rpo_alpha == 0.5

@@ -61,6 +61,7 @@ class OnlineSection:
 class DPOSection:
     beta: float = 0.1
     loss: str = "sigmoid"  # sigmoid | ipo | sigmoid_norm
+    rpo_alpha: float | None = None  # RPO: + α × NLL of the chosen completions (TRL's rpo_alpha); null: off
     epochs: float = 1.0
     pairs_per_step: int = 32  # global batch, in pairs
     micro_batch: int = 8  # pairs per forward per rank
@@ -86,6 +87,9 @@ class DPOSection:
                 ("dpo.epochs", self.epochs, math.isfinite(self.epochs) and self.epochs > 0,
                  "a finite number > 0 (a fraction trains part of an epoch)"),
                 ("dpo.beta", self.beta, math.isfinite(self.beta) and self.beta > 0, "a finite number > 0"),
+                ("dpo.rpo_alpha", self.rpo_alpha,
+                 self.rpo_alpha is None or math.isfinite(self.rpo_alpha) and self.rpo_alpha >= 0,
+                 "null (off) or a finite number >= 0"),
                 ("dpo.online.k", on.k, on.k >= 2, ">= 2 (best vs worst)"),
                 ("dpo.online.rounds", on.rounds, on.rounds >= 1, "positive"),
                 ("dpo.online.prompts_per_round", on.prompts_per_round, on.prompts_per_round >= 0,
@@ -358,7 +362,7 @@ def train_dpo(raw: dict, dpo: DPOSection, data_train: str, data_val: str | None,
     reference = None
     if dpo.reference == "model":  # the comparison point: a frozen copy held through training
         reference = copy.deepcopy(model).to(info.device).eval().requires_grad_(False)
-    objective = DPOObjective(dpo.beta, dpo.loss, reference)
+    objective = DPOObjective(dpo.beta, dpo.loss, reference, dpo.rpo_alpha)
     trainer = Trainer(cfg, model, objective, train, info, run_dir=run_dir,
                       val_data=_Validation(val, dpo.val_batch) if val is not None else None)
     if reference is None:

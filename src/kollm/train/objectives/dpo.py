@@ -11,12 +11,20 @@ log π(y|x) is the sum of the completion tokens' log-probabilities. Rewards are 
 `rewards/chosen`, `rewards/rejected`); `reward_accuracy` is the share of pairs with β·h_w > β·h_l.
 When the policy equals the reference every h is 0 and the sigmoid loss is exactly ln 2.
 
+RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization"; TRL's `rpo_alpha`, in trl 1.16
+`loss_type=["sigmoid", "sft"], loss_weights=[1, α]`) adds α × the NLL of the chosen completions:
+−(sum of the chosen tokens' log-probabilities) / (number of chosen tokens), a mean over every chosen
+token of the batch (not per pair), the rejected half left out. DPO alone can raise the margin by
+pushing both completions down; the NLL term keeps the chosen one likely.
+
 A batch holds the B pairs as 2B rows, chosen first then rejected (one forward, as TRL's
 concatenated forward): `input_ids`, `labels` (−100 outside the completion), and `ref_logps`
 (2B,) precomputed once (kollm.train.dpo) or, for comparison, computed here by a reference model.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -86,15 +94,21 @@ class DPOObjective:
     """The trainer's objective for preference pairs. Every value is this micro-batch's share of a
     mean over all the step's pairs (all micro-batches, all ranks), so the trainer's sums are means."""
 
-    def __init__(self, beta: float = 0.1, loss: str = "sigmoid", reference: nn.Module | None = None):
+    def __init__(self, beta: float = 0.1, loss: str = "sigmoid", reference: nn.Module | None = None,
+                 rpo_alpha: float | None = None):
         if loss not in LOSSES:
             raise ValueError(f"dpo.loss: one of {', '.join(LOSSES)}, got {loss!r}")
         if beta <= 0:
             raise ValueError(f"dpo.beta must be positive, got {beta}")
-        self.beta, self.loss, self.reference = beta, loss, reference
+        if rpo_alpha is not None and not (math.isfinite(rpo_alpha) and rpo_alpha >= 0):
+            raise ValueError(f"dpo.rpo_alpha must be null or a finite number >= 0, got {rpo_alpha!r}")
+        self.beta, self.loss, self.reference, self.rpo_alpha = beta, loss, reference, rpo_alpha or 0.0
 
     def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.tensor([batch["input_ids"].shape[0] // 2], dtype=torch.float32)
+        """(pairs, chosen completion tokens): RPO's NLL is a mean over the step's chosen tokens."""
+        pairs = batch["input_ids"].shape[0] // 2
+        chosen = (batch["labels"][:pairs, 1:] != IGNORE).sum()
+        return torch.tensor([pairs, float(chosen)], dtype=torch.float32)
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], totals: torch.Tensor):
         from kollm.train.trainer import ObjectiveOutput
@@ -114,6 +128,10 @@ class DPOObjective:
             loss = loss + out.mtp_head
         metrics = {"reward_accuracy": (r_w > r_l).float().sum() / n, "chosen_reward": r_w.sum() / n,
                    "rejected_reward": r_l.sum() / n, "margin": (r_w - r_l).sum() / n}
+        if self.rpo_alpha:
+            nll = -logps[: losses.shape[0]].sum() / totals[1].clamp(min=1)
+            loss = loss + self.rpo_alpha * nll
+            metrics["chosen_nll"] = nll.detach()
         return ObjectiveOutput(loss, metrics)
 
     def on_phase(self, phase) -> None:
