@@ -23,6 +23,7 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 NETNS = "KOLLM_TEST_PRIVATE_NETNS"
+HANG_S = 3600
 
 
 def _loopback_up() -> None:
@@ -42,10 +43,16 @@ def in_private_netns(test_file: str, test_name: str) -> bool:
         return True
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{Path(test_file).resolve()}::{test_name}"]
     try:
+        # The bound catches a hang, not slowness: with a busy process per core beside the suite (load
+        # average 20 on 2 cores) this run once took more than 900 s, so the limit is an hour, and a run
+        # that reaches it fails with what the inner test printed.
         proc = subprocess.run(["unshare", "--net", *cmd], env={**os.environ, NETNS: "1"},
-                              capture_output=True, text=True, timeout=900)
+                              capture_output=True, text=True, timeout=HANG_S)
     except FileNotFoundError:
         pytest.skip("no `unshare` (util-linux): the Ray cluster tests run only in a private network namespace")
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{test_name} ran past {HANG_S} s inside its network namespace (a hang); it printed:\n"
+                    f"{(e.stdout or '')[-4000:]}{(e.stderr or '')[-2000:]}")
     if proc.returncode != 0 and "Operation not permitted" in proc.stderr:
         pytest.skip("cannot create a network namespace here (needs root): the Ray cluster tests run only "
                     "inside one, since Ray binds the host's address")
