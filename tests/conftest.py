@@ -3,6 +3,7 @@ stub OpenAI-compatible server (`openai_stub`)."""
 
 import json
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from email.message import Message
@@ -80,6 +81,16 @@ class StubCall:
     headers: Message
 
 
+class _QuietOnHangup(ThreadingHTTPServer):
+    """A client that hung up (a timeout, a cancelled stream) is not an error of the stub: without
+    this, socketserver prints the BrokenPipeError from a request thread that outlives its test, into
+    whichever test holds stderr then (seen in a randomly ordered run: another test's capsys caught it)."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class OpenAIStub:
     """A stub OpenAI-compatible server on 127.0.0.1 and a free port (stdlib ThreadingHTTPServer, one
     thread per request), playing a judge, a chat model or a rollout server in tests. Every POST's JSON
@@ -127,7 +138,7 @@ class OpenAIStub:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietOnHangup(("127.0.0.1", 0), Handler)
         self.root = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.url = self.root + "/v1"  # what OpenAI clients take as base_url
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()

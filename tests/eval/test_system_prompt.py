@@ -27,6 +27,6 @@ def test_local_model_renders_the_system_turn(write_tiny_llama, tmp_path, monkeyp
     m = LocalLM(d, max_length=64)
     m.system_prompt = "Be brief."
     seen = []
-    monkeypatch.setattr(engine.Engine, "run", lambda self, reqs: seen.extend(s.prompt for r in reqs for s in r.seqs))
+    monkeypatch.setattr(engine.Engine, "run", lambda self, reqs, **kw: seen.extend(s.prompt for r in reqs for s in r.seqs))
     m.generate([Request("generate", ("1+1=",), max_new_tokens=2, chat=True)])
     assert m.tokenizer.decode(seen[0]) == "<|system|>Be brief.</s><|user|>1+1=</s><|assistant|>"
