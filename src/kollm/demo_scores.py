@@ -2,9 +2,10 @@
 items before and after it (kollm.demo_corpus holds them out of every stage's training data).
 
 Every model (pretrained base, SFT, DPO, SLERP merge, GRPO) answers the three held-out tasks with
-greedy chat replies: SFT's (one fact, then the question: the reply must be the answer sentence
-exactly), DPO's (two facts: the reply must be the chosen answer exactly) and GRPO's (two cities'
-temperatures: the math reward, 1 when the reply's last number is the answer). With DPO's held-out
+greedy chat replies to questions about a held-out subject, half of them after the fact itself:
+SFT's (mostly lunch and favourite subject: the reply must be the answer exactly), DPO's (weather:
+the reply must be the chosen answer exactly) and GRPO's (temperature: the math reward, 1 when the
+reply's last number is the answer). With DPO's held-out
 preference accuracy (its metrics.jsonl), GRPO's validation curve, the evaluation's results and the
 chat prompt's reply, one table says per stage what it was for and what it did. Writes
 OUT/effects.json (the report shows it) and OUT/effects.md (`kollm demo` prints it at the end).
