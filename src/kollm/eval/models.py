@@ -7,11 +7,11 @@ whitespace of the context moves to the continuation; the context is encoded alon
 string is encoded, and the continuation is the whole's tokens after the context's), no BOS is
 added unless asked, and an empty context is prefixed with BOS (else EOS).
 
-Where kollm differs is speed: all choices of one item share their context, so each item is run
-as ONE packed row — context, then every continuation, with a mask that lets each continuation
-see the context and itself only and RoPE positions that restart after the context for each
-continuation. The context is computed once instead of once per choice. (`mode="rows"` runs the
-lm-eval way, one row per choice, for comparison; bench/bench_eval.py measures both.)
+Where kollm differs is speed: requests are run as prefix trees, so a token sequence shared by
+several requests runs once — an item's context under all its choices, few-shot examples shared
+by several items, choices that start alike. A row holds one tree in depth-first order, with a mask
+that lets each token see its path from the root and RoPE positions equal to its depth. (`mode="rows"`
+runs the lm-eval way, one row per request, for comparison.)
 """
 
 from __future__ import annotations
