@@ -1,23 +1,25 @@
 """Evaluation speed: kollm's harness against lm-evaluation-harness's Hugging Face back-end, same
-model, same rows, same prompts (lm-eval's own KoBEST and GSM8K task configs pointed at local
-files): multiple choice (seconds, ratio, the largest per-request log-likelihood gap) and GSM8K
-generate_until (ratio, generations compared item by item).
+model, same rows, same prompts (lm-eval's own KoBEST, MMLU and GSM8K task configs pointed at local
+files): multiple choice (seconds, ratio, the largest per-request log-likelihood gap, the same
+prompt and pick item by item) and GSM8K generate_until (ratio, generations compared item by item).
 
-    .venv/bin/python bench/bench_eval.py [--tasks kobest_copa,kobest_hellaswag,kobest_boolq] [--limit 200]
-        [--dim 512 --layers 8 | --model DIR] [--device cpu] [--threads 1] [--repeats 2] [--no-rows]
-        [--gen-limit 100 (0: no generation) --gen-shots N --gen-only]
+    .venv/bin/python bench/bench_eval.py [--tasks kobest_boolq,...,kobest_wic] [--limit 200] [--mmlu-subjects 4]
+        [--dim 512 --layers 8 | --model DIR] [--device cpu] [--threads 1] [--repeats 1]
+        [--gen-limit 100 (0: no generation) --gen-shots N --gen-max-tokens 256 --gen-only]
 
 Needs the `bench` extra (lm_eval, accelerate) and the shared dev data. The model is a random
 Llama of the given size with a byte-level BPE trained on the KoBEST train split, written once
 to a temp dir, or `--model DIR`, a real checkpoint directory (Hugging Face layout); both harnesses
-load it from there. Each harness's time includes its model load
-and its own request building (what a user waits for); lm-eval imports and its one-time warm-up
-are excluded; runs are interleaved and the best of `--repeats` is kept (shared machines drift).
-"ratio" is wall time lm-eval / kollm; "cpu ratio" the same with process CPU time, which other
-jobs on a shared machine disturb less. The last line on stdout is one JSON object: mc_ratio and
-mc_cpu_ratio (all tasks' lm-eval time / kollm's), gen_ratio and gen_cpu_ratio (GSM8K, one run each,
-null with --gen-limit 0), identical (every item's predicted choice agrees, every log-likelihood
-within --tol, every generation equal), each harness's peak RSS during its own runs.
+load it from there. Each harness gets all multiple-choice tasks in one call (KoBEST 0-shot, the
+first `--limit` dev items each; MMLU 4-shot on the first `--mmlu-subjects` subjects' dev items),
+and its time includes its model load and its own request building (what a user waits for);
+lm-eval's imports and one-time warm-up are excluded; with `--repeats` > 1 runs are interleaved
+and the best is kept (shared machines drift). "ratio" is wall time lm-eval / kollm; "cpu ratio"
+the same with process CPU time, which other jobs on a shared machine disturb less. The last line
+on stdout is one JSON object: mc_ratio and mc_cpu_ratio, gen_ratio and gen_cpu_ratio (GSM8K, one
+run each, null with --gen-limit 0), identical (every item's prompt and predicted choice agree,
+every log-likelihood within --tol, every generation equal), each harness's peak RSS during its
+own runs.
 """
 
 from __future__ import annotations
