@@ -135,19 +135,45 @@ def test_generate_equals_transformers_greedy_and_cuts_at_stop(model_dir, local_l
         == outs[0][: outs[0].find(stop)]
 
 
-def test_packed_row_runs_context_once_and_each_continuation_but_its_last_token(model_dir):
-    """The body runs exactly context + sum(len(continuation) - 1) tokens per item (a continuation's
-    last token predicts nothing scored), and the log-likelihoods still equal transformers'."""
-    lm = LocalLM(model_dir, batch_tokens=1)  # one item per forward
+def _tree_nodes(seqs):
+    """Distinct non-empty prefixes: the tokens a prefix tree over `seqs` runs."""
+    return len({tuple(s[:n]) for s in seqs for n in range(1, len(s) + 1)})
+
+
+def test_packed_row_runs_a_prefix_once_and_each_continuation_but_its_last_token(model_dir):
+    """The body runs each distinct prefix of context + continuation[:-1] once per item (the context
+    once for all choices, choices' shared first tokens once; a continuation's last token predicts
+    nothing scored), and the log-likelihoods still equal transformers'."""
+    lm = LocalLM(model_dir, batch_tokens=1)  # one row per forward
     run = []
     hidden = lm._hidden
     lm._hidden = lambda ids, pos, mask: (run.append(ids.shape[1]), hidden(ids, pos, mask))[1]
     pairs = PAIRS[:5]
     ours = lm.loglikelihood(pairs)
     enc = [lm.encode_pair(c, x) for c, x in pairs]
-    want = sorted([len(enc[0][0]) + len(enc[0][1]) + len(enc[1][1]) - 2,
-                   len(enc[2][0]) + sum(len(e[1]) - 1 for e in enc[2:5])], reverse=True)
+    seqs = [c + x[:-1] for c, x in enc]
+    want = sorted([_tree_nodes(seqs[:2]), _tree_nodes(seqs[2:5])], reverse=True)
+    assert want[0] < len(enc[0][0]) + len(enc[0][1]) + len(enc[1][1]) - 2  # " 병사들이" is shared
     assert run == want
+    for (a, ga), (b, gb) in zip(ours, reference(model_dir, lm, pairs)):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(b)) and ga == gb
+
+
+def test_requests_sharing_a_long_prefix_run_it_once_in_one_row(model_dir):
+    """Few-shot examples shared by several items (MMLU's first-n shots), or XWinograd's options in
+    the middle of one sentence: requests with different contexts but a long common prefix are run
+    as one prefix tree in one row, and each still gets transformers' log-likelihood."""
+    shots = "서울은 대한민국의 수도이다. 부산은 항구 도시이다. 제주도는 섬이다. " * 3
+    pairs = [(shots + "질문: 한국의 수도는?", " 서울"), (shots + "질문: 한국의 수도는?", " 부산"),
+             (shots + "질문: 섬은?", " 제주도"), (shots + "질문: 항구는?", " 부산")]
+    lm = LocalLM(model_dir)
+    run = []
+    hidden = lm._hidden
+    lm._hidden = lambda ids, pos, mask: (run.append(ids.shape), hidden(ids, pos, mask))[1]
+    ours = lm.loglikelihood(pairs)
+    enc = [lm.encode_pair(c, x) for c, x in pairs]
+    assert run == [(1, _tree_nodes([c + x[:-1] for c, x in enc]))]
+    assert run[0][1] < sum(len(c) for c, _ in enc) / 2  # the shots ran once, not once per item
     for (a, ga), (b, gb) in zip(ours, reference(model_dir, lm, pairs)):
         assert abs(a - b) <= 1e-4 * max(1.0, abs(b)) and ga == gb
 

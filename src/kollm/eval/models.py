@@ -7,11 +7,11 @@ whitespace of the context moves to the continuation; the context is encoded alon
 string is encoded, and the continuation is the whole's tokens after the context's), no BOS is
 added unless asked, and an empty context is prefixed with BOS (else EOS).
 
-Where kollm differs is speed: all choices of one item share their context, so each item is run
-as ONE packed row — context, then every continuation, with a mask that lets each continuation
-see the context and itself only and RoPE positions that restart after the context for each
-continuation. The context is computed once instead of once per choice. (`mode="rows"` runs the
-lm-eval way, one row per choice, for comparison; bench/bench_eval.py measures both.)
+Where kollm differs is speed: requests are run as prefix trees, so a token sequence shared by
+several requests runs once — an item's context under all its choices, few-shot examples shared
+by several items, choices that start alike. A row holds one tree in depth-first order, with a mask
+that lets each token see its path from the root and RoPE positions equal to its depth. (`mode="rows"`
+runs the lm-eval way, one row per request, for comparison.)
 """
 
 from __future__ import annotations
@@ -46,6 +46,15 @@ def progress_bar(total: int, desc: str):
 
     return tqdm(total=total, desc=desc, unit="req", file=sys.stderr, dynamic_ncols=True,
                 mininterval=0.1 if sys.stderr.isatty() else 30.0)
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the common prefix."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -111,73 +120,112 @@ class LocalLM:
         for i, (_, cont) in enumerate(enc):
             if not cont:
                 raise ValueError(f"request {i}: empty continuation after tokenization ({pairs[i][1]!r})")
-        # Group by context tokens: one group = one item's choices, scored in one packed row.
+        # Left-truncate each context once for all its continuations (lm-eval cuts per request; the
+        # two agree unless a context is cut), then run each request's tokens but its last: that
+        # token predicts nothing scored and no query sees it (its log-probability comes from the
+        # position before it).
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, (ctx, _) in enumerate(enc):
             groups.setdefault(tuple(ctx), []).append(i)
-        if self.mode == "rows":
-            units = [(list(ctx), [i]) for i, (ctx, _) in enumerate(enc)]
-        else:
-            units = [(list(ctx), idx) for ctx, idx in groups.items()]
-        units = [self._fit(ctx, [enc[i][1] for i in idx], idx) for ctx, idx in units]
-        units.sort(key=lambda u: -u[3])  # longest first: a too-big batch fails at once, padding stays low
+        seqs: list[tuple[tuple[int, ...], int, list[int]]] = [((), 0, [])] * len(pairs)  # (run tokens, context length, continuation)
+        for ctx, idx in groups.items():
+            ctx = self._fit(list(ctx), [enc[i][1] for i in idx], idx)
+            for i in idx:
+                seqs[i] = (tuple(ctx + enc[i][1][:-1]), len(ctx), enc[i][1])
+        rows = [[i] for i in range(len(pairs))] if self.mode == "rows" else self._tree_rows(seqs)
+        rows = [self._layout(r, seqs) for r in rows]
+        rows.sort(key=lambda r: -len(r[0]))  # longest first: a too-big batch fails at once, padding stays low
         out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
         batch: list = []
         bar = progress_bar(len(pairs), "loglikelihood")
-        for u in units:
-            if batch and (len(batch) + 1) * batch[0][3] > self.batch_tokens:
+        for r in rows:
+            if batch and (len(batch) + 1) * len(batch[0][0]) > self.batch_tokens:
                 self._run(batch, out)
-                bar.update(sum(len(b[2]) for b in batch))
+                bar.update(sum(len(b[3]) for b in batch))
                 batch = []
-            batch.append(u)
+            batch.append(r)
         if batch:
             self._run(batch, out)
-            bar.update(sum(len(b[2]) for b in batch))
+            bar.update(sum(len(b[3]) for b in batch))
         bar.close()
         return out
 
-    def _fit(self, ctx: list[int], conts: list[list[int]], idx: list[int]):
+    def _fit(self, ctx: list[int], conts: list[list[int]], idx: list[int]) -> list[int]:
         """Left-truncate the context so the context plus the longest continuation fit max_length."""
         longest = max(len(c) for c in conts)
         if longest >= self.max_length:
             raise ValueError(f"a continuation of {longest} tokens does not fit max_length {self.max_length}")
         if len(ctx) > self.max_length - longest:
             self.truncated.update(idx)
-        ctx = ctx[-(self.max_length - longest):]
-        # A continuation's last token predicts nothing that is scored and no later token sees it:
-        # it is not run (its log-probability comes from the position before it).
-        return ctx, conts, idx, len(ctx) + sum(len(c) - 1 for c in conts)
+        return ctx[-(self.max_length - longest):]
+
+    def _tree_rows(self, seqs) -> list[list[int]]:
+        """Requests grouped into rows that each run a prefix tree: a token shared by several
+        requests' prefixes (an item's context under all its choices, few-shot examples under
+        several items, choices that start alike) is run once. Sorted by tokens, each request shares
+        its longest prefix with the one before it; it joins that row when the row grown by its new
+        tokens costs less than a row of its own (linear layers ~ T, attention ~ T² per row)."""
+        cfg = self.model.config
+        lin = 2 * sum(p.numel() for p in self.model.model.layers[0].parameters())  # FLOPs/token/layer
+        att = 4 * cfg.n_heads * cfg.head_dim  # FLOPs per (query, key) pair per layer
+        cost = lambda t: t * lin + t * t * att  # noqa: E731
+        order = sorted(range(len(seqs)), key=lambda i: seqs[i][0])
+        rows: list[list[int]] = []
+        size, prev = 0, ()
+        for i in order:
+            s = seqs[i][0]
+            n = len(s) - _common(prev, s)
+            if rows and size + n <= max(2048, len(s)) and cost(size + n) < cost(size) + cost(len(s)):
+                rows[-1].append(i)
+                size += n
+            else:
+                rows.append([i])
+                size = len(s)
+            prev = s
+        return rows
+
+    def _layout(self, row: list[int], seqs):
+        """A row's prefix tree in depth-first order: the tokens, their depths (RoPE positions),
+        where each node's subtree ends (a query sees key k iff k <= q < end[k]: k is on its path),
+        and each request's positions that predict its continuation tokens."""
+        ids: list[int] = []
+        depth: list[int] = []
+        path: list[int] = []  # node of each token of the previous request
+        prev: tuple[int, ...] = ()
+        targets = []  # (request index, positions predicting each continuation token, the tokens)
+        for i in row:
+            s, n_ctx, cont = seqs[i]
+            keep = _common(prev, s)
+            path = path[:keep] + list(range(len(ids), len(ids) + len(s) - keep))
+            ids += s[keep:]
+            depth += range(keep, len(s))
+            # token cont[0] is predicted by the context's last position, cont[k] by cont[k-1]'s
+            targets.append((i, path[n_ctx - 1:n_ctx - 1 + len(cont)], cont))
+            prev = s
+        end = list(range(1, len(ids) + 1))
+        stack: list[int] = []
+        for q, d in enumerate(depth):
+            while stack and depth[stack[-1]] >= d:
+                end[stack.pop()] = q
+            stack.append(q)
+        for k in stack:
+            end[k] = len(ids)
+        return ids, depth, end, targets
 
     def _run(self, batch, out: list[tuple[float, bool]]) -> None:
-        B, T = len(batch), batch[0][3]
+        B, T = len(batch), len(batch[0][0])
         ids = torch.zeros(B, T, dtype=torch.long)
         pos = torch.zeros(B, T, dtype=torch.long)
-        # seg: -1 pad, 0 context, j+1 continuation j; a query sees keys of its own segment and
-        # the context, causally in pack order.
-        seg = torch.full((B, T), -1, dtype=torch.long)
-        targets = []  # (request index, batch row, positions predicting each token, target ids)
-        for b, (ctx, conts, idx, _) in enumerate(batch):
-            L = len(ctx)
-            ids[b, :L] = torch.tensor(ctx)
-            pos[b, :L] = torch.arange(L)
-            seg[b, :L] = 0
-            at = L
-            for j, (c, i) in enumerate(zip(conts, idx)):
-                n = len(c) - 1  # tokens run: all but the last
-                ids[b, at:at + n] = torch.tensor(c[:-1])
-                pos[b, at:at + n] = torch.arange(L, L + n)
-                seg[b, at:at + n] = j + 1
-                # token c[0] is predicted by the context's last position, c[k] by c[k-1]'s position
-                predictors = [L - 1] + list(range(at, at + n))
-                targets.append((i, b, predictors, c))
-                at += n
-        causal = torch.ones(T, T, dtype=torch.bool).tril()
-        q, k = seg[:, :, None], seg[:, None, :]
-        mask = causal & (k >= 0) & ((k == 0) | (k == q))
-        mask |= torch.eye(T, dtype=torch.bool)  # pad queries see themselves: no empty softmax rows
+        end = torch.arange(1, T + 1).repeat(B, 1)  # a pad query sees itself only: no empty softmax rows
+        for b, (row_ids, depth, row_end, _) in enumerate(batch):
+            n = len(row_ids)
+            ids[b, :n], pos[b, :n], end[b, :n] = torch.tensor(row_ids), torch.tensor(depth), torch.tensor(row_end)
+        q, k = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        mask = (k <= q) & (q < end[:, None, :])
         h = self._hidden(ids.to(self.device), pos.to(self.device), mask[:, None].to(self.device))
         # The LM head runs only where a continuation token is predicted: with a 128k vocabulary
         # the head costs as much as several layers, and most packed positions are context.
+        targets = [(i, b, pr, c) for b, row in enumerate(batch) for i, pr, c in row[3]]
         flat_b = torch.tensor([b for _, b, pr, _ in targets for _ in pr], device=self.device)
         flat_p = torch.tensor([q for _, _, pr, _ in targets for q in pr], device=self.device)
         tgt_all = torch.tensor([t for *_, c in targets for t in c], device=self.device)
