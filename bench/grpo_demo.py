@@ -76,7 +76,8 @@ def warm_up(workdir: Path, steps: int, trailing: float) -> Path:
     from kollm.model.hf import save_hf
     from kollm.model.transformer import build_model
     from kollm.train.config import config_from_dict
-    from kollm.train.trainer import LMObjective, Trainer
+    from kollm.train.objectives.lm import LMObjective
+    from kollm.train.trainer import Trainer
 
     tok_dir = workdir / "tokenizer"
     tok = char_tokenizer(tok_dir)

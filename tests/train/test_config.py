@@ -94,7 +94,7 @@ def test_trillion_recipe_is_the_report():
 
 
 def test_model_source(tmp_path):
-    from kollm.train.pretrain import model_config
+    from kollm.train.model_setup import model_config
 
     with pytest.raises(ValueError, match="give a preset or init_from"):
         model_config(config_from_dict({"phases": [PHASE]}))
@@ -157,7 +157,7 @@ def test_null_turns_an_optional_input_off():
 
 
 def test_init_from_with_a_recipes_overrides_names_the_set_that_clears_them(tmp_path):
-    from kollm.train.pretrain import model_config
+    from kollm.train.model_setup import model_config
 
     # tiny-distill.yaml sizes its default student with overrides; a user's init_from meets them
     cfg = load_config(RECIPES / "tiny-distill.yaml", [f"model.init_from={tmp_path}"])

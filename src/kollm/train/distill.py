@@ -539,7 +539,7 @@ def dry_run(cfg: TrainConfig, args, precompute_only: bool = False) -> dict:
     planned over the trained tokens too (the dataset read once: one epoch)."""
     from kollm.plan import human, make, part, world_of
     from kollm.train.memory import memory_plan
-    from kollm.train.pretrain import plan_model_config
+    from kollm.train.model_setup import plan_model_config
     from kollm.train.schedules import phase_data, plan_phases
 
     mc, notes = plan_model_config(cfg)
@@ -626,9 +626,9 @@ def main(argv: list[str]) -> int:
 def train(cfg: TrainConfig, resume: bool = False, validate_only: bool = False) -> int:
     from kollm.data.chat import load_tokenizer, stop_token_ids
     from kollm.train.export import export_final
+    from kollm.train.model_setup import build_run_model, model_config
     from kollm.train.objectives.distill import DistillObjective
     from kollm.train.parallel import distributed_run
-    from kollm.train.pretrain import build_run_model, model_config
     from kollm.train.schedules import phase_data
     from kollm.train.trainer import Trainer
 

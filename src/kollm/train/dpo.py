@@ -173,7 +173,7 @@ def dry_run(raw: dict, dpo: DPOSection, data_train: str, args, online: bool, whe
     every sequence at max_length (real pairs are shorter; batches pad to the longest)."""
     from kollm.plan import make, part, world_of
     from kollm.train.memory import memory_plan
-    from kollm.train.pretrain import plan_model_config
+    from kollm.train.model_setup import plan_model_config
 
     notes = []
     if online:
@@ -339,7 +339,7 @@ def train_dpo(raw: dict, dpo: DPOSection, data_train: str, data_val: str | None,
     round-0 key and precomputed reference log-probs beside their pairs)."""
     from kollm.data.chat import load_tokenizer
     from kollm.train.export import export_final
-    from kollm.train.pretrain import build_run_model
+    from kollm.train.model_setup import build_run_model
     from kollm.train.trainer import Trainer
 
     raw = copy.deepcopy(raw)

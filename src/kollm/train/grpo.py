@@ -539,7 +539,7 @@ def dry_run(cfg: GRPOConfig, args) -> dict:
 
     from kollm.plan import make, part, world_of
     from kollm.train.memory import memory_plan
-    from kollm.train.pretrain import plan_model_config
+    from kollm.train.model_setup import plan_model_config
     from kollm.train.schedules import plan_phases
 
     tc, g = cfg.train, cfg.grpo
@@ -588,9 +588,9 @@ def main(argv: list[str]) -> int:
     import os
 
     from kollm.train.export import export_final
+    from kollm.train.model_setup import build_run_model
     from kollm.train.objectives.grpo import GRPOObjective
     from kollm.train.parallel import distributed_run
-    from kollm.train.pretrain import build_run_model
     from kollm.train.trainer import Trainer
 
     cfg = load_grpo_config(args.config, args.set, world=int(os.environ.get("WORLD_SIZE", "1")))

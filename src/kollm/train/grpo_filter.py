@@ -29,7 +29,7 @@ from kollm.rl.rewards import Rewards
 from kollm.rl.rollout import LocalRollout, ServerRollout
 from kollm.train.dpo import _count_rows
 from kollm.train.grpo import PromptSet, load_grpo_config, reward_fields
-from kollm.train.pretrain import plan_model_config
+from kollm.train.model_setup import plan_model_config
 
 
 def run(cfg, out: str | Path, low: float = 0.0, high: float = 1.0, group_size: int | None = None,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from kollm.train.config import TrainConfig, load_config
 from kollm.train.export import link_latest
-from kollm.train.pretrain import build_run_model, model_config
+from kollm.train.model_setup import build_run_model, model_config
 
 
 def tokenizer_source(cfg: TrainConfig) -> str:
@@ -176,7 +176,7 @@ def soup(model_dirs: list[Path], out: Path) -> Path:
 
 def dry_run(cfg: TrainConfig, args: argparse.Namespace, seeds: int) -> dict:
     """The kollm.plan dict: the trainer's plan × seeds, and a summary of the data when it is there."""
-    from kollm.train.pretrain import plan_of
+    from kollm.train.trainer_plan import plan_of
 
     text, rows = "", None
     if seeds > 1:

@@ -111,7 +111,7 @@ class DPOObjective:
         return torch.tensor([pairs, float(chosen)], dtype=torch.float32)
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], totals: torch.Tensor):
-        from kollm.train.trainer import ObjectiveOutput
+        from kollm.train.objectives.base import ObjectiveOutput
 
         out = model(batch["input_ids"], head=completion_head(batch["labels"]))
         logps, counts = out.head

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kollm.train.objectives.base import ObjectiveOutput
 from kollm.train.objectives.chunked import token_logprobs
-from kollm.train.trainer import ObjectiveOutput
 
 LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
 
