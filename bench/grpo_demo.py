@@ -100,7 +100,8 @@ def held_out_reward(model_dir: Path, rows_path: Path) -> float:
     from kollm.data.chat import stop_token_ids
     from kollm.model.hf import load_hf
     from kollm.rl.rewards import Rewards
-    from kollm.train.grpo import GRPOData, PromptSet, mean_reward
+    from kollm.train.grpo_config import GRPOData
+    from kollm.train.grpo_data import PromptSet, mean_reward
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     prompts = PromptSet(rows_path, tok, GRPOData(max_prompt_len=16, chat_template=False), {"answer"})

@@ -28,7 +28,8 @@ from kollm.rl.difficulty import keep, pass_rates
 from kollm.rl.rewards import Rewards
 from kollm.rl.rollout import LocalRollout, ServerRollout
 from kollm.train.dpo import _count_rows
-from kollm.train.grpo import PromptSet, load_grpo_config, reward_fields
+from kollm.train.grpo import load_grpo_config
+from kollm.train.grpo_data import PromptSet, reward_fields
 from kollm.train.model_setup import plan_model_config
 
 

@@ -17,12 +17,12 @@ import sys
 from kollm.data.loader import HeldOutBatches, PretrainLoader
 from kollm.model.hf import export_architecture
 from kollm.plan import add_plan_args, emit
-from kollm.train.config import load_config
+from kollm.train.config import TrainConfig, trainer_config
 from kollm.train.export import export_final
-from kollm.train.model_setup import build_run_model, model_config
+from kollm.train.model_setup import model_config
 from kollm.train.objectives.lm import LMObjective
 from kollm.train.parallel import distributed_run
-from kollm.train.schedules import phase_data
+from kollm.train.spec import StageSpec
 from kollm.train.trainer import Trainer
 from kollm.train.trainer_plan import plan_of
 
@@ -36,6 +36,30 @@ def check_vocabulary(data, vocab_size: int, shards: str) -> None:
                          "rows; set model.tokenizer to the tokenizer that made the shards")
 
 
+def pretrain_data(cfg: TrainConfig, info, vocab_size: int) -> tuple[PretrainLoader, HeldOutBatches | None]:
+    """XLDA-packed token shards (kollm.data.loader) and the held-out batches of data.validation."""
+    data = PretrainLoader(cfg.data.shards, cfg.phases[0].data, seed=cfg.seed, rank=info.rank,
+                          world_size=info.world, block_size=cfg.data.block_size)
+    check_vocabulary(data, vocab_size, cfg.data.shards)
+    val = None
+    if cfg.data.validation:
+        first = cfg.phases[0].data
+        val = HeldOutBatches(cfg.data.validation, first, cfg.validation.batches,
+                             cfg.validation.batch_size or first.batch_size, data.langs, rank=info.rank,
+                             world_size=info.world, block_size=cfg.data.block_size)
+        if val.max_token_id is not None and val.max_token_id >= vocab_size:
+            raise ValueError(f"{cfg.data.validation}: token ids reach {val.max_token_id} but the model has "
+                             f"{vocab_size} embedding rows (shards from another tokenizer?)")
+    return data, val
+
+
+def pretrain_objective(cfg: TrainConfig, langs: list[str]) -> LMObjective:
+    return LMObjective(cfg.data.mask_policy, cfg.data.restart_positions, langs=langs)
+
+
+SPEC = StageSpec("pretrain", config=trainer_config, data=pretrain_data, objective=pretrain_objective)
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="kollm pretrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,7 +69,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value (YAML), e.g. --set data.shards=runs/x/shards (repeatable)")
     args = p.parse_args(argv)
-    cfg = load_config(args.config, args.set)
+    cfg = SPEC.load(args.config, args.set)
 
     if args.dry_run:
         return emit(plan_of("pretrain", cfg, args), args)
@@ -55,20 +79,9 @@ def main(argv: list[str]) -> int:
     if cfg.checkpoint.export_hf:
         export_architecture(model_config(cfg))  # an unexportable model fails now, not after training
     with distributed_run(cfg.parallel) as info:
-        model = build_run_model(cfg, info.device)
-        data = PretrainLoader(cfg.data.shards, phase_data(cfg.phases[0]), seed=cfg.seed, rank=info.rank,
-                              world_size=info.world, block_size=cfg.data.block_size)
-        check_vocabulary(data, model.config.vocab_size, cfg.data.shards)
-        val = None
-        if cfg.data.validation:
-            first = phase_data(cfg.phases[0])
-            val = HeldOutBatches(cfg.data.validation, first, cfg.validation.batches,
-                                 cfg.validation.batch_size or first.batch_size, data.langs, rank=info.rank,
-                                 world_size=info.world, block_size=cfg.data.block_size)
-            if val.max_token_id is not None and val.max_token_id >= model.config.vocab_size:
-                raise ValueError(f"{cfg.data.validation}: token ids reach {val.max_token_id} but the model has "
-                                 f"{model.config.vocab_size} embedding rows (shards from another tokenizer?)")
-        objective = LMObjective(cfg.data.mask_policy, cfg.data.restart_positions, langs=data.langs)
+        model = SPEC.model(cfg, info.device)
+        data, val = SPEC.data(cfg, info, model.config.vocab_size)
+        objective = SPEC.objective(cfg, data.langs)
         trainer = Trainer(cfg, model, objective, data, info, val_data=val)
         trainer.fit(resume=args.resume)  # a diverged run raises: `kollm` exits 3 with its message
         if (out := export_final(trainer, cfg)) is not None:
@@ -76,4 +89,4 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["main", "check_vocabulary"]
+__all__ = ["SPEC", "main", "check_vocabulary", "pretrain_data", "pretrain_objective"]

@@ -29,6 +29,7 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from kollm.data import IGNORE
 from kollm.train import checkpoint, parallel, schedules
@@ -36,7 +37,7 @@ from kollm.train.config import TrainConfig
 from kollm.train.flops import default_peak_flops, mfu
 from kollm.train.objectives.base import Objective, ObjectiveOutput
 from kollm.train.parallel import DistInfo
-from kollm.train.schedules import decay_start_step, lr_at, micro_batches, phase_at, phase_data, plan_phases
+from kollm.train.schedules import decay_start_step, lr_at, micro_batches, phase_at, plan_phases
 
 FAULT_ENV = "KOLLM_FAULT_AT_STEP"  # tests: hard-exit (os._exit) right after this step, as a crash would
 
@@ -144,7 +145,7 @@ class Trainer:
     def apply_phase(self, idx: int, data: bool = True) -> None:
         phase = self.cfg.phases[idx]
         if data:
-            self.data.set_phase(phase_data(phase))
+            self.data.set_phase(phase.data)
         wd = self.cfg.optimizer.weight_decay if phase.weight_decay is None else phase.weight_decay
         parallel.set_weight_decay(self.optimizer, wd)
         self.objective.on_phase(phase)
@@ -215,7 +216,7 @@ class Trainer:
         # The source as the uninterrupted run had it: set to the checkpoint's phase, then its own
         # state on top, so what a source derives from the phase is restored even where its state
         # leaves it out.
-        self.data.set_phase(phase_data(self.cfg.phases[self.phase_idx]))
+        self.data.set_phase(self.cfg.phases[self.phase_idx].data)
         self.data.load_state_dict(rank_state["data"])
         return True
 
@@ -223,7 +224,7 @@ class Trainer:
     def train_step(self) -> dict:
         mode, info = self.cfg.parallel.mode, self.info
         seq_len = self.plans[self.phase_idx].seq_len
-        micro_bs = phase_data(self.cfg.phases[self.phase_idx]).batch_size
+        micro_bs = self.cfg.phases[self.phase_idx].data.batch_size
         sizes = micro_batches(self.cfg.batch, self.tokens_seen, seq_len, micro_bs, info.world, info.rank)
         if (on_step := getattr(self.data, "on_step", None)) is not None:  # distillation's fresh-sample share
             on_step(self.step, self.total_steps)
@@ -399,8 +400,6 @@ class Trainer:
     def _progress(self):
         if not (self.cfg.logging.progress and self.info.is_main):
             return None
-        from tqdm import tqdm
-
         # Redirected to a file (a cluster job's log), redraw every 30 s, not every step.
         return tqdm(total=self.total_steps, initial=self.step, desc=self.cfg.name, dynamic_ncols=True,
                     mininterval=0.1 if sys.stderr.isatty() else 30.0)

@@ -10,7 +10,7 @@ from kollm.train.config import TrainConfig
 from kollm.train.flops import format_plan, make_plan
 from kollm.train.memory import H100_MEMORY, format_memory, memory_plan
 from kollm.train.model_setup import plan_model_config
-from kollm.train.schedules import micro_batches, phase_data
+from kollm.train.schedules import micro_batches
 
 
 def dry_run(cfg: TrainConfig, world: int, mfu: float, peak_flops: float, device_memory: float | None = None,
@@ -21,9 +21,9 @@ def dry_run(cfg: TrainConfig, world: int, mfu: float, peak_flops: float, device_
     plan = make_plan(cfg, mc, world)
     precision = cfg.parallel.mixed_precision or "bf16"  # a plan is for the GPU, where bf16 is the default
     ac, every = cfg.parallel.activation_checkpointing, cfg.parallel.checkpoint_every
-    rows = [(ph.name, memory_plan(mc, cfg.parallel.mode, world, phase_data(ph).batch_size, p.seq_len, precision,
+    rows = [(ph.name, memory_plan(mc, cfg.parallel.mode, world, ph.data.batch_size, p.seq_len, precision,
                                   ac, every, accumulating=len(micro_batches(cfg.batch, 2**62, p.seq_len,
-                                                                            phase_data(ph).batch_size, world)) > 1))
+                                                                            ph.data.batch_size, world)) > 1))
             for ph, p in zip(cfg.phases, plan.phases)]
     device_memory = device_memory or H100_MEMORY
     compiled = cfg.parallel.compile is not False  # unset: on, as on the CUDA device the plan is for
