@@ -20,7 +20,6 @@ online rounds' sampling and the training steps, in FLOPs, GPU-hours and per-rank
 from __future__ import annotations
 
 import copy
-import gzip
 import hashlib
 import math
 import os
@@ -33,6 +32,7 @@ import torch.distributed as dist
 
 from kollm.data.chat import RowErrors, load_tokenizer
 from kollm.data.preferences import PreferenceData, read_pairs, tokenize_pairs
+from kollm.jsonrows import count_jsonl_rows
 from kollm.plan import make, part, world_of
 from kollm.train.config import TrainConfig, config_from_dict
 from kollm.train.export import export_final
@@ -152,14 +152,6 @@ def _with_phase(raw: dict, dpo: DPOSection, n_pairs: int) -> dict:
 
 
 # -- dry run ---------------------------------------------------------------------------------------
-def _count_rows(path: str | None) -> int | None:
-    """Rows of a JSONL file (non-blank lines); None when it is not there or not JSONL."""
-    if not path or not Path(path).is_file() or not str(path).endswith((".jsonl", ".jsonl.gz")):
-        return None
-    with (gzip.open if str(path).endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
-        return sum(1 for line in f if line.strip())
-
-
 def _dpo_parts(dpo: DPOSection, n_pairs: int, f: float, label: str = "") -> list[dict]:
     """Reference forward once over every pair (chosen and rejected, ≤ max_length tokens each),
     then epochs·pairs/pairs_per_step steps of policy forward+backward on both sequences."""
@@ -176,13 +168,13 @@ def dry_run(raw: dict, dpo: DPOSection, data_train: str, args, online: bool, whe
     notes = []
     if online:
         on = dpo.online
-        prompts = on.prompts_per_round or _count_rows(on.prompts) or on.planned_prompts
+        prompts = on.prompts_per_round or count_jsonl_rows(on.prompts) or on.planned_prompts
         if not prompts:
             raise ValueError(f"{where}: dry run: set dpo.online.prompts_per_round (or planned_prompts): the prompts "
                              f"file {on.prompts or '(unset)'} is not there to count")
         n_pairs = prompts  # best vs worst per prompt: at most one pair each (ties and length drops remove some)
     else:
-        counted = _count_rows(data_train)
+        counted = count_jsonl_rows(data_train)
         n_pairs = counted or dpo.planned_pairs
         if not n_pairs:
             raise ValueError(f"{where}: dry run: data.train {data_train or '(unset)'} is not there to count: set "
