@@ -30,7 +30,7 @@ def make_model(tokenizer_dir: str, out: Path, dim: int, layers: int) -> Path:
     from kollm.model.config import ModelConfig
     from kollm.model.hf import save_hf
     from kollm.model.transformer import build_model
-    from kollm.train.pretrain import tokenizer_fields
+    from kollm.train.model_setup import tokenizer_fields
 
     fields = tokenizer_fields(tokenizer_dir)
     cfg = ModelConfig(vocab_size=fields["vocab_size"], dim=dim, n_layers=layers, n_heads=max(1, dim // 64),

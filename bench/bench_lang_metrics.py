@@ -40,7 +40,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from kollm.model import build_model, get_preset
     from kollm.train.config import config_from_dict
-    from kollm.train.trainer import LMObjective, Trainer
+    from kollm.train.objectives.lm import LMObjective
+    from kollm.train.trainer import Trainer
 
     trainers = {}
     with tempfile.TemporaryDirectory() as out:

@@ -59,8 +59,9 @@ def measure(mode: str, ac_name: str, precision: str) -> dict:
     from kollm.model.transformer import build_model
     from kollm.train.config import config_from_dict
     from kollm.train.memory import memory_plan
+    from kollm.train.objectives.lm import LMObjective
     from kollm.train.parallel import init_distributed
-    from kollm.train.trainer import LMObjective, Trainer
+    from kollm.train.trainer import Trainer
 
     info = init_distributed()
     ac = SETTINGS[ac_name]

@@ -56,7 +56,8 @@ class RandomTokens:
 def kollm_side(args, compiled: bool = False) -> dict:
     from kollm.model import build_model, get_preset
     from kollm.train.config import config_from_dict
-    from kollm.train.trainer import LMObjective, Trainer
+    from kollm.train.objectives.lm import LMObjective
+    from kollm.train.trainer import Trainer
 
     torch.manual_seed(0)
     model = build_model(get_preset("small-20m"))

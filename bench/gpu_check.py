@@ -133,8 +133,9 @@ def check_train(device: torch.device, args, compile_: bool, ac: bool | str = Fal
     from kollm.train.config import config_from_dict
     from kollm.train.flops import H100_BF16_DENSE, default_peak_flops, mfu
     from kollm.train.memory import memory_plan
+    from kollm.train.objectives.lm import LMObjective
     from kollm.train.parallel import DistInfo, compile_stats
-    from kollm.train.trainer import LMObjective, Trainer
+    from kollm.train.trainer import Trainer
 
     mc = model_config(args)
     cfg = config_from_dict({

@@ -76,7 +76,8 @@ def warm_up(workdir: Path, steps: int, trailing: float) -> Path:
     from kollm.model.hf import save_hf
     from kollm.model.transformer import build_model
     from kollm.train.config import config_from_dict
-    from kollm.train.trainer import LMObjective, Trainer
+    from kollm.train.objectives.lm import LMObjective
+    from kollm.train.trainer import Trainer
 
     tok_dir = workdir / "tokenizer"
     tok = char_tokenizer(tok_dir)
@@ -99,7 +100,8 @@ def held_out_reward(model_dir: Path, rows_path: Path) -> float:
     from kollm.data.chat import stop_token_ids
     from kollm.model.hf import load_hf
     from kollm.rl.rewards import Rewards
-    from kollm.train.grpo import GRPOData, PromptSet, mean_reward
+    from kollm.train.grpo_config import GRPOData
+    from kollm.train.grpo_data import PromptSet, mean_reward
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     prompts = PromptSet(rows_path, tok, GRPOData(max_prompt_len=16, chat_template=False), {"answer"})

@@ -129,3 +129,25 @@ def test_the_graph_sees_function_level_and_package_imports():
 def test_every_module_is_placed():
     assert [m for m in modules() if not any(m == p or (p != "kollm" and m.startswith(p + "."))
                                             for _, ps in LAYERS for p in ps)] == []
+
+
+def test_no_module_imports_another_modules_private_name():
+    """`from kollm.x import _name` couples a module to another's insides (dpo.py and grpo.py once
+    imported the config's private `_build`): what two modules share is public in one of them."""
+    private = []
+    for m, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kollm"):
+                private += [f"{m}: from {node.module} import {a.name}" for a in node.names
+                            if a.name.startswith("_") and a.name != "__version__"]
+    assert private == []
+
+
+def test_post_training_stages_do_not_import_pretraining():
+    """Every stage's model setup is kollm.train.model_setup; a stage module imports no other stage's
+    command module (the stages are listed in kollm.train.stages)."""
+    graph = import_graph()
+    stages = ["kollm.train.pretrain", "kollm.train.sft", "kollm.train.dpo", "kollm.train.distill", "kollm.train.grpo"]
+    crossing = [f"{a} imports {b}" for a in graph if a.startswith("kollm.train.") and a != "kollm.train.stages"
+                for b in graph[a] & set(stages) if b != a and not a.startswith(b + "_")]
+    assert crossing == []

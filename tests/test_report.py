@@ -18,7 +18,8 @@ from kollm.model.config import get_preset  # noqa: E402
 from kollm.model.transformer import build_model  # noqa: E402
 from kollm.report import build, read_metrics  # noqa: E402
 from kollm.train.config import config_from_dict  # noqa: E402
-from kollm.train.trainer import LMObjective, Trainer  # noqa: E402
+from kollm.train.objectives.lm import LMObjective  # noqa: E402
+from kollm.train.trainer import Trainer  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 

@@ -147,5 +147,13 @@ class RowErrors:
                 "files": {f: dict(c) for f, c in sorted(self.files.items())}, "examples": self.where}
 
 
-__all__ = ["JSONL_SUFFIXES", "PARQUET_SUFFIXES", "RowErrors", "TooDeep", "check_object", "has_surrogate",
-           "iter_rows", "loads_row"]
+def count_jsonl_rows(path: str | None) -> int | None:
+    """Rows of a JSONL file (non-blank lines); None when it is not there or not JSONL."""
+    if not path or not Path(path).is_file() or not str(path).endswith((".jsonl", ".jsonl.gz")):
+        return None
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
+__all__ = ["JSONL_SUFFIXES", "PARQUET_SUFFIXES", "RowErrors", "TooDeep", "check_object", "count_jsonl_rows",
+           "has_surrogate", "iter_rows", "loads_row"]

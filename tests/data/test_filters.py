@@ -8,10 +8,10 @@ import pytest
 from kollm.data.filters import (
     FilterConfig,
     HeuristicFilter,
-    _dup_ngram_char_frac,
     _top_ngram_char_frac,
     check_document,
     default_filter_configs,
+    dup_ngram_char_frac,
     make_filter_config,
 )
 from kollm.data.langid import LanguageIdentifier
@@ -115,8 +115,8 @@ def test_korean_jamo_ratio():
 def test_dup_ngram_char_fraction_known_value():
     units = "a b c a b c x".split()
     # 3-gram (a,b,c) repeats at position 3: units 3..5 covered → 3 of 7 one-char units
-    assert _dup_ngram_char_frac(units, 3, 7) == pytest.approx(3 / 7)
-    assert _dup_ngram_char_frac(units, 4, 7) == 0.0
+    assert dup_ngram_char_frac(units, 3, 7) == pytest.approx(3 / 7)
+    assert dup_ngram_char_frac(units, 4, 7) == 0.0
 
 
 def test_unknown_key_is_an_error_naming_it():
@@ -144,5 +144,5 @@ def test_repeated_ngram_coverage_shrinks_with_n():
     lines = _paragraph("en", 0, 200).split("\n")
     for _ in range(30):
         doc = " ".join(rng.choice(lines) for _ in range(8)).split()
-        fracs = [_dup_ngram_char_frac(doc, n, sum(map(len, doc))) for n in range(2, 12)]
+        fracs = [dup_ngram_char_frac(doc, n, sum(map(len, doc))) for n in range(2, 12)]
         assert all(a >= b for a, b in zip(fracs, fracs[1:]))

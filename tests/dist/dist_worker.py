@@ -16,7 +16,8 @@ from kollm.model.config import get_preset  # noqa: E402
 from kollm.model.transformer import build_model  # noqa: E402
 from kollm.train.config import config_from_dict  # noqa: E402
 from kollm.train.parallel import init_distributed  # noqa: E402
-from kollm.train.trainer import LMObjective, Trainer  # noqa: E402
+from kollm.train.objectives.lm import LMObjective  # noqa: E402
+from kollm.train.trainer import Trainer  # noqa: E402
 
 
 def run_config(mode: str, out_dir: str, steps: int = 4, ac: bool = False, precision: str = "fp32") -> dict:

@@ -64,7 +64,8 @@ def test_fsdp_grpo_syncs_the_gathered_policy(tmp_path, write_tiny_llama):
 
     from kollm.rl.rewards import Rewards
     from kollm.data.chat import stop_token_ids
-    from kollm.train.grpo import GRPOData, PromptSet, mean_reward
+    from kollm.train.grpo_config import GRPOData
+    from kollm.train.grpo_data import PromptSet, mean_reward
 
     tok = AutoTokenizer.from_pretrained(tiny)
     held = PromptSet(prompts, tok, GRPOData(max_prompt_len=16, chat_template=False), set(), limit=8)

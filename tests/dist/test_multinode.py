@@ -26,7 +26,8 @@ from synthetic import SyntheticLoader  # noqa: E402
 from kollm.model.config import get_preset  # noqa: E402
 from kollm.model.transformer import build_model  # noqa: E402
 from kollm.train.config import config_from_dict  # noqa: E402
-from kollm.train.trainer import LMObjective, Trainer  # noqa: E402
+from kollm.train.objectives.lm import LMObjective  # noqa: E402
+from kollm.train.trainer import Trainer  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:torch.distributed is disabled")]
 MODES = ("ddp", "fsdp")

@@ -24,7 +24,8 @@ from kollm.model.transformer import build_model  # noqa: E402
 from kollm.train.config import config_from_dict  # noqa: E402
 from kollm.train.export import load_checkpoint_model  # noqa: E402
 from kollm.train.export import main as export_main  # noqa: E402
-from kollm.train.trainer import LMObjective, Trainer  # noqa: E402
+from kollm.train.objectives.lm import LMObjective  # noqa: E402
+from kollm.train.trainer import Trainer  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:torch.distributed is disabled")]
 

@@ -67,7 +67,7 @@ def sft_config(model_dir: Path, train: Path, out: Path, steps: int = 6, seq_len:
         "name": "sft-test", "output_dir": str(out), "seed": 0,
         "model": {"init_from": str(model_dir)},
         "data": {"train": str(train), "validation": str(validation or ""), "mask_policy": "document",
-                 "restart_positions": True, "packing": packing},
+                 "restart_positions": True, "pack_conversations": packing},
         "batch": {"tokens": seq_len * batch_size},
         "optimizer": {"lr": 3e-3, "weight_decay": 0.0, "grad_clip": 1.0},
         "schedule": {"kind": "linear", "warmup_steps": 2, "final_lr_ratio": 0.1},

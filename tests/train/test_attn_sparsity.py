@@ -12,7 +12,8 @@ from kollm.model import masks
 from kollm.model.config import get_preset
 from kollm.model.transformer import build_model
 from kollm.train.config import config_from_dict
-from kollm.train.trainer import LMObjective, Trainer
+from kollm.train.objectives.lm import LMObjective
+from kollm.train.trainer import Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 

@@ -78,23 +78,23 @@ def test_trillion_recipe_is_the_report():
     stable, anneal, long = cfg.phases
     assert stable.tokens + anneal.tokens == 2 * 10**12 and anneal.tokens / 2e12 == 0.1  # the last 10 %
     # §1/§8 budgets over the 2T tokens, and the anneal's tripled multilingual share (§3.2)
-    total = {lang: stable.tokens * stable.data["beta"][lang] + anneal.tokens * anneal.data["beta"][lang]
-             for lang in stable.data["beta"]}
+    total = {lang: stable.tokens * stable.data.beta[lang] + anneal.tokens * anneal.data.beta[lang]
+             for lang in stable.data.beta}
     assert total["ko"] < 180e9 and total["ko"] + total["ja"] + total["zh"] < 220e9
     assert total["code"] + total["math"] < 0.02 * 2e12
     for lang in ("ko", "ja", "zh"):
-        assert anneal.data["beta"][lang] == pytest.approx(3 * stable.data["beta"][lang])
-    assert sum(stable.data["beta"].values()) == pytest.approx(1) and sum(anneal.data["beta"].values()) == pytest.approx(1)
+        assert anneal.data.beta[lang] == pytest.approx(3 * stable.data.beta[lang])
+    assert sum(stable.data.beta.values()) == pytest.approx(1) and sum(anneal.data.beta.values()) == pytest.approx(1)
     assert (stable.mtp_alpha, anneal.mtp_alpha, anneal.weight_decay) == (0.2, 0.1, 0.033)
-    assert stable.data["seq_len"] == anneal.data["seq_len"] == 4096
-    assert (long.tokens, long.data["seq_len"], long.rope_theta, long.data["long_fraction"]) == (60e9, 32768, 1e6, 0.6)
+    assert stable.data.seq_len == anneal.data.seq_len == 4096
+    assert (long.tokens, long.data.seq_len, long.rope_theta, long.data.long_fraction) == (60e9, 32768, 1e6, 0.6)
     assert (cfg.batch.ramp_from, cfg.batch.tokens, cfg.batch.ramp_tokens) == (2**20, 2**21, 10**12)
     # the report's ZeRO-1; block checkpointing makes its 4K phases fit (recipe header)
     assert (cfg.parallel.mode, cfg.parallel.activation_checkpointing) == ("zero1", True)
 
 
 def test_model_source(tmp_path):
-    from kollm.train.pretrain import model_config
+    from kollm.train.model_setup import model_config
 
     with pytest.raises(ValueError, match="give a preset or init_from"):
         model_config(config_from_dict({"phases": [PHASE]}))
@@ -139,8 +139,11 @@ def test_set_overrides_reach_nested_keys_and_list_items(tmp_path):
 def test_values_that_would_train_nothing_or_fail_later_name_their_key(raw, what):
     """A zero or negative value that makes a key meaningless is refused when the config loads (not at
     the first generation minutes later, nor accepted in silence), naming the key and the value."""
+    from kollm.train.distill import distill_config_from_dict
+
+    build = distill_config_from_dict if {"teacher", "distill"} & set(raw) else config_from_dict  # distill's sections
     with pytest.raises(ValueError, match=re.escape(what)):
-        config_from_dict({"phases": [PHASE], **raw})
+        build({"phases": [PHASE], **raw})
 
 
 def test_null_turns_an_optional_input_off():
@@ -157,13 +160,14 @@ def test_null_turns_an_optional_input_off():
 
 
 def test_init_from_with_a_recipes_overrides_names_the_set_that_clears_them(tmp_path):
-    from kollm.train.pretrain import model_config
+    from kollm.train.distill import SPEC
+    from kollm.train.model_setup import model_config
 
     # tiny-distill.yaml sizes its default student with overrides; a user's init_from meets them
-    cfg = load_config(RECIPES / "tiny-distill.yaml", [f"model.init_from={tmp_path}"])
+    cfg = SPEC.load(RECIPES / "tiny-distill.yaml", [f"model.init_from={tmp_path}"]).train
     with pytest.raises(ValueError, match=r"--set model.overrides=null"):
         model_config(cfg)
-    cleared = load_config(RECIPES / "tiny-distill.yaml", [f"model.init_from={tmp_path}", "model.overrides=null"])
+    cleared = SPEC.load(RECIPES / "tiny-distill.yaml", [f"model.init_from={tmp_path}", "model.overrides=null"]).train
     assert cleared.model.overrides == {} and model_config(cleared)  # past the check
 
 

@@ -18,7 +18,7 @@ import yaml
 from kollm.model.config import get_preset
 from kollm.model.hf import save_hf
 from kollm.model.transformer import build_model
-from kollm.train.config import config_from_dict
+from kollm.train.distill import distill_config_from_dict
 from kollm.train.objectives.lm import IGNORE
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
@@ -74,7 +74,7 @@ def _cfg(root: Path, out: Path, **distill) -> dict:
 
 
 def test_rows_to_examples_labels_and_bad_rows(world):
-    from kollm.train.distill import ChatExamples
+    from kollm.train.distill_data import ChatExamples
 
     root, tok = world
     ex = ChatExamples(root / "train.jsonl", tok, 64)
@@ -93,7 +93,7 @@ def test_rows_to_examples_labels_and_bad_rows(world):
 def test_generated_samples_are_labelled_like_the_dataset(world):
     """The alignment DistiLLM's sampler gets one position off: a generated response equal to the
     dataset's response must give exactly the dataset's labels (and so the same targets)."""
-    from kollm.train.distill import ChatExamples, DistillData, collate
+    from kollm.train.distill_data import ChatExamples, DistillData, collate
 
     root, tok = world
     e = ChatExamples(root / "train.jsonl", tok, 64).examples[3]
@@ -111,10 +111,10 @@ class _Source:
 
     def __init__(self, world, **distill):
         from kollm.data.chat import stop_token_ids
-        from kollm.train.distill import ChatExamples, DistillData
+        from kollm.train.distill_data import ChatExamples, DistillData
 
         root, tok = world
-        cfg = config_from_dict(_cfg(root, root / "unused", **distill))
+        cfg = distill_config_from_dict(_cfg(root, root / "unused", **distill))
         torch.manual_seed(0)
         self.model = build_model(get_preset("tiny", vocab_size=len(tok), dim=32, ffn_dim=96))
         ex = ChatExamples(root / "train.jsonl", tok, 64)
@@ -222,7 +222,7 @@ def test_state_dict_resumes_exactly(world):
 
 def test_teacher_with_another_vocabulary_is_an_error(world, tmp_path):
     from kollm.data.chat import load_tokenizer
-    from kollm.train.distill import check_same_vocabulary
+    from kollm.train.distill_teacher import check_same_vocabulary
 
     root, tok = world
     other = load_tokenizer(_tokenizer(tmp_path / "other", budget=90))
@@ -235,13 +235,14 @@ def test_precompute_and_stored_topk_match_the_live_teacher(world, tmp_path):
     """Stored top-k with k = V − 1 is exact: the offline loss equals the online one on the same batch."""
     from kollm.data.chat import load_tokenizer
     from kollm.model.hf import load_hf
-    from kollm.train.distill import ChatExamples, StoredTopK, collate, precompute
+    from kollm.train.distill_data import ChatExamples, StoredTopK, collate
+    from kollm.train.distill_teacher import precompute
     from kollm.train.objectives.distill import DistillObjective
 
     root, tok = world
     raw = _cfg(root, tmp_path / "run")
     raw["teacher"]["top_k"] = len(tok) - 1
-    cfg = config_from_dict(raw)
+    cfg = distill_config_from_dict(raw)
     out = precompute(cfg, tmp_path / "topk", torch.device("cpu"), batch_size=5)
     assert [p.name for p in out] == ["train", "validation"]
     ex = ChatExamples(root / "train.jsonl", tok, 64)
@@ -324,7 +325,7 @@ def test_bad_settings_are_one_line_errors(world, tmp_path):
         for section, values in change.items():
             raw[section] |= values
         with pytest.raises(ValueError, match=message):
-            train(config_from_dict(raw))
+            train(distill_config_from_dict(raw))
 
 
 def test_server_topk_of_generated_samples_match_the_teacher(world, openai_stub):
@@ -333,7 +334,7 @@ def test_server_topk_of_generated_samples_match_the_teacher(world, openai_stub):
     loss with top-k taken from the teacher's own logits."""
     from kollm.data.chat import stop_token_ids
     from kollm.model.hf import load_hf
-    from kollm.train.distill import ChatExamples, DistillData, ServerTopK, collate
+    from kollm.train.distill_data import ChatExamples, DistillData, ServerTopK, collate
     from kollm.train.objectives.distill import DistillObjective, target_mask, teacher_topk
 
     root, tok = world
@@ -352,7 +353,7 @@ def test_server_topk_of_generated_samples_match_the_teacher(world, openai_stub):
         return {"choices": [{"text": "x", "prompt_logprobs": out}]}
 
     stub = openai_stub(vllm)
-    cfg = config_from_dict(_cfg(root, root / "unused", off_policy_init=1.0))
+    cfg = distill_config_from_dict(_cfg(root, root / "unused", off_policy_init=1.0))
     torch.manual_seed(0)
     student = build_model(get_preset("tiny", vocab_size=len(tok), dim=32, ffn_dim=96))
     ex = ChatExamples(root / "train.jsonl", tok, 64)

@@ -157,12 +157,12 @@ def test_config_errors(setup, capfd):
 ])
 def test_values_out_of_range_name_their_key(key, value, message):
     """`dpo.epochs: 0` trained one step and exited 0; each such value is refused naming its key."""
-    from kollm.train.config import _build
+    from kollm.train.config import build_section
     from kollm.train.dpo import DPOSection
 
     with pytest.raises(ValueError, match=re.escape(message)):
-        _build(DPOSection, {key: value}, "dpo")
-    assert _build(DPOSection, {"epochs": 0.2}, "dpo").epochs == 0.2  # part of an epoch is fine
+        build_section(DPOSection, {key: value}, "dpo")
+    assert build_section(DPOSection, {"epochs": 0.2}, "dpo").epochs == 0.2  # part of an epoch is fine
 
 
 @pytest.mark.parametrize("recipe,pairs,steps,beta,loss,lr", [

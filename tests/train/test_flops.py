@@ -8,7 +8,8 @@ import pytest
 from kollm.model.config import get_preset
 from kollm.train.config import load_config
 from kollm.train.flops import H100_BF16_DENSE, make_plan, mfu
-from kollm.train.pretrain import main, model_config
+from kollm.train.model_setup import model_config
+from kollm.train.pretrain import main
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 

@@ -16,8 +16,10 @@ import pytest
 import torch
 import yaml
 
-from kollm.train.grpo import GRPOData, PromptSet, grpo_config_from_dict, load_grpo_config
+from kollm.train.grpo import grpo_config_from_dict, load_grpo_config
 from kollm.train.grpo import main as grpo_main
+from kollm.train.grpo_config import GRPOData
+from kollm.train.grpo_data import PromptSet
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:torch.distributed is disabled")]
@@ -70,7 +72,7 @@ def test_config_mistakes_name_their_key(tiny, prompts, tmp_path):
     with pytest.raises(ValueError, match="loss_type"):
         grpo_config_from_dict({**raw, "grpo": {"loss_type": "ppo"}})
     cfg = grpo_config_from_dict(raw)
-    assert cfg.train.batch.tokens == 2 * 4 * (16 + 6) and cfg.train.phases[0].data == {"seq_len": 22, "batch_size": 3}
+    assert cfg.train.batch.tokens == 2 * 4 * (16 + 6) and (cfg.train.phases[0].data.seq_len, cfg.train.phases[0].data.batch_size) == (22, 3)
     for recipe in ("tiny-grpo.yaml", "trillion-7b-grpo.yaml"):  # the shipped recipes parse
         load_grpo_config(RECIPES / recipe)
 
@@ -149,7 +151,7 @@ def test_resume_mid_rollout_batch_is_exact_and_exports(tiny, prompts, tmp_path):
     from kollm.data.chat import stop_token_ids
     from kollm.model.hf import load_hf
     from kollm.rl.rewards import Rewards
-    from kollm.train.grpo import mean_reward
+    from kollm.train.grpo_data import mean_reward
 
     hf = full / "hf" / "latest"
     tok = AutoTokenizer.from_pretrained(hf)
@@ -184,7 +186,7 @@ def test_bf16_reference_and_old_policy_match_the_policy_at_step_one(tiny, prompt
 
 def _scripted_validation(monkeypatch, values: list[float]) -> None:
     """Validation passes give the scripted val_reward_mean, one value per pass in order."""
-    from kollm.train.grpo import ValidationSource
+    from kollm.train.grpo_data import ValidationSource
 
     real, left = ValidationSource.batches, list(values)
 

@@ -142,7 +142,8 @@ def test_server_follows_the_policy_only_with_sync(tiny, prompts, server, tmp_pat
 
     from kollm.data.chat import stop_token_ids
     from kollm.rl.rewards import Rewards
-    from kollm.train.grpo import GRPOData, PromptSet, mean_reward
+    from kollm.train.grpo_config import GRPOData
+    from kollm.train.grpo_data import PromptSet, mean_reward
 
     tok = AutoTokenizer.from_pretrained(tiny)
     held = PromptSet(prompts, tok, GRPOData(max_prompt_len=16, chat_template=False), set(), limit=12)

@@ -16,7 +16,8 @@ from kollm.model.config import get_preset
 from kollm.model.transformer import build_model
 from kollm.train import checkpoint
 from kollm.train.config import config_from_dict
-from kollm.train.trainer import LMObjective, Trainer, TrainingDiverged, TrainingInterrupted
+from kollm.train.objectives.lm import LMObjective
+from kollm.train.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 

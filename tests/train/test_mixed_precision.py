@@ -10,8 +10,9 @@ from synthetic import SyntheticLoader
 from kollm.model.config import get_preset
 from kollm.model.transformer import build_model
 from kollm.train.config import config_from_dict
+from kollm.train.objectives.lm import LMObjective
 from kollm.train.parallel import resolve_precision
-from kollm.train.trainer import LMObjective, Trainer
+from kollm.train.trainer import Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 STEPS = 50

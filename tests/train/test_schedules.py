@@ -60,7 +60,7 @@ def brute_force(cfg, world):
     """Step by step, no closed-form jump."""
     out, seen = [], 0
     for ph in cfg.phases:
-        seq, mb = ph.data["seq_len"], ph.data["batch_size"]
+        seq, mb = ph.data.seq_len, ph.data.batch_size
         steps, tokens = 0, 0
         while (steps < ph.steps) if ph.steps is not None else (tokens < ph.tokens):
             t = sum(sum(micro_batches(cfg.batch, seen, seq, mb, world, r)) for r in range(world)) * seq
@@ -151,7 +151,7 @@ def test_trillion_anneal_mixture_follows_section_6_1():
     """§6.1's chosen anneal (Anneal + Quality + Composition) up-samples multilingual, math and code;
     §3.2 triples multilingual; §1/§8 budgets: multilingual < 220B (Korean < 180B), math + code < 2 %."""
     cfg = load_config(TRILLION)
-    stable, anneal, long = (p.data for p in cfg.phases)
+    stable, anneal, long = (p.data.to_dict() for p in cfg.phases)
     tokens = {p.name: p.tokens for p in cfg.phases}
     multi = ("ko", "ja", "zh")
     for lang in (*multi, "code", "math"):

@@ -114,7 +114,7 @@ def test_dry_run_and_config_mistakes(runs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "40 conversations" in out and "3 bad rows skipped" in out and "one epoch =" in out
     assert main(base + ["--set", "data.mask_policy=xlda", "--set", "data.restart_positions=false"]) == 1
-    assert "data.packing needs data.mask_policy: document" in capsys.readouterr().err
+    assert "data.pack_conversations needs data.mask_policy: document" in capsys.readouterr().err
     assert main(base + ["--set", "data.train=''"]) == 1
     assert "data.train is required" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -13,9 +13,10 @@ from kollm.model.config import get_preset
 from kollm.model.hf import save_hf
 from kollm.model.transformer import build_model
 from kollm.train.config import config_from_dict
-from kollm.train.pretrain import build_run_model
+from kollm.train.model_setup import build_run_model
+from kollm.train.objectives.lm import LMObjective
 from kollm.train.schedules import lr_at
-from kollm.train.trainer import LMObjective, Trainer, TrainingDiverged
+from kollm.train.trainer import Trainer, TrainingDiverged
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
@@ -194,7 +195,7 @@ def test_continual_pretraining_with_an_extended_tokenizer(tmp_path):
         parts = [t.id for t in base_tok.model.tokenize(token)]
         assert len(parts) > 1
         torch.testing.assert_close(emb[ext_tok.token_to_id(token)], old[parts].mean(0))
-    from kollm.train.pretrain import model_config
+    from kollm.train.model_setup import model_config
 
     assert model_config(cfg).vocab_size == emb.shape[0]  # the dry run plans the grown model
 

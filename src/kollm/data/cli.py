@@ -1,6 +1,7 @@
 """`kollm data SUBCOMMAND`: curate, report, judge, classifier {train, score}, tokenize.
 
-`tokenize` belongs to kollm.data.tokenize and is handed its arguments untouched.
+`tokenize` belongs to kollm.data.tokenize and is handed its arguments untouched. Each subcommand
+imports its modules when it runs (datatrove, torch, pyarrow): one never loads another's.
 """
 
 from __future__ import annotations

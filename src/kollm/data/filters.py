@@ -21,7 +21,7 @@ from datatrove.data import Document
 from kollm.data.stats import CurationStep
 
 _BULLETS = ("•", "●", "◦", "▪", "-", "*", "·", "‣", "○")
-_TERMINAL = (".", "!", "?", '"', "'", "”", "’", "。", "！", "？", "」", "』", "…", ")", "다", "요", "죠", "까")
+TERMINAL = (".", "!", "?", '"', "'", "”", "’", "。", "！", "？", "」", "』", "…", ")", "다", "요", "죠", "까")
 _EN_STOP = frozenset(["the", "be", "to", "of", "and", "that", "have", "with"])
 
 
@@ -104,7 +104,7 @@ def _top_ngram_char_frac(units: list[str], n: int, total_chars: int) -> float:
     return sum(map(len, gram)) * count / total_chars if count > 1 else 0.0
 
 
-def _dup_ngram_char_frac(units: list[str], n: int, total_chars: int) -> float:
+def dup_ngram_char_frac(units: list[str], n: int, total_chars: int) -> float:
     """Gopher: characters covered by n-grams that occur more than once (each position counted once)."""
     if len(units) < n:
         return 0.0
@@ -161,7 +161,7 @@ def check_document(text: str, lang: str, cfg: FilterConfig) -> str | None:
                 sum(ln.endswith(("...", "…")) for ln in lines) / len(lines) > cfg.max_ellipsis_lines):
             return "ellipsis_lines"
         if cfg.min_terminal_lines is not None and (
-                sum(ln.endswith(_TERMINAL) for ln in lines) / len(lines) < cfg.min_terminal_lines):
+                sum(ln.endswith(TERMINAL) for ln in lines) / len(lines) < cfg.min_terminal_lines):
             return "terminal_lines"
     lowered = text.lower()
     if any(p in lowered for p in cfg.bad_phrases):
@@ -184,7 +184,7 @@ def check_document(text: str, lang: str, cfg: FilterConfig) -> str | None:
             return "top_ngram"
     dup_rules = sorted(cfg.max_dup_ngram_char_frac.items())
     for j, (k, limit) in enumerate(dup_rules):
-        frac = _dup_ngram_char_frac(units, k, total_chars)
+        frac = dup_ngram_char_frac(units, k, total_chars)
         if frac > limit:
             return "dup_ngram"
         # coverage by repeated n-grams only shrinks as n grows: below every later limit, stop

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from kollm.data import chat
 from kollm.data.documents import iter_rows, resolve_inputs
 from kollm.data.langid import LanguageIdentifier
 from kollm.openai_client import ChatClient, ClientConfig
@@ -250,8 +251,6 @@ def conversation_text(messages: list[dict]) -> str:
 def sample_conversations(inputs: list[str], limit: int | None = None) -> tuple[list[dict], dict]:
     """Every chat row of `inputs` (kollm.data.chat formats; the first `limit`), as judge documents
     that carry the row; bad rows are counted by reason with file:line."""
-    from kollm.data import chat
-
     lid = LanguageIdentifier()
     errors, docs = chat.RowErrors(), []
     for path in resolve_inputs(inputs):

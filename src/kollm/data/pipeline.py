@@ -31,6 +31,7 @@ from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
 
+from kollm import __version__
 from kollm.argtypes import config_text
 from kollm.data.dedup import DedupConfig, decide_duplicates, read_duplicate_pairs, signature_step, text_hash
 from kollm.data.documents import DocumentReader, ParquetDocWriter, read_parquet_documents
@@ -328,8 +329,6 @@ def write_report(output: str) -> dict:
 
 
 def _fingerprint(cfg: CurateConfig, files: list[str]) -> str:
-    from kollm import __version__
-
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("workers", "executor",
                                                                                                "executor_options",
                                                                                                "ray_address")}

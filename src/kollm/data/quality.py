@@ -20,7 +20,7 @@ from pathlib import Path
 from datatrove.data import Document, DocumentsPipeline
 
 from kollm.data.documents import source_key
-from kollm.data.filters import _TERMINAL, _dup_ngram_char_frac
+from kollm.data.filters import TERMINAL, dup_ngram_char_frac
 from kollm.data.stats import CurationStep
 
 KEEP_PRESETS = {"pretrain": {"en": 0.8, "default": 0.5}, "anneal": {"en": 0.2, "default": 0.1}, "all": {"default": 1.0}}
@@ -61,10 +61,10 @@ def heuristic_score(text: str, cjk: bool = False) -> float:
         return 0.0
     length = min(1.0, math.log1p(len(units)) / math.log1p(2000 if cjk else 500))
     lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
-    terminal = sum(ln.endswith(_TERMINAL) for ln in lines) / len(lines)
+    terminal = sum(ln.endswith(TERMINAL) for ln in lines) / len(lines)
     chars = [c for c in text if not c.isspace()]
     symbols = max(0.0, 1.0 - 3.0 * sum(not c.isalnum() for c in chars) / len(chars))
-    repeats = 1.0 - _dup_ngram_char_frac(units, 10 if cjk else 5, sum(map(len, units)))
+    repeats = 1.0 - dup_ngram_char_frac(units, 10 if cjk else 5, sum(map(len, units)))
     alpha = 1.0 if cjk else sum(any(c.isalpha() for c in w) for w in units) / len(units)
     return (length + terminal + symbols + repeats + alpha) / 5.0
 

@@ -33,14 +33,13 @@ import numpy as np
 import torch
 
 from kollm.data import IGNORE, chat
+from kollm.data.documents import resolve_inputs
 
 STATE_VERSION = 1
 
 
 def resolve_paths(spec: str | list[str]) -> list[str]:
     """`a.jsonl,b.parquet`, a directory (recursively) or a glob → sorted list of files."""
-    from kollm.data.documents import resolve_inputs
-
     specs = [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
     if not specs:
         raise ValueError("no SFT data given")

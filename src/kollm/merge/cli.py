@@ -2,7 +2,8 @@
 kollm.merge.config). `--set` overrides a value of the YAML as training configs do, e.g.
 `--set base_model=runs/x/sft/hf/latest --set slices.0.sources.1.model=runs/x/dpo/hf/latest`, so a
 recipe can point a merge at its own stages' outputs. `--dry-run` prints the bytes it would read and
-write (inputs not there yet sized by `--preset`)."""
+write (inputs not there yet sized by `--preset`). The merge itself (torch, safetensors) is imported
+only when it runs, not for a dry run."""
 
 from __future__ import annotations
 

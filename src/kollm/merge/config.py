@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from kollm.argtypes import config_text
+from kollm.merge.methods import METHODS
 
 TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "tokenizer", "chat_template", "name"}
@@ -168,8 +169,6 @@ def parse_config(raw: dict | str | os.PathLike, root: str | os.PathLike | None =
     if "modules" in raw:
         raise _err(where, "'modules' (multi-module models) is not supported")
     method = raw.get("merge_method")
-    from kollm.merge.methods import METHODS
-
     if method not in METHODS:
         raise _err(f"{where}: merge_method", f"{method!r} is not one of {', '.join(METHODS)}")
     if bool(raw.get("models")) == bool(raw.get("slices")):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 def pass_rates(engine, tokenizer, prompts, rewards, group_size: int, pass_reward: float = 1.0, seed: int = 0,
                batch_prompts: int = 16, progress: Callable[[int, int], None] | None = None) -> list[tuple[int, int]]:
-    """(passes, scored) per prompt of a kollm.train.grpo.PromptSet; `engine.sample(ids, G, seed)`
+    """(passes, scored) per prompt of a kollm.train.grpo_data.PromptSet; `engine.sample(ids, G, seed)`
     as kollm.rl.rollout's. A completion no reward applies to is not counted in `scored`."""
     out: list[tuple[int, int]] = []
     n = len(prompts)

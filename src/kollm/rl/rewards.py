@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kollm.answers import answers_match, extract_answer, gold_answer
+from kollm.ifeval import check
 
 RewardFn = Callable[[str, dict], "float | None"]
 def math_reward(completion: str, row: dict, timeout_s: int = 3) -> float | None:
@@ -40,8 +41,6 @@ _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 def ifeval_reward(completion: str, row: dict) -> float | None:
     """Fraction of the row's instructions followed (strict), English or Korean checkers by the
     row's `lang` (else Korean when the prompt has Hangul)."""
-    from kollm.ifeval import check
-
     ids, kwargs = row.get("instruction_id_list"), row.get("kwargs")
     if not ids:
         return None

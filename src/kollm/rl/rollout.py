@@ -37,6 +37,8 @@ from dataclasses import replace
 import torch
 
 from kollm.model.generate import GenerationConfig, generate
+from kollm.model.hf import save_hf
+from kollm.model.transformer import build_model
 
 
 class LocalRollout:
@@ -184,8 +186,6 @@ class WeightSync:
             return self.policy
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        from kollm.model.transformer import build_model
-
         # collective: every rank sends its shards, rank 0 receives the whole state dict on the CPU
         sd = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.rank != 0:
@@ -196,8 +196,6 @@ class WeightSync:
         return model
 
     def _write(self, model):
-        from kollm.model.hf import save_hf
-
         new, old = self.out.with_name(f".{self.out.name}.new"), self.out.with_name(f".{self.out.name}.old")
         for leftover in (new, old):  # a run killed during an earlier sync
             shutil.rmtree(leftover, ignore_errors=True)

@@ -136,6 +136,7 @@ def main(argv: list[str]) -> int:
     if args.weights_root and not Path(args.weights_root).is_dir():
         p.error(f"--weights-root {args.weights_root}: no such directory")
 
+    # after the arguments are checked: a bad flag or --help answers without loading torch and the server
     import uvicorn
 
     from kollm.data.chat import load_tokenizer, stop_token_ids

@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kollm.model.generate import GenerationConfig, decode_step, forward_static, sampling_logits
+from kollm.model.hf import check_finite, check_weight_update, load_weights_into
 from kollm.model.transformer import CausalLM, StaticKVCache
 
 
@@ -276,8 +277,6 @@ class Engine:
         return self.stats["finished"] + self.stats["cancelled"] + self.stats["failed"]
 
     def _apply_update(self) -> None:
-        from kollm.model.hf import check_finite, check_weight_update, load_weights_into
-
         path, fut = self.update
         waited = self._ended() - self.update_queued_at  # the sequences it waited for (the server's record)
         try:
@@ -300,8 +299,6 @@ class Engine:
             fut.set_result(result)
 
     def _roll_back(self, failed: str) -> str:
-        from kollm.model.hf import check_weight_update, load_weights_into
-
         try:
             load_weights_into(self.model, check_weight_update(self.model, self.weights_path))
             # GRPO reuses one directory: then "again" means what it holds now

@@ -4,6 +4,8 @@ r"""`kollm tokenizer train | extend | stats`.
       --series ko=1500,5000,13000 --vocab-size 128256 --out tok/
   kollm tokenizer extend --base llama3/ --input ko=KO.jsonl --add 24552 --out tok-ko/
   kollm tokenizer stats tok/ llama3/ --input ko=KO.jsonl --input en=EN.txt [--json]
+
+Each subcommand imports its modules when it runs, so one never loads another's dependencies.
 """
 
 from __future__ import annotations

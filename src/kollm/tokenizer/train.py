@@ -30,6 +30,7 @@ from tokenizers.models import BPE
 from tokenizers.processors import TemplateProcessing
 
 from kollm.data.chat import DEFAULT_CHAT_TEMPLATE
+from kollm.data.documents import JSONL_SUFFIXES, PARQUET_SUFFIXES, iter_rows
 from kollm.tokenizer.extend import add_to_tokenizer, continue_bpe, count_pieces
 
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -171,8 +172,6 @@ def read_texts(specs: list[str]) -> tuple[dict[str, list[str]], Counter]:
     """`LANG=PATH` (every text in PATH is LANG; plain-text files give one document per line) or
     `PATH` (JSONL/Parquet documents, grouped by their `lang` field). PATH may be a glob or a
     directory. Returns texts per language and counts of malformed rows (logged with file:line)."""
-    from kollm.data.documents import JSONL_SUFFIXES, PARQUET_SUFFIXES, iter_rows
-
     texts: dict[str, list[str]] = {}
     bad: Counter = Counter()
     for spec in specs:

@@ -7,16 +7,19 @@ the way the reports write them: `2T`, `1.8T`, `60B`, `2M` tokens.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from kollm.argtypes import apply_overrides, config_text, parse_count
+from kollm.data.loader import PhaseData
 
 
 @dataclass
@@ -40,12 +43,13 @@ class DataSection:
     train: str = ""
     # held-out data: token shards (pretraining) or rows (post-training); "" = no validation
     validation: str = ""
-    # SFT (kollm.data.sft): pack conversations (document mask); false: one per row, padded
-    packing: bool = True
+    # SFT (kollm.data.sft): pack conversations (document mask); false: one per row, padded. (Not
+    # `packing`: that word is the XLDA packing mode of a pretraining phase, phases[].data.packing.)
+    pack_conversations: bool = True
     min_score: float | None = None  # SFT: keep rows whose judge score (score_key) is >= this
     score_key: str = "score"
     # SFT: the one phase's steps = ⌈rows × epochs ÷ rows per step⌉ (rows: data.train's, packed when
-    # packing; rows per step: batch.tokens ÷ seq_len); None: phases[0].steps as given
+    # pack_conversations; rows per step: batch.tokens ÷ seq_len); None: phases[0].steps as given
     epochs: float | None = None
     planned_rows: int = 0  # the dry run's row count while data.train is not there yet
 
@@ -86,11 +90,23 @@ class PhaseSection:
     name: str
     tokens: int | None = None
     steps: int | None = None
-    data: dict = field(default_factory=dict)  # kollm.data.loader.PhaseData fields
+    # the data side of the phase (mixture, length, filters), owned by the data layer; the YAML's
+    # mapping is built in __post_init__, where the phase's name is known
+    data: PhaseData = field(default_factory=dict)
     weight_decay: float | None = None  # None: optimizer.weight_decay
     mtp_alpha: float = 0.0
     rope_theta: float | None = None  # base-frequency change for context extension
     lr: float | None = None  # a fixed LR: the phase runs after the schedule, outside it
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, PhaseData):
+            return
+        if "name" in self.data:
+            raise KeyError(f"phase {self.name!r}: data.name is set from the phase's name; remove it")
+        try:
+            self.data = PhaseData.from_dict({**self.data, "name": self.name})
+        except KeyError as e:
+            raise KeyError(f"phase {self.name!r}: data: {e.args[0]}") from None
 
 
 @dataclass
@@ -125,44 +141,6 @@ class LoggingSection:
 
 
 @dataclass
-class TeacherSection:
-    """Distillation teacher: a Hugging Face directory with the student's tokenizer (run here,
-    without gradients, bf16 on CUDA), or top-k log-probs stored by `kollm distill precompute`."""
-
-    model: str | None = None
-    stored: str | None = None  # precompute output directory (offline distillation)
-    top_k: int = 64  # precompute: teacher log-probs kept per response token
-    dtype: str = "bfloat16"  # the online teacher's weights on CUDA (CPU: float32)
-    # The teacher behind a vLLM OpenAI-compatible server (`/v1/completions` with `prompt_logprobs`):
-    # top-k of the student's generated samples when the dataset's come from `stored` (a teacher
-    # too large to sit beside the student; recipes/dna-8b-distill.yaml)
-    server: str | None = None
-    server_model: str = "default"
-
-
-@dataclass
-class DistillSection:
-    """kollm distill: the divergence (kollm.train.objectives.distill) and DistiLLM's adaptive
-    off-policy schedule (kollm.train.distill)."""
-
-    loss: str = "skl"  # fkl | rkl | skl | srkl
-    alpha: float = 0.1  # skew α
-    ce_weight: float = 0.0  # loss = (1 − w)·divergence + w·cross-entropy on the responses
-    off_policy: bool = True  # adaptive: P(student-generated batch) starts at `off_policy_init`, rises on validation
-    off_policy_rule: str = "distillm"  # distillm | kollm: when P rises (kollm.train.distill.DistillData.on_validation)
-    off_policy_init: float = 0.0
-    off_policy_step: float = 0.1
-    off_policy_margin: float = 0.1  # distillm: its loss_eps (0.1); kollm: the improvement asked for (0: any stall)
-    replay_capacity: int = 1000  # generated samples kept per rank
-    replay_ratio: str = "decreasing"  # DistiLLM's: fresh share of off-policy batches 1 − step/total | constant | increasing
-    fresh_prob: float = 0.5  # replay_ratio constant: the fresh share (DistiLLM: 0.5)
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-
-
-@dataclass
 class ValidationSection:
     """Validation on `data.validation` every `every` steps and once at the end (Trillion §3.3 keeps a
     held-out multilingual set); 0 = at the end only."""
@@ -187,8 +165,6 @@ class TrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     validation: ValidationSection = field(default_factory=ValidationSection)
-    teacher: TeacherSection = field(default_factory=TeacherSection)
-    distill: DistillSection = field(default_factory=DistillSection)
 
     def __post_init__(self) -> None:
         problems = []
@@ -257,10 +233,6 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
     def finite(v) -> bool:
         return v is not None and math.isfinite(v)
 
-    def unit(v) -> bool:
-        return finite(v) and 0 <= v <= 1
-
-    d, t = cfg.distill, cfg.teacher
     rules: list[tuple[str, object, bool, str]] = [
         ("optimizer.lr", cfg.optimizer.lr, finite(cfg.optimizer.lr) and cfg.optimizer.lr > 0, "a finite number > 0"),
         ("optimizer.eps", cfg.optimizer.eps, finite(cfg.optimizer.eps) and cfg.optimizer.eps > 0, "> 0"),
@@ -279,18 +251,6 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
         ("logging.every", cfg.logging.every, cfg.logging.every > 0, "positive"),
         ("validation.batch_size", cfg.validation.batch_size,
          cfg.validation.batch_size is None or cfg.validation.batch_size > 0, "positive"),
-        ("teacher.top_k", t.top_k, t.top_k > 0, "positive"),
-        ("distill.alpha", d.alpha, unit(d.alpha), "in [0, 1]"),
-        ("distill.ce_weight", d.ce_weight, unit(d.ce_weight), "in [0, 1]"),
-        ("distill.off_policy_init", d.off_policy_init, unit(d.off_policy_init), "in [0, 1]"),
-        ("distill.off_policy_step", d.off_policy_step, unit(d.off_policy_step), "in [0, 1]"),
-        ("distill.off_policy_margin", d.off_policy_margin, finite(d.off_policy_margin), "a finite number"),
-        ("distill.fresh_prob", d.fresh_prob, unit(d.fresh_prob), "in [0, 1]"),
-        ("distill.replay_capacity", d.replay_capacity, d.replay_capacity >= 0, ">= 0"),
-        ("distill.max_new_tokens", d.max_new_tokens, d.max_new_tokens > 0, "positive"),
-        ("distill.temperature", d.temperature, finite(d.temperature) and d.temperature > 0, "a finite number > 0"),
-        ("distill.top_p", d.top_p, finite(d.top_p) and 0 < d.top_p <= 1, "in (0, 1]"),
-        ("distill.top_k", d.top_k, d.top_k >= 0, ">= 0 (0: no top-k cut)"),
     ]
     for i, p in enumerate(cfg.phases):
         at = f"phases[{i}]"
@@ -307,15 +267,23 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
 
 _COUNTS = {("BatchSection", "tokens"), ("BatchSection", "ramp_from"), ("BatchSection", "ramp_tokens"),
            ("PhaseSection", "tokens"), ("PhaseSection", "steps")}
+# built by the section itself from the YAML's mapping (PhaseSection.__post_init__: the phase's name)
+_MAPPINGS = {("PhaseSection", "data")}
+# keys renamed since a recipe may have been written: the error says the new name
+_RENAMED = {("DataSection", "packing"): "data.pack_conversations (SFT's pack-or-pad boolean; `packing` is the XLDA "
+                                        "packing mode of a pretraining phase, phases[].data.packing)"}
 
 
-def _build(cls, raw, where: str):
+def build_section(cls, raw, where: str):
     """Strict dict → dataclass: unknown keys, missing required keys and wrong types name their path."""
     if not isinstance(raw, dict):
         raise ValueError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in raw if k not in fields]
+    for k in unknown:
+        if (cls.__name__, k) in _RENAMED:
+            raise KeyError(f"{where + '.' if where else ''}{k}: renamed {_RENAMED[cls.__name__, k]}")
     if unknown:
         raise KeyError(f"{where + '.' if where else ''}{unknown[0]}: unknown key "
                        f"(known: {', '.join(fields)})")
@@ -324,6 +292,11 @@ def _build(cls, raw, where: str):
         path = f"{where}.{name}" if where else name
         if value is None and _unset(fields[name]) is not None:
             value = _unset(fields[name])  # `--set data.validation=null`: an optional input turned off
+        if (cls.__name__, name) in _MAPPINGS:
+            if not isinstance(value, dict):
+                raise ValueError(f"{path}: expected a mapping, got {value!r}")
+            kwargs[name] = value
+            continue
         kwargs[name] = _coerce(hints[name], value, path, (cls.__name__, name) in _COUNTS)
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
@@ -349,7 +322,7 @@ def _coerce(tp, value, path: str, is_count: bool):
         tp = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(tp), typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
+        return build_section(tp, value, path)
     if origin is list:
         if not isinstance(value, list):
             raise ValueError(f"{path}: expected a list")
@@ -371,24 +344,55 @@ def _coerce(tp, value, path: str, is_count: bool):
 
 
 def config_from_dict(raw: dict) -> TrainConfig:
-    return _build(TrainConfig, raw, "")
+    return build_section(TrainConfig, raw, "")
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+def read_config(path: str | Path, overrides: list[str] = (), what: str = "training") -> dict:
+    """A stage's YAML as a dict with the `--set KEY.PATH=VALUE` overrides applied; a missing file,
+    invalid YAML or a document that is not a mapping is an error naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such training config")
+        raise FileNotFoundError(f"{path}: no such {what} config")
     try:
         raw = yaml.safe_load(config_text(path))
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: invalid YAML: {e}") from None
-    if overrides:
-        apply_overrides(raw if isinstance(raw, dict) else {}, list(overrides))
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping, got {type(raw).__name__}")
+    apply_overrides(raw, list(overrides))
+    return raw
+
+
+def build_stage_config(raw: dict, sections: Mapping[str, type], assemble: Callable, world: int = 1):
+    """A stage's config from its YAML dict: each of the stage's own `sections` (a key → a typed
+    dataclass, built as strictly as the trainer's) taken out of the dict, then `assemble(raw, own,
+    world)` builds the trainer's sections from what is left and returns the stage's config."""
+    raw = copy.deepcopy(raw)
+    own = {key: build_section(cls, raw.pop(key, {}) or {}, key) for key, cls in sections.items()}
+    return assemble(raw, own, world)
+
+
+def load_stage_config(path: str | Path, overrides: list[str], sections: Mapping[str, type], assemble: Callable,
+                      what: str, world: int = 1):
+    """The one loader every stage's config goes through (kollm.train.spec.StageSpec.load): YAML +
+    `--set` (read_config), then build_stage_config; every key error names the file and the key's path."""
+    raw = read_config(path, overrides, what)
     try:
-        return config_from_dict(raw)
+        return build_stage_config(raw, sections, assemble, world)
     except (KeyError, ValueError) as e:
         msg = e.args[0] if e.args else e
         raise type(e)(f"{path}: {msg}") from None
 
 
-__all__ = ["TrainConfig", "PhaseSection", "config_from_dict", "load_config"]
+def trainer_config(raw: dict, own: dict, world: int = 1) -> TrainConfig:
+    """The assemble step of a stage whose config is the trainer's alone (pretraining, SFT)."""
+    return config_from_dict(raw)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """The trainer's config from YAML + `--set` (pretraining and SFT: no sections of their own)."""
+    return load_stage_config(path, overrides, {}, trainer_config, "training")
+
+
+__all__ = ["TrainConfig", "PhaseSection", "build_section", "config_from_dict", "read_config", "build_stage_config", "load_stage_config",
+           "trainer_config", "load_config"]

@@ -28,12 +28,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
+import torch.distributed as dist
 
-from kollm.argtypes import apply_overrides, config_text
-from kollm.train.config import TrainConfig, _build, config_from_dict
+from kollm.data.chat import RowErrors, load_tokenizer
+from kollm.data.preferences import PreferenceData, read_pairs, tokenize_pairs
+from kollm.jsonrows import count_jsonl_rows
+from kollm.plan import make, part, world_of
+from kollm.train.config import TrainConfig, config_from_dict
+from kollm.train.export import export_final
+from kollm.train.memory import memory_plan
+from kollm.train.model_setup import plan_model_config
 from kollm.train.objectives.dpo import LOSSES, DPOObjective, sequence_logps
 from kollm.train.parallel import check_parallel
+from kollm.train.spec import StageSpec
+from kollm.train.trainer import Trainer
 
 
 @dataclass
@@ -106,61 +114,47 @@ class DPOSection:
                 raise ValueError(f"{key} must be {want}, got {value!r}")
 
 
-def load_dpo_config(path: str | Path, overrides: list[str] = ()) -> tuple[dict, DPOSection, str, str | None]:
-    """The raw config with `dpo:` split off (strictly checked), and `data.train` / `data.validation`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such DPO config")
-    try:
-        raw = yaml.safe_load(config_text(path)) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping")
-    apply_overrides(raw, list(overrides))
-    try:
-        dpo = _build(DPOSection, raw.pop("dpo", {}) or {}, "dpo")
-    except (KeyError, ValueError) as e:
-        raise type(e)(f"{path}: {e.args[0]}") from None
+def dpo_config(raw: dict, own: dict, world: int = 1) -> tuple[dict, DPOSection, str, str | None]:
+    """The spec's assemble step: the trainer's sections stay raw (the phase is derived from the pair
+    count: train_config), with `dpo:` built (strictly checked), `data.train` / `data.validation`."""
     data = raw.setdefault("data", {})
     train, val = data.get("train") or "", data.get("validation") or None
     data.setdefault("mask_policy", "causal")
     if "phases" in raw:
-        raise KeyError(f"{path}: phases: set from dpo.epochs and dpo.pairs_per_step, remove it")
-    return raw, dpo, train, val
+        raise KeyError("phases: set from dpo.epochs and dpo.pairs_per_step, remove it")
+    # the trainer's sections checked now, as every stage's (the phase's steps follow from the pairs)
+    config_from_dict(_with_phase(raw, own["dpo"], 1))
+    return raw, own["dpo"], train, val
+
+
+def load_dpo_config(path: str | Path, overrides: list[str] = ()) -> tuple[dict, DPOSection, str, str | None]:
+    """The raw config with `dpo:` split off (strictly checked), and `data.train` / `data.validation`."""
+    return SPEC.load(path, overrides)
 
 
 def train_config(raw: dict, dpo: DPOSection, n_pairs: int, where: str = "config") -> TrainConfig:
     """The trainer's config: one phase of ceil(epochs·pairs / pairs_per_step) steps whose batch is
     `pairs_per_step` pairs (the trainer counts sequences of seq_len tokens: one pair = one)."""
+    try:
+        return config_from_dict(_with_phase(raw, dpo, n_pairs))
+    except (KeyError, ValueError) as e:
+        raise type(e)(f"{where}: {e.args[0]}") from None
+
+
+def _with_phase(raw: dict, dpo: DPOSection, n_pairs: int) -> dict:
     raw = copy.deepcopy(raw)
     steps = max(1, math.ceil(dpo.epochs * n_pairs / dpo.pairs_per_step))
     raw["phases"] = [{"name": "dpo", "steps": steps,
                       "data": {"seq_len": dpo.max_length, "batch_size": dpo.micro_batch}}]
     raw.setdefault("batch", {})["tokens"] = dpo.pairs_per_step * dpo.max_length
     raw.setdefault("schedule", {"kind": "cosine", "warmup_steps": math.ceil(0.1 * steps), "final_lr_ratio": 0.1})
-    try:
-        return config_from_dict(raw)
-    except (KeyError, ValueError) as e:
-        raise type(e)(f"{where}: {e.args[0]}") from None
+    return raw
 
 
 # -- dry run ---------------------------------------------------------------------------------------
-def _count_rows(path: str | None) -> int | None:
-    """Rows of a JSONL file (non-blank lines); None when it is not there or not JSONL."""
-    if not path or not Path(path).is_file() or not str(path).endswith((".jsonl", ".jsonl.gz")):
-        return None
-    import gzip
-
-    with (gzip.open if str(path).endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
-        return sum(1 for line in f if line.strip())
-
-
 def _dpo_parts(dpo: DPOSection, n_pairs: int, f: float, label: str = "") -> list[dict]:
     """Reference forward once over every pair (chosen and rejected, ≤ max_length tokens each),
     then epochs·pairs/pairs_per_step steps of policy forward+backward on both sequences."""
-    from kollm.plan import part
-
     L = dpo.max_length
     steps = max(1, math.ceil(dpo.epochs * n_pairs / dpo.pairs_per_step))
     return [part(f"{label}reference forward", "forward", n_pairs * 2 * L, f, L),
@@ -171,20 +165,16 @@ def dry_run(raw: dict, dpo: DPOSection, data_train: str, args, online: bool, whe
     """The kollm.plan dict of an offline or online DPO run, from the config alone when the data are
     not there (dpo.planned_pairs, dpo.online.prompts_per_round). Token counts are upper bounds:
     every sequence at max_length (real pairs are shorter; batches pad to the longest)."""
-    from kollm.plan import make, part, world_of
-    from kollm.train.memory import memory_plan
-    from kollm.train.pretrain import plan_model_config
-
     notes = []
     if online:
         on = dpo.online
-        prompts = on.prompts_per_round or _count_rows(on.prompts) or on.planned_prompts
+        prompts = on.prompts_per_round or count_jsonl_rows(on.prompts) or on.planned_prompts
         if not prompts:
             raise ValueError(f"{where}: dry run: set dpo.online.prompts_per_round (or planned_prompts): the prompts "
                              f"file {on.prompts or '(unset)'} is not there to count")
         n_pairs = prompts  # best vs worst per prompt: at most one pair each (ties and length drops remove some)
     else:
-        counted = _count_rows(data_train)
+        counted = count_jsonl_rows(data_train)
         n_pairs = counted or dpo.planned_pairs
         if not n_pairs:
             raise ValueError(f"{where}: dry run: data.train {data_train or '(unset)'} is not there to count: set "
@@ -256,8 +246,6 @@ def compute_ref_logps(model: torch.nn.Module, data, batch_size: int, info, autoc
     """(N, 2) reference log π(y_w|x), log π(y_l|x) for every pair of `data` (a PreferenceData).
     Each rank takes every world-th pair; all ranks run the same number of forwards (FSDP needs
     them in step), then the shares are gathered on every rank."""
-    import torch.distributed as dist
-
     n = len(data)
     mine = list(range(info.rank, n, info.world))
     n_batches = math.ceil(math.ceil(n / info.world) / batch_size)
@@ -288,8 +276,6 @@ def reference_logps(model: torch.nn.Module, data, data_path: str, model_key: str
     """Load the stored reference log-probs of `data`, or compute and store them. Returns the
     (N, 2) tensor, the file and whether it was reused. `stored_only`: `model` is not the
     reference (an online round > 0), so a missing file is an error."""
-    import torch.distributed as dist
-
     key = hashlib.sha256(f"{data_fingerprint(data.pairs)}|{model_key}|{data.max_length}|bf16={autocast}"
                          .encode()).hexdigest()
     path = cache_path(data_path, key, fallback_dir)
@@ -312,9 +298,6 @@ def reference_logps(model: torch.nn.Module, data, data_path: str, model_key: str
 
 # -- building blocks shared with online DPO -----------------------------------------------------------
 def load_preference_data(path: str, tokenizer, dpo: DPOSection, info, seed: int, shuffle: bool = True):
-    from kollm.data.chat import RowErrors
-    from kollm.data.preferences import PreferenceData, read_pairs, tokenize_pairs
-
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such preference file")
     errors = RowErrors()
@@ -337,11 +320,6 @@ def train_dpo(raw: dict, dpo: DPOSection, data_train: str, data_val: str | None,
     config's model (online rounds continue from the last round); `reference_key` names the
     reference weights when they are not the initial policy's (online rounds > 0 pass the
     round-0 key and precomputed reference log-probs beside their pairs)."""
-    from kollm.data.chat import load_tokenizer
-    from kollm.train.export import export_final
-    from kollm.train.pretrain import build_run_model
-    from kollm.train.trainer import Trainer
-
     raw = copy.deepcopy(raw)
     if init_from:
         raw.setdefault("model", {})["init_from"] = str(init_from)
@@ -354,15 +332,15 @@ def train_dpo(raw: dict, dpo: DPOSection, data_train: str, data_val: str | None,
     tokenizer = load_tokenizer(tok_dir)
     if not data_train:
         raise ValueError(f"{where}: data.train is required (a preference file)")
-    train = load_preference_data(data_train, tokenizer, dpo, info, seed=raw.get("seed", 0))
-    val = load_preference_data(data_val, tokenizer, dpo, info, seed=0, shuffle=False) if data_val else None
+    train = SPEC.data(data_train, tokenizer, dpo, info, seed=raw.get("seed", 0))
+    val = SPEC.data(data_val, tokenizer, dpo, info, seed=0, shuffle=False) if data_val else None
     cfg = train_config(raw, dpo, len(train), where)
     check_parallel(cfg.parallel, info.world)
-    model = build_run_model(cfg, info.device)
+    model = SPEC.model(cfg, info.device)
     reference = None
     if dpo.reference == "model":  # the comparison point: a frozen copy held through training
         reference = copy.deepcopy(model).to(info.device).eval().requires_grad_(False)
-    objective = DPOObjective(dpo.beta, dpo.loss, reference, dpo.rpo_alpha)
+    objective = SPEC.objective(dpo, reference)
     trainer = Trainer(cfg, model, objective, train, info, run_dir=run_dir,
                       val_data=_Validation(val, dpo.val_batch) if val is not None else None)
     if reference is None:
@@ -390,5 +368,13 @@ class _Validation:
         return self.data.batches(self.batch_size)
 
 
-__all__ = ["dry_run", "DPOSection", "OnlineSection", "load_dpo_config", "train_config", "train_dpo",
+def dpo_objective(dpo: DPOSection, reference: torch.nn.Module | None = None) -> DPOObjective:
+    return DPOObjective(dpo.beta, dpo.loss, reference, dpo.rpo_alpha)
+
+
+SPEC = StageSpec("dpo", config=dpo_config, sections={"dpo": DPOSection}, data=load_preference_data,
+                 objective=dpo_objective)
+
+
+__all__ = ["dry_run", "DPOSection", "OnlineSection", "load_dpo_config", "dpo_config", "SPEC", "train_config", "train_dpo",
            "reference_logps", "compute_ref_logps", "model_fingerprint", "load_preference_data"]

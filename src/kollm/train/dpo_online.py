@@ -28,15 +28,17 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
+from kollm.data.chat import load_tokenizer
+from kollm.data.pairs import choose_pairs, make_scorer, read_prompts, score_all, write_jsonl
 from kollm.data.samples import append_rows, complete_rows, sample_round
-from kollm.train.dpo import DPOSection, model_fingerprint, reference_logps, train_dpo
+from kollm.model.hf import load_hf
+from kollm.train.dpo import DPOSection, load_preference_data, model_fingerprint, reference_logps, train_dpo
 from kollm.train.parallel import uses_autocast
 
 
 def score_round(samples: list[dict], prompts: dict[str, dict], scorer, path: Path, chunk: int = 64) -> list[dict]:
-    from kollm.data.pairs import score_all
-
     done = complete_rows(path)
     for i in range(len(done), len(samples), chunk):
         part = samples[i:i + chunk]
@@ -48,13 +50,6 @@ def score_round(samples: list[dict], prompts: dict[str, dict], scorer, path: Pat
 def run_online(raw: dict, dpo: DPOSection, data_val: str | None, info, resume: bool = False,
                where: str = "config") -> Path:
     """All rounds; returns the final policy's Hugging Face directory."""
-    import torch.distributed as dist
-
-    from kollm.data.chat import load_tokenizer
-    from kollm.data.pairs import choose_pairs, make_scorer, read_prompts, write_jsonl
-    from kollm.model.hf import load_hf
-    from kollm.train.dpo import load_preference_data
-
     on = dpo.online
     init = (raw.get("model") or {}).get("init_from")
     if not init:

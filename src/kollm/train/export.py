@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from kollm.model import export_cli
 from kollm.model.config import ModelConfig
 from kollm.model.hf import DTYPES, save_hf
 from kollm.model.transformer import CausalLM, build_model
@@ -98,8 +99,6 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     src = Path(args.checkpoint)
     if (src / "config.json").is_file():  # a Hugging Face directory: the HF re-export path
-        from kollm.model import export_cli
-
         rest = ["--model", str(src), "--out", args.out, "--max-shard-size", args.max_shard_size]
         return export_cli.main(rest + (["--dtype", args.dtype] if args.dtype else []))
     dtype = DTYPES[_DTYPE_ALIASES.get(args.dtype, args.dtype)] if args.dtype else None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from kollm.model.config import ModelConfig
+from kollm.model.transformer import build_model
 from kollm.plan import H100_BF16_DENSE
 from kollm.train.config import TrainConfig
 from kollm.train.schedules import PhasePlan, plan_phases
@@ -75,8 +76,6 @@ class RunPlan:
 
 
 def make_plan(cfg: TrainConfig, model_cfg: ModelConfig, world: int = 1) -> RunPlan:
-    from kollm.model.transformer import build_model
-
     model = build_model(model_cfg, device="meta")  # shapes only: an 8B plan costs no memory
     n = sum(p.numel() for p in model.parameters())
     if n != model_cfg.num_params():

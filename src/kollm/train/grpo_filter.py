@@ -21,15 +21,16 @@ from pathlib import Path
 import torch
 
 from kollm.data.chat import load_tokenizer, stop_token_ids
+from kollm.jsonrows import count_jsonl_rows
 from kollm.model.generate import GenerationConfig
 from kollm.model.hf import load_hf
 from kollm.plan import add_plan_args, emit, make, part, world_of
 from kollm.rl.difficulty import keep, pass_rates
 from kollm.rl.rewards import Rewards
 from kollm.rl.rollout import LocalRollout, ServerRollout
-from kollm.train.dpo import _count_rows
-from kollm.train.grpo import PromptSet, load_grpo_config, reward_fields
-from kollm.train.pretrain import plan_model_config
+from kollm.train.grpo import load_grpo_config
+from kollm.train.grpo_data import PromptSet, reward_fields
+from kollm.train.model_setup import plan_model_config
 
 
 def run(cfg, out: str | Path, low: float = 0.0, high: float = 1.0, group_size: int | None = None,
@@ -87,7 +88,7 @@ def dry_run(cfg, args, group_size: int | None = None) -> dict:
     tc, g = cfg.train, cfg.grpo
     mc, notes = plan_model_config(tc)
     G, T = group_size or g.group_size, cfg.seq_len
-    n = _count_rows(cfg.data.train)
+    n = count_jsonl_rows(cfg.data.train)
     if n is None:
         n = cfg.data.planned_prompts
         notes.append(f"{cfg.data.train or 'data.train'} is not there: planned with data.planned_prompts {n:,}")

@@ -45,6 +45,8 @@ from dataclasses import dataclass
 
 from kollm.model.config import ModelConfig
 from kollm.plan import GB, H100_MEMORY, RESERVE_FRACTION
+from kollm.train.objectives.chunked import chunk_rows
+from kollm.train.parallel import checkpointed_blocks
 
 
 def block_activation_bytes(cfg: ModelConfig, a: int = 2, p: int = 4) -> int:
@@ -85,8 +87,6 @@ def loss_fixed_bytes(cfg: ModelConfig, tokens: int, a: int = 2, p: int = 4) -> i
     of the head weight (a·V·d), and the larger of one chunk — its fp32 logits (in place, softmax
     and gradient too), under bf16 the gradient's bf16 copy and the bf16 (V, d) product added to the
     accumulator — and, with bf16 parameters, the kept bf16 copy of the accumulator made at the end."""
-    from kollm.train.objectives.chunked import chunk_rows
-
     heads = 2 if cfg.mtp else 1
     vd = cfg.vocab_size * cfg.dim
     rows = min(chunk_rows(cfg.vocab_size), tokens)
@@ -173,8 +173,6 @@ def memory_plan(cfg: ModelConfig, mode: str, world: int, micro_batch: int, seq_l
     residual = p * cfg.dim  # a block's input, kept under checkpointing
     loss = t * head + loss_fixed_bytes(cfg, t, a, p)
     acts = t * layers * block + loss
-    from kollm.train.parallel import checkpointed_blocks
-
     wrapped = len(checkpointed_blocks(cfg.n_layers, cfg.mtp, checkpointing or True, every))
     kept = residual + (op_saved_bytes(cfg, a) if checkpointing == "op" else 0)
     # checkpointed blocks keep their input (op-level: and their matmul outputs), the others all of

@@ -34,6 +34,7 @@ import os
 import sys
 import threading
 import time
+import types
 from dataclasses import dataclass
 
 import torch
@@ -116,6 +117,7 @@ def exit_with_launcher(rank: int, poll_s: float = 0.5) -> threading.Thread:
 def _op_level_policy():
     """torchtitan's op-level selective checkpointing: keep what the matmuls and the attention kernel
     produce (the costly ops), recompute the rest (norms, RoPE, SwiGLU's elementwise ops, casts)."""
+    # torch's selective-checkpoint API: loaded only with "op"
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
     aten = torch.ops.aten
@@ -142,6 +144,7 @@ def checkpointed_blocks(n_layers: int, mtp: bool, setting: bool | str, every: in
 def apply_activation_checkpointing(model: nn.Module, setting: bool | str = True, every: int = 1) -> None:
     """`parallel.activation_checkpointing`: true, whole blocks (every `every`-th one); "op",
     op-level selective checkpointing of every block. Non-reentrant either way (FSDP2, compile)."""
+    # a private torch module (it moves between releases): loaded only when checkpointing is on
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 
     kw = {"context_fn": _op_level_policy} if setting == "op" else {}
@@ -202,7 +205,7 @@ def _compiled_forward(self: nn.Module, *args, **kwargs):
     if fn is None:
         fn = _COMPILED[(cls, self._kollm_compile_backend)] = torch.compile(cls.forward,
                                                                            backend=self._kollm_compile_backend)
-    from torch.fx.experimental import _config as fx_config
+    from torch.fx.experimental import _config as fx_config  # torch.compile's machinery: only when compiling
 
     with fx_config.patch(backed_size_oblivious=True):
         return fn(self, *args, **kwargs)
@@ -216,8 +219,6 @@ def apply_compile(model: nn.Module) -> None:
     see it. KOLLM_COMPILE_BACKEND picks another backend (CPU tests: aot_eager, the same graph
     capture, guards and AOT autograd without inductor's code generation, which takes minutes on a
     shared 2-core box)."""
-    import types
-
     blocks = list(model.model.layers) + ([model.mtp.block] if getattr(model, "mtp", None) is not None else [])
     _FIRST_STEP_GRAPHS.clear()  # a new model: count from its first step
     backend = os.environ.get("KOLLM_COMPILE_BACKEND", "inductor")
@@ -232,7 +233,7 @@ _FIRST_STEP_GRAPHS: list[int] = []
 def compile_stats() -> dict[str, int]:
     """Graphs dynamo has compiled in this process, and how many of them came after the first
     logged step (recompiles: a guard failed on a new shape, dtype or grad mode)."""
-    from torch._dynamo.utils import counters
+    from torch._dynamo.utils import counters  # loads dynamo: only when compiling
 
     graphs = int(counters["stats"]["unique_graphs"])
     if not _FIRST_STEP_GRAPHS:
@@ -279,11 +280,11 @@ def parallelize(model: nn.Module, mode: str, info: DistInfo, activation_checkpoi
     if mode == "single":
         return model
     if mode == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
+        from torch.nn.parallel import DistributedDataParallel as DDP  # each mode loads its own wrapper
 
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DDP(model, device_ids=ids)
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # each mode loads its own wrapper
 
     if reduce_dtype not in ("fp32", "bf16"):
         raise ValueError(f"parallel.reduce_dtype: fp32 | bf16, got {reduce_dtype!r}")

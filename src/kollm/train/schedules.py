@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from kollm.train.config import BatchSection, PhaseSection, ScheduleSection, TrainConfig
+from kollm.train.config import BatchSection, ScheduleSection, TrainConfig
 
 
 def lr_at(step: int, total_steps: int, peak: float, cfg: ScheduleSection, decay_start: int | None = None) -> float:
@@ -105,24 +105,12 @@ class PhasePlan:
         return self.start_step + self.steps
 
 
-def phase_data(phase: PhaseSection):
-    """The loader's view of a phase (kollm.data.loader.PhaseData); its defaults are the defaults."""
-    from kollm.data.loader import PhaseData
-
-    if "name" in phase.data:
-        raise KeyError(f"phase {phase.name!r}: data.name is set from the phase's name; remove it")
-    try:
-        return PhaseData.from_dict({**phase.data, "name": phase.name})
-    except KeyError as e:
-        raise KeyError(f"phase {phase.name!r}: data: {e.args[0]}") from None
-
-
 def plan_phases(cfg: TrainConfig, world: int) -> list[PhasePlan]:
     """Steps and tokens of every phase: runs of steps at one batch size, jumped over in closed form
     (the ramp changes the batch a few hundred times; the steps number a million)."""
     plans, step, seen = [], 0, 0
     for phase in cfg.phases:
-        d = phase_data(phase)
+        d = phase.data
         start, start_seen, batches = step, seen, []
         while (step - start < phase.steps) if phase.steps is not None else (seen - start_seen < phase.tokens):
             g = global_sequences(cfg.batch, seen, d.seq_len)
@@ -150,5 +138,5 @@ def phase_at(plans: list[PhasePlan], step: int) -> int:
     return len(plans) - 1
 
 
-__all__ = ["lr_at", "global_batch_tokens", "global_sequences", "micro_batches", "plan_phases", "phase_at", "phase_data", "PhasePlan",
+__all__ = ["lr_at", "global_batch_tokens", "global_sequences", "micro_batches", "plan_phases", "phase_at", "PhasePlan",
            "decay_start_step"]

@@ -5,7 +5,8 @@ The one trainer (kollm.train.trainer) with the SFT objective (kollm.train.object
 chat data source (kollm.data.sft): the same config sections, parallel modes under `torchrun`, DCP
 checkpoints, exact resume and metrics as `kollm pretrain`. `model.init_from` is the Hugging Face
 directory to fine-tune (a `kollm pretrain` export, Llama 3.1 8B); `data.train` / `data.validation`
-the chat rows; the context is the phase's `seq_len`. Packing needs `data.mask_policy: document`
+the chat rows; the context is the phase's `seq_len`. Packing (`data.pack_conversations`, the default)
+needs `data.mask_policy: document`
 (with `restart_positions: true`): no attention across packed conversations.
 
 The final model goes to `OUTPUT_DIR/hf/step-N` (`OUTPUT_DIR/hf/latest` points at it) with the
@@ -25,11 +26,24 @@ import dataclasses
 import json
 import math
 import sys
+import tempfile
 from pathlib import Path
 
-from kollm.train.config import TrainConfig, load_config
-from kollm.train.export import link_latest
-from kollm.train.pretrain import build_run_model, model_config
+import torch.distributed as dist
+
+from kollm.data import chat
+from kollm.data.chat import stop_token_ids
+from kollm.data.sft import SFTData, SFTValidation
+from kollm.model.hf import DTYPES, export_architecture, save_hf
+from kollm.plan import add_plan_args, emit
+from kollm.train.config import TrainConfig, trainer_config
+from kollm.train.export import link_latest, load_checkpoint_model
+from kollm.train.model_setup import model_config
+from kollm.train.objectives.sft import SFTObjective
+from kollm.train.parallel import distributed_run
+from kollm.train.spec import StageSpec
+from kollm.train.trainer import Trainer
+from kollm.train.trainer_plan import plan_of
 
 
 def tokenizer_source(cfg: TrainConfig) -> str:
@@ -43,8 +57,8 @@ def tokenizer_source(cfg: TrainConfig) -> str:
 def check_config(cfg: TrainConfig, where: str) -> None:
     if not cfg.data.train:
         raise ValueError(f"{where}: data.train is required (chat rows: JSONL or Parquet files, a directory or a glob)")
-    if cfg.data.packing and cfg.data.mask_policy != "document":
-        raise ValueError(f"{where}: data.packing needs data.mask_policy: document (got {cfg.data.mask_policy!r}): "
+    if cfg.data.pack_conversations and cfg.data.mask_policy != "document":
+        raise ValueError(f"{where}: data.pack_conversations needs data.mask_policy: document (got {cfg.data.mask_policy!r}): "
                          "packed conversations must not attend to each other")
 
 
@@ -52,12 +66,6 @@ def export(checkpoint_dir: Path, out: Path, tokenizer, dtype) -> Path:
     """The checkpoint as a Hugging Face directory with the tokenizer and its chat template (kept in
     tokenizer_config.json, where every transformers version and vLLM read it); generation stops at
     the end-of-turn token as well as at EOS."""
-    import tempfile
-
-    from kollm.data.chat import stop_token_ids
-    from kollm.model.hf import save_hf
-    from kollm.train.export import load_checkpoint_model
-
     model, _ = load_checkpoint_model(checkpoint_dir)
     with tempfile.TemporaryDirectory() as tok_dir:
         tokenizer.save_pretrained(tok_dir, save_jinja_files=False)
@@ -67,18 +75,15 @@ def export(checkpoint_dir: Path, out: Path, tokenizer, dtype) -> Path:
 
 def data_sources(cfg: TrainConfig, tokenizer, info, cache: dict | None = None):
     """Train and validation sources; `cache` keeps the rendered conversations across seed runs."""
-    from kollm.data.sft import SFTData, SFTValidation
-    from kollm.train.schedules import phase_data
-
-    d, first, cache = cfg.data, phase_data(cfg.phases[0]), {} if cache is None else cache
+    d, first, cache = cfg.data, cfg.phases[0].data, {} if cache is None else cache
     key = ("train", d.train, d.min_score, d.score_key)
-    train = SFTData(d.train, tokenizer, seed=cfg.seed, rank=info.rank, world_size=info.world, packing=d.packing,
+    train = SFTData(d.train, tokenizer, seed=cfg.seed, rank=info.rank, world_size=info.world, packing=d.pack_conversations,
                     min_score=d.min_score, score_key=d.score_key, convs=cache.get(key))
     cache[key] = train.convs
     val = None
     if d.validation:
         val = SFTValidation(d.validation, tokenizer, first.seq_len, cfg.validation.batch_size or first.batch_size,
-                            info.rank, info.world, d.packing, convs=cache.get(("val", d.validation)))
+                            info.rank, info.world, d.pack_conversations, convs=cache.get(("val", d.validation)))
         cache[("val", d.validation)] = val.convs
     return train, val
 
@@ -93,23 +98,16 @@ def describe(name: str, data, seq_len: int) -> str:
 
 def train_one(cfg: TrainConfig, info, tokenizer, resume: bool, cache: dict | None = None) -> Path | None:
     """Train one run; returns the Hugging Face export (rank 0) or None."""
-    import torch.distributed as dist
-
-    from kollm.model.hf import DTYPES
-    from kollm.train.objectives.sft import SFTObjective
-    from kollm.train.schedules import phase_data
-    from kollm.train.trainer import Trainer
-
-    model = build_run_model(cfg, info.device)
-    data, val = data_sources(cfg, tokenizer, info, cache)
-    data.set_phase(phase_data(cfg.phases[0]))
+    model = SPEC.model(cfg, info.device)
+    data, val = SPEC.data(cfg, tokenizer, info, cache)
+    data.set_phase(cfg.phases[0].data)
     if info.is_main:
         print(describe("kollm sft: train", data, data.seq_len), file=sys.stderr)
     vocab = model.config.vocab_size
     if int(data.convs.ids.max()) >= vocab:
         raise ValueError(f"{cfg.data.train}: token ids reach {int(data.convs.ids.max())} but the model has {vocab} "
                          f"embedding rows; the tokenizer ({tokenizer_source(cfg)}) does not belong to the model")
-    objective = SFTObjective(cfg.data.mask_policy, cfg.data.restart_positions)
+    objective = SPEC.objective(cfg)
     trainer = Trainer(cfg, model, objective, data, info, val_data=val)
     trainer.fit(resume=resume)
     out = None
@@ -125,31 +123,26 @@ def train_one(cfg: TrainConfig, info, tokenizer, resume: bool, cache: dict | Non
 
 
 def count_rows(cfg: TrainConfig, tokenizer, cache: dict | None = None) -> int:
-    """Training rows of one epoch over all ranks (packed rows when data.packing)."""
-    from kollm.data.sft import SFTData
-    from kollm.train.schedules import phase_data
-
+    """Training rows of one epoch over all ranks (packed rows when data.pack_conversations)."""
     d, cache = cfg.data, {} if cache is None else cache
     key = ("train", d.train, d.min_score, d.score_key)
-    data = SFTData(d.train, tokenizer, seed=cfg.seed, packing=d.packing, min_score=d.min_score,
+    data = SFTData(d.train, tokenizer, seed=cfg.seed, packing=d.pack_conversations, min_score=d.min_score,
                    score_key=d.score_key, convs=cache.get(key))
     cache[key] = data.convs
-    data.set_phase(phase_data(cfg.phases[0]))
+    data.set_phase(cfg.phases[0].data)
     return len(data.epoch_rows(0))
 
 
 def with_epochs(cfg: TrainConfig, rows: int, where: str = "config") -> tuple[TrainConfig, str]:
     """`data.epochs`: the one phase runs ⌈rows × epochs ÷ (batch.tokens ÷ seq_len)⌉ steps (Tulu 3
     counts its SFT in epochs, not steps). Returns the config and a line saying how."""
-    from kollm.train.schedules import phase_data
-
     e = cfg.data.epochs
     if e is None:
         return cfg, ""
     if e <= 0 or len(cfg.phases) != 1:
         raise ValueError(f"{where}: data.epochs ({e}) sets the steps of the one SFT phase: it must be > 0 with one "
                          f"phase (got {len(cfg.phases)})")
-    seq = phase_data(cfg.phases[0]).seq_len
+    seq = cfg.phases[0].data.seq_len
     per_step = max(1, cfg.batch.tokens // seq)
     steps = max(1, math.ceil(rows * e / per_step))
     phase = dataclasses.replace(cfg.phases[0], steps=steps, tokens=None)
@@ -165,7 +158,7 @@ def seed_config(cfg: TrainConfig, k: int) -> TrainConfig:
 def soup(model_dirs: list[Path], out: Path) -> Path:
     """Uniform linear merge of the seed runs (kollm.merge, mergekit's `linear`)."""
     try:
-        from kollm.merge import soup as merge_soup
+        from kollm.merge import soup as merge_soup  # the merge stage's package: loaded only for --seeds
     except ImportError as e:
         raise RuntimeError(f"--seeds needs kollm.merge.soup to average the runs ({e})") from None
     if out.exists():
@@ -176,23 +169,17 @@ def soup(model_dirs: list[Path], out: Path) -> Path:
 
 def dry_run(cfg: TrainConfig, args: argparse.Namespace, seeds: int) -> dict:
     """The kollm.plan dict: the trainer's plan × seeds, and a summary of the data when it is there."""
-    from kollm.train.pretrain import plan_of
-
     text, rows = "", None
     if seeds > 1:
         text += f"\n× {seeds} seeds ({cfg.seed}..{cfg.seed + seeds - 1}) → uniform soup in {cfg.output_dir}/hf/soup"
     try:
-        from kollm.data import chat
-        from kollm.data.sft import SFTData
-        from kollm.train.schedules import phase_data
-
         tok = chat.load_tokenizer(tokenizer_source(cfg))
-        data = SFTData(cfg.data.train, tok, packing=cfg.data.packing, min_score=cfg.data.min_score,
+        data = SFTData(cfg.data.train, tok, packing=cfg.data.pack_conversations, min_score=cfg.data.min_score,
                        score_key=cfg.data.score_key)
-        data.set_phase(phase_data(cfg.phases[0]))
+        data.set_phase(cfg.phases[0].data)
         rows = len(data.epoch_rows(0))
         text += "\n" + describe("data.train", data, data.seq_len)
-        text += f"\none epoch = {rows} rows of {data.seq_len} tokens ({'packed' if cfg.data.packing else 'padded'})"
+        text += f"\none epoch = {rows} rows of {data.seq_len} tokens ({'packed' if cfg.data.pack_conversations else 'padded'})"
     except (FileNotFoundError, OSError, ValueError) as e:
         text += f"\n(data not inspected: {e})"
     if cfg.data.epochs is not None:
@@ -207,9 +194,14 @@ def dry_run(cfg: TrainConfig, args: argparse.Namespace, seeds: int) -> dict:
     return plan_of("sft", cfg, args, repeat=seeds, extra_text=text)
 
 
-def main(argv: list[str]) -> int:
-    from kollm.plan import add_plan_args, emit
+def sft_objective(cfg: TrainConfig) -> SFTObjective:
+    return SFTObjective(cfg.data.mask_policy, cfg.data.restart_positions)
 
+
+SPEC = StageSpec("sft", config=trainer_config, data=data_sources, objective=sft_objective)
+
+
+def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="kollm sft", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="training config (YAML), e.g. recipes/tiny-sft.yaml")
@@ -219,22 +211,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value (YAML), e.g. --set data.train=chat.jsonl (repeatable)")
     args = p.parse_args(argv)
-    cfg = load_config(args.config, args.set)
+    cfg = SPEC.load(args.config, args.set)
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
 
     if args.dry_run:
         return emit(dry_run(cfg, args, args.seeds), args)
 
-    from kollm.data import chat
-    from kollm.train.parallel import distributed_run
-
     check_config(cfg, args.config)
     if not cfg.model.init_from:
         model_config(cfg)  # a preset model: fail on a bad config before loading data
     if cfg.checkpoint.export_hf and cfg.model.init_from is None:
-        from kollm.model.hf import export_architecture
-
         export_architecture(model_config(cfg))
     tokenizer = chat.load_tokenizer(tokenizer_source(cfg))
     if args.seeds > 1 and not cfg.checkpoint.export_hf:
@@ -258,4 +245,4 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["main", "export", "seed_config", "soup", "train_one", "check_config", "dry_run"]
+__all__ = ["SPEC", "main", "data_sources", "export", "seed_config", "soup", "train_one", "check_config", "dry_run"]

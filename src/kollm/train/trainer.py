@@ -23,23 +23,21 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
-from kollm.model import masks
-from kollm.model.masks import ISOLATES_DOCUMENTS
+from kollm.data import IGNORE
 from kollm.train import checkpoint, parallel, schedules
-from kollm.train.config import PhaseSection, TrainConfig
+from kollm.train.config import TrainConfig
 from kollm.train.flops import default_peak_flops, mfu
-from kollm.train.objectives.chunked import linear_cross_entropy
-from kollm.train.objectives.lm import IGNORE, shifted_targets
+from kollm.train.objectives.base import Objective, ObjectiveOutput
 from kollm.train.parallel import DistInfo
-from kollm.train.schedules import decay_start_step, lr_at, micro_batches, phase_at, phase_data, plan_phases
+from kollm.train.schedules import decay_start_step, lr_at, micro_batches, phase_at, plan_phases
 
 FAULT_ENV = "KOLLM_FAULT_AT_STEP"  # tests: hard-exit (os._exit) right after this step, as a crash would
 
@@ -58,22 +56,6 @@ class TrainingInterrupted(SystemExit):
         self.signal, self.checkpoint = sig, checkpoint
 
 
-@dataclass
-class ObjectiveOutput:
-    loss: torch.Tensor  # this micro-batch's share of the step's global loss; what backward sees
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached shares, summed for logging
-
-
-class Objective(Protocol):
-    def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Target counts of each loss term in `batch` (1-D float); the trainer sums them over the
-        step's micro-batches and ranks and hands the totals back to `__call__`."""
-        ...
-
-    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], totals: torch.Tensor) -> ObjectiveOutput: ...
-    def on_phase(self, phase: PhaseSection) -> None: ...
-
-
 class DataSource(Protocol):
     def next_batch(self, batch_size: int | None = None) -> dict[str, torch.Tensor]: ...
     def set_phase(self, phase) -> None: ...
@@ -86,104 +68,6 @@ class ValidationSource(Protocol):
     number of batches on every rank)."""
 
     def batches(self) -> Iterable[dict[str, torch.Tensor]]: ...
-
-
-class LMObjective:
-    """Pretraining: next-token loss + α·MTP loss (kollm.train.objectives.lm) under a mask policy.
-
-    Each term is a token mean over the whole step (all micro-batches, all ranks), so the result
-    does not depend on how the step is split; NTP and MTP have different target counts (MTP
-    targets never cross an isolated document), hence one total per term. With `langs` (the data
-    source's language names) the next-token loss is also reported per language of the target
-    token (`loss_en`, `loss_ko`, ...), from the same per-token cross entropy: no extra pass.
-    """
-
-    def __init__(self, mask_policy: str = "causal", restart_positions: bool = False, mtp_alpha: float = 0.0,
-                 langs: list[str] | tuple[str, ...] = ()):
-        self.mask_policy, self.restart_positions, self.mtp_alpha = mask_policy, restart_positions, mtp_alpha
-        self.langs = list(langs)
-
-    def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        labels, docs = batch["labels"], batch.get("doc_ids")
-        valid = labels[:, 1:] != IGNORE
-        mtp = (shifted_targets(labels, 2, docs, ISOLATES_DOCUMENTS[self.mask_policy]) != IGNORE).sum()
-        counts = [valid.sum(), mtp]
-        if self.langs and "lang_ids" in batch:
-            target_lang = batch["lang_ids"][:, 1:]
-            counts += [(valid & (target_lang == i)).sum() for i in range(len(self.langs))]
-            counts.append(valid.any(1).sum())  # sequences (with a target: not padding): the cross-lingual share's base
-        return torch.stack(counts).float()
-
-    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], totals: torch.Tensor) -> ObjectiveOutput:
-        labels, docs = batch["labels"], batch.get("doc_ids")
-        ntp_tgt = shifted_targets(labels, 1, docs, isolate=False)
-        # global count: every rank takes the same branch
-        train_mtp = bool(self.mtp_alpha) and bool(totals[1] > 0)
-
-        def head(h: torch.Tensor, weight: torch.Tensor, shift: int):
-            if shift == 1:
-                return linear_cross_entropy(h, weight, ntp_tgt)
-            if train_mtp:
-                return linear_cross_entropy(h, weight, shifted_targets(labels, 2, docs,
-                                                                       ISOLATES_DOCUMENTS[self.mask_policy]))[0]
-            # α = 0 (or no MTP target here): keep the MTP block in the graph with a zero gradient,
-            # or DDP would wait forever for gradients of parameters that got none.
-            return 0.0 * h.sum()
-
-        out = model(batch["input_ids"], doc_ids=docs, lang_ids=batch.get("lang_ids"),
-                    mask_policy=self.mask_policy, restart_positions=self.restart_positions, head=head)
-        ce_sum, ce, lse = out.head
-        # sums over the global totals: the step's token means, however it is split into micro-batches
-        total = totals[0].clamp(min=1)
-        ntp = ce_sum / total
-        # z-loss (PaLM's log² Z) reported, not trained: how far the head's logits drift from normalised
-        loss, metrics = ntp, {"ntp_loss": ntp.detach(), "z_loss": lse.pow(2).sum() / total}
-        if out.mtp_head is not None:
-            if train_mtp:
-                mtp = out.mtp_head / totals[1].clamp(min=1)
-                loss = loss + self.mtp_alpha * mtp
-                metrics["mtp_loss"] = mtp.detach()
-            else:
-                loss = loss + out.mtp_head
-        if self.langs and "lang_ids" in batch and len(totals) > 2:
-            metrics |= self._language_metrics(ce, labels, batch["lang_ids"], totals)
-        if docs is not None:
-            metrics |= self._mask_sparsity(docs, batch.get("lang_ids"), labels, totals)
-        return ObjectiveOutput(loss, metrics)
-
-    @torch.no_grad()
-    def _mask_sparsity(self, docs: torch.Tensor, lang_ids: torch.Tensor | None, labels: torch.Tensor,
-                       totals: torch.Tensor) -> dict[str, torch.Tensor]:
-        """`attn_sparsity`: the fraction of the T×T attention matrix the mask policy blocks (causal
-        alone ≈ 0.5; documents and XLDA blocks more); `attn_block_sparsity`: the 128-tiles
-        FlexAttention skips. Counted from the ids (kollm.model.masks.sparsity, no T×T tensor); a
-        mean over the step's sequences weighted by their targets (equal weights when packed)."""
-        elems, tiles = masks.sparsity(self.mask_policy, docs, lang_ids)
-        w = (labels[:, 1:] != IGNORE).sum(1).float() / totals[0].clamp(min=1)
-        return {"attn_sparsity": (elems * w).sum(), "attn_block_sparsity": (tiles * w).sum()}
-
-    @torch.no_grad()
-    def _language_metrics(self, ce: torch.Tensor, labels: torch.Tensor, lang_ids: torch.Tensor,
-                          totals: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per target language: its next-token loss (`loss_<lang>`) and its share of the step's
-        targets (`mix_<lang>`: the mixture actually drawn); `xlingual_seqs`: the share of sequences
-        that hold more than one language (XLDA as packed). Shares of global totals, like the loss."""
-        valid = labels[:, 1:] != IGNORE
-        target_lang = lang_ids[:, 1:]
-        out = {}
-        for i, lang in enumerate(self.langs):
-            here = valid & (target_lang == i)
-            if totals[2 + i] > 0:  # totals are global: every rank emits the same keys
-                out[f"loss_{lang}"] = ce[:, :-1][here].sum() / totals[2 + i]
-            out[f"mix_{lang}"] = here.sum() / totals[0].clamp(min=1)
-        seen = lang_ids >= 0
-        lo = torch.where(seen, lang_ids, len(self.langs)).min(1).values
-        hi = torch.where(seen, lang_ids, -1).max(1).values
-        out["xlingual_seqs"] = (seen.any(1) & (lo != hi)).sum() / totals[-1].clamp(min=1)
-        return out
-
-    def on_phase(self, phase: PhaseSection) -> None:
-        self.mtp_alpha = phase.mtp_alpha
 
 
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -261,7 +145,7 @@ class Trainer:
     def apply_phase(self, idx: int, data: bool = True) -> None:
         phase = self.cfg.phases[idx]
         if data:
-            self.data.set_phase(phase_data(phase))
+            self.data.set_phase(phase.data)
         wd = self.cfg.optimizer.weight_decay if phase.weight_decay is None else phase.weight_decay
         parallel.set_weight_decay(self.optimizer, wd)
         self.objective.on_phase(phase)
@@ -332,7 +216,7 @@ class Trainer:
         # The source as the uninterrupted run had it: set to the checkpoint's phase, then its own
         # state on top, so what a source derives from the phase is restored even where its state
         # leaves it out.
-        self.data.set_phase(phase_data(self.cfg.phases[self.phase_idx]))
+        self.data.set_phase(self.cfg.phases[self.phase_idx].data)
         self.data.load_state_dict(rank_state["data"])
         return True
 
@@ -340,7 +224,7 @@ class Trainer:
     def train_step(self) -> dict:
         mode, info = self.cfg.parallel.mode, self.info
         seq_len = self.plans[self.phase_idx].seq_len
-        micro_bs = phase_data(self.cfg.phases[self.phase_idx]).batch_size
+        micro_bs = self.cfg.phases[self.phase_idx].data.batch_size
         sizes = micro_batches(self.cfg.batch, self.tokens_seen, seq_len, micro_bs, info.world, info.rank)
         if (on_step := getattr(self.data, "on_step", None)) is not None:  # distillation's fresh-sample share
             on_step(self.step, self.total_steps)
@@ -516,8 +400,6 @@ class Trainer:
     def _progress(self):
         if not (self.cfg.logging.progress and self.info.is_main):
             return None
-        from tqdm import tqdm
-
         # Redirected to a file (a cluster job's log), redraw every 30 s, not every step.
         return tqdm(total=self.total_steps, initial=self.step, desc=self.cfg.name, dynamic_ncols=True,
                     mininterval=0.1 if sys.stderr.isatty() else 30.0)
@@ -583,5 +465,5 @@ class Trainer:
             self._wandb.log(rec, step=self.step)
 
 
-__all__ = ["Trainer", "LMObjective", "ObjectiveOutput", "Objective", "DataSource", "ValidationSource",
+__all__ = ["Trainer", "ObjectiveOutput", "Objective", "DataSource", "ValidationSource",
            "TrainingDiverged", "TrainingInterrupted", "FAULT_ENV"]

@@ -7,8 +7,7 @@ import torch
 
 from kollm.data import IGNORE
 from kollm.model import build_model, get_preset
-from kollm.train.objectives.lm import shifted_targets
-from kollm.train.trainer import LMObjective
+from kollm.train.objectives.lm import LMObjective, shifted_targets
 
 
 def _loss(model, ids, doc, alpha):

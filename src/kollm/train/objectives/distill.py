@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kollm.train.objectives.base import ObjectiveOutput
+from kollm.train.objectives.chunked import chunked_tokens
 from kollm.train.objectives.lm import IGNORE
 
 KINDS = ("fkl", "rkl", "skl", "srkl")
@@ -137,9 +139,6 @@ class DistillObjective:
             return self.teacher(batch["input_ids"], head=lambda h, w, shift: (h, w)).head
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], totals: torch.Tensor):
-        from kollm.train.objectives.chunked import chunked_tokens
-        from kollm.train.trainer import ObjectiveOutput
-
         mask = target_mask(batch["labels"])
         tgt = batch["labels"][:, 1:][mask]
         kind, alpha = self.kind, self.alpha

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kollm.train.objectives.base import ObjectiveOutput
 from kollm.train.objectives.chunked import token_logprobs
 from kollm.train.objectives.lm import IGNORE
 
@@ -111,8 +112,6 @@ class DPOObjective:
         return torch.tensor([pairs, float(chosen)], dtype=torch.float32)
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], totals: torch.Tensor):
-        from kollm.train.trainer import ObjectiveOutput
-
         out = model(batch["input_ids"], head=completion_head(batch["labels"]))
         logps, counts = out.head
         if "ref_logps" in batch:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kollm.train.objectives.base import ObjectiveOutput
 from kollm.train.objectives.chunked import token_logprobs
-from kollm.train.trainer import ObjectiveOutput
 
 LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
 
@@ -96,7 +96,7 @@ def aggregate(loss: torch.Tensor, mask: torch.Tensor, loss_type: str, n_seqs: fl
 
 
 class GRPOObjective:
-    """The trainer's objective over rollout batches (kollm.train.grpo.RolloutSource):
+    """The trainer's objective over rollout batches (kollm.train.grpo_data.RolloutSource):
     `input_ids` (B, T) prompt + completion, right-padded; `completion_mask` (B, T), 1 on completion
     tokens; `advantages`, `rewards`, `reward_std` (B,); `old_logps` and `ref_logps` (B, T) when
     μ > 1 and β > 0 (π_old = the policy that sampled; with μ = 1 it is the current one, detached)."""

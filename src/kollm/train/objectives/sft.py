@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kollm.train.objectives.base import ObjectiveOutput
 from kollm.train.objectives.chunked import linear_cross_entropy
 from kollm.train.objectives.lm import IGNORE, shifted_targets
-from kollm.train.trainer import ObjectiveOutput
 
 
 class SFTObjective:
