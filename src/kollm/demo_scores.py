@@ -94,7 +94,7 @@ def measure(workdir: Path, limit: int = 50) -> dict:
     return {"n": {k: len(v) for k, v in tasks.items()}, "models": models,
             "dpo_preference_accuracy": dpo[-1]["val_reward_accuracy"] if dpo else None,
             "grpo_validation": [(r["step"], r["val_reward_mean"]) for r in grpo],
-            # grpo.keep_best: which validation step the export is (kollm.train.grpo.BestExport)
+            # grpo.keep_best: which validation step the export is (kollm.train.grpo_data.BestExport)
             "grpo_export": json.loads(p.read_text()) if (p := workdir / "grpo" / "export.json").is_file() else None,
             "eval": results, "chat": {"prompt": CHAT_PROMPT, "reply": chat, "correct": chat == CHAT_ANSWER}}
 
