@@ -77,6 +77,9 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank, world, local, device)
 
 
+_PROCESS_GROUPS_KEPT: list = []
+
+
 @contextlib.contextmanager
 def distributed_run(section=None):
     """A stage's run under `torchrun` (or alone): `init_distributed()`; when the body succeeds every
@@ -92,6 +95,12 @@ def distributed_run(section=None):
             dist.barrier()
     finally:
         if info.distributed:
+            # The process group's last reference must die in Python, whose binding lets go of the
+            # GIL before the C++ destructor joins gloo's threads. A DDP model the stage still holds
+            # would otherwise drop it in its Reducer's destructor, which keeps the GIL while joining
+            # a thread that needs it to free a finished collective's tensors: a rank hung at exit
+            # so once, in a loaded suite run (issue 24). Kept until the interpreter ends.
+            _PROCESS_GROUPS_KEPT.append(dist.group.WORLD)
             dist.destroy_process_group()
 
 
