@@ -52,14 +52,14 @@ elif kind == "mergekit":
         assert not e.code, e.code
 elif kind == "io":
     from kollm.merge.config import parse_config
-    from kollm.merge.io import Checkpoint, ShardWriter
+    from kollm.merge.io import Checkpoint, SafetensorsWriter
     from kollm.merge.plan import Planner
     from kollm.model.hf import parse_size
     t0 = start()
     c = parse_config(cfg); cks = {m: Checkpoint(m) for m in c.referenced_models()}
     plans = Planner(c, cks).plan()
     os.makedirs(out)
-    w = ShardWriter(out, [(p.out, p.shape, p.dtype) for p in plans], parse_size("5GB"))
+    w = SafetensorsWriter(out, [(p.out, p.shape, p.dtype) for p in plans], parse_size("5GB"))
     for p in plans:
         ts = [cks[m].get(n) for m, n in p.inputs]
         w.write(p.out, ts[0])
@@ -90,7 +90,7 @@ print(json.dumps({"seconds": dt, "cpu_seconds": cpu, "max_rss_mb": hwm}))
 def make_model(d: Path, seed: int, dim: int, ffn: int, layers: int, vocab: int) -> None:
     import torch
 
-    from kollm.merge.io import ShardWriter
+    from kollm.merge.io import SafetensorsWriter
 
     d.mkdir(parents=True)
     g = torch.Generator().manual_seed(seed)
@@ -104,7 +104,7 @@ def make_model(d: Path, seed: int, dim: int, ffn: int, layers: int, vocab: int) 
                    p + "mlp.gate_proj.weight": (ffn, dim), p + "mlp.up_proj.weight": (ffn, dim),
                    p + "mlp.down_proj.weight": (dim, ffn)}
     shapes |= {"model.norm.weight": (dim,), "lm_head.weight": (vocab, dim)}
-    w = ShardWriter(d, [(n, s, torch.bfloat16) for n, s in shapes.items()], 200 * 10**6)
+    w = SafetensorsWriter(d, [(n, s, torch.bfloat16) for n, s in shapes.items()], 200 * 10**6)
     for n, s in shapes.items():
         w.write(n, (torch.randn(s, generator=g) * 0.02).bfloat16())
     w.close()

@@ -118,13 +118,13 @@ def train_config(recipe: dict, cond: dict, seed: int, steps: int | None, shards:
 
 def train_one(recipe: dict, cond: dict, seed: int, steps: int | None, shards: Path, run_dir: Path, vocab: int):
     from kollm.data.loader import PretrainLoader
-    from kollm.train.pretrain import build_run_model
-    from kollm.train.schedules import phase_data
-    from kollm.train.trainer import LMObjective, Trainer
+    from kollm.train.model_setup import build_run_model
+    from kollm.train.objectives.lm import LMObjective
+    from kollm.train.trainer import Trainer
 
     cfg = train_config(recipe, cond, seed, steps, shards, vocab)
     model = build_run_model(cfg, torch.device("cpu"))
-    data = PretrainLoader(cfg.data.shards, phase_data(cfg.phases[0]), seed=cfg.seed, block_size=cfg.data.block_size)
+    data = PretrainLoader(cfg.data.shards, cfg.phases[0].data, seed=cfg.seed, block_size=cfg.data.block_size)
     trainer = Trainer(cfg, model, LMObjective(cfg.data.mask_policy), data, run_dir=run_dir)
     history = trainer.fit()
     return trainer.model, history

@@ -172,6 +172,7 @@ def test_a_read_failing_half_way_rolls_back(serve_model_dir, checkpoints, monkey
     # In process: the copy fails after overwriting one tensor (a file replaced under the server);
     # the engine reloads the checkpoint it served before, answers 500 and serves the old weights.
     from kollm.model import hf
+    from kollm.serve import engine as engine_module
     from kollm.serve.engine import Engine
 
     old, _, d = checkpoints
@@ -188,7 +189,7 @@ def test_a_read_failing_half_way_rolls_back(serve_model_dir, checkpoints, monkey
             raise OSError("Input/output error")
         real(m, update)
 
-    monkeypatch.setattr(hf, "load_weights_into", flaky)
+    monkeypatch.setattr(engine_module, "load_weights_into", flaky)  # the name the engine calls
     engine.start()
     try:
         status, message = engine.update_weights(str(d / "new")).result(timeout=60)
