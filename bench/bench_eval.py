@@ -107,10 +107,10 @@ MMLU_DEV = SHARED.parent / "mmlu" / "dev"
 
 def mmlu_layout(subjects: int, out: Path, include_dir: Path) -> list[str]:
     """The first `subjects` MMLU subjects' dev rows (5 each; the shared copy has no test split),
-    scored 4-shot (all the subject has besides the item) from the same dev split on both sides: kollm reads them as `mmlu/all/dev-*.parquet`
-    (no test split: it scores dev, shots are the subject's other items), lm-eval through its own
-    per-subject config with test_split and fewshot_split both dev (its first_n sampler then skips
-    the item itself, as kollm does). Returns lm-eval's task names, in kollm's item order."""
+    scored 4-shot from the same dev split on both sides, the shots being the subject's other items:
+    kollm reads them as `mmlu/all/dev-*.parquet`, lm-eval through its own per-subject config with
+    test_split and fewshot_split both dev (its first_n sampler then skips the item itself, as kollm
+    does). Returns lm-eval's task names, in kollm's item order."""
     from kollm.eval.task import get_task
 
     task = get_task("mmlu")

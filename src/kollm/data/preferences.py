@@ -17,6 +17,7 @@ keeping the start; a pair whose prompt alone fills `max_length` is dropped (coun
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,15 +131,6 @@ def read_pairs(spec: str | Path, errors: RowErrors | None = None) -> list[Pair]:
     return pairs
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def tokenize_pair(tokenizer, pair: Pair) -> TokenizedPair:
     if pair.conversational:
         prompt = render(tokenizer, pair.prompt, add_generation_prompt=True)[0]
@@ -153,7 +145,8 @@ def tokenize_pair(tokenizer, pair: Pair) -> TokenizedPair:
         prompt = ids(pair.prompt)
         full_w = ids(pair.prompt + (pair.chosen if pair.chosen.endswith(eos) else pair.chosen + eos))
         full_l = ids(pair.prompt + (pair.rejected if pair.rejected.endswith(eos) else pair.rejected + eos))
-    n = min(_common_prefix(prompt, full_w), _common_prefix(prompt, full_l))
+    # the longest token prefix the prompt shares with both replies (commonprefix is element-wise on any sequences)
+    n = min(len(os.path.commonprefix([prompt, full_w])), len(os.path.commonprefix([prompt, full_l])))
     return TokenizedPair(list(prompt[:n]), list(full_w[n:]), list(full_l[n:]), pair.id)
 
 

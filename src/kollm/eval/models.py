@@ -48,15 +48,6 @@ def progress_bar(total: int, desc: str):
                 mininterval=0.1 if sys.stderr.isatty() else 30.0)
 
 
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the common prefix."""
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     cuts = [text.find(s) for s in stop if s and s in text]
     return text[: min(cuts)] if cuts else text
@@ -174,7 +165,7 @@ class LocalLM:
         size, prev = 0, ()
         for i in order:
             s = seqs[i][0]
-            n = len(s) - _common(prev, s)
+            n = len(s) - len(os.path.commonprefix([prev, s]))  # element-wise on any sequences
             if rows and size + n <= max(2048, len(s)) and cost(size + n) < cost(size) + cost(len(s)):
                 rows[-1].append(i)
                 size += n
@@ -195,7 +186,7 @@ class LocalLM:
         targets = []  # (request index, positions predicting each continuation token, the tokens)
         for i in row:
             s, n_ctx, cont = seqs[i]
-            keep = _common(prev, s)
+            keep = len(os.path.commonprefix([prev, s]))
             path = path[:keep] + list(range(len(ids), len(ids) + len(s) - keep))
             ids += s[keep:]
             depth += range(keep, len(s))
